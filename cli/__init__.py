@@ -1,0 +1,1 @@
+"""The ``bulkscore`` command line."""

@@ -1,0 +1,145 @@
+"""``bulkscore score``: a whole scoring job in this process, on the configured database."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cli.console import EXIT_USAGE, err_console, fail, out_console
+from core.config import get_settings
+from core.db import get_engine, redact_url
+from core.export import export_lines, format_for_path
+from core.inputs import InputFileError, read_text_file
+from core.items import InputItem
+from core.jobs import create_job, get_job, load_items, mark_failed
+from core.registry import InputKind, RegistryError, UnknownModelError, load_registry
+from core.results import iter_results, label_counts
+from core.status import JobStatus
+
+
+def read_inputs(source: Path, kind: InputKind, max_chars: int) -> list[InputItem]:
+    """The items of an input file (texts) or folder/glob (images)."""
+    if kind == InputKind.IMAGE:
+        from core.image_inputs import read_image_inputs
+
+        return read_image_inputs(str(source))
+    return read_text_file(source, max_chars)
+
+
+def score(
+    source: Path = typer.Argument(
+        ..., help="Input: .txt (a text per line), .jsonl ({\"id\", \"text\"}) or .csv (id, text)."
+    ),
+    model: str = typer.Option("sentiment", "--model", "-m", help="A model name from the registry."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Also export the results to this .csv or .jsonl file."
+    ),
+    job_id: str | None = typer.Option(
+        None, "--job-id", help="Job id to use; re-running an existing id scores only what is missing."
+    ),
+    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Score every input of SOURCE with MODEL in this process and store the results.
+
+    Results go to the results table of BULKSCORE_DATABASE_URL (default sqlite:///bulkscore.db,
+    migrated automatically) and, with --out, to a CSV or JSONL file.
+    """
+    settings = get_settings()
+    try:
+        spec = load_registry().get(model)
+    except (UnknownModelError, RegistryError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    fmt = None
+    if out is not None:
+        try:
+            fmt = format_for_path(str(out))
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+
+    from core.migrate import upgrade
+
+    engine = get_engine(settings.database_url)
+    upgrade(settings.database_url)
+    with engine.connect() as conn:
+        existing = get_job(conn, job_id) if job_id else None
+    if existing is not None and existing.model != spec.name:
+        fail(f"job {job_id} was scored with model {existing.model!r}, not {spec.name!r}", EXIT_USAGE)
+    if existing is None:
+        try:
+            inputs = read_inputs(source, spec.input_kind, settings.max_text_chars)
+        except InputFileError as exc:
+            fail(str(exc), EXIT_USAGE)
+        with engine.begin() as conn:
+            job = create_job(
+                conn, spec, inputs, chunk_size=max(len(inputs), 1), job_id=job_id,
+                status=JobStatus.RUNNING,
+            )
+    else:
+        job = existing
+        err_console.print(f"resuming job {job.id}: {job.done} of {job.total} already scored")
+
+    from worker.runners import ModelLoadError, build_runner
+
+    runner = build_runner(spec, settings)
+    err_console.print(f"loading model [bold]{spec.name}[/] ({spec.source}) on {device} ...")
+    try:
+        runner.setup(device)
+    except ModelLoadError as exc:
+        with engine.begin() as conn:
+            mark_failed(conn, job.id, str(exc))
+        fail(str(exc))
+
+    from worker.scoring import score_items
+
+    with engine.connect() as conn:
+        indexed = load_items(conn, job.id, 0, job.total)
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]scoring[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("score", total=len(indexed), rate="")
+
+        def advance(count: int) -> None:
+            elapsed = time.perf_counter() - started
+            done = bar.tasks[0].completed + count
+            bar.update(task, advance=count, rate=f"{done / elapsed:.1f} items/s" if elapsed else "")
+
+        totals = score_items(
+            engine, job.id, runner, indexed,
+            write_batch_size=settings.write_batch_size, progress=advance,
+        )
+    elapsed = time.perf_counter() - started
+
+    with engine.connect() as conn:
+        final = get_job(conn, job.id)
+        labels = label_counts(conn, job.id)
+        if out is not None and fmt is not None:
+            with out.open("w", encoding="utf-8", newline="") as handle:
+                for piece in export_lines(iter_results(conn, job.id), fmt):
+                    handle.write(piece)
+    assert final is not None
+    scored_now = totals.succeeded + totals.failed
+    summary = Table(title=f"job {final.id}", show_header=False, title_justify="left")
+    summary.add_row("model", f"{final.model}" + (f" @ {final.model_revision}" if final.model_revision else ""))
+    summary.add_row("status", final.status.value)
+    summary.add_row("items", str(final.total))
+    summary.add_row("succeeded", str(final.succeeded))
+    summary.add_row("failed", str(final.failed))
+    if totals.skipped:
+        summary.add_row("already scored", str(totals.skipped))
+    summary.add_row("labels", ", ".join(f"{k}: {v}" for k, v in labels.items()) or "-")
+    summary.add_row("items/s", f"{scored_now / elapsed:.1f}" if elapsed > 0 else "-")
+    summary.add_row("database", redact_url(settings.database_url))
+    if out is not None:
+        summary.add_row("exported to", str(out))
+    out_console.print(summary)

@@ -1,0 +1,107 @@
+"""The SQL schema (SQLAlchemy Core). Alembic migrations in ``migrations/`` create it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# Stable constraint names, so migrations can drop and alter them on every backend.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    # SHA-256 of the key; the key itself is shown once and never stored.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("model_revision", String(128)),
+    Column("input_kind", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("succeeded", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("owner_key_id", Integer, ForeignKey("api_keys.id")),
+    Column("idempotency_key", String(200)),
+    Column("request_hash", String(64)),
+    Column("schedule", String(64)),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
+    Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
+    Index("ix_jobs_status", "status"),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("index", Integer, primary_key=True, autoincrement=False),
+    Column("item_id", String(256), nullable=False),
+    Column("text", Text),
+    Column("data", LargeBinary),
+    # Set when the input was refused at intake (e.g. NUL bytes); scored as a per-item error.
+    Column("error", Text),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("index", Integer, primary_key=True, autoincrement=False),
+    Column("start", Integer, nullable=False),
+    Column("stop", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("leased_until", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_chunks_status", "status"),
+)
+
+results = Table(
+    "results",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    # (job_id, index) is the primary key: a re-run of an item cannot write a second row.
+    Column("index", Integer, primary_key=True, autoincrement=False),
+    Column("item_id", String(256), nullable=False),
+    Column("label", String(256)),
+    Column("score", Float),
+    Column("top_k", JSON),
+    Column("error", Text),
+    Column("model", String(64), nullable=False),
+    Column("model_revision", String(128)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

