@@ -6,6 +6,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -15,5 +16,6 @@ EXIT_FAILURE = 1  # the work could not be done (model did not load, server refus
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is plain text: "[models.x]" in it must not be read as console markup.
+    err_console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
     raise typer.Exit(code)

@@ -89,7 +89,9 @@ class ModelSpec(BaseModel):
     @property
     def queue(self) -> str:
         """The Celery queue of this model (one queue per model)."""
-        return f"bulkscore.model.{self.name}"
+        from core.queues import model_queue
+
+        return model_queue(self.name)
 
     def local_path(self, value: str | None = None) -> Path | None:
         """The local folder or file ``value`` (default: ``source``) names, or None for a hub id."""

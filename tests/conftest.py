@@ -62,3 +62,21 @@ def settings_env(
     yield env
     reset_settings_cache()
     dispose_engines()
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on 127.0.0.1 (dropped after the test)."""
+    from services import fresh_postgres_database
+
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture()
+def redis_url() -> Iterator[str]:
+    """A flushed Redis database on 127.0.0.1 (flushed again after the test)."""
+    from services import flushed_redis
+
+    with flushed_redis() as url:
+        yield url
