@@ -109,11 +109,15 @@ class ModelSpec(BaseModel):
             return path if path.is_absolute() else (self.base_dir / path).resolve()
         return None
 
-    def batch_size(self, settings: Settings) -> int:
-        return self.max_batch_size or settings.max_batch_size
+    def batch_size(self, settings: Settings, device: str = "cpu") -> int:
+        if self.max_batch_size:
+            return self.max_batch_size
+        return settings.max_batch_size if device == "cpu" else settings.gpu_max_batch_size
 
-    def batch_tokens(self, settings: Settings) -> int:
-        return self.max_batch_tokens or settings.max_batch_tokens
+    def batch_tokens(self, settings: Settings, device: str = "cpu") -> int:
+        if self.max_batch_tokens:
+            return self.max_batch_tokens
+        return settings.max_batch_tokens if device == "cpu" else settings.gpu_max_batch_tokens
 
 
 class Registry:

@@ -45,10 +45,10 @@ class TransformersTextRunner:
         self.spec = spec
         self.name = spec.name
         self.revision = spec.revision
-        settings = settings or get_settings()
-        self.max_batch_size = spec.batch_size(settings)
-        self.max_batch_tokens = spec.batch_tokens(settings)
-        self.threads = settings.torch_threads
+        self.settings = settings or get_settings()
+        self.max_batch_size = spec.batch_size(self.settings)
+        self.max_batch_tokens = spec.batch_tokens(self.settings)
+        self.threads = self.settings.torch_threads
         self.device = "cpu"
         self.model: Any = None
         self.tokenizer: Any = None
@@ -66,6 +66,8 @@ class TransformersTextRunner:
         if self.threads:
             torch.set_num_threads(self.threads)
         self.device = device
+        self.max_batch_size = self.spec.batch_size(self.settings, device)
+        self.max_batch_tokens = self.spec.batch_tokens(self.settings, device)
         self.tokenizer = load_pretrained(self.spec, AutoTokenizer.from_pretrained)
         encoder_only = self.spec.head is not None or self.spec.task == Task.FEATURE_EXTRACTION
         model_class = AutoModel if encoder_only else AutoModelForSequenceClassification
@@ -111,7 +113,12 @@ class TransformersTextRunner:
     def _load_head(self, torch: Any) -> tuple[tuple[Any, Any], list[str]]:
         from safetensors import safe_open
 
-        path = self.spec.local_path(self.spec.head) if self.spec.head else None
+        head = self.spec.head
+        path = self.spec.local_path(head) if head else None
+        if head and path is None:
+            # A head is always a local file, never a hub id, so a plain relative path such
+            # as "data/head.safetensors" is relative to the models file, like "./data/...".
+            path = (self.spec.base_dir / head).resolve()
         if path is None or not path.exists():
             raise ModelLoadError(f"model {self.name!r}: head file {self.spec.head!r} not found")
         with safe_open(str(path), framework="pt") as handle:
