@@ -16,7 +16,9 @@ SHARED_BENCH = REPO.parent / "shared" / "bench"
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def bench_texts(count: int = 500, total: int = 2000, seed: int = 7, workdir: Path | None = None) -> list[dict[str, str]]:
+def bench_texts(
+    count: int = 500, total: int = 2000, seed: int = 7, workdir: Path | None = None
+) -> list[dict[str, str]]:
     """The first ``count`` records of ``gen_texts.py total seed`` (the agreed bench input)."""
     workdir = workdir or Path("/tmp")
     path = workdir / f"bench_texts_{total}_{seed}.jsonl"

@@ -16,7 +16,7 @@ from common import Row, bench_texts, build_distilbert_base, print_table, timed
 
 
 def bulkscore_in_process(model_dir: Path, records: list[dict[str, str]], workdir: Path) -> Row:
-    """The embedded path of ``bulkscore score``: registry spec -> runner -> score_items -> SQLite."""
+    """The embedded path of ``bulkscore score``: spec -> runner -> score_items -> SQLite."""
     from core.config import get_settings
     from core.db import get_engine
     from core.items import checked_text_item
@@ -29,7 +29,15 @@ def bulkscore_in_process(model_dir: Path, records: list[dict[str, str]], workdir
 
     settings = get_settings()
     registry = Registry.from_mapping(
-        {"models": {"bench": {"task": "text-classification", "backend": "transformers", "source": str(model_dir)}}},
+        {
+            "models": {
+                "bench": {
+                    "task": "text-classification",
+                    "backend": "transformers",
+                    "source": str(model_dir),
+                }
+            }
+        },
         base_dir=workdir,
     )
     spec = registry.get("bench")
@@ -45,7 +53,9 @@ def bulkscore_in_process(model_dir: Path, records: list[dict[str, str]], workdir
             job = create_job(conn, spec, items, chunk_size=len(items), status=JobStatus.RUNNING)
         with engine.connect() as conn:
             indexed = load_items(conn, job.id, 0, job.total)
-        totals = score_items(engine, job.id, runner, indexed, write_batch_size=settings.write_batch_size)
+        totals = score_items(
+            engine, job.id, runner, indexed, write_batch_size=settings.write_batch_size
+        )
         assert totals.succeeded == len(items), totals
 
     return timed("bulkscore score (in-process, SQLite)", len(items), run)
@@ -68,7 +78,11 @@ def main() -> None:
     classifier = pipeline("text-classification", model=str(model_dir), device="cpu")
     classifier(texts[:4])  # warm-up, as every row below gets one
     rows = [
-        timed("pipeline once per text", len(texts), lambda: [classifier(t, truncation=True) for t in texts]),
+        timed(
+            "pipeline once per text",
+            len(texts),
+            lambda: [classifier(t, truncation=True) for t in texts],
+        ),
         timed(
             "pipeline(texts, batch_size=32), arrival order",
             len(texts),

@@ -32,14 +32,16 @@ def read_inputs(source: Path, kind: InputKind, max_chars: int) -> list[InputItem
 
 def score(
     source: Path = typer.Argument(
-        ..., help="Input: .txt (a text per line), .jsonl ({\"id\", \"text\"}) or .csv (id, text)."
+        ..., help='Input: .txt (a text per line), .jsonl ({"id", "text"}) or .csv (id, text).'
     ),
     model: str = typer.Option("sentiment", "--model", "-m", help="A model name from the registry."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Also export the results to this .csv or .jsonl file."
     ),
     job_id: str | None = typer.Option(
-        None, "--job-id", help="Job id to use; re-running an existing id scores only what is missing."
+        None,
+        "--job-id",
+        help="Job id to use; re-running an existing id scores only what is missing.",
     ),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
 ) -> None:
@@ -67,7 +69,9 @@ def score(
     with engine.connect() as conn:
         existing = get_job(conn, job_id) if job_id else None
     if existing is not None and existing.model != spec.name:
-        fail(f"job {job_id} was scored with model {existing.model!r}, not {spec.name!r}", EXIT_USAGE)
+        fail(
+            f"job {job_id} was scored with model {existing.model!r}, not {spec.name!r}", EXIT_USAGE
+        )
     if existing is None:
         try:
             inputs = read_inputs(source, spec.input_kind, settings.max_text_chars)
@@ -75,7 +79,11 @@ def score(
             fail(str(exc), EXIT_USAGE)
         with engine.begin() as conn:
             job = create_job(
-                conn, spec, inputs, chunk_size=max(len(inputs), 1), job_id=job_id,
+                conn,
+                spec,
+                inputs,
+                chunk_size=max(len(inputs), 1),
+                job_id=job_id,
                 status=JobStatus.RUNNING,
             )
     else:
@@ -115,8 +123,12 @@ def score(
             bar.update(task, advance=count, rate=f"{done / elapsed:.1f} items/s" if elapsed else "")
 
         totals = score_items(
-            engine, job.id, runner, indexed,
-            write_batch_size=settings.write_batch_size, progress=advance,
+            engine,
+            job.id,
+            runner,
+            indexed,
+            write_batch_size=settings.write_batch_size,
+            progress=advance,
         )
     elapsed = time.perf_counter() - started
 
@@ -130,7 +142,9 @@ def score(
     assert final is not None
     scored_now = totals.succeeded + totals.failed
     summary = Table(title=f"job {final.id}", show_header=False, title_justify="left")
-    summary.add_row("model", f"{final.model}" + (f" @ {final.model_revision}" if final.model_revision else ""))
+    summary.add_row(
+        "model", f"{final.model}" + (f" @ {final.model_revision}" if final.model_revision else "")
+    )
     summary.add_row("status", final.status.value)
     summary.add_row("items", str(final.total))
     summary.add_row("succeeded", str(final.succeeded))

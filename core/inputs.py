@@ -77,10 +77,14 @@ def _parse_jsonl(content: str, max_chars: int, name: str) -> Iterator[InputItem]
 def _parse_csv(content: str, max_chars: int, name: str) -> Iterator[InputItem]:
     reader = csv.DictReader(io.StringIO(content, newline=""))
     if reader.fieldnames is None or "text" not in reader.fieldnames:
-        raise InputFileError(f'{name}: the CSV header must have a "text" column (and may have "id")')
+        raise InputFileError(
+            f'{name}: the CSV header must have a "text" column (and may have "id")'
+        )
     try:
         for number, row in enumerate(reader, start=1):
             item_id = row.get("id")
-            yield checked_text_item(item_id if item_id else number, row.get("text") or "", max_chars)
+            yield checked_text_item(
+                item_id if item_id else number, row.get("text") or "", max_chars
+            )
     except csv.Error as exc:
         raise InputFileError(f"{name}: CSV error near row {reader.line_num}: {exc}") from exc

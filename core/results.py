@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from core.clock import utcnow
 from core.predictions import Prediction
 from core.status import JobStatus
-from core.tables import results, jobs
+from core.tables import jobs, results
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +146,9 @@ def _page_query(job_id: str, after: int, limit: int) -> Any:
     )
 
 
-def read_page(conn: Connection, job_id: str, after: int = -1, limit: int = 100) -> list[dict[str, Any]]:
+def read_page(
+    conn: Connection, job_id: str, after: int = -1, limit: int = 100
+) -> list[dict[str, Any]]:
     """Up to ``limit`` result rows with ``index > after``, in index order."""
     return [_as_dict(row) for row in conn.execute(_page_query(job_id, after, limit))]
 

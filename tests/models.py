@@ -57,7 +57,9 @@ def write_models_file(path: Path, entries: dict[str, dict[str, object]]) -> Path
     for name, entry in entries.items():
         lines.append(f"[models.{name}]")
         for key, value in entry.items():
-            lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+            lines.append(
+                f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"'
+            )
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 import psycopg
 import redis
 
-PG_ADMIN_DSN = os.environ.get("BULKSCORE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "BULKSCORE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_BASE = os.environ.get("BULKSCORE_TEST_REDIS", "redis://127.0.0.1:6379")
 # Separate helpers or parallel runs may pick other numbers.
 REDIS_DB = int(os.environ.get("BULKSCORE_TEST_REDIS_DB", "9"))

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int
+) -> list[list[int]]:
     """Group input positions into batches, longest first.
 
     Each batch holds at most ``max_batch_size`` inputs and at most ``max_batch_tokens``

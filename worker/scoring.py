@@ -48,7 +48,9 @@ def predict_isolating_failures(
     try:
         predictions = runner.predict(inputs, progress=progress)
         if len(predictions) != len(inputs):
-            raise RuntimeError(f"runner returned {len(predictions)} results for {len(inputs)} inputs")
+            raise RuntimeError(
+                f"runner returned {len(predictions)} results for {len(inputs)} inputs"
+            )
         return predictions
     except Exception:
         log.exception("batch of %d failed in %s; retrying one by one", len(inputs), runner.name)

@@ -21,7 +21,9 @@ runner = CliRunner()
 def result_count(job_id: str) -> int:
     engine = get_engine(get_settings().database_url)
     with engine.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(results).where(results.c.job_id == job_id))
+        return conn.scalar(
+            select(func.count()).select_from(results).where(results.c.job_id == job_id)
+        )
 
 
 @pytest.mark.parametrize(
@@ -29,7 +31,7 @@ def result_count(job_id: str) -> int:
     [
         ("in.txt", "a fine film\nawful\n\nlovely\n", ["1", "2", "4"]),
         ("in.jsonl", '{"id": "x", "text": "fine"}\n{"text": "bad"}\n', ["x", "2"]),
-        ("in.csv", "id,text\nr1,great\nr2,\"terrible, truly\"\n", ["r1", "r2"]),
+        ("in.csv", 'id,text\nr1,great\nr2,"terrible, truly"\n', ["r1", "r2"]),
     ],
 )
 def test_scores_each_input_format_and_exports(
@@ -67,7 +69,9 @@ def test_per_item_errors_do_not_fail_the_job(tmp_path: Path, settings_env: dict[
     assert (job.status, job.succeeded, job.failed, job.total) == ("completed", 2, 2, 4)
 
 
-def test_rerunning_a_job_id_writes_no_duplicate_rows(tmp_path: Path, settings_env: dict[str, str]) -> None:
+def test_rerunning_a_job_id_writes_no_duplicate_rows(
+    tmp_path: Path, settings_env: dict[str, str]
+) -> None:
     source = tmp_path / "in.txt"
     source.write_text("\n".join(f"text number {i}" for i in range(30)))
     args = ["score", str(source), "--model", "tiny", "--job-id", "job-rerun"]
@@ -84,7 +88,9 @@ def test_rerunning_a_job_id_writes_no_duplicate_rows(tmp_path: Path, settings_en
     assert (job.succeeded, job.failed) == (30, 0)
 
 
-def test_unknown_model_is_refused_with_known_names(tmp_path: Path, settings_env: dict[str, str]) -> None:
+def test_unknown_model_is_refused_with_known_names(
+    tmp_path: Path, settings_env: dict[str, str]
+) -> None:
     source = tmp_path / "in.txt"
     source.write_text("x\n")
     result = runner.invoke(app, ["score", str(source), "--model", "distilbert/some-hub-id"])

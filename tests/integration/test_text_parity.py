@@ -16,7 +16,9 @@ WORDS = "good bad film plot actor music boring great awful scene story love hate
 
 def texts_of_many_lengths(seed: int = 3) -> list[str]:
     rng = random.Random(seed)
-    lengths = [1, 2, 3, 5, 8, 13, 40, 90, 200, 350, 505, 600] + [rng.randint(1, 600) for _ in range(28)]
+    lengths = [1, 2, 3, 5, 8, 13, 40, 90, 200, 350, 505, 600] + [
+        rng.randint(1, 600) for _ in range(28)
+    ]
     rng.shuffle(lengths)
     return [" ".join(rng.choice(WORDS) for _ in range(n)) for n in lengths]
 
@@ -28,7 +30,9 @@ def test_bulkscore_score_equals_pipeline_on_each_text_alone(
 
     texts = texts_of_many_lengths()
     source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    source.write_text(
+        "".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
     out = tmp_path / "out.csv"
     result = CliRunner().invoke(app, ["score", str(source), "--model", "tiny", "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -65,7 +65,10 @@ def test_package_sources_resolve_inside_the_installed_package() -> None:
     [
         ('[models.x]\ntask = "translation"\nbackend = "transformers"\nsource = "a/b"\n', "task"),
         ('[models.x]\ntask = "text-classification"\nbackend = "transformers"\n', "source"),
-        ('[models."Bad Name"]\ntask = "text-classification"\nbackend = "keras"\nsource = "a"\n', "model name"),
+        (
+            '[models."Bad Name"]\ntask = "text-classification"\nbackend = "keras"\nsource = "a"\n',
+            "model name",
+        ),
         ("[models.x\n", "not valid TOML"),
     ],
 )

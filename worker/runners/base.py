@@ -25,7 +25,9 @@ class Runner(Protocol):
 
     def setup(self, device: str = "cpu") -> None: ...
 
-    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]: ...
+    def predict(
+        self, batch: Sequence[Any], progress: Progress | None = None
+    ) -> list[Prediction]: ...
 
 
 def top_k_pairs(labels: Sequence[str], scores: Sequence[float], k: int) -> list[tuple[str, float]]:

@@ -44,7 +44,9 @@ def offline_message(spec: ModelSpec) -> str:
     )
 
 
-def load_pretrained(spec: ModelSpec, loader: Callable[..., T], source: str | None = None, **kwargs: Any) -> T:
+def load_pretrained(
+    spec: ModelSpec, loader: Callable[..., T], source: str | None = None, **kwargs: Any
+) -> T:
     """Call ``loader(source, ...)`` (a ``from_pretrained``) safely for ``spec``.
 
     Only safetensors or framework-native weights, never remote code: transformers'
@@ -71,4 +73,6 @@ def load_pretrained(spec: ModelSpec, loader: Callable[..., T], source: str | Non
     try:
         return loader(source, **kwargs)
     except OSError as exc:
-        raise ModelLoadError(f"model {spec.name!r}: cannot load {source!r} from the hub: {exc}") from exc
+        raise ModelLoadError(
+            f"model {spec.name!r}: cannot load {source!r} from the hub: {exc}"
+        ) from exc

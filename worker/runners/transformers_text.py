@@ -88,7 +88,10 @@ class TransformersTextRunner:
         self._run_sorted(["warm up"], None)
 
     def _max_length(self) -> int:
-        candidates = [self.spec.max_length, getattr(self.model.config, "max_position_embeddings", None)]
+        candidates = [
+            self.spec.max_length,
+            getattr(self.model.config, "max_position_embeddings", None),
+        ]
         model_max = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(model_max, int) and model_max < 1_000_000:
             candidates.append(model_max)
