@@ -62,6 +62,10 @@ class TransformersTextRunner:
     def setup(self, device: str = "cpu") -> None:
         import torch
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        # Our own progress bar covers the job; transformers' weight-loading bar is noise.
+        hf_logging.disable_progress_bar()
 
         if self.threads:
             torch.set_num_threads(self.threads)
