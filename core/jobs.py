@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from core.clock import utcnow
 from core.items import InputItem
 from core.registry import ModelSpec
 from core.status import ACTIVE_JOB_STATES, ChunkStatus, JobStatus
-from core.tables import chunks, items, jobs
+from core.tables import chunks, items, jobs, results
 
 ITEM_INSERT_BATCH = 2000
 
@@ -213,6 +213,18 @@ def cancel_job(conn: Connection, job_id: str) -> bool:
         .values(status=ChunkStatus.CANCELLED.value, updated_at=now)
     )
     return bool(changed)
+
+
+def delete_job(conn: Connection, job_id: str) -> bool:
+    """Delete a job with its items, chunks and results; False if there was no such job.
+
+    For a job that must not exist after all (its tasks could not be queued). The child rows
+    are deleted explicitly rather than left to ``ON DELETE CASCADE``, which SQLite only
+    honours with its foreign-key pragma on.
+    """
+    for table in (results, chunks, items):
+        conn.execute(delete(table).where(table.c.job_id == job_id))
+    return bool(conn.execute(delete(jobs).where(jobs.c.id == job_id)).rowcount)
 
 
 def load_items(conn: Connection, job_id: str, start: int, stop: int) -> list[tuple[int, InputItem]]:

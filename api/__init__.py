@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI). Imports no ML framework and no worker code, so it starts fast."""

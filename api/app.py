@@ -1,0 +1,77 @@
+"""The FastAPI application: ``create_app()`` wires settings, database, broker and routes.
+
+``bulkscore api`` runs it with uvicorn as a factory (``api.app:create_app``), so settings
+are read when the server starts, not when the module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from api import routes_health, routes_jobs, routes_models, routes_results
+from api.dispatch import CeleryJobQueue, JobQueue
+from api.limits import BodySizeLimitMiddleware
+from core.config import Settings, get_settings
+from core.db import get_engine
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return version("bulkscore")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0.0.0"
+
+
+def create_app(settings: Settings | None = None, job_queue: JobQueue | None = None) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: Defaults to the process settings (``BULKSCORE_*`` variables).
+        job_queue: Where chunk tasks go; defaults to Celery on ``settings.broker_url``.
+            Unit tests pass a fake.
+    """
+    settings = settings or get_settings()
+    queue = job_queue if job_queue is not None else CeleryJobQueue(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        queue.close()
+
+    app = FastAPI(
+        title="bulkscore",
+        version=_version(),
+        description=(
+            "Score large batches of texts with pretrained models. Submit a job, poll its "
+            "status, page or download its results. Every `/v1` call needs "
+            "`Authorization: Bearer <key>` (keys come from `bulkscore keys create NAME`)."
+        ),
+        docs_url="/docs",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = get_engine(settings.database_url)
+    app.state.job_queue = queue
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    for module in (routes_health, routes_jobs, routes_results, routes_models):
+        app.include_router(module.router)
+    return app
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    # A database that does not answer is an outage (503, try later), not a bug (500).
+    log.error("database unavailable: %s", exc)
+    return JSONResponse(
+        {"detail": "the database is unavailable; try again later"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )

@@ -1,0 +1,97 @@
+"""FastAPI dependencies: settings, database, job queue, and the caller's API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Connection, Engine
+
+from api.dispatch import JobQueue
+from core.config import Settings
+from core.jobs import Job, get_job
+from core.keys import authenticate
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_db_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_job_queue(request: Request) -> JobQueue:
+    queue: JobQueue = request.app.state.job_queue
+    return queue
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+EngineDep = Annotated[Engine, Depends(get_db_engine)]
+JobQueueDep = Annotated[JobQueue, Depends(get_job_queue)]
+
+
+def get_conn(engine: EngineDep) -> Iterator[Connection]:
+    """A connection for the request's reads (rolled back, never committed)."""
+    with engine.connect() as conn:
+        yield conn
+
+
+ConnDep = Annotated[Connection, Depends(get_conn)]
+
+# auto_error=False: a missing header gets our own 401 (with WWW-Authenticate) instead of
+# FastAPI's default answer; the scheme still documents bearer auth in /docs.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An API key from `bulkscore keys create NAME`, as `Authorization: Bearer <key>`.",
+)
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def current_key(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    engine: EngineDep,
+) -> int:
+    """The id of the caller's active API key; 401 if it is missing, unknown or revoked."""
+    if credentials is None:
+        raise unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+    # A short connection of its own: the request's other work (a large upload, a long
+    # export) must not hold a pooled connection open just for this lookup.
+    with engine.connect() as conn:
+        key_id = authenticate(conn, credentials.credentials)
+    if key_id is None:
+        raise unauthorized("invalid or revoked API key")
+    return key_id
+
+
+CurrentKey = Annotated[int, Depends(current_key)]
+
+
+def job_not_found(job_id: str) -> HTTPException:
+    return HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"job {job_id} not found")
+
+
+def owned_job(job_id: str, key_id: CurrentKey, conn: ConnDep) -> Job:
+    """The job ``job_id`` if the caller's key owns it; 404 otherwise.
+
+    Another key's job answers exactly like a job that does not exist, so ids of other
+    keys' jobs cannot be probed.
+    """
+    job = get_job(conn, job_id, owner_key_id=key_id)
+    if job is None:
+        raise job_not_found(job_id)
+    return job
+
+
+OwnedJob = Annotated[Job, Depends(owned_job)]

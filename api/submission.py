@@ -1,0 +1,224 @@
+"""Turning a ``POST /v1/jobs`` body into a stored, queued job.
+
+Plain functions over bytes, an engine and a job queue (no FastAPI request), so they run in
+a worker thread: parsing and bulk-inserting ten thousand items must not block the event
+loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from fastapi import HTTPException, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from api.dispatch import BrokerUnavailable, JobQueue
+from api.schemas import JobRequest
+from core.config import Settings
+from core.inputs import TEXT_SUFFIXES, InputFileError, parse_text_bytes
+from core.items import InputItem, checked_text_item
+from core.jobs import Job, create_job, delete_job, find_by_idempotency_key, list_chunks
+from core.registry import InputKind, ModelSpec, Registry, RegistryError, UnknownModelError
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY_MAX = 200  # jobs.idempotency_key is String(200)
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A parsed job request: the model, the checked inputs, and the request's hash."""
+
+    model: str
+    inputs: list[InputItem]
+    request_hash: str
+
+
+def parse_json_body(body: bytes, max_chars: int) -> Submission:
+    """A JSON ``JobRequest`` body as a :class:`Submission` (422 if it is malformed)."""
+    try:
+        # pydantic-core parses and validates in one pass, several times faster than
+        # json.loads followed by validation.
+        request = JobRequest.model_validate_json(body)
+    except ValidationError as exc:
+        request = _parse_leniently(body, exc)
+    canonical = json.dumps(
+        [request.model, [[item.id, item.text] for item in request.inputs]],
+        separators=(",", ":"),
+    )
+    inputs = [
+        checked_text_item(position if item.id is None else item.id, item.text, max_chars)
+        for position, item in enumerate(request.inputs, start=1)
+    ]
+    return Submission(request.model, inputs, _sha256(b"json\0", canonical.encode()))
+
+
+def _parse_leniently(body: bytes, error: ValidationError) -> JobRequest:
+    # pydantic-core refuses lone surrogate escapes ("\ud800") as invalid JSON, which would
+    # refuse the whole job for one bad text; the standard library accepts them, and the
+    # text check then turns that one text into a per-item error.
+    if any(detail["type"] == "json_invalid" for detail in error.errors()):
+        try:
+            return JobRequest.model_validate(json.loads(body))
+        except (ValueError, RecursionError, ValidationError):
+            pass
+    # Inputs are not echoed back: the body may be megabytes.
+    raise RequestValidationError(error.errors(include_url=False, include_input=False))
+
+
+def parse_file_upload(model: str, filename: str, raw: bytes, max_chars: int) -> Submission:
+    """An uploaded ``.jsonl``/``.csv``/``.txt`` file as a :class:`Submission` (422 if bad)."""
+    suffix = PurePath(filename).suffix.lower()
+    if suffix not in TEXT_SUFFIXES:
+        raise unprocessable(
+            f"the uploaded file {filename!r} must end in one of {', '.join(TEXT_SUFFIXES)}"
+        )
+    try:
+        inputs = parse_text_bytes(raw, suffix, max_chars, name=PurePath(filename).name)
+    except InputFileError as exc:
+        raise unprocessable(str(exc)) from exc
+    digest = _sha256(b"file\0", model.encode(), b"\0", suffix.encode(), b"\0", raw)
+    return Submission(model, inputs, digest)
+
+
+def _sha256(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def unprocessable(detail: str) -> HTTPException:
+    return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """The header's value, or None when absent; 422 if it is unusable."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise unprocessable(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters"
+        )
+    return key
+
+
+def resolve_model(name: str, settings: Settings) -> ModelSpec:
+    """The registered model the job names (422 for an unknown or unsuitable one)."""
+    try:
+        # Read per request (a small TOML file): a model added to the file is usable
+        # without restarting the API.
+        spec = Registry.load(settings.models).get(name)
+    except UnknownModelError as exc:
+        raise unprocessable(str(exc)) from exc
+    except RegistryError as exc:
+        log.error("cannot read the models file: %s", exc)
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="the server's models file cannot be read; ask its operator",
+        ) from exc
+    if spec.input_kind != InputKind.TEXT:
+        raise unprocessable(
+            f"model {name!r} scores {spec.input_kind.value}s; this endpoint takes texts"
+        )
+    return spec
+
+
+def check_size(submission: Submission, settings: Settings) -> None:
+    count = len(submission.inputs)
+    if count == 0:
+        raise unprocessable("the job has no inputs; send at least one")
+    if count > settings.max_items_per_job:
+        raise HTTPException(
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"the job has {count} inputs; the limit is {settings.max_items_per_job} per job",
+        )
+
+
+def submit(
+    engine: Engine,
+    queue: JobQueue,
+    settings: Settings,
+    key_id: int,
+    submission: Submission,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Store and queue the job, or find the one this idempotency key already made.
+
+    Returns:
+        The job, and whether it was created now (False: an idempotent replay).
+
+    Raises:
+        HTTPException: 422 (model, inputs), 413 (too many inputs), 409 (the idempotency
+            key was used with another request), 503 (the broker is unreachable; no job
+            is left behind).
+    """
+    spec = resolve_model(submission.model, settings)
+    check_size(submission, settings)
+    if idempotency_key is not None:
+        replay = _replay(engine, key_id, idempotency_key, submission.request_hash)
+        if replay is not None:
+            return replay, False
+    try:
+        with engine.begin() as conn:
+            job = create_job(
+                conn,
+                spec,
+                submission.inputs,
+                chunk_size=settings.chunk_size,
+                owner_key_id=key_id,
+                idempotency_key=idempotency_key,
+                request_hash=submission.request_hash,
+            )
+            chunk_indexes = [chunk.index for chunk in list_chunks(conn, job.id)]
+    except IntegrityError:
+        # A concurrent request with the same idempotency key committed first.
+        if idempotency_key is None:
+            raise
+        replay = _replay(engine, key_id, idempotency_key, submission.request_hash)
+        if replay is None:
+            raise
+        return replay, False
+    try:
+        queue.enqueue_chunks(job.id, job.model, chunk_indexes)
+    except BrokerUnavailable as exc:
+        _forget(engine, job.id, exc)
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="the job queue (broker) is unreachable, so the job was not created; "
+            "try again later",
+            headers={"Retry-After": "5"},
+        ) from exc
+    return job, True
+
+
+def _replay(engine: Engine, key_id: int, idempotency_key: str, request_hash: str) -> Job | None:
+    with engine.connect() as conn:
+        existing = find_by_idempotency_key(conn, key_id, idempotency_key)
+    if existing is None:
+        return None
+    if existing.request_hash != request_hash:
+        raise HTTPException(
+            status_code=status.HTTP_409_CONFLICT,
+            detail=f"Idempotency-Key {idempotency_key!r} was already used for job "
+            f"{existing.id} with a different request",
+        )
+    return existing
+
+
+def _forget(engine: Engine, job_id: str, cause: Exception) -> None:
+    # A job whose tasks never reached the broker would stay queued forever; remove it.
+    # Chunks already sent before the failure find no job and do nothing.
+    log.warning("broker unreachable, deleting job %s: %s", job_id, cause)
+    try:
+        with engine.begin() as conn:
+            delete_job(conn, job_id)
+    except Exception:
+        log.exception("could not delete job %s after the broker failed", job_id)

@@ -1,0 +1,192 @@
+"""The client commands: ``submit``, ``status``, ``results``, ``cancel``, ``models``.
+
+They talk to a running ``bulkscore api`` at BULKSCORE_API_URL with BULKSCORE_API_KEY.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.client import ApiClient, client_from_settings
+from cli.console import EXIT_FAILURE, EXIT_USAGE, err_console, fail, out_console
+from core.export import EXPORT_FORMATS, format_for_path
+from core.inputs import TEXT_SUFFIXES
+from core.status import JobStatus
+
+POLL_INTERVAL_S = 1.0
+
+
+def submit(
+    source: Path = typer.Argument(..., help="A .jsonl, .csv or .txt file of texts."),
+    model: str = typer.Option(..., "--model", "-m", help="A model name (see `bulkscore models`)."),
+    wait: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", help="Resubmitting with the same key returns the same job."
+    ),
+    interval: float = typer.Option(POLL_INTERVAL_S, min=0.1, help="Seconds between polls."),
+) -> None:
+    """Upload SOURCE as a job for MODEL and print the job id.
+
+    With --wait, follow the job to its end; the exit status is then 0 only if it completed.
+    """
+    if source.suffix.lower() not in TEXT_SUFFIXES:
+        fail(f"{source}: use a {', '.join(TEXT_SUFFIXES)} file", EXIT_USAGE)
+    if not source.is_file():
+        fail(f"{source}: no such file", EXIT_USAGE)
+    client = client_from_settings()
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    with source.open("rb") as handle:
+        response = client.request(
+            "POST",
+            "/v1/jobs",
+            data={"model": model},
+            files={"file": (source.name, handle, "application/octet-stream")},
+            headers=headers,
+        )
+    job = response.json()
+    again = " (already submitted with this idempotency key)" if response.status_code == 200 else ""
+    err_console.print(
+        f"job {job['id']}: {job['counts']['total']} inputs for model {job['model']}, "
+        f"{job['status']}{again}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    typer.echo(job["id"])
+    if wait:
+        _finish(_follow(client, job["id"], interval))
+
+
+def status(
+    job_id: str = typer.Argument(..., help="The job id."),
+    watch: bool = typer.Option(
+        False, "--watch", "-w", help="Show a progress bar until the job ends."
+    ),
+    interval: float = typer.Option(POLL_INTERVAL_S, min=0.1, help="Seconds between polls."),
+) -> None:
+    """Show a job's status and counts.
+
+    With --watch, follow the job to its end; the exit status is then 0 only if it completed.
+    """
+    client = client_from_settings()
+    if watch:
+        _finish(_follow(client, job_id, interval))
+    else:
+        _print_job(client.json("GET", f"/v1/jobs/{job_id}"))
+
+
+def results(
+    job_id: str = typer.Argument(..., help="The job id."),
+    fmt: str | None = typer.Option(
+        None, "--format", "-f", help="csv or jsonl (default: from --out, else csv)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file, not stdout."),
+) -> None:
+    """Download every result of a job as CSV or JSON Lines."""
+    if fmt is None:
+        try:
+            fmt = format_for_path(str(out)) if out is not None else "csv"
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+    if fmt not in EXPORT_FORMATS:
+        fail(f"unknown format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}", EXIT_USAGE)
+    client = client_from_settings()
+    job = client.json("GET", f"/v1/jobs/{job_id}")
+    if not JobStatus(job["status"]).is_final:
+        done = job["counts"]["succeeded"] + job["counts"]["failed"]
+        err_console.print(
+            f"note: job {job_id} is {job['status']}: {done} of {job['counts']['total']} "
+            "results so far",
+            highlight=False,
+            soft_wrap=True,
+        )
+    path = f"/v1/jobs/{job_id}/results"
+    if out is None:
+        with client.stream("GET", path, params={"format": fmt}) as response:
+            for piece in response.iter_bytes():
+                sys.stdout.buffer.write(piece)
+        sys.stdout.buffer.flush()
+        return
+    # Written beside the target and renamed at the end: an interrupted download never
+    # leaves a truncated file under the requested name.
+    partial = out.with_name(out.name + ".part")
+    try:
+        with (
+            client.stream("GET", path, params={"format": fmt}) as response,
+            partial.open("wb") as handle,
+        ):
+            for piece in response.iter_bytes():
+                handle.write(piece)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    err_console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+
+
+def cancel(job_id: str = typer.Argument(..., help="The job id.")) -> None:
+    """Cancel a job: work not yet started is dropped; results already written stay."""
+    job = client_from_settings().json("POST", f"/v1/jobs/{job_id}/cancel")
+    if job["status"] == JobStatus.CANCELLED:
+        typer.echo(f"job {job_id}: cancelled")
+    else:
+        typer.echo(f"job {job_id} was already {job['status']}; nothing to cancel")
+
+
+def models() -> None:
+    """List the models the API can score with."""
+    listing = client_from_settings().json("GET", "/v1/models")
+    table = Table("name", "task", "backend", "source")
+    for model in listing["data"]:
+        table.add_row(model["name"], model["task"], model["backend"], model["source"])
+    out_console.print(table)
+
+
+def _follow(client: ApiClient, job_id: str, interval: float) -> dict[str, Any]:
+    """Poll the job with a progress bar until it is final; return its last state."""
+    job = client.json("GET", f"/v1/jobs/{job_id}")
+    with Progress(
+        TextColumn("[bold]{task.fields[state]}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as bar:
+        task = bar.add_task("job", total=job["counts"]["total"], state="", failed="")
+        while True:
+            counts = job["counts"]
+            bar.update(
+                task,
+                completed=counts["succeeded"] + counts["failed"],
+                state=job["status"],
+                failed=f"{counts['failed']} failed" if counts["failed"] else "",
+            )
+            if JobStatus(job["status"]).is_final:
+                return job
+            time.sleep(interval)
+            job = client.json("GET", f"/v1/jobs/{job_id}")
+
+
+def _finish(job: dict[str, Any]) -> None:
+    _print_job(job)
+    if job["status"] != JobStatus.COMPLETED:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    table = Table(show_header=False, title=f"job {job['id']}", title_justify="left")
+    table.add_row("model", job["model"])
+    table.add_row("status", job["status"])
+    for name in ("total", "succeeded", "failed"):
+        table.add_row(name, str(job["counts"][name]))
+    for name in ("created_at", "started_at", "finished_at"):
+        table.add_row(name.removesuffix("_at"), job[name] or "-")
+    if job.get("error"):
+        table.add_row("error", job["error"])
+    out_console.print(table)

@@ -1,0 +1,204 @@
+"""The CLI client (submit, status, results, cancel, models) against the in-process API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_support import TEXT_MODEL, FakeJobQueue, UnitApi, fake_scores, free_port, unit_api
+from click.testing import Result
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+import cli.client
+from cli.main import app
+from core.config import reset_settings_cache
+from core.export import export_lines
+from core.jobs import get_job, mark_failed
+from core.results import iter_results
+
+
+class ScoringQueue(FakeJobQueue):
+    """A queue whose 'worker' scores a job the moment it is queued."""
+
+    engine: Engine | None = None
+
+    def enqueue_chunks(self, job_id: str, model: str, chunk_indexes: Iterable[int]) -> None:
+        super().enqueue_chunks(job_id, model, chunk_indexes)
+        if self.engine is not None:
+            with self.engine.connect() as conn:
+                job = get_job(conn, job_id)
+            assert job is not None
+            fake_scores(self.engine, job_id, range(job.total))
+
+
+@pytest.fixture()
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[UnitApi]:
+    with unit_api(tmp_path, queue=ScoringQueue()) as api:
+        # The CLI's HTTP client talks to the app in-process instead of over a socket.
+        def in_process_client(base_url: str, headers: dict[str, str], **_: Any) -> TestClient:
+            return TestClient(api.client.app, base_url=base_url, headers=headers)
+
+        monkeypatch.setattr(cli.client.httpx, "Client", in_process_client)
+        use_key(monkeypatch, api.key)
+        yield api
+    reset_settings_cache()
+
+
+def use_key(monkeypatch: pytest.MonkeyPatch, key: str, url: str = "http://testserver") -> None:
+    monkeypatch.setenv("BULKSCORE_API_URL", url)
+    monkeypatch.setenv("BULKSCORE_API_KEY", key)
+    reset_settings_cache()
+
+
+def run(*args: str) -> Result:
+    result = CliRunner().invoke(app, list(args))
+    # Failures end through typer.Exit (SystemExit), never an uncaught exception.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+@pytest.fixture()
+def texts(tmp_path: Path) -> Path:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(f'{{"id": "r{i}", "text": "text {i}"}}\n' for i in range(5)))
+    return path
+
+
+def test_submit_prints_the_job_id(api: UnitApi, texts: Path) -> None:
+    result = run("submit", str(texts), "--model", TEXT_MODEL)
+    assert result.exit_code == 0, result.output
+    job_id = result.stdout.strip()
+    assert api.queue.sent[0][0] == job_id
+    assert "5 inputs for model tiny" in result.stderr
+
+
+def test_submit_wait_follows_the_job_to_its_end(api: UnitApi, texts: Path) -> None:
+    api.queue.engine = api.engine  # type: ignore[attr-defined]
+    result = run("submit", str(texts), "--model", TEXT_MODEL, "--wait", "--interval", "0.1")
+    assert result.exit_code == 0, result.output
+    assert "completed" in result.stdout
+
+
+def test_submit_with_an_idempotency_key_returns_the_same_job(api: UnitApi, texts: Path) -> None:
+    first = run("submit", str(texts), "-m", TEXT_MODEL, "--idempotency-key", "k1")
+    again = run("submit", str(texts), "-m", TEXT_MODEL, "--idempotency-key", "k1")
+    assert first.stdout == again.stdout
+    assert "already submitted" in again.stderr
+
+
+def test_status_and_watch(api: UnitApi, texts: Path) -> None:
+    job_id = run("submit", str(texts), "-m", TEXT_MODEL).stdout.strip()
+
+    queued = run("status", job_id)
+    fake_scores(api.engine, job_id, range(5))
+    watched = run("status", job_id, "--watch")
+
+    assert queued.exit_code == 0 and "queued" in queued.stdout
+    assert watched.exit_code == 0 and "completed" in watched.stdout
+
+
+def test_watching_a_failed_job_exits_non_zero(api: UnitApi, texts: Path) -> None:
+    job_id = run("submit", str(texts), "-m", TEXT_MODEL).stdout.strip()
+    with api.engine.begin() as conn:
+        mark_failed(conn, job_id, "model did not load")
+    result = run("status", job_id, "--watch")
+    assert result.exit_code == 1
+    assert "model did not load" in result.stdout
+
+
+def test_results_to_a_file_and_to_stdout(api: UnitApi, texts: Path, tmp_path: Path) -> None:
+    job_id = run("submit", str(texts), "-m", TEXT_MODEL).stdout.strip()
+    fake_scores(api.engine, job_id, range(5))
+    with api.engine.connect() as conn:
+        expected_csv = "".join(export_lines(iter_results(conn, job_id), "csv"))
+        expected_jsonl = "".join(export_lines(iter_results(conn, job_id), "jsonl"))
+
+    to_file = run("results", job_id, "--out", str(tmp_path / "out.csv"))
+    to_stdout = run("results", job_id, "--format", "jsonl")
+
+    assert to_file.exit_code == 0, to_file.output
+    assert (tmp_path / "out.csv").read_text() == expected_csv
+    assert not (tmp_path / "out.csv.part").exists()
+    assert to_stdout.stdout == expected_jsonl
+
+
+def test_results_of_a_running_job_say_they_are_partial(api: UnitApi, texts: Path) -> None:
+    job_id = run("submit", str(texts), "-m", TEXT_MODEL).stdout.strip()
+    fake_scores(api.engine, job_id, [0, 1])
+    result = run("results", job_id)
+    assert result.exit_code == 0
+    assert "2 of 5 results so far" in result.stderr
+    assert len(result.stdout.splitlines()) == 3  # header and two rows
+
+
+def test_cancel(api: UnitApi, texts: Path) -> None:
+    job_id = run("submit", str(texts), "-m", TEXT_MODEL).stdout.strip()
+    result = run("cancel", job_id)
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"job {job_id}: cancelled"
+    assert run("status", job_id).stdout.count("cancelled") == 1
+
+
+def test_cancelling_a_finished_job_says_so(api: UnitApi, texts: Path) -> None:
+    job_id = run("submit", str(texts), "-m", TEXT_MODEL).stdout.strip()
+    fake_scores(api.engine, job_id, range(5))
+    result = run("cancel", job_id)
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"job {job_id} was already completed; nothing to cancel"
+
+
+def test_models(api: UnitApi) -> None:
+    result = run("models")
+    assert result.exit_code == 0
+    assert TEXT_MODEL in result.stdout and "text-classification" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "nope"], "job nope not found (HTTP 404)"),
+        (["cancel", "nope"], "job nope not found (HTTP 404)"),
+        (["results", "nope"], "job nope not found (HTTP 404)"),
+        (["submit", "{texts}", "--model", "nope"], "unknown model 'nope'"),
+        (["results", "nope", "--format", "xml"], "unknown format 'xml'"),
+        (["results", "nope", "--out", "x.parquet"], "must end in .csv or .jsonl"),
+        (["submit", "missing.txt", "--model", TEXT_MODEL], "missing.txt: no such file"),
+        (["submit", "in.pdf", "--model", TEXT_MODEL], "use a .txt, .jsonl, .csv file"),
+    ],
+)
+def test_client_errors_are_one_clear_line(
+    api: UnitApi, texts: Path, args: list[str], message: str
+) -> None:
+    result = run(*[arg.format(texts=texts) for arg in args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())
+
+
+def test_a_refused_key_says_how_to_get_one(api: UnitApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_key(monkeypatch, "bsk_wrong")
+    result = run("models")
+    assert result.exit_code == 2
+    assert "refused the key (invalid or revoked API key)" in " ".join(result.stderr.split())
+
+
+def test_a_missing_key_is_reported_before_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_key(monkeypatch, "")
+    result = run("models")
+    reset_settings_cache()
+    assert result.exit_code == 2
+    assert "BULKSCORE_API_KEY is not set" in result.stderr
+
+
+def test_an_unreachable_server_is_reported_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    use_key(monkeypatch, "bsk_any", url)
+    result = run("status", "some-job")
+    reset_settings_cache()
+    assert result.exit_code == 1
+    assert f"cannot reach the bulkscore API at {url}" in " ".join(result.stderr.split())
