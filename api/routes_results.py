@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
@@ -46,8 +46,9 @@ def results(
 ) -> ResultPage | StreamingResponse:
     """Results in index order, readable while the job runs.
 
-    While a job runs, chunks finish in any order, so a page can skip indexes that are
-    written later: page through again (or export) once the job is final for every row.
+    While the job runs, chunks finish in any order; a page then stops at the first index
+    not yet written, so following ``next_after`` never skips a row that arrives later.
+    ``next_after`` is null only when the job is final and every row has been returned.
     """
     if fmt != "json":
         return StreamingResponse(
@@ -57,11 +58,23 @@ def results(
         )
     # One row more than asked tells whether another page exists, without a second query.
     rows = read_page(conn, job.id, after, limit + 1)
-    page = rows[:limit]
-    return ResultPage(
-        data=[ResultRow.model_validate(row) for row in page],
-        next_after=page[-1]["index"] if len(rows) > limit else None,
-    )
+    if not job.status.is_final:
+        rows = contiguous_from(rows, after)
+        page = rows[:limit]
+        # Still running: always a cursor to poll again with, even when nothing is new yet.
+        next_after: int | None = page[-1]["index"] if page else after
+    else:
+        page = rows[:limit]
+        next_after = page[-1]["index"] if len(rows) > limit else None
+    return ResultPage(data=[ResultRow.model_validate(row) for row in page], next_after=next_after)
+
+
+def contiguous_from(rows: list[dict[str, Any]], after: int) -> list[dict[str, Any]]:
+    """The leading rows whose indexes follow ``after`` without a gap."""
+    for position, row in enumerate(rows):
+        if row["index"] != after + 1 + position:
+            return rows[:position]
+    return rows
 
 
 def _export(engine: Engine, job_id: str, fmt: str) -> Iterator[bytes]:

@@ -89,7 +89,10 @@ class ResultRow(BaseModel):
 class ResultPage(BaseModel):
     data: list[ResultRow]
     next_after: int | None = Field(
-        description="Pass as `after` for the next page; null when no further rows exist now."
+        description=(
+            "Pass as `after` for the next page. While the job runs a page stops at the first "
+            "row not yet written; null only when the job is final and all rows were returned."
+        )
     )
 
 

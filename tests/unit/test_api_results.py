@@ -70,12 +70,21 @@ def test_rows_carry_labels_scores_top_k_and_errors(api: UnitApi, scored_job: str
     ]
 
 
-def test_results_are_readable_while_the_job_runs(api: UnitApi) -> None:
+def test_results_are_readable_while_the_job_runs_without_skipping_late_rows(api: UnitApi) -> None:
     job_id = api.post_job([f"text {i}" for i in range(7)]).json()["id"]
-    fake_scores(api.engine, job_id, [3, 4, 5])
-    page = api.get(f"/v1/jobs/{job_id}/results").json()
-    assert [row["index"] for row in page["data"]] == [3, 4, 5]
+    url = f"/v1/jobs/{job_id}/results"
+    fake_scores(api.engine, job_id, [3, 4, 5])  # a later chunk finished first
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+    # Row 0 is not written yet: the page stops there and keeps a cursor to poll with.
+    assert api.get(url).json() == {"data": [], "next_after": -1}
+
+    fake_scores(api.engine, job_id, [0, 1])
+    page = api.get(url).json()
+    assert ([row["index"] for row in page["data"]], page["next_after"]) == ([0, 1], 1)
+
+    fake_scores(api.engine, job_id, [2, 6])  # the job is complete now
+    page = api.get(url, params={"after": 1}).json()
+    assert ([row["index"] for row in page["data"]], page["next_after"]) == ([2, 3, 4, 5, 6], None)
 
 
 def test_csv_download_streams_every_row(api: UnitApi, scored_job: str) -> None:
