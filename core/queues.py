@@ -35,13 +35,24 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # Ack after the chunk's results are committed, not before it runs: a crash mid-chunk
         # leaves the message to be delivered again (at-least-once; SQL makes it idempotent).
         "task_acks_late": True,
-        # A worker killed by a signal or the OOM killer gets its message requeued instead of
-        # acked; the chunk's attempt counter in SQL bounds a poison message.
+        # Requeue instead of ack when a prefork child dies mid-task. Our workers use the solo
+        # or threads pool (no children), where a killed worker is a killed process and its
+        # unacked message comes back after visibility_timeout; kept for anyone who runs
+        # prefork anyway. Either way a poison chunk cannot loop forever: core/chunks.py
+        # counts attempts in SQL and turns the chunk's items into errors after the last one.
         "task_reject_on_worker_lost": True,
-        # One message per process at a time: prefetching more starves other workers.
+        # Reserve as little as possible: the default multiplier (4) lets one worker hoard
+        # chunks while others idle. With late acks, multiplier 1 still reserves one extra
+        # message per process (celery#4537), which waits behind a long chunk;
+        # worker_disable_prefetch (Celery >= 5.6, Redis only) fetches a message only when a
+        # pool slot is free, so idle workers get the next chunk.
         "worker_prefetch_multiplier": 1,
+        "worker_disable_prefetch": True,
         # Redis redelivers an unacked message after visibility_timeout counted from fetch;
-        # it must exceed the worst-case time of a chunk or chunks run twice (celery#5935).
+        # it must exceed the worst-case time of a chunk, plus any retry countdown the worker
+        # holds (at most chunk_lease_s), or chunks run twice (celery#5935). It is also how
+        # long a kill -9'd worker's chunk waits before another worker gets it (celery#4984).
+        # Producers and workers must use the same value: the restore runs in both.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         "broker_connection_retry_on_startup": True,
         # A late-acked task still running when the broker connection drops will be

@@ -1,0 +1,305 @@
+"""Chunk claims, leases and one delivery of a chunk task, on SQLite with a fake runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, update
+
+from core.chunks import ClaimOutcome, as_utc, claim_chunk, finish_chunk
+from core.clock import utcnow
+from core.config import Settings
+from core.db import dispose_engines, get_engine
+from core.items import InputItem
+from core.jobs import Job, cancel_job, create_job, get_job
+from core.migrate import upgrade
+from core.predictions import Prediction
+from core.registry import ModelSpec
+from core.status import ChunkStatus, JobStatus
+from core.tables import chunks, results
+from worker import chunk_work
+from worker.chunk_work import ChunkAttemptError, ChunkOutcome, work_on_chunk
+from worker.runners.base import Progress
+
+SPEC = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/nowhere")
+
+
+class FakeRunner:
+    """Labels every text by its length; ``on_predict`` lets a test act mid-chunk."""
+
+    name = "fake"
+    revision = None
+
+    def __init__(self, on_predict: Callable[[], None] | None = None) -> None:
+        self.calls: list[int] = []
+        self.on_predict = on_predict
+
+    def setup(self, device: str = "cpu") -> None:
+        pass
+
+    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        self.calls.append(len(batch))
+        if self.on_predict is not None:
+            self.on_predict()
+        if progress is not None:
+            progress(len(batch))
+        return [Prediction(label=f"len{len(str(text))}", score=1.0) for text in batch]
+
+
+@pytest.fixture()
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'chunks.db'}"
+    upgrade(url)
+    yield get_engine(url)
+    dispose_engines()
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"chunk_lease_s": 60, "chunk_max_attempts": 3, **overrides}
+    return Settings(database_url="sqlite://", **values)
+
+
+def new_job(engine: Engine, count: int = 10, chunk_size: int = 5) -> Job:
+    inputs = [InputItem(item_id=f"r{i}", text="x" * (i + 1)) for i in range(count)]
+    with engine.begin() as conn:
+        return create_job(conn, SPEC, inputs, chunk_size=chunk_size)
+
+
+def chunk_row(engine: Engine, job_id: str, index: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(chunks).where(chunks.c.job_id == job_id, chunks.c.index == index)
+        ).one()
+
+
+def result_count(engine: Engine, job_id: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.scalar(select(func.count()).select_from(results).where(results.c.job_id == job_id))
+        )
+
+
+def job_of(engine: Engine, job_id: str) -> Job:
+    with engine.connect() as conn:
+        job = get_job(conn, job_id)
+    assert job is not None
+    return job
+
+
+def claim(engine: Engine, job_id: str, index: int, **kwargs: Any) -> Any:
+    kwargs.setdefault("lease_s", 60)
+    kwargs.setdefault("max_attempts", 3)
+    with engine.begin() as conn:
+        return claim_chunk(conn, job_id, index, **kwargs)
+
+
+# -- claims ---------------------------------------------------------------------------------
+
+
+def test_a_chunk_is_claimed_once_while_its_lease_lives(engine: Engine) -> None:
+    job = new_job(engine)
+    first = claim(engine, job.id, 1)
+    assert first.outcome == ClaimOutcome.CLAIMED and first.attempts == 1
+    assert first.chunk is not None and (first.chunk.start, first.chunk.stop) == (5, 10)
+    row = chunk_row(engine, job.id, 1)
+    assert row.status == "running" and row.attempts == 1
+    second = claim(engine, job.id, 1)
+    assert second.outcome == ClaimOutcome.BUSY
+    assert 55 < second.retry_in_s <= 60
+
+
+def test_an_expired_lease_is_taken_over_and_counted(engine: Engine) -> None:
+    job = new_job(engine)
+    claim(engine, job.id, 0)
+    later = utcnow() + timedelta(seconds=61)
+    takeover = claim(engine, job.id, 0, now=later)
+    assert takeover.outcome == ClaimOutcome.CLAIMED and takeover.attempts == 2
+    assert as_utc(chunk_row(engine, job.id, 0).leased_until) > later
+
+
+def test_claims_stop_after_the_last_attempt(engine: Engine) -> None:
+    job = new_job(engine)
+    now = utcnow()
+    for attempt in range(3):
+        assert claim(engine, job.id, 0, now=now + timedelta(seconds=61 * attempt)).claimed
+    exhausted = claim(engine, job.id, 0, now=now + timedelta(seconds=61 * 3))
+    assert exhausted.outcome == ClaimOutcome.EXHAUSTED and exhausted.attempts == 3
+
+
+def test_done_cancelled_final_and_missing_chunks_are_not_claimed(engine: Engine) -> None:
+    job = new_job(engine)
+    claim(engine, job.id, 0)
+    with engine.begin() as conn:
+        finish_chunk(conn, job.id, 0, ChunkStatus.DONE)
+    assert claim(engine, job.id, 0).outcome == ClaimOutcome.DONE
+    assert claim(engine, job.id, 7).outcome == ClaimOutcome.MISSING
+    assert claim(engine, "no-such-job", 0).outcome == ClaimOutcome.MISSING
+    with engine.begin() as conn:
+        cancel_job(conn, job.id)
+    assert claim(engine, job.id, 1).outcome == ClaimOutcome.CANCELLED
+    assert chunk_row(engine, job.id, 1).attempts == 0
+
+    failed = new_job(engine)
+    with engine.begin() as conn:
+        from core.jobs import mark_failed
+
+        mark_failed(conn, failed.id, "model exploded")
+    assert claim(engine, failed.id, 0).outcome == ClaimOutcome.JOB_FINAL
+
+
+def test_finish_refuses_a_non_final_status(engine: Engine) -> None:
+    job = new_job(engine)
+    with engine.begin() as conn, pytest.raises(ValueError):
+        finish_chunk(conn, job.id, 0, ChunkStatus.RUNNING)
+
+
+# -- one delivery ---------------------------------------------------------------------------
+
+
+def test_a_delivery_scores_its_chunk_and_a_second_one_is_skipped(engine: Engine) -> None:
+    job = new_job(engine)
+    runner = FakeRunner()
+    lookup = {"fake": runner}.get
+    beats: list[int] = []
+    report = work_on_chunk(engine, settings(), job.id, 0, lookup, lambda: beats.append(1))
+    assert (report.outcome, report.scored, report.attempts) == (ChunkOutcome.DONE, 5, 1)
+    assert beats, "progress must touch the heartbeat"
+    assert chunk_row(engine, job.id, 0).status == "done"
+    assert job_of(engine, job.id).status == JobStatus.RUNNING
+
+    again = work_on_chunk(engine, settings(), job.id, 0, lookup)
+    assert again.outcome == ChunkOutcome.SKIPPED and again.reason == "chunk already done"
+    assert runner.calls == [5], "the second delivery must not run the model"
+    assert chunk_row(engine, job.id, 0).attempts == 1
+
+    work_on_chunk(engine, settings(), job.id, 1, lookup)
+    final = job_of(engine, job.id)
+    assert (final.status, final.succeeded, final.failed) == (JobStatus.COMPLETED, 10, 0)
+    assert result_count(engine, job.id) == 10
+
+
+def test_a_job_of_a_model_not_loaded_here_is_not_claimed(engine: Engine) -> None:
+    job = new_job(engine)
+    report = work_on_chunk(engine, settings(), job.id, 0, {}.get)
+    assert report.outcome == ChunkOutcome.WRONG_MODEL and report.model == "fake"
+    row = chunk_row(engine, job.id, 0)
+    assert (row.status, row.attempts) == ("queued", 0)
+
+
+def test_a_cancel_during_a_chunk_stops_it_after_the_current_write(engine: Engine) -> None:
+    job = new_job(engine, count=10, chunk_size=10)
+
+    def cancel() -> None:
+        with engine.begin() as conn:
+            cancel_job(conn, job.id)
+
+    runner = FakeRunner(on_predict=cancel)
+    report = work_on_chunk(engine, settings(write_batch_size=3), job.id, 0, {"fake": runner}.get)
+    assert report.outcome == ChunkOutcome.CANCELLED
+    assert runner.calls == [3]
+    assert result_count(engine, job.id) == 3
+    assert chunk_row(engine, job.id, 0).status == "cancelled"
+    assert job_of(engine, job.id).status == JobStatus.CANCELLED
+
+
+def test_progress_renews_the_lease(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = new_job(engine)
+    # Every reading of the chunk's clock is 1000 s after the last: each batch renews.
+    clock = iter(range(0, 100_000, 1000))
+    monkeypatch.setattr(chunk_work, "monotonic", lambda: float(next(clock)))
+    seen: list[Any] = []
+
+    def look() -> None:
+        seen.append(as_utc(chunk_row(engine, job.id, 0).leased_until))
+
+    runner = FakeRunner(on_predict=look)
+    before = utcnow()
+    work_on_chunk(
+        engine, settings(chunk_lease_s=600, write_batch_size=1), job.id, 0, {"fake": runner}.get
+    )
+    assert len(seen) == 5
+    # Each later batch sees a lease renewed after the previous batch's progress.
+    assert seen[1] > seen[0] >= before + timedelta(seconds=599)
+    assert seen == sorted(seen) and len(set(seen)) == 5
+
+
+def test_a_failed_attempt_gives_the_chunk_back_for_a_retry(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = new_job(engine)
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise ConnectionError("database went away")
+
+    monkeypatch.setattr(chunk_work, "score_items", broken)
+    with pytest.raises(ChunkAttemptError) as caught:
+        work_on_chunk(engine, settings(), job.id, 0, {"fake": FakeRunner()}.get)
+    assert caught.value.retry and caught.value.attempts == 1
+    row = chunk_row(engine, job.id, 0)
+    assert (row.status, row.attempts, row.leased_until) == ("queued", 1, None)
+
+
+def test_the_last_failed_attempt_turns_unscored_items_into_errors(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = new_job(engine, count=5, chunk_size=5)
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise ConnectionError("database went away")
+
+    monkeypatch.setattr(chunk_work, "score_items", broken)
+    with pytest.raises(ChunkAttemptError) as caught:
+        work_on_chunk(engine, settings(chunk_max_attempts=1), job.id, 0, {"fake": FakeRunner()}.get)
+    assert not caught.value.retry
+    final = job_of(engine, job.id)
+    assert (final.status, final.succeeded, final.failed) == (JobStatus.COMPLETED, 0, 5)
+    assert chunk_row(engine, job.id, 0).status == "done"
+
+
+def test_a_chunk_whose_worker_died_every_time_is_abandoned(engine: Engine) -> None:
+    job = new_job(engine, count=10, chunk_size=5)
+    runner = FakeRunner()
+    work_on_chunk(engine, settings(), job.id, 0, {"fake": runner}.get)
+    # Chunk 1: three attempts that each died holding the lease.
+    with engine.begin() as conn:
+        conn.execute(
+            update(chunks)
+            .where(chunks.c.job_id == job.id, chunks.c.index == 1)
+            .values(status="running", attempts=3, leased_until=utcnow() - timedelta(seconds=1))
+        )
+    report = work_on_chunk(engine, settings(), job.id, 1, {"fake": runner}.get)
+    assert report.outcome == ChunkOutcome.ABANDONED and report.scored == 5
+    assert runner.calls == [5], "an exhausted chunk must not reach the model again"
+    final = job_of(engine, job.id)
+    assert (final.status, final.succeeded, final.failed) == (JobStatus.COMPLETED, 5, 5)
+    with engine.connect() as conn:
+        errors = conn.scalars(select(results.c.error).where(results.c.job_id == job.id)).all()
+    assert sum(1 for error in errors if error and "failed 3 attempt(s)" in error) == 5
+
+
+# -- expired leases -------------------------------------------------------------------------
+
+
+def test_expired_chunks_of_served_models_are_released_once(engine: Engine) -> None:
+    from core.chunks import release_expired
+
+    job = new_job(engine, count=15, chunk_size=5)
+    now = utcnow()
+    claim(engine, job.id, 0, now=now - timedelta(seconds=120))  # lease ran out
+    claim(engine, job.id, 1, now=now)  # lease still live
+    with engine.begin() as conn:
+        assert release_expired(conn, ["other-model"], now=now) == []
+        assert release_expired(conn, ["fake"], now=now) == [(job.id, 0, "fake")]
+        assert release_expired(conn, ["fake"], now=now) == [], "only one caller re-sends"
+    row = chunk_row(engine, job.id, 0)
+    assert (row.status, row.attempts, row.leased_until) == ("queued", 1, None)
+    assert chunk_row(engine, job.id, 1).status == "running"
+
+    with engine.begin() as conn:
+        cancel_job(conn, job.id)
+        later = now + timedelta(seconds=3600)
+        assert release_expired(conn, ["fake"], now=later) == [], "not for a cancelled job"

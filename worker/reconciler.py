@@ -1,0 +1,71 @@
+"""Re-send chunks whose worker died, instead of waiting hours for Redis to redeliver them.
+
+Every worker runs this from its consumer's timer, for the models it serves: chunks left
+``running`` past their lease are released in SQL (only one worker wins each) and sent
+again. See :func:`core.chunks.release_expired`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+
+from core.chunks import release_expired
+from core.config import get_settings
+from core.db import get_engine
+from core.queues import SCORE_CHUNK_TASK, model_queue
+from worker import warm
+
+log = logging.getLogger(__name__)
+
+MAX_INTERVAL_S = 60.0
+
+
+def interval_s(lease_s: float) -> float:
+    """Check twice per lease, so a dead worker's chunk waits at most about 1.5 leases."""
+    return min(lease_s / 2, MAX_INTERVAL_S)
+
+
+def resend_expired(app: Any) -> int:
+    """Release and re-send this worker's models' expired chunks; how many were sent."""
+    models = warm.loaded_models()
+    if not models:
+        return 0
+    engine = get_engine(get_settings().database_url)
+    with engine.begin() as conn:
+        released = release_expired(conn, models)
+    for job_id, index, model in released:
+        # If this send fails the chunk stays queued and the original message still comes
+        # back after visibility_timeout: late, but not lost.
+        app.send_task(SCORE_CHUNK_TASK, args=(job_id, index), queue=model_queue(model))
+        log.warning(
+            "chunk %d of job %s: its worker stopped renewing the lease; re-sent", index, job_id
+        )
+    return len(released)
+
+
+class ReconcileStep(bootsteps.StartStopStep):
+    """Runs :func:`resend_expired` on the consumer's timer while the worker consumes."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.timer_entry: Any = None
+
+    def start(self, c: Any) -> None:
+        def tick() -> None:
+            try:
+                resend_expired(c.app)
+            except Exception:  # a database hiccup must not stop the consumer
+                log.exception("could not check for expired chunk leases")
+
+        every = interval_s(get_settings().chunk_lease_s)
+        self.timer_entry = c.timer.call_repeatedly(every, tick)
+
+    def stop(self, c: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None

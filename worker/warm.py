@@ -1,0 +1,85 @@
+"""The models this worker process has loaded and warmed, by name.
+
+Filled once by :func:`load_models` at worker start (never at import, never per task) and
+read by the chunk task. A process holds each model once, however many tasks it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from core.config import Settings
+from core.predictions import Prediction
+from core.registry import ModelSpec
+from worker.runners.base import Progress, Runner
+
+log = logging.getLogger(__name__)
+
+
+class SerializedRunner:
+    """A runner whose ``predict`` runs one call at a time.
+
+    With the ``threads`` pool several tasks share one warm runner; a fast tokenizer raises
+    "Already borrowed" when two threads use it at once, and two forward passes on one GPU
+    only contend. The lock is uncontended with the ``solo`` pool.
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.name = runner.name
+        self.revision = runner.revision
+        self._lock = threading.Lock()
+
+    def setup(self, device: str = "cpu") -> None:
+        self.runner.setup(device)
+
+    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        with self._lock:
+            return self.runner.predict(batch, progress=progress)
+
+
+_RUNNERS: dict[str, SerializedRunner] = {}
+
+
+def load_models(specs: Iterable[ModelSpec], device: str, settings: Settings) -> list[str]:
+    """Build, load and warm a runner for each spec on ``device``; return their names.
+
+    ``Runner.setup`` loads the weights and runs one warm-up batch, so the first chunk does
+    not pay for lazy initialisation. Any failure propagates: a worker that cannot hold one
+    of its models must not start consuming (see ``worker.main``).
+    """
+    from worker.runners import build_runner
+
+    names = []
+    for spec in specs:
+        started = time.perf_counter()
+        runner = SerializedRunner(build_runner(spec, settings))
+        runner.setup(device)
+        _RUNNERS[spec.name] = runner
+        names.append(spec.name)
+        log.info(
+            "model %s (%s) loaded and warmed on %s in %.1fs",
+            spec.name,
+            spec.source,
+            device,
+            time.perf_counter() - started,
+        )
+    return names
+
+
+def get_runner(name: str) -> Runner | None:
+    """The warm runner for model ``name``, or None if this process did not load it."""
+    return _RUNNERS.get(name)
+
+
+def loaded_models() -> list[str]:
+    return sorted(_RUNNERS)
+
+
+def clear() -> None:
+    """Forget every runner (tests)."""
+    _RUNNERS.clear()
