@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS_FILE = Path(__file__).resolve().parent / "models.toml"
@@ -31,12 +32,18 @@ class Settings(BaseSettings):
         default=DEFAULT_MODELS_FILE, description="Path of the TOML models (and schedules) file."
     )
 
-    # Batching defaults; a model's entry in the models file may override each.
-    max_batch_size: int = Field(default=64, ge=1, description="Most inputs in one forward pass.")
+    # Batching defaults; a model's entry in the models file may override each. On CPU small
+    # batches win (they stay in cache; measured in bench/: a 1k-token budget beat 8k by 2x);
+    # a GPU needs large batches to fill it.
+    max_batch_size: int = Field(default=64, ge=1, description="Most inputs in one CPU forward pass.")
     max_batch_tokens: int = Field(
-        default=8192,
+        default=1024,
         ge=16,
-        description="Token budget of one text batch: batch size x longest sequence (padded).",
+        description="Token budget of one CPU text batch: batch size x longest sequence (padded).",
+    )
+    gpu_max_batch_size: int = Field(default=512, ge=1, description="Most inputs in one GPU pass.")
+    gpu_max_batch_tokens: int = Field(
+        default=65536, ge=16, description="Token budget of one GPU text batch."
     )
     write_batch_size: int = Field(
         default=512, ge=1, description="Results written per database transaction (embedded)."
@@ -52,10 +59,62 @@ class Settings(BaseSettings):
     max_items_per_job: int = Field(default=100_000, ge=1)
     max_text_chars: int = Field(default=20_000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    # Images.
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description=(
+            "Largest image (width x height, from its header) decoded; larger is a per-item "
+            "error. Pillow's own bomb limit (89.5 MP) also applies."
+        ),
+    )
+    max_image_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="Largest image file accepted, in bytes."
+    )
+    image_decode_threads: int = Field(
+        default=0, ge=0, description="Image decoding threads per runner; 0 = the cores given."
+    )
     visibility_timeout_s: int = Field(
         default=6 * 3600, ge=60, description="Redis redelivery timeout; longer than any chunk."
     )
+    chunk_lease_s: int = Field(
+        default=600,
+        ge=5,
+        description=(
+            "How long a worker holds a chunk without progress before another may take it over; "
+            "renewed while the chunk makes progress. Keep it well under visibility_timeout_s."
+        ),
+    )
+    chunk_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Attempts of one chunk before its unscored items become per-item errors.",
+    )
+    worker_heartbeat_file: Path | None = Field(
+        default=None,
+        description="A file the worker touches while it consumes or makes progress (healthcheck).",
+    )
     log_level: str = Field(default="INFO")
+
+    # Schedules (``[schedules.NAME]`` in the models file; ``bulkscore beat``).
+    schedule_timezone: str = Field(
+        default="UTC",
+        description="IANA timezone the schedules' cron expressions are read in (Europe/Paris).",
+    )
+    schedule_tick_s: int = Field(
+        default=30, ge=1, description="Seconds between two checks for due schedules by the beat."
+    )
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        # Fail at start-up, not at the first due time, on a misspelt zone.
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as UTC") from exc
+        return value
 
 
 @lru_cache(maxsize=1)
