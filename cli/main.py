@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from cli.api_command import api
+from cli.client_commands import cancel, models, results, status, submit
 from cli.db_commands import db_app
+from cli.keys_commands import keys_app
+from cli.schedules_commands import beat, schedules_app
 from cli.score_command import score
+from cli.worker_command import worker
 
 app = typer.Typer(
     name="bulkscore",
@@ -20,7 +25,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("score")(score)
+app.command("worker")(worker)
 app.add_typer(db_app, name="db")
+app.command("api")(api)
+app.add_typer(keys_app, name="keys")
+app.add_typer(schedules_app, name="schedules")
+app.command("beat")(beat)
+# Client commands: talk to a running API at BULKSCORE_API_URL with BULKSCORE_API_KEY.
+for _client_command in (submit, status, results, cancel, models):
+    app.command()(_client_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Float,
@@ -104,4 +105,50 @@ results = Table(
     Column("model", String(64), nullable=False),
     Column("model_revision", String(128)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Schedules (``[schedules.NAME]`` in the models file). One row per schedule and due time:
+# inserting it is the claim, so two beats (or a beat and ``schedules run``) cannot both
+# create a job for the same due time.
+schedule_runs = Table(
+    "schedule_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("schedule", String(64), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    # claimed, running, completed, failed, cancelled, skipped, empty (core.schedule_runner).
+    Column("status", String(16), nullable=False),
+    # SET NULL: deleting a job (it could not be queued) must not be blocked by its run.
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="SET NULL")),
+    # The watermark the run read from, and the one it commits when its job completes
+    # (JSON: a tagged timestamp or number for SQL sources, the files seen for file sources).
+    Column("window_start", JSON),
+    Column("window_end", JSON),
+    Column("items", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    UniqueConstraint("schedule", "due_at", name="uq_schedule_runs_schedule_due_at"),
+    Index("ix_schedule_runs_status", "status"),
+)
+
+# The committed watermark of each SQL schedule: moved only when a run's job completes.
+schedule_state = Table(
+    "schedule_state",
+    metadata,
+    Column("schedule", String(64), primary_key=True),
+    Column("watermark", JSON),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# The files a files/jsonl/csv schedule has scored, as they were: a file whose size or
+# modification time differs from its row here (or that has no row) is new to the next run.
+schedule_files = Table(
+    "schedule_files",
+    metadata,
+    Column("schedule", String(64), primary_key=True),
+    Column("path", String(1024), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

@@ -9,7 +9,10 @@ from sqlalchemy import create_engine, inspect
 from core.migrate import downgrade, upgrade
 from core.tables import metadata
 
-TABLES = {"api_keys", "jobs", "items", "chunks", "results"}
+TABLES = {
+    "api_keys", "jobs", "items", "chunks", "results",
+    "schedule_runs", "schedule_state", "schedule_files",
+}
 
 
 def check_round_trip(url: str) -> None:

@@ -1,0 +1,157 @@
+"""Schedules through the real processes: ``bulkscore beat`` (Celery beat), the worker, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, select
+from typer.testing import CliRunner
+from worker_support import BULKSCORE, WorkerProcess, poll, running_worker, worker_env
+
+from cli.main import app as cli_app
+from core.config import reset_settings_cache
+from core.db import dispose_engines
+from core.migrate import upgrade
+from core.queues import model_queue
+from core.tables import jobs, results, schedule_files, schedule_runs
+
+RUN_TIMEOUT_S = 90.0
+
+
+def schedules_file(tmp_path: Path, models_file: Path, inbox: Path) -> Path:
+    """The tiny model plus a files schedule due every minute (so it is due at once)."""
+    path = tmp_path / "models-and-schedules.toml"
+    path.write_text(
+        models_file.read_text()
+        + f'\n[schedules.drop]\ncron = "* * * * *"\nmodel = "tiny"\nsource = "files"\n'
+        f'path = "{inbox}/*.txt"\n'
+    )
+    return path
+
+
+@pytest.fixture()
+def inbox(tmp_path: Path) -> Path:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a lovely day\nthe worst service\n")
+    return folder
+
+
+def start_beat(env: dict[str, str], log_path: Path) -> WorkerProcess:
+    with log_path.open("wb") as log:
+        # Its own session: the embedded beat is a child process, and the whole group is
+        # stopped at the end even if the parent does not stop it.
+        process = subprocess.Popen(
+            [BULKSCORE, "beat"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return WorkerProcess(process, log_path)
+
+
+def stop_beat(beat: WorkerProcess) -> None:
+    beat.stop()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(beat.process.pid, signal.SIGKILL)  # this beat's own group, if any is left
+
+
+def test_two_beats_and_a_worker_score_a_due_schedule_exactly_once(
+    tmp_path: Path, models_file: Path, inbox: Path, pg_url: str, redis_url: str
+) -> None:
+    upgrade(pg_url)
+    env = worker_env(
+        pg_url, redis_url, schedules_file(tmp_path, models_file, inbox),
+        BULKSCORE_SCHEDULE_TICK_S="1",
+    )
+    engine = create_engine(pg_url)
+    with ExitStack() as stack:
+        beats = []
+        for name in ("beat-1", "beat-2"):
+            beat = start_beat(env, tmp_path / f"{name}.log")
+            stack.callback(stop_beat, beat)
+            beats.append(beat)
+        stack.enter_context(running_worker(["--models", "tiny"], env, tmp_path / "worker.log"))
+
+        completed = poll(
+            lambda: _run_with_status(engine, "completed"), RUN_TIMEOUT_S, "a completed run"
+        )
+        # Both beats keep ticking after the run: none of their ticks creates a second job.
+        for beat in beats:
+            ticks = len(re.findall(r"Task bulkscore\.tick_schedules\[\S+\] succeeded", beat.log))
+            beat.wait_for(r"Task bulkscore\.tick_schedules\[\S+\] succeeded", count=ticks + 2)
+
+    with engine.connect() as conn:
+        job_ids = list(conn.scalars(select(jobs.c.id).where(jobs.c.schedule == "drop")))
+        scored = list(conn.scalars(select(results.c.item_id).where(results.c.job_id == job_ids[0])))
+        seen = list(conn.scalars(select(schedule_files.c.path)))
+    engine.dispose()
+    assert job_ids == [completed.job_id]
+    assert sorted(scored) == ["a.txt:1", "a.txt:2"]
+    # The job completed, so a later tick committed the file as seen.
+    assert seen == [str(inbox / "a.txt")]
+
+
+def _run_with_status(engine: Engine, status: str) -> object:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(schedule_runs).where(
+                schedule_runs.c.schedule == "drop", schedule_runs.c.status == status
+            )
+        ).first()
+
+
+@pytest.fixture()
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    models_file: Path,
+    inbox: Path,
+    pg_url: str,
+    redis_url: str,
+) -> Iterator[str]:
+    upgrade(pg_url)
+    monkeypatch.setenv("BULKSCORE_DATABASE_URL", pg_url)
+    monkeypatch.setenv("BULKSCORE_BROKER_URL", redis_url)
+    monkeypatch.setenv("BULKSCORE_MODELS", str(schedules_file(tmp_path, models_file, inbox)))
+    reset_settings_cache()
+    yield redis_url
+    reset_settings_cache()
+    dispose_engines()
+
+
+def test_schedules_run_queues_a_job_and_list_shows_it(cli_env: str) -> None:
+    cli = CliRunner()
+    result = cli.invoke(cli_app, ["schedules", "list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert re.search(r"drop\s.*\* \* \* \* \*\s.*tiny\s.*never", result.output)
+
+    result = cli.invoke(cli_app, ["schedules", "run", "drop"])
+    assert result.exit_code == 0, result.output
+    job_id = re.search(r"drop: running \(job (\w+), 2 items\)", result.output)
+    assert job_id, result.output
+    # One chunk task in the model's queue, where a worker would pick it up.
+    broker = redis.Redis.from_url(cli_env)
+    assert broker.llen(model_queue("tiny")) == 1
+    broker.close()
+
+    result = cli.invoke(cli_app, ["schedules", "list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "running" in result.output and job_id.group(1) in result.output
+    assert "queued: 0 ok, 0 failed" in result.output
+
+    # Run again while that job is queued: skipped, no second job, and exit code 0.
+    result = cli.invoke(cli_app, ["schedules", "run", "drop"])
+    assert result.exit_code == 0, result.output
+    assert "drop: skipped (no job)" in result.output and job_id.group(1) in result.output
+
+    result = cli.invoke(cli_app, ["schedules", "run", "nightly"])
+    assert result.exit_code == 2
+    assert "no schedule named 'nightly'; schedules: drop" in result.output

@@ -1,0 +1,144 @@
+"""``bulkscore beat``: the process that runs the schedules of the models file.
+
+The process model: one Celery worker process with an embedded beat (``-B``), consuming only
+the ``bulkscore.control`` queue with the solo pool. Beat sends ``bulkscore.tick_schedules``
+every ``schedule_tick_s`` seconds to that queue, and this same process runs it. Why this
+shape rather than ``celery beat`` plus a separate control worker:
+
+- one thing to deploy and supervise (the compose ``beat`` service), and a tick can never sit
+  in a queue that no process consumes: whenever beat sends, its consumer is alive;
+- the solo pool runs ticks one at a time in this process: never two ticks at once here,
+  and no fork after a database engine exists;
+- Celery advises against ``-B`` on ordinary workers because each one would send every
+  periodic task again; this worker consumes nothing else, and a second beat process is
+  harmless anyway, because each run is claimed in SQL (``core.schedule_runs.claim``).
+
+The tick only reads the schedules and SQL and publishes chunk tasks by name (through the
+API's publisher, ``api.dispatch``): it never loads a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from functools import cache
+
+from celery import Celery
+
+from api.dispatch import CeleryJobQueue, JobQueue
+from core.config import Settings, get_settings
+from core.db import get_engine
+from core.jobs import Job, list_chunks
+from core.schedule_runner import RunOutcome, tick
+from core.schedules import ScheduleConfigError, load_schedules
+from worker.celery_app import create_app
+
+log = logging.getLogger(__name__)
+
+TICK_TASK = "bulkscore.tick_schedules"
+CONTROL_QUEUE = "bulkscore.control"
+# In-memory beat schedule: nothing to persist, since which due times ran is in SQL, and a
+# shelve file would only be one more thing to mount and lock.
+BEAT_SCHEDULER = "celery.beat:Scheduler"
+
+
+@cache
+def _job_queue(broker_url: str) -> JobQueue:
+    # One publisher (and its pooled broker connection) per process and broker, built on
+    # first use; keyed by URL so that changed settings (tests) never reuse a stale one.
+    return CeleryJobQueue(get_settings().model_copy(update={"broker_url": broker_url}))
+
+
+def enqueue_job(job: Job) -> None:
+    """Send one ``bulkscore.score_chunk`` task per chunk of ``job`` to its model's queue."""
+    settings = get_settings()
+    with get_engine(settings.database_url).connect() as conn:
+        indexes = [chunk.index for chunk in list_chunks(conn, job.id)]
+    _job_queue(settings.broker_url).enqueue_chunks(job.id, job.model, indexes)
+
+
+def tick_schedules() -> int:
+    """Run every schedule whose latest due time is not claimed yet; how many were triggered."""
+    settings = get_settings()
+    try:
+        # Read at every tick, so an edited schedule applies without a restart.
+        schedules = load_schedules(settings.models)
+    except ScheduleConfigError as exc:
+        log.error("no schedule runs until the models file is fixed: %s", exc)
+        return 0
+    if not schedules:
+        return 0
+    engine = get_engine(settings.database_url)
+    outcomes = tick(engine, schedules, enqueue_job, settings=settings)
+    for outcome in outcomes:
+        _log_outcome(outcome)
+    return len(outcomes)
+
+
+def _log_outcome(outcome: RunOutcome) -> None:
+    if outcome.status is None:
+        log.info("schedule %r due %s: claimed by another process", outcome.schedule, outcome.due_at)
+        return
+    level = logging.WARNING if outcome.error and outcome.status.value == "failed" else logging.INFO
+    log.log(
+        level,
+        "schedule %r due %s: %s, job %s, %d items%s",
+        outcome.schedule,
+        outcome.due_at.isoformat(),
+        outcome.status.value,
+        outcome.job_id or "-",
+        outcome.items,
+        f" ({outcome.error})" if outcome.error else "",
+    )
+
+
+def create_beat_app(settings: Settings | None = None) -> Celery:
+    """The worker app plus the periodic tick, routed to the control queue."""
+    settings = settings or get_settings()
+    app = create_app(settings)
+    interval = float(settings.schedule_tick_s)
+    app.conf.beat_schedule = {
+        "tick-schedules": {
+            "task": TICK_TASK,
+            "schedule": interval,
+            # A tick not consumed within its interval is stale: the next one replaces it.
+            "options": {"queue": CONTROL_QUEUE, "expires": interval},
+        }
+    }
+    # Acked on receipt, unlike chunk tasks: a tick lost to a crash costs nothing, the next
+    # one comes schedule_tick_s later, and every effect of a tick is idempotent in SQL.
+    app.task(name=TICK_TASK, ignore_result=True, acks_late=False)(tick_schedules)
+    return app
+
+
+def run_beat(loglevel: str | None = None) -> int:
+    """Run the beat process until it is stopped; its exit code."""
+    settings = get_settings()
+    level = (loglevel or settings.log_level).upper()
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    app = create_beat_app(settings)
+    log.info(
+        "beat: ticking every %ss on %s (schedules from %s)",
+        settings.schedule_tick_s,
+        CONTROL_QUEUE,
+        settings.models,
+    )
+    beat_worker = app.Worker(
+        hostname=f"bulkscore-beat-{os.getpid()}@{socket.gethostname()}",
+        pool_cls="solo",
+        concurrency=1,
+        queues=[CONTROL_QUEUE],
+        beat=True,
+        scheduler=BEAT_SCHEDULER,
+        loglevel=level,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    beat_worker.start()
+    return int(beat_worker.exitcode or 0)
