@@ -20,6 +20,14 @@ def build_runner(spec: ModelSpec, settings: Settings | None = None) -> Runner:
         from worker.runners.transformers_text import TransformersTextRunner
 
         return TransformersTextRunner(spec, settings)
+    if spec.task == Task.IMAGE_CLASSIFICATION and spec.backend == Backend.KERAS:
+        from worker.runners.keras_image import KerasImageRunner
+
+        return KerasImageRunner(spec, settings)
+    if spec.task == Task.IMAGE_CLASSIFICATION and spec.backend == Backend.TRANSFORMERS:
+        from worker.runners.transformers_image import TransformersImageRunner
+
+        return TransformersImageRunner(spec, settings)
     raise ModelLoadError(
         f"model {spec.name!r}: no runner for task {spec.task.value!r} with backend "
         f"{spec.backend.value!r} yet"
