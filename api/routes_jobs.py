@@ -22,10 +22,12 @@ from api.submission import (
     Submission,
     check_idempotency_key,
     parse_file_upload,
+    parse_image_uploads,
     parse_json_body,
     submit,
     unprocessable,
 )
+from core.config import Settings
 from core.jobs import cancel_job, get_job, list_jobs
 from core.status import JobStatus
 
@@ -41,7 +43,7 @@ _SUBMIT_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["model", "file"],
+                    "required": ["model"],
                     "properties": {
                         "model": {"type": "string", "description": "A registered model name."},
                         "file": {
@@ -49,6 +51,12 @@ _SUBMIT_BODY: dict[str, Any] = {
                             "format": "binary",
                             "description": '.jsonl ({"id", "text"} per line), .csv (a '
                             "text column, optional id) or .txt (a text per line).",
+                        },
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "Image files, for image models (one part each; "
+                            "the file name is the item's id).",
                         },
                     },
                 }
@@ -86,14 +94,15 @@ async def create(
         ),
     ] = None,
 ) -> JobOut:
-    """Submit texts to score; answers 202 with the queued job.
+    """Submit texts or images to score; answers 202 with the queued job.
 
-    Send JSON (`{"model", "inputs": [{"id", "text"}]}`) or multipart (`model` and a `file`).
-    A text that cannot be scored (empty, too long, NUL) does not refuse the job: it becomes
-    that item's error in the results.
+    Send JSON (`{"model", "inputs": [{"id", "text"}]}`, or `[{"id", "image_base64"}]` for an
+    image model) or multipart (`model` plus a `file` of texts, or many `images` files).
+    An input that cannot be scored (empty or too long text, NUL, an image that is not one)
+    does not refuse the job: it becomes that item's error in the results.
     """
     key = check_idempotency_key(idempotency_key)
-    submission = await _read_submission(request, settings.max_text_chars)
+    submission = await _read_submission(request, settings)
     job, created = await run_in_threadpool(submit, engine, queue, settings, key_id, submission, key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
@@ -101,22 +110,36 @@ async def create(
     return JobOut.from_job(job)
 
 
-async def _read_submission(request: Request, max_chars: int) -> Submission:
+async def _read_submission(request: Request, settings: Settings) -> Submission:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        # One file and a few fields at most: the parser stops at once on anything else.
-        async with request.form(max_files=1, max_fields=5) as form:
-            model, upload = form.get("model"), form.get("file")
+        # A bounded number of parts: the parser stops at once past these, so a form of
+        # 10,000 fields costs nothing.
+        async with request.form(max_files=settings.max_upload_files, max_fields=5) as form:
+            model = form.get("model")
             if not isinstance(model, str) or not model:
                 raise unprocessable("the multipart form needs a 'model' field")
+            images = [part for part in form.getlist("images") if isinstance(part, UploadFile)]
+            upload = form.get("file")
+            if images:
+                uploads = [(part.filename or "", await part.read()) for part in images]
+                return await run_in_threadpool(
+                    parse_image_uploads, model, uploads, settings.max_image_bytes
+                )
             if not isinstance(upload, UploadFile):
-                raise unprocessable("the multipart form needs a 'file' part (an uploaded file)")
+                raise unprocessable(
+                    "the multipart form needs a 'file' part (texts) or 'images' parts"
+                )
             raw = await upload.read()
             filename = upload.filename or ""
-        return await run_in_threadpool(parse_file_upload, model, filename, raw, max_chars)
+        return await run_in_threadpool(
+            parse_file_upload, model, filename, raw, settings.max_text_chars
+        )
     if content_type in ("application/json", ""):
         body = await request.body()
-        return await run_in_threadpool(parse_json_body, body, max_chars)
+        return await run_in_threadpool(
+            parse_json_body, body, settings.max_text_chars, settings.max_image_bytes
+        )
     raise HTTPException(
         status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
         detail="send application/json or multipart/form-data",

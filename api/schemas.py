@@ -11,8 +11,8 @@ from core.jobs import Job
 from core.status import JobStatus
 
 
-class TextInput(BaseModel):
-    """One text to score."""
+class InputRecord(BaseModel):
+    """One input to score: a ``text`` for text models, an ``image_base64`` for image models."""
 
     # Unknown fields are ignored rather than refused: a bulk job should not fail as a whole
     # because its rows carry extra columns.
@@ -23,9 +23,15 @@ class TextInput(BaseModel):
         description="Your id for this input, echoed in its result (default: 1-based position).",
         examples=["r1"],
     )
-    # Length and content are checked per item (a bad text becomes that item's error), so
+    # Length and content are checked per item (a bad input becomes that item's error), so
     # there are no constraints here that would refuse the whole job.
-    text: str = Field(description="The text to score.", examples=["A wonderful little film."])
+    text: str | None = Field(
+        default=None, description="The text to score.", examples=["A wonderful little film."]
+    )
+    image_base64: str | None = Field(
+        default=None,
+        description="An image file (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded.",
+    )
 
 
 class JobRequest(BaseModel):
@@ -34,7 +40,9 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="A model name from `GET /v1/models`.", examples=["sentiment"])
-    inputs: list[TextInput] = Field(description="The texts to score, in order.")
+    inputs: list[InputRecord] = Field(
+        description="The inputs to score, in order: texts, or base64 images for image models."
+    )
 
 
 class Counts(BaseModel):

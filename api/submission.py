@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from api.dispatch import BrokerUnavailable, JobQueue
-from api.schemas import JobRequest
+from api.schemas import InputRecord, JobRequest
 from core.config import Settings
 from core.inputs import TEXT_SUFFIXES, InputFileError, parse_text_bytes
 from core.items import InputItem, checked_text_item
@@ -39,9 +39,16 @@ class Submission:
     model: str
     inputs: list[InputItem]
     request_hash: str
+    # What each input was sent as ("text", "image", or "" for neither): an input refused at
+    # intake has no text or data left to tell.
+    kinds: list[str] | None = None
 
 
-def parse_json_body(body: bytes, max_chars: int) -> Submission:
+BOTH_KINDS = 'send either "text" or "image_base64" in one input, not both'
+NEITHER_KIND = 'each input needs a "text" (text models) or an "image_base64" (image models)'
+
+
+def parse_json_body(body: bytes, max_chars: int, max_image_bytes: int) -> Submission:
     """A JSON ``JobRequest`` body as a :class:`Submission` (422 if it is malformed)."""
     try:
         # pydantic-core parses and validates in one pass, several times faster than
@@ -50,14 +57,38 @@ def parse_json_body(body: bytes, max_chars: int) -> Submission:
     except ValidationError as exc:
         request = _parse_leniently(body, exc)
     canonical = json.dumps(
-        [request.model, [[item.id, item.text] for item in request.inputs]],
+        [request.model, [[item.id, item.text, item.image_base64] for item in request.inputs]],
         separators=(",", ":"),
     )
     inputs = [
-        checked_text_item(position if item.id is None else item.id, item.text, max_chars)
-        for position, item in enumerate(request.inputs, start=1)
+        _record_item(position, record, max_chars, max_image_bytes)
+        for position, record in enumerate(request.inputs, start=1)
     ]
-    return Submission(request.model, inputs, _sha256(b"json\0", canonical.encode()))
+    kinds = [_kind(record) for record in request.inputs]
+    return Submission(request.model, inputs, _sha256(b"json\0", canonical.encode()), kinds)
+
+
+def _kind(record: InputRecord) -> str:
+    has_text, has_image = record.text is not None, record.image_base64 is not None
+    if has_text == has_image:
+        return ""  # both or neither: already that item's error
+    return "image" if has_image else "text"
+
+
+def _record_item(
+    position: int, record: InputRecord, max_chars: int, max_image_bytes: int
+) -> InputItem:
+    ident = position if record.id is None else record.id
+    if record.image_base64 is not None:
+        if record.text is not None:
+            return InputItem(item_id=str(ident)[:256], error=BOTH_KINDS)
+        # Imported here: Pillow stays out of the API's start-up until an image arrives.
+        from core.image_inputs import checked_base64_image_item
+
+        return checked_base64_image_item(ident, record.image_base64, max_image_bytes)
+    if record.text is None:
+        return InputItem(item_id=str(ident)[:256], error=NEITHER_KIND)
+    return checked_text_item(ident, record.text, max_chars)
 
 
 def _parse_leniently(body: bytes, error: ValidationError) -> JobRequest:
@@ -86,6 +117,26 @@ def parse_file_upload(model: str, filename: str, raw: bytes, max_chars: int) -> 
         raise unprocessable(str(exc)) from exc
     digest = _sha256(b"file\0", model.encode(), b"\0", suffix.encode(), b"\0", raw)
     return Submission(model, inputs, digest)
+
+
+def parse_image_uploads(
+    model: str, uploads: list[tuple[str, bytes]], max_image_bytes: int
+) -> Submission:
+    """Uploaded image files (multipart ``images``) as a :class:`Submission`.
+
+    Each file's id is its file name; its content is checked by signature, not by name.
+    """
+    from core.image_inputs import checked_image_item
+
+    inputs = [
+        checked_image_item(PurePath(name).name or str(position), raw, max_image_bytes)
+        for position, (name, raw) in enumerate(uploads, start=1)
+    ]
+    digest = hashlib.sha256(b"images\0" + model.encode())
+    for name, raw in uploads:
+        digest.update(b"\0" + name.encode("utf-8", "replace") + b"\0")
+        digest.update(hashlib.sha256(raw).digest())
+    return Submission(model, inputs, digest.hexdigest(), ["image"] * len(inputs))
 
 
 def _sha256(*parts: bytes) -> str:
@@ -124,11 +175,30 @@ def resolve_model(name: str, settings: Settings) -> ModelSpec:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             detail="the server's models file cannot be read; ask its operator",
         ) from exc
-    if spec.input_kind != InputKind.TEXT:
-        raise unprocessable(
-            f"model {name!r} scores {spec.input_kind.value}s; this endpoint takes texts"
-        )
     return spec
+
+
+def match_input_kind(submission: Submission, spec: ModelSpec) -> Submission:
+    """Inputs of the wrong kind for the model (a text for an image model, or the reverse)
+    become per-item errors; a job with no input of the model's kind at all is a 422.
+    """
+    wants_images = spec.input_kind == InputKind.IMAGE
+    wrong = (
+        f"model {spec.name!r} scores images; send image_base64 (or multipart images)"
+        if wants_images
+        else f"model {spec.name!r} scores texts; send text"
+    )
+    kinds = submission.kinds or ["text"] * len(submission.inputs)
+    mismatched = 0
+    inputs = []
+    for item, kind in zip(submission.inputs, kinds, strict=True):
+        if kind and (kind == "image") != wants_images:
+            mismatched += 1
+            item = InputItem(item_id=item.item_id, error=wrong)
+        inputs.append(item)
+    if inputs and mismatched == len(inputs):
+        raise unprocessable(wrong)
+    return Submission(submission.model, inputs, submission.request_hash, kinds)
 
 
 def check_size(submission: Submission, settings: Settings) -> None:
@@ -162,6 +232,7 @@ def submit(
     """
     spec = resolve_model(submission.model, settings)
     check_size(submission, settings)
+    submission = match_input_kind(submission, spec)
     if idempotency_key is not None:
         replay = _replay(engine, key_id, idempotency_key, submission.request_hash)
         if replay is not None:

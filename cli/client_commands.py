@@ -17,14 +17,19 @@ from rich.table import Table
 from cli.client import ApiClient, client_from_settings
 from cli.console import EXIT_FAILURE, EXIT_USAGE, err_console, fail, out_console
 from core.export import EXPORT_FORMATS, format_for_path
-from core.inputs import TEXT_SUFFIXES
+from core.image_inputs import list_image_files
+from core.inputs import TEXT_SUFFIXES, InputFileError
 from core.status import JobStatus
 
 POLL_INTERVAL_S = 1.0
 
 
 def submit(
-    source: Path = typer.Argument(..., help="A .jsonl, .csv or .txt file of texts."),
+    source: Path = typer.Argument(
+        ...,
+        help="A .jsonl, .csv or .txt file of texts; or, for image models, a folder of images, "
+        "a glob ('photos/*.jpg') or one image file.",
+    ),
     model: str = typer.Option(..., "--model", "-m", help="A model name (see `bulkscore models`)."),
     wait: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
     idempotency_key: str | None = typer.Option(
@@ -36,19 +41,32 @@ def submit(
 
     With --wait, follow the job to its end; the exit status is then 0 only if it completed.
     """
-    if source.suffix.lower() not in TEXT_SUFFIXES:
-        fail(f"{source}: use a {', '.join(TEXT_SUFFIXES)} file", EXIT_USAGE)
-    if not source.is_file():
-        fail(f"{source}: no such file", EXIT_USAGE)
     client = client_from_settings()
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    with source.open("rb") as handle:
+    if source.suffix.lower() in TEXT_SUFFIXES:
+        if not source.is_file():
+            fail(f"{source}: no such file", EXIT_USAGE)
+        with source.open("rb") as handle:
+            response = client.request(
+                "POST",
+                "/v1/jobs",
+                data={"model": model},
+                files={"file": (source.name, handle, "application/octet-stream")},
+                headers=headers,
+            )
+    else:
+        # Every file goes up as it is: the server checks each by content, so a file that is
+        # not an image becomes that item's error instead of silently vanishing here.
+        try:
+            found = list_image_files(str(source))
+        except InputFileError as exc:
+            fail(str(exc), EXIT_USAGE)
+        parts = [
+            ("images", (ident, path.read_bytes(), "application/octet-stream"))
+            for ident, path in found
+        ]
         response = client.request(
-            "POST",
-            "/v1/jobs",
-            data={"model": model},
-            files={"file": (source.name, handle, "application/octet-stream")},
-            headers=headers,
+            "POST", "/v1/jobs", data={"model": model}, files=parts, headers=headers
         )
     job = response.json()
     again = " (already submitted with this idempotency key)" if response.status_code == 200 else ""

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     # Batching defaults; a model's entry in the models file may override each. On CPU small
     # batches win (they stay in cache; measured in bench/: a 1k-token budget beat 8k by 2x);
     # a GPU needs large batches to fill it.
-    max_batch_size: int = Field(default=64, ge=1, description="Most inputs in one CPU forward pass.")
+    max_batch_size: int = Field(
+        default=64, ge=1, description="Most inputs in one CPU forward pass."
+    )
     max_batch_tokens: int = Field(
         default=1024,
         ge=16,
@@ -49,16 +51,50 @@ class Settings(BaseSettings):
         default=512, ge=1, description="Results written per database transaction (embedded)."
     )
     torch_threads: int = Field(
-        default=0, ge=0, description="torch intra-op threads per process; 0 = the cores given."
+        default=0,
+        ge=0,
+        description=(
+            "Compute threads per worker process (torch intra-op, TensorFlow intra-op); "
+            "0 = the cores given to the process divided by worker_processes."
+        ),
+    )
+    worker_processes: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Worker processes sharing this machine's cores; with torch_threads = 0 each takes "
+            "an equal share, so two workers split the cores instead of oversubscribing them."
+        ),
     )
 
     # Service.
     api_url: str = Field(default="http://127.0.0.1:8000", description="URL the CLI client uses.")
     api_key: str = Field(default="", description="Bearer key the CLI client sends.")
     chunk_size: int = Field(default=256, ge=1, description="Items per worker task.")
+    cross_job_batching: bool = Field(
+        default=True,
+        description=(
+            "A chunk task holding a small chunk also claims other jobs' queued chunks of the "
+            "same model and scores them in the same forward passes (many small jobs)."
+        ),
+    )
+    cross_job_max_items: int = Field(
+        default=0,
+        ge=0,
+        description="Most items one cross-job batch holds; 0 = the model's max batch size.",
+    )
+    cross_job_wait_ms: int = Field(
+        default=25,
+        ge=0,
+        le=1000,
+        description=("When a batch is not full, wait this long once for more small jobs to queue."),
+    )
     max_items_per_job: int = Field(default=100_000, ge=1)
     max_text_chars: int = Field(default=20_000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_upload_files: int = Field(
+        default=1000, ge=1, description="Most files in one multipart request (images)."
+    )
 
     # Images.
     max_image_pixels: int = Field(

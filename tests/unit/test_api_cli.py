@@ -167,7 +167,7 @@ def test_models(api: UnitApi) -> None:
         (["results", "nope", "--format", "xml"], "unknown format 'xml'"),
         (["results", "nope", "--out", "x.parquet"], "must end in .csv or .jsonl"),
         (["submit", "missing.txt", "--model", TEXT_MODEL], "missing.txt: no such file"),
-        (["submit", "in.pdf", "--model", TEXT_MODEL], "use a .txt, .jsonl, .csv file"),
+        (["submit", "in.pdf", "--model", TEXT_MODEL], "in.pdf: no such file or folder"),
     ],
 )
 def test_client_errors_are_one_clear_line(

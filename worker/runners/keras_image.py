@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -99,6 +100,9 @@ class KerasImageRunner:
     # -- setup -------------------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:
         """Load the model once, compile its forward pass and warm it up."""
+        # TensorFlow's C++ start-up chatter (oneDNN, CPU features) would bury our own
+        # progress bar and logs; warnings and errors still show. Must precede the import.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
         _enable_memory_growth(tf)
