@@ -89,6 +89,9 @@ class TransformersImageRunner:
             self.spec, AutoModelForImageClassification.from_pretrained, use_safetensors=True
         )
         self.model.eval().to(device)
+        if device != "cpu":
+            # Convolutions on tensor cores want NHWC; NCHW makes cuDNN transpose every layer.
+            self.model.to(memory_format=torch.channels_last)
         if self.spec.precision in ("fp16", "bf16") and device != "cpu":
             self.model.to(torch.float16 if self.spec.precision == "fp16" else torch.bfloat16)
         elif self.spec.precision != "fp32":
@@ -124,6 +127,8 @@ class TransformersImageRunner:
         import torch
 
         tensor = torch.from_numpy(pixel_values).to(self.device, dtype=self.model.dtype)
+        if self.device != "cpu":
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             return self.model(pixel_values=tensor).logits.float().cpu().numpy()
 
