@@ -15,9 +15,11 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from api import routes_health, routes_jobs, routes_models, routes_results
+from api import routes_health, routes_jobs, routes_models, routes_results, routes_training
 from api.dispatch import CeleryJobQueue, JobQueue
 from api.limits import BodySizeLimitMiddleware
+from api.operations import install_operations
+from api.training_dispatch import TrainingQueue, training_queue_for
 from core.config import Settings, get_settings
 from core.db import get_engine
 
@@ -31,21 +33,30 @@ def _version() -> str:
         return "0.0.0"
 
 
-def create_app(settings: Settings | None = None, job_queue: JobQueue | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    job_queue: JobQueue | None = None,
+    training_queue: TrainingQueue | None = None,
+) -> FastAPI:
     """Build the API.
 
     Args:
         settings: Defaults to the process settings (``BULKSCORE_*`` variables).
         job_queue: Where chunk tasks go; defaults to Celery on ``settings.broker_url``.
             Unit tests pass a fake.
+        training_queue: Where training tasks go; defaults to ``job_queue`` itself if it can
+            send them (a fake), else Celery with ``job_queue``'s producer.
     """
     settings = settings or get_settings()
     queue = job_queue if job_queue is not None else CeleryJobQueue(settings)
+    training = training_queue or training_queue_for(queue, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         queue.close()
+        if training is not queue:
+            training.close()
 
     app = FastAPI(
         title="bulkscore",
@@ -61,10 +72,12 @@ def create_app(settings: Settings | None = None, job_queue: JobQueue | None = No
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)
     app.state.job_queue = queue
+    app.state.training_queue = training
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(OperationalError, _database_unavailable)
-    for module in (routes_health, routes_jobs, routes_results, routes_models):
+    for module in (routes_health, routes_jobs, routes_results, routes_models, routes_training):
         app.include_router(module.router)
+    install_operations(app, settings, queue)  # /metrics, request metrics, log context
     return app
 
 

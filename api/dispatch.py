@@ -8,12 +8,13 @@ must answer 503 in a second or two, not hang.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from celery import Celery
 
 from core.config import Settings
+from core.heartbeats import queue_depth, redis_client, workers_by_model
 from core.queues import SCORE_CHUNK_TASK, celery_settings, model_queue
 
 # Seconds. Generous for a broker on the same network, short enough for an HTTP request.
@@ -42,6 +43,12 @@ class JobQueue(Protocol):
     def ping(self) -> None:
         """Return if the broker answers; raise :class:`BrokerUnavailable` otherwise."""
 
+    def workers(self) -> Mapping[str, int]:
+        """Workers with a live heartbeat, by model (``core.heartbeats``)."""
+
+    def queue_depths(self, models: Iterable[str]) -> dict[str, int]:
+        """Chunk messages waiting in each model's queue."""
+
     def close(self) -> None:
         """Release pooled broker connections."""
 
@@ -67,6 +74,8 @@ class CeleryJobQueue:
         # decorators elsewhere (a worker in the same test process) would bind to.
         self.app = Celery("bulkscore-api", set_as_current=False)
         self.app.conf.update(producer_settings(settings))
+        # Heartbeats and queue lengths are plain Redis reads, with the same short timeouts.
+        self.redis = redis_client(settings.broker_url)
 
     def enqueue_chunks(self, job_id: str, model: str, chunk_indexes: Iterable[int]) -> None:
         queue = model_queue(model)
@@ -94,5 +103,18 @@ class CeleryJobQueue:
         except Exception as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
+    def workers(self) -> Mapping[str, int]:
+        try:
+            return workers_by_model(self.redis)
+        except Exception as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def queue_depths(self, models: Iterable[str]) -> dict[str, int]:
+        try:
+            return {model: queue_depth(self.redis, model_queue(model)) for model in models}
+        except Exception as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
     def close(self) -> None:
         self.app.close()
+        self.redis.close()

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from api.deps import CurrentKey, SettingsDep
-from api.schemas import ModelList, ModelOut
+from api.deps import ConnDep, CurrentKey, SettingsDep
+from api.training_schemas import CatalogList, CatalogModelOut
 from core.registry import Registry, RegistryError
+from core.trained_models import list_trained
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=ModelList)
-def models(_key_id: CurrentKey, settings: SettingsDep) -> ModelList:
-    """Every registered model, by name."""
+# exclude_unset: the trained-model fields (version, base, accuracy, labels) appear on
+# trained models only, so a models-file model reads as it always did.
+@router.get("", response_model=CatalogList, response_model_exclude_unset=True)
+def models(_key_id: CurrentKey, settings: SettingsDep, conn: ConnDep) -> CatalogList:
+    """Every registered model, by name: the models file's and the trained ones (latest
+    version, with its held-out accuracy)."""
     try:
         registry = Registry.load(settings.models)
     except RegistryError as exc:
@@ -21,17 +25,10 @@ def models(_key_id: CurrentKey, settings: SettingsDep) -> ModelList:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             detail="the server's models file cannot be read; ask its operator",
         ) from exc
-    return ModelList(
-        data=[
-            ModelOut(
-                name=spec.name,
-                task=spec.task.value,
-                backend=spec.backend.value,
-                source=spec.source,
-                revision=spec.revision,
-                input_kind=spec.input_kind.value,
-                description=spec.description,
-            )
-            for spec in (registry.models[name] for name in registry.names)
-        ]
-    )
+    listed = {name: CatalogModelOut.from_spec(spec) for name, spec in registry.models.items()}
+    for model in list_trained(conn):
+        # A models-file entry of the same name wins, as it does when a job names it.
+        listed.setdefault(
+            model.name, CatalogModelOut.from_trained(model, registry.models.get(model.base))
+        )
+    return CatalogList(data=[listed[name] for name in sorted(listed)])

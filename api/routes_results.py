@@ -81,5 +81,5 @@ def _export(engine: Engine, job_id: str, fmt: str) -> Iterator[bytes]:
     # A connection of its own: the request's connection is released once the handler
     # returns, while this generator is still being streamed.
     with engine.connect() as conn:
-        for piece in export_lines(iter_results(conn, job_id), fmt):
+        for piece in export_lines(iter_results(conn, job_id, top_k_text=True), fmt):
             yield piece.encode("utf-8")

@@ -25,7 +25,13 @@ from core.config import Settings
 from core.inputs import TEXT_SUFFIXES, InputFileError, parse_text_bytes
 from core.items import InputItem, checked_text_item
 from core.jobs import Job, create_job, delete_job, find_by_idempotency_key, list_chunks
-from core.registry import InputKind, ModelSpec, Registry, RegistryError, UnknownModelError
+from core.registry import (
+    InputKind,
+    ModelSpec,
+    RegistryError,
+    UnknownModelError,
+    load_registry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +171,9 @@ def resolve_model(name: str, settings: Settings) -> ModelSpec:
     """The registered model the job names (422 for an unknown or unsuitable one)."""
     try:
         # Read per request (a small TOML file): a model added to the file is usable
-        # without restarting the API.
-        spec = Registry.load(settings.models).get(name)
+        # without restarting the API. Trained models (SQL) are looked up only for names
+        # the file does not have.
+        spec = load_registry(settings).get(name)
     except UnknownModelError as exc:
         raise unprocessable(str(exc)) from exc
     except RegistryError as exc:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +16,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED_BENCH = REPO.parent / "shared" / "bench"
 sys.path.insert(0, str(REPO / "tests"))
+
+
+def bench_workdir(name: str) -> Path:
+    """A folder kept between runs (texts and built models are reused, not rebuilt)."""
+    folder = Path(tempfile.gettempdir()) / f"bulkscore-bench-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def bench_texts(
@@ -45,6 +54,7 @@ class Row:
     name: str
     items: int
     seconds: float
+    note: str = ""
 
     @property
     def rate(self) -> float:
@@ -59,22 +69,34 @@ def timed(name: str, items: int, work: Callable[[], object]) -> Row:
     return row
 
 
-def print_table(title: str, rows: list[Row], baselines: dict[str, str]) -> None:
-    """Markdown table of items/s with a ratio column against each named baseline."""
+def print_table(
+    title: str, rows: list[Row], baselines: dict[str, str], unit: str = "items/s"
+) -> None:
+    """Markdown table of rates with a ratio column against each named baseline row."""
     by_name = {row.name: row for row in rows}
-    header = ["approach", "items/s", *[f"x {label}" for label in baselines]]
+    present = {label: name for label, name in baselines.items() if name in by_name}
+    notes = any(row.note for row in rows)
+    header = ["approach", unit, *[f"x {label}" for label in present], *(["note"] if notes else [])]
     print(f"\n### {title}\n")
-    print(f"machine: {platform.node()} ({machine_summary()})\n")
+    print(f"machine: {platform.node()} ({machine_summary()}); load before: {load_summary()}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
-        ratios = [f"{row.rate / by_name[name].rate:.2f}" for name in baselines.values()]
-        print(f"| {row.name} | {row.rate:.1f} | " + " | ".join(ratios) + " |")
+        ratios = [f"{row.rate / by_name[name].rate:.2f}" for name in present.values()]
+        cells = [row.name, f"{row.rate:,.1f}", *ratios, *([row.note] if notes else [])]
+        print("| " + " | ".join(cells) + " |")
+
+
+def load_summary() -> str:
+    """The 1-minute load average: above the core count, other work shared the machine."""
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 
 def machine_summary() -> str:
-    import os
-
     cpu = "unknown cpu"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -99,6 +99,7 @@ def text_model_alone(model_dir: Path, corpus: list[str]) -> None:
         (torch.bfloat16, 65536, 512),
         (torch.float16, 16384, 256),
         (torch.float16, 131072, 1024),
+        (torch.float16, 262144, 2048),
     ]:
         model = (
             AutoModelForSequenceClassification.from_pretrained(

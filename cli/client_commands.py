@@ -157,11 +157,30 @@ def cancel(job_id: str = typer.Argument(..., help="The job id.")) -> None:
 
 
 def models() -> None:
-    """List the models the API can score with."""
+    """List the models the API can score with (trained ones with version and accuracy)."""
     listing = client_from_settings().json("GET", "/v1/models")
+    # Trained models (bulkscore train, POST /v1/models) carry a version and an accuracy;
+    # their column appears only when there are some.
+    trained = any(model.get("version") for model in listing["data"])
     table = Table("name", "task", "backend", "source")
+    if trained:
+        # The extra column makes the table wide: keep the short columns whole on a narrow
+        # terminal and let the (long) source wrap instead.
+        for column in table.columns[:3]:
+            column.no_wrap = True
+        table.columns[3].overflow = "fold"
+        table.add_column("trained", no_wrap=True)
     for model in listing["data"]:
-        table.add_row(model["name"], model["task"], model["backend"], model["source"])
+        row = [model["name"], model["task"], model["backend"], model["source"]]
+        if trained:
+            accuracy = model.get("accuracy")
+            row[3] = model.get("base") or model["source"]
+            row.append(
+                f"{model['version']} ({accuracy:.3f})"
+                if model.get("version") and isinstance(accuracy, int | float)
+                else model.get("version") or ""
+            )
+        table.add_row(*row)
     out_console.print(table)
 
 

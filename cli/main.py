@@ -5,11 +5,14 @@ from __future__ import annotations
 import typer
 
 from cli.api_command import api
-from cli.client_commands import cancel, models, results, status, submit
+from cli.client_commands import cancel, results, status, submit
+from cli.compare_command import compare
 from cli.db_commands import db_app
 from cli.keys_commands import keys_app
+from cli.models_commands import models_app
 from cli.schedules_commands import beat, schedules_app
 from cli.score_command import score
+from cli.train_command import train
 from cli.worker_command import worker
 
 app = typer.Typer(
@@ -25,6 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("score")(score)
+app.command("train")(train)
+app.command("compare")(compare)
 app.command("worker")(worker)
 app.add_typer(db_app, name="db")
 app.command("api")(api)
@@ -32,8 +37,10 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")
 app.command("beat")(beat)
 # Client commands: talk to a running API at BULKSCORE_API_URL with BULKSCORE_API_KEY.
-for _client_command in (submit, status, results, cancel, models):
+for _client_command in (submit, status, results, cancel):
     app.command()(_client_command)
+# `bulkscore models` lists (a client command); `bulkscore models show NAME` reads SQL.
+app.add_typer(models_app, name="models")
 
 
 if __name__ == "__main__":  # pragma: no cover

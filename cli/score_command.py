@@ -137,7 +137,7 @@ def score(
         labels = label_counts(conn, job.id)
         if out is not None and fmt is not None:
             with out.open("w", encoding="utf-8", newline="") as handle:
-                for piece in export_lines(iter_results(conn, job.id), fmt):
+                for piece in export_lines(iter_results(conn, job.id, top_k_text=True), fmt):
                     handle.write(piece)
     assert final is not None
     scored_now = totals.succeeded + totals.failed

@@ -32,7 +32,9 @@ def worker(
         None,
         "--threads",
         min=1,
-        help="torch intra-op threads (default BULKSCORE_TORCH_THREADS, 0 = all cores given).",
+        help="Compute threads (torch and TensorFlow intra-op) of this worker; default "
+        "BULKSCORE_TORCH_THREADS, or the cores given divided by BULKSCORE_WORKER_PROCESSES. "
+        "Two workers on one machine: --threads 1 each on 2 cores, never 2 each.",
     ),
 ) -> None:
     """Load and warm MODELS once, then score chunks from their queues until stopped.

@@ -46,6 +46,47 @@ class Claim:
         return self.outcome == ClaimOutcome.CLAIMED
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a chunk message needs to know first: its job's model and both states."""
+
+    model: str
+    model_revision: str | None
+    job_status: JobStatus
+    chunk_status: ChunkStatus | None  # None: the job has no such chunk
+    attempts: int
+
+
+def delivery_state(conn: Connection, job_id: str, index: int) -> Delivery | None:
+    """The job and chunk a message names, in one query; None if there is no such job.
+
+    With cross-job batching most deliveries of small jobs' chunks find them already done by
+    another chunk's batch; answering those with a single read keeps the no-op cheap.
+    """
+    row = conn.execute(
+        select(
+            jobs.c.model,
+            jobs.c.model_revision,
+            jobs.c.status,
+            chunks.c.status.label("chunk_status"),
+            chunks.c.attempts,
+        )
+        .select_from(
+            jobs.outerjoin(chunks, and_(chunks.c.job_id == jobs.c.id, chunks.c.index == index))
+        )
+        .where(jobs.c.id == job_id)
+    ).first()
+    if row is None:
+        return None
+    return Delivery(
+        model=row.model,
+        model_revision=row.model_revision,
+        job_status=JobStatus(row.status),
+        chunk_status=ChunkStatus(row.chunk_status) if row.chunk_status is not None else None,
+        attempts=row.attempts or 0,
+    )
+
+
 def as_utc(moment: datetime) -> datetime:
     """``moment`` as an aware UTC datetime (SQLite hands back naive UTC values)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
@@ -114,7 +155,8 @@ def _why_not(conn: Connection, job_id: str, index: int, max_attempts: int, now: 
         return Claim(ClaimOutcome.MISSING)
     chunk = Chunk(job_id, index, row.start, row.stop)
     status = ChunkStatus(row.status)
-    if status == ChunkStatus.DONE:
+    # SPLIT: its items moved to new chunks (core.chunk_split); this one is finished too.
+    if status in (ChunkStatus.DONE, ChunkStatus.SPLIT):
         return Claim(ClaimOutcome.DONE, chunk, row.attempts)
     if status == ChunkStatus.CANCELLED or job_status == JobStatus.CANCELLED.value:
         return Claim(ClaimOutcome.CANCELLED, chunk, row.attempts)

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
+from core.bulk_copy import copy_rows, is_postgresql
 from core.clock import utcnow
 from core.items import InputItem
 from core.registry import ModelSpec
@@ -99,19 +100,7 @@ def create_job(
             started_at=now if status == JobStatus.RUNNING else None,
         )
     )
-    rows = [
-        {
-            "job_id": job_id,
-            "index": index,
-            "item_id": item.item_id,
-            "text": item.text,
-            "data": item.data,
-            "error": item.error,
-        }
-        for index, item in enumerate(inputs)
-    ]
-    for start in range(0, len(rows), ITEM_INSERT_BATCH):
-        conn.execute(insert(items), rows[start : start + ITEM_INSERT_BATCH])
+    _insert_items(conn, job_id, inputs)
     chunk_rows = [
         {
             "job_id": job_id,
@@ -136,6 +125,24 @@ def create_job(
     job = get_job(conn, job_id)
     assert job is not None
     return job
+
+
+ITEM_COLUMNS = ("job_id", "index", "item_id", "text", "data", "error")
+
+
+def _insert_items(conn: Connection, job_id: str, inputs: Sequence[InputItem]) -> None:
+    rows = (
+        (job_id, index, item.item_id, item.text, item.data, item.error)
+        for index, item in enumerate(inputs)
+    )
+    if is_postgresql(conn):
+        # COPY: a 10,000-text job is stored in a fraction of the time a multi-row INSERT
+        # takes, which is most of what a submission costs (bench/service_throughput.py).
+        copy_rows(conn, items, ITEM_COLUMNS, rows)
+        return
+    mappings = [dict(zip(ITEM_COLUMNS, row, strict=True)) for row in rows]
+    for start in range(0, len(mappings), ITEM_INSERT_BATCH):
+        conn.execute(insert(items), mappings[start : start + ITEM_INSERT_BATCH])
 
 
 def get_job(conn: Connection, job_id: str, owner_key_id: int | None = None) -> Job | None:
@@ -186,7 +193,9 @@ def mark_running(conn: Connection, job_id: str) -> None:
     conn.execute(
         update(jobs)
         .where(and_(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value))
-        .values(status=JobStatus.RUNNING.value, started_at=func.coalesce(jobs.c.started_at, utcnow()))
+        .values(
+            status=JobStatus.RUNNING.value, started_at=func.coalesce(jobs.c.started_at, utcnow())
+        )
     )
 
 

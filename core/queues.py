@@ -11,6 +11,8 @@ from typing import Any
 from core.config import Settings
 
 SCORE_CHUNK_TASK = "bulkscore.score_chunk"
+# Trains a head on a base model; sent to the base model's queue (worker.training_task).
+TRAIN_MODEL_TASK = "bulkscore.train_model"
 DEFAULT_QUEUE = "bulkscore.default"
 MODEL_QUEUE_PREFIX = "bulkscore.model."
 

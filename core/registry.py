@@ -12,7 +12,7 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -52,8 +52,10 @@ class UnknownModelError(LookupError):
                 " Model names are registry names, never paths or hub ids: add the model to "
                 "the models file (BULKSCORE_MODELS) under a name and use that name."
             )
+        # Cut: the name is the caller's input, echoed back; a megabyte name must not be.
+        shown = repr(name[:80]) + ("..." if len(name) > 80 else "")
         super().__init__(
-            f"unknown model {name!r}; known models: {', '.join(known) or '(none)'}.{hint}"
+            f"unknown model {shown}; known models: {', '.join(known) or '(none)'}.{hint}"
         )
         self.name = name
         self.known = known
@@ -84,6 +86,8 @@ class ModelSpec(BaseModel):
     def input_kind(self) -> InputKind:
         if self.task == Task.IMAGE_CLASSIFICATION:
             return InputKind.IMAGE
+        if self.task == Task.FEATURE_EXTRACTION and self.backend == Backend.KERAS:
+            return InputKind.IMAGE  # a Keras backbone (ResNet50 without its top) takes images
         return InputKind.TEXT
 
     @property
@@ -120,12 +124,32 @@ class ModelSpec(BaseModel):
         return settings.max_batch_tokens if device == "cpu" else settings.gpu_max_batch_tokens
 
 
-class Registry:
-    """All registered models, by name."""
+class TrainedModels(Protocol):
+    """Models trained into the database (``core.trained_models``), looked up by name."""
 
-    def __init__(self, models: dict[str, ModelSpec], path: Path | None = None) -> None:
+    def spec(self, name: str, registry: Registry) -> ModelSpec | None:
+        """The latest version of trained model ``name`` over ``registry``'s bases, or None."""
+
+    def names(self) -> list[str]:
+        """Every trained model's name."""
+
+
+class Registry:
+    """All registered models, by name: the models file's, then (optionally) trained ones."""
+
+    def __init__(
+        self,
+        models: dict[str, ModelSpec],
+        path: Path | None = None,
+        trained: TrainedModels | None = None,
+    ) -> None:
         self.models = models
         self.path = path
+        self.trained = trained
+
+    def with_trained(self, trained: TrainedModels) -> Registry:
+        """This registry, also resolving names of trained models (the file's names win)."""
+        return Registry(self.models, self.path, trained)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Registry:
@@ -162,11 +186,24 @@ class Registry:
     def get(self, name: str) -> ModelSpec:
         """The spec of a registered model; :class:`UnknownModelError` otherwise."""
         spec = self.models.get(name) if isinstance(name, str) else None
+        # Only a well-formed name reaches the database: a path or hub id never does.
+        if spec is None and self.trained is not None and NAME_PATTERN.match(str(name)):
+            spec = self.trained.spec(str(name), self)
         if spec is None:
-            raise UnknownModelError(str(name), self.names)
+            known = self.names
+            if self.trained is not None:
+                known = sorted(set(known) | set(self.trained.names()))
+            raise UnknownModelError(str(name), known)
         return spec
 
 
-def load_registry() -> Registry:
-    """The registry of the configured models file."""
-    return Registry.load(get_settings().models)
+def load_registry(settings: Settings | None = None) -> Registry:
+    """The configured models file's models, plus the models trained into the database.
+
+    Trained models (``bulkscore train``) are read from ``settings.database_url`` only when a
+    name is not in the models file, so resolving a file's model never touches SQL.
+    """
+    settings = settings or get_settings()
+    from core.trained_models import SqlTrainedModels  # it imports this module
+
+    return Registry.load(settings.models).with_trained(SqlTrainedModels(settings.database_url))

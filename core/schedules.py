@@ -39,6 +39,7 @@ from core.registry import (
     RegistryError,
     UnknownModelError,
 )
+from core.trained_models import SqlTrainedModels
 
 # ``:since`` as a bind parameter (not inside a longer name such as ``:since_day``).
 SINCE_PARAMETER = re.compile(r"(?<!:):since\b")
@@ -148,6 +149,8 @@ def load_schedules(path: Path | None = None, registry: Registry | None = None) -
     if registry is None:
         try:
             registry = Registry.from_mapping(raw, base_dir=base_dir, path=path)
+            # A schedule may name a trained model (bulkscore train): its latest version.
+            registry = registry.with_trained(SqlTrainedModels(get_settings().database_url))
         except RegistryError as exc:
             raise ScheduleConfigError(str(exc)) from exc
     return parse_schedules(raw.get("schedules") or {}, registry, base_dir=base_dir, origin=path)

@@ -26,3 +26,6 @@ class ChunkStatus(StrEnum):
     RUNNING = "running"
     DONE = "done"
     CANCELLED = "cancelled"
+    # Out of attempts with more than one item unscored: its items moved to two new chunks
+    # (core.chunk_split), so a poison item is found by bisection instead of failing the chunk.
+    SPLIT = "split"

@@ -152,3 +152,46 @@ schedule_files = Table(
     Column("mtime_ns", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# Models trained with ``bulkscore train`` / ``POST /v1/models``: a small head over a frozen
+# backbone from the models file. One row per (name, version); the head itself (a safetensors
+# file: ``weight`` [labels x dim], ``bias`` [labels], ``labels`` metadata) lives in the row, so
+# every worker loads it from SQL without a shared disk. No pickle anywhere.
+trained_models = Table(
+    "trained_models",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("base", String(64), nullable=False),
+    Column("task", String(32), nullable=False),
+    Column("input_kind", String(8), nullable=False),
+    Column("labels", JSON, nullable=False),
+    # The evaluation on the stratified hold-out: accuracy, per-label precision/recall/F1,
+    # confusion matrix, sizes, the classifier's settings (worker.training).
+    Column("metrics", JSON, nullable=False),
+    Column("head", LargeBinary, nullable=False),
+    Column("head_sha256", String(64), nullable=False),
+    # The training job that made it; unique, so a redelivered training task cannot register
+    # a second version for the same job.
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="SET NULL"), unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("name", "version", name="uq_trained_models_name_version"),
+)
+
+# What a training job trains: the job row itself (jobs) holds status, counts and error; this
+# row says it is a training job and holds its request. ``data`` is the upload (CSV, or a zip
+# of one folder per label) for jobs that run on the workers; NULL for ``bulkscore train``,
+# which reads its files in-process.
+training_runs = Table(
+    "training_runs",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("base", String(64), nullable=False),
+    Column("data_format", String(8), nullable=False),
+    Column("data", LargeBinary),
+    Column("holdout_fraction", Float, nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

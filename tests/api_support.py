@@ -63,6 +63,8 @@ class FakeJobQueue:
     down: bool = False
     sent: list[tuple[str, str, list[int]]] = field(default_factory=list)
     closed: bool = False
+    # Live worker heartbeats by model (what /readyz and /metrics read from Redis).
+    live_workers: dict[str, int] = field(default_factory=lambda: {TEXT_MODEL: 1})
 
     def enqueue_chunks(self, job_id: str, model: str, chunk_indexes: Iterable[int]) -> None:
         if self.down:
@@ -72,6 +74,17 @@ class FakeJobQueue:
     def ping(self) -> None:
         if self.down:
             raise BrokerUnavailable("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    def workers(self) -> dict[str, int]:
+        self.ping()
+        return dict(self.live_workers)
+
+    def queue_depths(self, models: Iterable[str]) -> dict[str, int]:
+        self.ping()
+        waiting: dict[str, int] = {}
+        for _job_id, model, indexes in self.sent:
+            waiting[model] = waiting.get(model, 0) + len(indexes)
+        return {model: waiting.get(model, 0) for model in models}
 
     def close(self) -> None:
         self.closed = True

@@ -13,17 +13,32 @@ from dataclasses import dataclass
 from enum import StrEnum
 from time import monotonic
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from core.chunks import Claim, ClaimOutcome, claim_chunk, finish_chunk, release_chunk, renew_lease
+from core.chunk_batches import (
+    ChunkKey,
+    active_jobs,
+    finish_chunks,
+    load_chunk_items,
+    release_chunks,
+    renew_leases,
+)
+from core.chunks import (
+    Claim,
+    ClaimOutcome,
+    claim_chunk,
+    delivery_state,
+    finish_chunk,
+    release_chunk,
+)
 from core.config import Settings
-from core.jobs import Chunk, get_job, load_items, mark_running
+from core.jobs import Chunk, load_items, mark_running
 from core.predictions import Prediction
 from core.results import ScoredItem, scored_indexes, write_results
-from core.status import ACTIVE_JOB_STATES, ChunkStatus, JobStatus
-from core.tables import jobs
+from core.status import ChunkStatus
+from worker.cross_job import gather_siblings
 from worker.runners.base import Runner
-from worker.scoring import score_items
+from worker.scoring import JobItems, score_jobs
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +57,18 @@ class ChunkOutcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class BatchedChunk:
+    """Another job's chunk this delivery claimed and scored with its own (cross-job)."""
+
+    job_id: str
+    index: int
+    outcome: ChunkOutcome
+    scored: int
+    already_scored: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkReport:
     outcome: ChunkOutcome
     reason: str = ""
@@ -50,6 +77,7 @@ class ChunkReport:
     already_scored: int = 0
     attempts: int = 0
     retry_in_s: float = 0.0
+    batched: tuple[BatchedChunk, ...] = ()
 
 
 class ChunkAttemptError(RuntimeError):
@@ -59,12 +87,6 @@ class ChunkAttemptError(RuntimeError):
         super().__init__(message)
         self.attempts = attempts
         self.retry = retry
-
-
-def job_is_active(engine: Engine, job_id: str) -> bool:
-    with engine.connect() as conn:
-        status = conn.scalar(select(jobs.c.status).where(jobs.c.id == job_id))
-    return status is not None and JobStatus(status) in ACTIVE_JOB_STATES
 
 
 def work_on_chunk(
@@ -83,13 +105,17 @@ def work_on_chunk(
             written as per-item errors.
     """
     with engine.connect() as conn:
-        job = get_job(conn, job_id)
-    if job is None:
+        state = delivery_state(conn, job_id, chunk_index)
+    if state is None:
         return ChunkReport(ChunkOutcome.SKIPPED, "no such job")
-    runner = runner_for(job.model)
+    if state.chunk_status == ChunkStatus.DONE:
+        # The common case for small jobs' chunks batched by another delivery: one read.
+        return ChunkReport(ChunkOutcome.SKIPPED, "chunk already done", attempts=state.attempts)
+    model, revision = state.model, state.model_revision
+    runner = runner_for(model)
     if runner is None:
         # Checked before claiming, so a stray message costs the chunk no attempt.
-        return ChunkReport(ChunkOutcome.WRONG_MODEL, "model not loaded here", model=job.model)
+        return ChunkReport(ChunkOutcome.WRONG_MODEL, "model not loaded here", model=model)
     with engine.begin() as conn:
         claim = claim_chunk(
             conn,
@@ -101,20 +127,29 @@ def work_on_chunk(
         if claim.claimed:
             mark_running(conn, job_id)
     if not claim.claimed:
-        return _unclaimed(engine, job.model, job.model_revision, claim)
+        return _unclaimed(engine, model, revision, claim)
     assert claim.chunk is not None
+    siblings = gather_siblings(engine, settings, runner, model, claim)
     try:
-        return _score_claimed(engine, settings, claim.chunk, claim.attempts, runner, heartbeat)
+        return _score_claimed(engine, settings, [claim, *siblings], runner, heartbeat)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
+        if siblings:
+            # Other jobs' chunks go back to the queue with their attempt counted; their own
+            # messages (or retries of them) claim them again.
+            with engine.begin() as conn:
+                release_chunks(conn, [_key(c) for c in siblings])
         if claim.attempts >= settings.chunk_max_attempts:
-            abandon_chunk(
-                engine, job.model, job.model_revision, claim.chunk, claim.attempts, reason
-            )
+            abandon_chunk(engine, model, revision, claim.chunk, claim.attempts, reason)
             raise ChunkAttemptError(reason, attempts=claim.attempts, retry=False) from exc
         with engine.begin() as conn:
             release_chunk(conn, job_id, chunk_index)
         raise ChunkAttemptError(reason, attempts=claim.attempts, retry=True) from exc
+
+
+def _key(claim: Claim) -> ChunkKey:
+    assert claim.chunk is not None
+    return (claim.chunk.job_id, claim.chunk.index)
 
 
 def _unclaimed(engine: Engine, model: str, revision: str | None, claim: Claim) -> ChunkReport:
@@ -127,10 +162,10 @@ def _unclaimed(engine: Engine, model: str, revision: str | None, claim: Claim) -
             retry_in_s=claim.retry_in_s,
         )
     if outcome == ClaimOutcome.EXHAUSTED:
-        assert claim.chunk is not None
-        reason = "every attempt stopped without finishing (worker killed or lease lost)"
-        written = abandon_chunk(engine, model, revision, claim.chunk, claim.attempts, reason)
-        return ChunkReport(ChunkOutcome.ABANDONED, reason, scored=written, attempts=claim.attempts)
+        # Bisected to find the poison item instead of failing every item (worker.poison).
+        from worker.poison import exhausted_report
+
+        return exhausted_report(engine, claim)
     if outcome == ClaimOutcome.CANCELLED:
         return ChunkReport(ChunkOutcome.CANCELLED, "job cancelled", attempts=claim.attempts)
     reasons = {
@@ -144,51 +179,76 @@ def _unclaimed(engine: Engine, model: str, revision: str | None, claim: Claim) -
 def _score_claimed(
     engine: Engine,
     settings: Settings,
-    chunk: Chunk,
-    attempts: int,
+    claims: list[Claim],
     runner: Runner,
     heartbeat: Callable[[], None] | None,
 ) -> ChunkReport:
-    stopped = False
+    """Score the claimed chunks (this delivery's first, then its cross-job siblings).
+
+    Every chunk belongs to a different job, so per-job totals are per-chunk totals. Rows are
+    committed before the chunks are marked done, and both before the task returns (and so
+    before its message is acked).
+    """
+    batch = [claim.chunk for claim in claims if claim.chunk is not None]
+    keys = [(chunk.job_id, chunk.index) for chunk in batch]
     renew_every = settings.chunk_lease_s / 3
     last_renewal = monotonic()
 
-    def should_stop() -> bool:
-        nonlocal stopped
-        stopped = stopped or not job_is_active(engine, chunk.job_id)
-        return stopped
+    def still_active(job_ids: set[str]) -> set[str]:
+        with engine.connect() as conn:
+            return active_jobs(conn, job_ids)
 
     def progress(_count: int) -> None:
-        # A chunk that makes progress keeps its lease, so only a stalled or dead worker's
-        # chunk is taken over by a later delivery.
+        # Chunks that make progress keep their leases, so only a stalled or dead worker's
+        # chunks are taken over by a later delivery.
         nonlocal last_renewal
         if heartbeat is not None:
             heartbeat()
         if monotonic() - last_renewal >= renew_every:
             with engine.begin() as conn:
-                renew_lease(conn, chunk.job_id, chunk.index, settings.chunk_lease_s)
+                renew_leases(conn, keys, settings.chunk_lease_s)
             last_renewal = monotonic()
 
     with engine.connect() as conn:
-        items = load_items(conn, chunk.job_id, chunk.start, chunk.stop)
-    totals = score_items(
+        loaded = load_chunk_items(conn, batch)
+    totals, stopped = score_jobs(
         engine,
-        chunk.job_id,
         runner,
-        items,
+        [JobItems(chunk.job_id, loaded[(chunk.job_id, chunk.index)]) for chunk in batch],
         write_batch_size=settings.write_batch_size,
         progress=progress,
-        should_stop=should_stop,
+        still_active=still_active,
     )
-    status = ChunkStatus.CANCELLED if stopped else ChunkStatus.DONE
     with engine.begin() as conn:
-        finish_chunk(conn, chunk.job_id, chunk.index, status)
+        finish_chunks(conn, [k for k in keys if k[0] not in stopped], ChunkStatus.DONE)
+        finish_chunks(conn, [k for k in keys if k[0] in stopped], ChunkStatus.CANCELLED)
+
+    def outcome(job_id: str) -> ChunkOutcome:
+        return ChunkOutcome.CANCELLED if job_id in stopped else ChunkOutcome.DONE
+
+    first, others = claims[0], claims[1:]
+    assert first.chunk is not None
+    own = totals[first.chunk.job_id]
+    batched = tuple(
+        BatchedChunk(
+            job_id=c.chunk.job_id,
+            index=c.chunk.index,
+            outcome=outcome(c.chunk.job_id),
+            scored=totals[c.chunk.job_id].succeeded + totals[c.chunk.job_id].failed,
+            already_scored=totals[c.chunk.job_id].skipped,
+            attempts=c.attempts,
+        )
+        for c in others
+        if c.chunk is not None
+    )
+    stopped_here = first.chunk.job_id in stopped
     return ChunkReport(
-        ChunkOutcome.CANCELLED if stopped else ChunkOutcome.DONE,
-        "job cancelled during the chunk" if stopped else "",
-        scored=totals.succeeded + totals.failed,
-        already_scored=totals.skipped,
-        attempts=attempts,
+        outcome(first.chunk.job_id),
+        "job cancelled during the chunk" if stopped_here else "",
+        scored=own.succeeded + own.failed,
+        already_scored=own.skipped,
+        attempts=first.attempts,
+        batched=batched,
     )
 
 

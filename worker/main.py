@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 
 from worker.pinning import PinningError, pin_device, set_tokenizers_parallelism
 
@@ -49,11 +48,11 @@ def pool_for(concurrency: int) -> str:
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Text or JSON lines, each tagged with its job and chunk ids (core/logs.py).
+    from core.config import get_settings
+    from core.logs import configure
+
+    configure(level, get_settings().log_format)
 
 
 def run_worker(
@@ -69,10 +68,10 @@ def run_worker(
         pinned = pin_device(gpu)  # first: before anything below can import a framework
     except (PinningError, ValueError) as exc:
         raise WorkerStartError(str(exc), EXIT_USAGE) from exc
-    set_tokenizers_parallelism()
 
     from core.config import get_settings
     from core.registry import RegistryError, UnknownModelError, load_registry
+    from worker.threads import compute_threads, cores_given
 
     settings = get_settings()
     configure_logging(settings.log_level)
@@ -82,6 +81,16 @@ def run_worker(
         if threads < 1:
             raise WorkerStartError(f"--threads must be 1 or more, not {threads}", EXIT_USAGE)
         settings = settings.model_copy(update={"torch_threads": threads})
+    # Decided once, before any framework or tokenizer loads, and passed to every runner.
+    compute = compute_threads(settings)
+    settings = settings.model_copy(update={"torch_threads": compute})
+    set_tokenizers_parallelism(threads=compute)
+    log.info(
+        "%d compute thread(s) per process (%d core(s) given, %d worker process(es) per host)",
+        compute,
+        cores_given(),
+        settings.worker_processes,
+    )
     if settings.chunk_lease_s >= settings.visibility_timeout_s:
         raise WorkerStartError(
             f"BULKSCORE_CHUNK_LEASE_S ({settings.chunk_lease_s}) must be shorter than "
@@ -118,11 +127,21 @@ def _consume(loglevel: str, tag: str, names: list[str], pool: str, concurrency: 
     from worker.health import ConsumingStep
     from worker.reconciler import ReconcileStep
     from worker.tasks import score_chunk  # importing it registers the task on the app
+    from worker.training_task import train_model  # heads over these models train here
 
     app.steps["consumer"].add(ConsumingStep)
     app.steps["consumer"].add(ReconcileStep)
+    from worker.operations import add_consumer_steps  # liveness, metrics, log context
+
+    add_consumer_steps(app)
     queues = [model_queue(name) for name in names]
-    log.info("serving %s from %s with the %s pool", score_chunk.name, ", ".join(queues), pool)
+    log.info(
+        "serving %s and %s from %s with the %s pool",
+        score_chunk.name,
+        train_model.name,
+        ", ".join(queues),
+        pool,
+    )
     celery_worker = app.Worker(
         hostname=f"bulkscore-{tag}-{os.getpid()}@{socket.gethostname()}",
         pool_cls=pool,

@@ -82,13 +82,21 @@ def pin_device(
     return Pinned(device="cuda", visible_devices=str(gpu))
 
 
-def set_tokenizers_parallelism(environ: MutableMapping[str, str] | None = None) -> str:
+def set_tokenizers_parallelism(
+    environ: MutableMapping[str, str] | None = None, threads: int | None = None
+) -> str:
     """Decide ``TOKENIZERS_PARALLELISM`` explicitly, before the tokenizers library loads.
 
     The worker never forks after loading a model (solo or threads pool), so the Rust
     tokenizer's own thread pool is safe and speeds up encoding a chunk; leaving the variable
-    unset makes the library guess, and warn or silently disable itself after any fork. An
-    operator's explicit value wins.
+    unset makes the library guess, and warn or silently disable itself after any fork. Its
+    pool (rayon) is as wide as the machine by default, so a worker given ``threads`` cores
+    sizes it to match (``RAYON_NUM_THREADS``), and a one-thread worker turns it off rather
+    than encode on the cores another worker was given. An operator's explicit value wins.
     """
     env = os.environ if environ is None else environ
+    if threads is not None and threads <= 1:
+        return env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads is not None:
+        env.setdefault("RAYON_NUM_THREADS", str(threads))
     return env.setdefault("TOKENIZERS_PARALLELISM", "true")

@@ -1,8 +1,12 @@
 """Re-send chunks whose worker died, instead of waiting hours for Redis to redeliver them.
 
-Every worker runs this from its consumer's timer, for the models it serves: chunks left
-``running`` past their lease are released in SQL (only one worker wins each) and sent
-again. See :func:`core.chunks.release_expired`.
+Every worker runs this from its consumer's timer, for the models it serves, in this order:
+
+1. chunks that used up their attempts are bisected to find a poison item (``worker.poison``);
+2. chunks left ``running`` past their lease are released in SQL (only one worker wins each)
+   and sent again (:func:`core.chunks.release_expired`);
+3. chunks queued for long with an empty queue lost their message and are sent again
+   (``worker.sweeper``).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from celery import bootsteps
 from core.chunks import release_expired
 from core.config import get_settings
 from core.db import get_engine
+from core.heartbeats import redis_client
 from core.queues import SCORE_CHUNK_TASK, model_queue
-from worker import warm
+from worker import poison, warm
+from worker.sweeper import resend_lost
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +34,24 @@ def interval_s(lease_s: float) -> float:
     return min(lease_s / 2, MAX_INTERVAL_S)
 
 
+def sender(app: Any) -> poison.Sender:
+    """Sends one chunk task to its model's queue through ``app``."""
+
+    def send(job_id: str, index: int, model: str) -> None:
+        app.send_task(SCORE_CHUNK_TASK, args=(job_id, index), queue=model_queue(model))
+
+    return send
+
+
 def resend_expired(app: Any) -> int:
     """Release and re-send this worker's models' expired chunks; how many were sent."""
     models = warm.loaded_models()
     if not models:
         return 0
-    engine = get_engine(get_settings().database_url)
+    settings = get_settings()
+    engine = get_engine(settings.database_url)
+    # First: a chunk out of attempts must be bisected, not released to fail as a whole.
+    poison.split_all_exhausted(engine, models, max_attempts=settings.chunk_max_attempts)
     with engine.begin() as conn:
         released = release_expired(conn, models)
     for job_id, index, model in released:
@@ -56,13 +74,28 @@ class ReconcileStep(bootsteps.StartStopStep):
         self.timer_entry: Any = None
 
     def start(self, c: Any) -> None:
+        settings = get_settings()
+        send = sender(c.app)
+        poison.SENDER[:] = [send]
+        client = redis_client(settings.broker_url)
+
         def tick() -> None:
             try:
                 resend_expired(c.app)
             except Exception:  # a database hiccup must not stop the consumer
                 log.exception("could not check for expired chunk leases")
+            try:
+                resend_lost(
+                    get_engine(settings.database_url),
+                    client,
+                    warm.loaded_models(),
+                    send,
+                    older_than_s=settings.chunk_resend_after_s,
+                )
+            except Exception:
+                log.exception("could not check for chunks whose message was lost")
 
-        every = interval_s(get_settings().chunk_lease_s)
+        every = interval_s(settings.chunk_lease_s)
         self.timer_entry = c.timer.call_repeatedly(every, tick)
 
     def stop(self, c: Any) -> None:

@@ -1,7 +1,8 @@
-"""The one function that turns a job's items into rows of the results table.
+"""The one function that turns jobs' items into rows of the results table.
 
-``bulkscore score`` (in-process) and the Celery chunk task both call :func:`score_items`;
-only the driver differs.
+``bulkscore score`` (in-process) and the Celery chunk task both call :func:`score_jobs`
+(``score_items`` is its one-job form); only the driver differs. The chunk task passes the
+items of several small jobs at once when it batches across jobs (``worker.cross_job``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import Engine
 
 from core.items import InputItem
 from core.predictions import Prediction
-from core.results import ScoredItem, WriteOutcome, scored_indexes, write_results
+from core.results import ScoredItem, WriteOutcome, scored_indexes_many, write_job_results
 from worker.runners.base import Progress, Runner
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,14 @@ def predict_isolating_failures(
     return predictions
 
 
+@dataclass(frozen=True, slots=True)
+class JobItems:
+    """Items of one job to score: ``(index, item)`` pairs in index order."""
+
+    job_id: str
+    items: Sequence[tuple[int, InputItem]]
+
+
 def score_items(
     engine: Engine,
     job_id: str,
@@ -81,33 +90,100 @@ def score_items(
     unique key makes that hold even when two runs race). Items refused at intake become
     per-item error rows without reaching the model.
     """
-    totals = ScoreTotals()
-    if indexed_items:
-        first, last = indexed_items[0][0], indexed_items[-1][0]
-        with engine.connect() as conn:
-            done = scored_indexes(conn, job_id, first, last + 1)
-        if done:
-            totals.skipped += sum(1 for index, _ in indexed_items if index in done)
-            if progress is not None:
-                progress(totals.skipped)
-            indexed_items = [pair for pair in indexed_items if pair[0] not in done]
-    for start in range(0, len(indexed_items), write_batch_size):
-        if should_stop is not None and should_stop():
-            break
-        window = indexed_items[start : start + write_batch_size]
-        usable = [(index, item) for index, item in window if item.error is None]
+    stop_check = None if should_stop is None else (lambda ids: set() if should_stop() else ids)
+    totals, _ = score_jobs(
+        engine,
+        runner,
+        [JobItems(job_id, indexed_items)],
+        write_batch_size=write_batch_size,
+        progress=progress,
+        still_active=stop_check,
+    )
+    return totals.get(job_id, ScoreTotals())
+
+
+def score_jobs(
+    engine: Engine,
+    runner: Runner,
+    work: Sequence[JobItems],
+    *,
+    write_batch_size: int = 512,
+    progress: Progress | None = None,
+    still_active: Callable[[set[str]], set[str]] | None = None,
+) -> tuple[dict[str, ScoreTotals], set[str]]:
+    """:func:`score_items` for the items of several jobs of one model, scored together.
+
+    The items of every job go through ``runner.predict`` in shared calls (so many small
+    jobs fill batches as one big job does), and each write window is one transaction that
+    writes every job's rows and advances every job's own counters.
+
+    Args:
+        still_active: Given the job ids of a window, the ones that may still be scored
+            (not cancelled); checked before each window. A job that drops out is scored no
+            further.
+
+    Returns:
+        Totals per job, and the ids of the jobs that were stopped by ``still_active``.
+    """
+    totals = {unit.job_id: ScoreTotals() for unit in work}
+    pending = _without_scored(engine, work, totals, progress)
+    stopped: set[str] = set()
+    for start in range(0, len(pending), write_batch_size):
+        window = pending[start : start + write_batch_size]
+        if still_active is not None:
+            # A stopped job stays stopped: its later windows are dropped without asking.
+            job_ids = {job_id for job_id, _, _ in window} - stopped
+            active = still_active(job_ids) if job_ids else set()
+            stopped |= job_ids - active
+            window = [entry for entry in window if entry[0] in active]
+        if not window:
+            continue
+        usable = [entry for entry in window if entry[2].error is None]
         predictions = predict_isolating_failures(
-            runner, [runner_input(item) for _, item in usable], progress
+            runner, [runner_input(item) for _, _, item in usable], progress
         )
-        by_index = {index: pred for (index, _), pred in zip(usable, predictions, strict=True)}
-        scored = []
-        for index, item in window:
-            prediction = by_index.get(index) or Prediction.failure(item.error or "not scored")
-            scored.append(ScoredItem(index=index, item_id=item.item_id, prediction=prediction))
+        by_key = {
+            (job_id, index): pred
+            for (job_id, index, _), pred in zip(usable, predictions, strict=True)
+        }
+        scored: dict[str, list[ScoredItem]] = {}
+        for job_id, index, item in window:
+            prediction = by_key.get((job_id, index)) or Prediction.failure(
+                item.error or "not scored"
+            )
+            scored.setdefault(job_id, []).append(
+                ScoredItem(index=index, item_id=item.item_id, prediction=prediction)
+            )
         refused = len(window) - len(usable)
         if progress is not None and refused:
             progress(refused)
         with engine.begin() as conn:
-            outcome = write_results(conn, job_id, runner.name, runner.revision, scored)
-        totals.add(outcome, len(scored))
-    return totals
+            outcomes = write_job_results(conn, runner.name, runner.revision, scored)
+        for job_id, rows in scored.items():
+            totals[job_id].add(outcomes[job_id], len(rows))
+    return totals, stopped
+
+
+def _without_scored(
+    engine: Engine,
+    work: Sequence[JobItems],
+    totals: dict[str, ScoreTotals],
+    progress: Progress | None,
+) -> list[tuple[str, int, InputItem]]:
+    """Every ``(job_id, index, item)`` of ``work`` without a result row yet, in order."""
+    ranges = [(unit.job_id, unit.items[0][0], unit.items[-1][0] + 1) for unit in work if unit.items]
+    with engine.connect() as conn:
+        done = scored_indexes_many(conn, ranges)
+    pending = []
+    skipped = 0
+    for unit in work:
+        already = done.get(unit.job_id, set())
+        for index, item in unit.items:
+            if index in already:
+                totals[unit.job_id].skipped += 1
+                skipped += 1
+            else:
+                pending.append((unit.job_id, index, item))
+    if progress is not None and skipped:
+        progress(skipped)
+    return pending

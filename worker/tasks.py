@@ -76,6 +76,8 @@ def score_chunk(self: Task, job_id: str, chunk_index: int) -> None:
 
 def _log_report(job_id: str, chunk_index: int, report: ChunkReport, hostname: str | None) -> None:
     detail = f" ({report.reason})" if report.reason else ""
+    if report.batched:
+        detail += f" (with {len(report.batched)} other jobs' chunks)"
     log.info(
         "chunk %d of job %s %s by %s: %d scored, %d already scored, attempt %d%s",
         chunk_index,
@@ -87,6 +89,22 @@ def _log_report(job_id: str, chunk_index: int, report: ChunkReport, hostname: st
         report.attempts,
         detail,
     )
+    # One line per chunk, in the same form, so every chunk's outcome is logged once by the
+    # worker that scored it, whichever message carried it.
+    for other in report.batched:
+        log.info(
+            "chunk %d of job %s %s by %s: %d scored, %d already scored, attempt %d "
+            "(batched with chunk %d of job %s)",
+            other.index,
+            other.job_id,
+            other.outcome.value,
+            hostname,
+            other.scored,
+            other.already_scored,
+            other.attempts,
+            chunk_index,
+            job_id,
+        )
 
 
 @worker_init.connect

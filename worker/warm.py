@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from core.config import Settings
@@ -37,12 +38,26 @@ class SerializedRunner:
     def setup(self, device: str = "cpu") -> None:
         self.runner.setup(device)
 
+    @property
+    def max_batch_size(self) -> int | None:
+        """The wrapped runner's batch size (known after setup); sizes cross-job batches."""
+        size = getattr(self.runner, "max_batch_size", None)
+        return size if isinstance(size, int) else None
+
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         with self._lock:
             return self.runner.predict(batch, progress=progress)
 
+    @contextmanager
+    def exclusive(self) -> Iterator[Runner]:
+        """The wrapped runner, held alone: for calls other than ``predict`` (a backbone's
+        features for a training task) that must not overlap a chunk's forward passes."""
+        with self._lock:
+            yield self.runner
+
 
 _RUNNERS: dict[str, SerializedRunner] = {}
+_DEVICE: list[str] = ["cpu"]  # the device load_models put the models on
 
 
 def load_models(specs: Iterable[ModelSpec], device: str, settings: Settings) -> list[str]:
@@ -54,6 +69,7 @@ def load_models(specs: Iterable[ModelSpec], device: str, settings: Settings) -> 
     """
     from worker.runners import build_runner
 
+    _DEVICE[0] = device
     names = []
     for spec in specs:
         started = time.perf_counter()
@@ -74,6 +90,11 @@ def load_models(specs: Iterable[ModelSpec], device: str, settings: Settings) -> 
 def get_runner(name: str) -> Runner | None:
     """The warm runner for model ``name``, or None if this process did not load it."""
     return _RUNNERS.get(name)
+
+
+def device() -> str:
+    """The device this process's models run on (training tasks load backbones there)."""
+    return _DEVICE[0]
 
 
 def loaded_models() -> list[str]:

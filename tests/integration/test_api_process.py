@@ -25,6 +25,7 @@ from api_support import (
 from sqlalchemy import Engine, func, select
 
 from core.db import get_engine
+from core.heartbeats import redis_client, write_heartbeats
 from core.migrate import upgrade
 from core.queues import model_queue
 from core.tables import jobs
@@ -82,6 +83,13 @@ def test_the_api_process_serves_jobs_over_http(live: Live) -> None:
     url, headers = live.server.url, bearer(live.key)
     body = {"model": TEXT_MODEL, "inputs": [{"id": f"r{i}", "text": f"text {i}"} for i in range(5)]}
 
+    # No worker yet: database and broker answer, but nothing would score the job.
+    waiting = httpx.get(f"{url}/readyz").json()
+    assert waiting["checks"]["database"] == waiting["checks"]["broker"] == "ok"
+    assert waiting["status"] == "not ready"
+    client = redis_client(live.redis_url)
+    write_heartbeats(client, [TEXT_MODEL], "w1@test", ttl_s=30, detail={})  # a worker's
+    client.close()
     assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
     assert httpx.get(f"{url}/v1/jobs").status_code == 401
     created = httpx.post(f"{url}/v1/jobs", json=body, headers=headers)

@@ -14,6 +14,7 @@ from api_support import TEXT_MODEL, UnitApi, bearer, fake_scores, serve, write_a
 from sqlalchemy import func, select
 
 from core.config import Settings
+from core.heartbeats import redis_client, write_heartbeats
 from core.migrate import upgrade
 from core.queues import SCORE_CHUNK_TASK, model_queue
 from core.tables import chunks, items, jobs, results
@@ -132,10 +133,20 @@ def test_a_job_is_refused_fast_and_not_kept_when_redis_is_down(
         assert ready.json()["checks"]["broker"].startswith("error:")
 
 
-def test_readyz_answers_200_when_postgresql_and_redis_answer(api: UnitApi) -> None:
+def test_readyz_answers_200_when_postgresql_redis_and_a_worker_answer(
+    api: UnitApi, redis_url: str
+) -> None:
+    no_worker = api.client.get("/readyz")
+    assert no_worker.status_code == 503
+    assert no_worker.json()["checks"]["workers"] == "error: no worker has a live heartbeat"
+    # What a consuming worker writes (worker.liveness), with its TTL.
+    client = redis_client(redis_url)
+    write_heartbeats(client, [TEXT_MODEL], "w1@test", ttl_s=30, detail={})
+    client.close()
     response = api.client.get("/readyz")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "workers": "ok"}
+    assert response.json()["workers"][TEXT_MODEL] == 1
 
 
 def test_a_10k_text_job_is_accepted_quickly(api: UnitApi, redis_url: str) -> None:

@@ -84,6 +84,7 @@ def test_redis_keeps_queued_messages_across_restarts(config: dict[str, Any]) -> 
     redis = config["services"]["redis"]
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert any(volume["target"] == "/data" for volume in _volumes(redis))
     assert any(
@@ -91,6 +92,15 @@ def test_redis_keeps_queued_messages_across_restarts(config: dict[str, Any]) -> 
         for volume in _volumes(config["services"]["postgres"])
     )
     assert {"pg-data", "redis-data"} <= set(config["volumes"])
+
+
+def test_workers_are_watched_and_frozen_sessions_end(config: dict[str, Any]) -> None:
+    worker = config["services"]["worker"]
+    assert worker["restart"] == "unless-stopped", "a stalled worker exits to be restarted"
+    assert int(worker["environment"]["BULKSCORE_WORKER_STALL_S"]) <= 60
+    assert worker["environment"]["BULKSCORE_WORKER_METRICS_PORT"] == "9100"
+    postgres = " ".join(config["services"]["postgres"]["command"])
+    assert "idle_in_transaction_session_timeout=" in postgres
 
 
 def test_the_worker_owns_gpu_0(config: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from core.tables import metadata
 TABLES = {
     "api_keys", "jobs", "items", "chunks", "results",
     "schedule_runs", "schedule_state", "schedule_files",
+    "trained_models", "training_runs",
 }
 
 

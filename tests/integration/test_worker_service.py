@@ -252,6 +252,27 @@ def test_a_chunk_delivered_twice_is_scored_once(service: Service) -> None:
     assert sorted(done_chunks(service.worker.log, job.id)) == [0, 1]
 
 
+def test_many_small_jobs_are_batched_across_jobs(service: Service) -> None:
+    texts = sample_texts(40)
+    # Stored first, then sent: the first delivery finds the other jobs' chunks queued.
+    made = [service.create([text], chunk_size=1) for text in texts]
+    for job in made:
+        send_chunks(service.producer, job.id, MODEL, [0])
+    for job in made:
+        final = service.wait_status(job.id, JobStatus.COMPLETED)
+        assert (final.total, final.succeeded, final.failed) == (1, 1, 0)
+        assert service.result_count(job.id) == 1
+        assert [(r.status, r.attempts) for r in service.chunk_rows(job.id)] == [("done", 1)]
+    log = service.worker.log
+    for job in made:
+        assert done_chunks(log, job.id) == [0], "each chunk scored (and logged) exactly once"
+    batched = [job for job in made if re.search(rf"job {job.id} done by .*batched with", log)]
+    # The tiny model's batch is 8 inputs: at least 5 batches of at most 8 one-text jobs.
+    assert len(batched) >= len(made) // 2, "small jobs must share forward passes"
+    for job in batched:
+        service.worker.wait_for(rf"chunk 0 of job {job.id} skipped by .*chunk already done")
+
+
 def test_a_chunk_of_a_killed_worker_is_re_sent_and_finished(
     service: Service, tiny_text_model: Path
 ) -> None:

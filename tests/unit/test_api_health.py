@@ -39,7 +39,29 @@ def test_healthz_and_readyz(api: UnitApi) -> None:
     assert api.client.get("/healthz").json() == {"status": "ok"}
     ready = api.client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "ok", "workers": "ok"},
+        "workers": {IMAGE_MODEL: 0, TEXT_MODEL: 1},
+    }
+
+
+def test_readyz_is_503_without_a_worker_heartbeat(api: UnitApi) -> None:
+    assert api.client.get("/readyz", params={"model": TEXT_MODEL}).status_code == 200
+    # The image model has no worker: ready for texts, not for images.
+    image = api.client.get("/readyz", params={"model": IMAGE_MODEL})
+    assert image.status_code == 503
+    assert image.json()["checks"]["workers"] == (
+        f"error: no worker has a live heartbeat for model {IMAGE_MODEL!r}"
+    )
+    api.queue.live_workers.clear()
+    nothing = api.client.get("/readyz")
+    assert nothing.status_code == 503
+    assert nothing.json()["checks"] == {
+        "database": "ok",
+        "broker": "ok",
+        "workers": "error: no worker has a live heartbeat",
+    }
 
 
 def test_readyz_is_503_while_the_broker_is_down(api: UnitApi) -> None:

@@ -40,3 +40,12 @@ def test_tokenizers_parallelism_is_set_unless_the_operator_chose() -> None:
     assert set_tokenizers_parallelism(env) == "true" and env["TOKENIZERS_PARALLELISM"] == "true"
     chosen = {"TOKENIZERS_PARALLELISM": "false"}
     assert set_tokenizers_parallelism(chosen) == "false"
+
+
+def test_the_tokenizer_pool_matches_the_threads_a_worker_is_given() -> None:
+    one: dict[str, str] = {}
+    assert set_tokenizers_parallelism(one, threads=1) == "false"
+    assert "RAYON_NUM_THREADS" not in one
+    two: dict[str, str] = {}
+    assert set_tokenizers_parallelism(two, threads=2) == "true"
+    assert two["RAYON_NUM_THREADS"] == "2"

@@ -13,6 +13,13 @@ from worker.runners.base import ModelLoadError, Runner
 
 def build_runner(spec: ModelSpec, settings: Settings | None = None) -> Runner:
     """An un-set-up runner for ``spec`` (call ``setup(device)`` next)."""
+    from core.trained_models import TrainedSpec
+
+    if isinstance(spec, TrainedSpec):
+        # A trained model (bulkscore train): its base's features through its stored head.
+        from worker.runners.head_runner import HeadRunner
+
+        return HeadRunner(spec, settings)
     if spec.backend == Backend.TRANSFORMERS and spec.task in (
         Task.TEXT_CLASSIFICATION,
         Task.FEATURE_EXTRACTION,
@@ -24,6 +31,10 @@ def build_runner(spec: ModelSpec, settings: Settings | None = None) -> Runner:
         from worker.runners.keras_image import KerasImageRunner
 
         return KerasImageRunner(spec, settings)
+    if spec.task == Task.FEATURE_EXTRACTION and spec.backend == Backend.KERAS:
+        from worker.runners.keras_features import KerasFeatureRunner
+
+        return KerasFeatureRunner(spec, settings)
     if spec.task == Task.IMAGE_CLASSIFICATION and spec.backend == Backend.TRANSFORMERS:
         from worker.runners.transformers_image import TransformersImageRunner
 

@@ -44,6 +44,32 @@ def offline_message(spec: ModelSpec) -> str:
     )
 
 
+# Weight files that are Python pickles (torch.save, joblib, numpy object arrays): loading
+# one can run any code its author chose. Only safetensors (and Keras/TensorFlow native
+# formats, which do not go through this loader) are ever loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
+
+
+def refuse_pickled_weights(spec: ModelSpec, folder: Path, kwargs: dict[str, Any]) -> None:
+    """Refuse a local model folder whose weights exist only as pickles, with a clear message.
+
+    transformers would fail too with ``use_safetensors=True``, but with a message about a
+    missing file; this says what is wrong and how to fix it.
+    """
+    if not kwargs.get("use_safetensors") or not folder.is_dir():
+        return
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelLoadError(
+            f"model {spec.name!r}: {folder} has weights only as {', '.join(pickles)} (Python "
+            "pickles, which can run arbitrary code when loaded); bulkscore loads only "
+            "safetensors. Convert once where you trust the file: "
+            "`AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`."
+        )
+
+
 def load_pretrained(
     spec: ModelSpec, loader: Callable[..., T], source: str | None = None, **kwargs: Any
 ) -> T:
@@ -53,11 +79,13 @@ def load_pretrained(
     SECURITY.md names both as the ways a model file runs code.
     """
     source = source or spec.source
-    kwargs.setdefault("trust_remote_code", False)
+    # Forced, not defaulted: no caller and no config.json can turn remote code on.
+    kwargs["trust_remote_code"] = False
     local = spec.local_path(source)
     if local is not None:
         if not Path(local).exists():
             raise ModelLoadError(f"model {spec.name!r}: local source {local} does not exist")
+        refuse_pickled_weights(spec, Path(local), kwargs)
         try:
             return loader(str(local), local_files_only=True, **kwargs)
         except (OSError, ValueError) as exc:

@@ -67,8 +67,9 @@ class TransformersTextRunner:
         # Our own progress bar covers the job; transformers' weight-loading bar is noise.
         hf_logging.disable_progress_bar()
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        from worker.threads import configure_torch_threads
+
+        self.threads = configure_torch_threads(torch, self.settings)
         self.device = device
         self.max_batch_size = self.spec.batch_size(self.settings, device)
         self.max_batch_tokens = self.spec.batch_tokens(self.settings, device)
@@ -108,9 +109,9 @@ class TransformersTextRunner:
                 raise ModelLoadError(f"model {self.name!r}: precision int8 is for CPU workers")
             # Dynamic quantization: int8 weights for every Linear, activations quantized on
             # the fly; no calibration data needed and the accuracy cost is measured in bench/.
-            self.model = torch.ao.quantization.quantize_dynamic(
-                self.model, {torch.nn.Linear}, dtype=torch.qint8
-            )
+            from worker.runners.int8 import quantize_int8
+
+            self.model = quantize_int8(self.model)
         elif precision in ("fp16", "bf16"):
             if self.device == "cpu":
                 log.warning("model %s: %s requested on CPU; using fp32", self.name, precision)

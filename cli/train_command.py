@@ -1,0 +1,150 @@
+"""``bulkscore train``: train a classifier on a base model's frozen features, in-process.
+
+The embedded counterpart of ``POST /v1/models``: the same readers, the same training and
+registration code (``worker.trainer``), on the configured database; the model is usable by
+name at once (jobs, ``bulkscore score``, schedules; workers load it when they start).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cli.console import EXIT_USAGE, err_console, fail
+from cli.evaluation_view import print_evaluation
+from core.config import get_settings
+from core.db import get_engine
+from core.jobs import mark_failed
+from core.registry import InputKind, RegistryError, load_registry
+from core.status import JobStatus
+from core.trained_models import TrainedModelError, check_base, check_new_name
+from core.training_data import (
+    DataFormat,
+    DataLimits,
+    TrainingDataError,
+    check_examples,
+    read_local_data,
+)
+from core.training_jobs import DEFAULT_HOLDOUT_FRACTION, DEFAULT_SEED, create_training_job
+
+
+def train(
+    name: str = typer.Argument(
+        ..., help="The new model's name; training an existing trained name adds a version."
+    ),
+    base: str = typer.Option(
+        "minilm", "--base", "-b", help="The backbone, a model of the models file."
+    ),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="Text bases: a .csv with text,label columns. Image bases: a folder with one "
+        "sub-folder of images per label (or a .zip of such folders).",
+    ),
+    holdout: float = typer.Option(
+        DEFAULT_HOLDOUT_FRACTION,
+        "--holdout",
+        min=0.05,
+        max=0.5,
+        help="Share of each label held out to evaluate the head (the head stored is then "
+        "refitted on every example).",
+    ),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the hold-out split."),
+    device: str = typer.Option("cpu", help="Device of the backbone: cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Train NAME: a logistic-regression head on BASE's frozen features.
+
+    The head is evaluated on a stratified hold-out, refitted on every example, and
+    registered in the database as NAME's next version (v1, v2, ...).
+
+    Exit status 2 for unusable data (one label, fewer than 5 examples of a label, a
+    malformed file), an unknown base or a name of the models file.
+    """
+    settings = get_settings()
+    try:
+        registry = load_registry(settings)
+        check_new_name(registry, name)
+        base_spec = check_base(registry, base)
+        examples = read_local_data(data, base_spec.input_kind, DataLimits.from_settings(settings))
+        counts = check_examples(examples)
+    except (RegistryError, TrainedModelError, TrainingDataError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    if base_spec.input_kind == InputKind.TEXT:
+        data_format = DataFormat.CSV
+    else:
+        data_format = DataFormat.ZIP if data.suffix.lower() == ".zip" else DataFormat.FOLDER
+    err_console.print(
+        f"{len(examples.usable)} examples of {len(counts)} labels"
+        + (f" ({len(examples.skipped)} files skipped)" if examples.skipped else ""),
+        highlight=False,
+    )
+
+    from core.migrate import upgrade
+
+    upgrade(settings.database_url)
+    engine = get_engine(settings.database_url)
+    with engine.begin() as conn:
+        job = create_training_job(
+            conn,
+            name=name,
+            base=base_spec,
+            total=len(examples.items),
+            data_format=data_format,
+            data=None,
+            holdout_fraction=holdout,
+            seed=seed,
+            status=JobStatus.RUNNING,
+        )
+
+    from worker.runners.base import ModelLoadError
+    from worker.runners.head_runner import build_backbone
+    from worker.trainer import train_and_register
+
+    backbone = build_backbone(base_spec, settings)
+    err_console.print(
+        f"loading base [bold]{base_spec.name}[/] ({base_spec.source}) on {device} ..."
+    )
+    try:
+        backbone.setup(device)
+    except ModelLoadError as exc:
+        with engine.begin() as conn:
+            mark_failed(conn, job.id, str(exc))
+        fail(str(exc))
+    started = time.perf_counter()
+    try:
+        with Progress(
+            TextColumn("[bold]features[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+        ) as bar:
+            task = bar.add_task("features", total=len(examples.usable))
+            model = train_and_register(
+                engine,
+                job_id=job.id,
+                name=name,
+                base=base_spec,
+                examples=examples,
+                backbone=backbone,
+                holdout_fraction=holdout,
+                seed=seed,
+                progress=lambda count: bar.update(task, advance=count),
+            )
+    except TrainingDataError as exc:
+        with engine.begin() as conn:
+            mark_failed(conn, job.id, str(exc))
+        fail(str(exc), EXIT_USAGE)
+    if model is None:
+        fail(f"training job {job.id} was cancelled; nothing was registered")
+    err_console.print(
+        f"trained {model.name} {model.revision} in {time.perf_counter() - started:.1f}s "
+        f"(training job {job.id}); score with: bulkscore score FILE --model {model.name}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print_evaluation(model)

@@ -1,0 +1,438 @@
+"""Fault injection: the promise holds through worker crashes, broker and database restarts.
+
+Real processes on servers this module owns (``fault_support``): a ``redis-server`` with AOF
+on, a PostgreSQL cluster, two ``bulkscore worker`` processes kept alive by a supervisor
+(as compose's restart policy does), and the API (in-process, with the real Celery producer).
+Every job goes through the API and into the ledger; after each scenario the audit counts
+lost jobs, duplicate rows, rows of refused requests and jobs stuck unfinished: all 0.
+
+Leases, stall and resend timers are seconds here (they are minutes in production), so
+each scenario runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from api_support import TEXT_MODEL, UnitApi, bearer, free_port, serve
+from fault_support import PostgresCluster, RedisServer, own_postgres, own_redis
+from ledger import Audit, Ledger, audit
+from poison_worker import POISON
+from sqlalchemy import Engine, func, select
+from supervisor import Supervisor
+from worker_support import poll, worker_env
+
+from core.config import Settings
+from core.db import get_engine
+from core.items import InputItem
+from core.jobs import create_job
+from core.migrate import upgrade
+from core.registry import Registry
+from core.status import FINAL_JOB_STATES, JobStatus
+from core.tables import chunks, jobs, results
+
+SETTLE_S = 60.0  # the most any scenario may take to reach final states
+AUDITS: dict[str, Audit] = {}  # scenario -> audit, written to the report at the end
+
+
+@dataclass
+class Service:
+    api: UnitApi
+    engine: Engine
+    ledger: Ledger
+    workers: Supervisor
+    redis: RedisServer
+    postgres: PostgresCluster
+    metrics_ports: dict[int, int]
+    tmp: Path
+
+    def submit(self, texts: list[str], chunk_size: int) -> str:
+        self.api.client.app.state.settings = self.api.settings.model_copy(  # type: ignore[attr-defined]
+            update={"chunk_size": chunk_size}
+        )
+        response = self.ledger.submit(self.api, texts)
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    def rows(self, job_id: str) -> int:
+        with self.engine.connect() as conn:
+            count = conn.scalar(select(func.count()).where(results.c.job_id == job_id))
+        return int(count or 0)
+
+    def job(self, job_id: str) -> dict[str, object]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(jobs).where(jobs.c.id == job_id)).one()._mapping)
+
+    def chunk_rows(self, job_id: str) -> list[tuple[int, int, int, str, int]]:
+        with self.engine.connect() as conn:
+            query = select(
+                chunks.c.index, chunks.c.start, chunks.c.stop, chunks.c.status, chunks.c.attempts
+            ).where(chunks.c.job_id == job_id)
+            return [tuple(row) for row in conn.execute(query.order_by(chunks.c.index))]
+
+    def settle(self, job_ids: list[str], timeout: float = SETTLE_S) -> None:
+        """Wait until every job is final (or the timeout: the audit then shows it stuck)."""
+        final = {status.value for status in FINAL_JOB_STATES}
+
+        def all_final() -> bool:
+            try:
+                with self.engine.connect() as conn:
+                    states = conn.scalars(select(jobs.c.status).where(jobs.c.id.in_(job_ids)))
+                    return all(state in final for state in states)
+            except Exception:  # the database may be restarting
+                return False
+
+        deadline = time.monotonic() + timeout
+        while not all_final() and time.monotonic() < deadline:
+            time.sleep(0.25)
+
+    def check(self, scenario: str, job_ids: list[str]) -> Audit:
+        self.settle(job_ids)
+        found = audit(self.engine, self.ledger, job_ids)
+        AUDITS[scenario] = found
+        assert found.problems() == {}, found
+        return found
+
+
+def texts(count: int, prefix: str = "") -> list[str]:
+    words = ["good", "bad", "film", "plot", "great", "dull", "moving", "awful", "superb"]
+    return [
+        f"{prefix}{' '.join(words[(i + k) % len(words)] for k in range(3 + i % 25))}"
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, models_file: Path) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("faults")
+    with own_redis(tmp) as redis_server, own_postgres() as postgres:
+        pg_url = postgres.create_database("bulkscore")
+        upgrade(pg_url)
+        metrics_ports = {slot: free_port() for slot in range(2)}
+        base = worker_env(
+            pg_url,
+            redis_server.url,
+            models_file,
+            BULKSCORE_CHUNK_LEASE_S="5",
+            BULKSCORE_CHUNK_MAX_ATTEMPTS="2",
+            BULKSCORE_WORKER_STALL_S="8",
+            BULKSCORE_WORKER_HEARTBEAT_TTL_S="6",
+            BULKSCORE_CHUNK_RESEND_AFTER_S="8",
+            BULKSCORE_WRITE_BATCH_SIZE="40",
+            BULKSCORE_CROSS_JOB_WAIT_MS="0",
+        )
+
+        def env_for(slot: int) -> dict[str, str]:
+            return {**base, "BULKSCORE_WORKER_METRICS_PORT": str(metrics_ports[slot])}
+
+        supervisor = Supervisor(["--models", TEXT_MODEL, "--threads", "1"], env_for, tmp)
+        settings = Settings(
+            database_url=pg_url, broker_url=redis_server.url, models=models_file, chunk_size=100
+        )
+        supervisor.start()
+        try:
+            supervisor.wait_consuming()
+            with serve(settings) as api:
+                yield Service(
+                    api=api,
+                    engine=get_engine(pg_url),
+                    ledger=Ledger(),
+                    workers=supervisor,
+                    redis=redis_server,
+                    postgres=postgres,
+                    metrics_ports=metrics_ports,
+                    tmp=tmp,
+                )
+        finally:
+            supervisor.stop()
+            report = {name: vars(found) for name, found in AUDITS.items()}
+            report["worker_exits"] = supervisor.exits  # type: ignore[assignment]
+            (tmp / "audits.json").write_text(json.dumps(report, indent=2, default=str))
+            print("\nfault audits:", json.dumps(report, default=str))
+
+
+def mid_job(service: Service, job_id: str, total: int) -> int:
+    """Wait until the job has some rows but not all; how many."""
+    return poll(
+        lambda: (n := service.rows(job_id)) and n < total and n,
+        SETTLE_S,
+        f"job {job_id} to be part-way",
+        interval=0.02,
+    )
+
+
+# -- 1, 2: worker crash and deploy ------------------------------------------------------------
+
+
+def test_1_a_killed_worker_s_chunk_is_finished_by_another(service: Service) -> None:
+    job = service.submit(texts(1200), chunk_size=300)
+    mid_job(service, job, 1200)
+    service.workers.signal(signal.SIGKILL)  # both: no warm shutdown, no ack
+    found = service.check("1 kill -9", [job])
+    assert service.job(job)["status"] == JobStatus.COMPLETED.value
+    assert found.extra_attempts >= 1, "a chunk must have been taken over after the crash"
+    assert sum(1 for _slot, code in service.workers.exits if code == -9) >= 2
+
+
+def test_2_sigterm_finishes_the_chunk_in_hand_and_the_rest_completes(service: Service) -> None:
+    service.workers.wait_consuming()
+    exits_before = len(service.workers.exits)
+    job = service.submit(texts(1200), chunk_size=300)
+    mid_job(service, job, 1200)
+    service.workers.signal(signal.SIGTERM)
+    found = service.check("2 SIGTERM", [job])
+    assert service.job(job)["status"] == JobStatus.COMPLETED.value
+    new_exits = service.workers.exits[exits_before:]
+    assert new_exits and all(code == 0 for _slot, code in new_exits), new_exits
+    # A warm shutdown finishes (and acks) the chunk in hand: nothing had to be taken over.
+    assert found.extra_attempts == 0
+
+
+# -- 3, 4: broker restart and outage ------------------------------------------------------------
+
+
+def test_3_workers_resume_after_a_redis_crash_and_restart(service: Service) -> None:
+    service.workers.wait_consuming()
+    job = service.submit(texts(1500), chunk_size=100)
+    mid_job(service, job, 1500)
+    service.redis.restart(hard=True, down_s=2.0)  # a crash: AOF keeps what is a second old
+    restarted = time.monotonic()
+    service.settle([job])
+    assert time.monotonic() - restarted < 60, "workers must resume within a minute"
+    service.check("3 redis restart", [job])
+    assert service.job(job)["status"] == JobStatus.COMPLETED.value
+
+
+def test_3b_a_connected_worker_that_stops_consuming_is_restarted(service: Service) -> None:
+    # celery#9054's symptom, made on purpose: the worker stays connected, its event loop
+    # runs, and it consumes nothing. Its liveness watchdog must notice and exit.
+    service.workers.wait_consuming()
+    exits_before = len(service.workers.exits)
+    app = service.api.queue.app
+    app.control.cancel_consumer(f"bulkscore.model.{TEXT_MODEL}", reply=False)
+    time.sleep(1.0)
+    job = service.submit(texts(200), chunk_size=50)
+    found = service.check("3b stalled consumer", [job])
+    stalled = [code for _slot, code in service.workers.exits[exits_before:]]
+    assert 75 in stalled, stalled
+    assert "is connected but not consuming" in service.workers.log_text()
+    assert found.stuck == 0
+
+
+def test_4_redis_down_at_submit_answers_503_fast_and_leaves_no_job(service: Service) -> None:
+    service.redis.stop(hard=True)
+    try:
+        started = time.monotonic()
+        response = service.ledger.submit(service.api, texts(10))
+        elapsed = time.monotonic() - started
+        ready = service.api.client.get("/readyz")
+    finally:
+        service.redis.start()
+    assert response.status_code == 503, response.text
+    assert elapsed < 5, f"503 took {elapsed:.1f}s"
+    assert ready.status_code == 503
+    with service.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(jobs)) == len(service.ledger.accepted)
+    # The broker is back: the next job runs (workers reconnect by themselves).
+    job = service.submit(texts(50), chunk_size=25)
+    found = service.check("4 redis down at submit", [job])
+    assert found.refused_with_rows == 0 and service.ledger.refused
+
+
+# -- 5: database restart ------------------------------------------------------------------------
+
+
+def test_5_a_postgresql_restart_while_writing_retries_the_batch(service: Service) -> None:
+    service.workers.wait_consuming()
+    job = service.submit(texts(2000), chunk_size=500)
+    mid_job(service, job, 2000)
+    service.postgres.restart("fast", down_s=1.0)  # ends every session, mid-transaction
+    service.check("5 postgres restart", [job])
+    assert service.job(job)["status"] == JobStatus.COMPLETED.value
+
+
+# -- 6: poison item -----------------------------------------------------------------------------
+
+
+def test_6_a_poison_item_is_found_by_bisection_and_fails_alone(service: Service) -> None:
+    service.workers.wait_consuming()
+    exits_before = len(service.workers.exits)
+    items = texts(20)
+    items[6] = POISON  # chunk 1 holds items 4..7
+    job = service.submit(items, chunk_size=4)
+    found = service.check("6 poison item", [job])
+    final = service.job(job)
+    assert final["status"] == JobStatus.COMPLETED.value
+    assert (final["succeeded"], final["failed"]) == (19, 1)
+    with service.engine.connect() as conn:
+        errors = dict(
+            conn.execute(
+                select(results.c.index, results.c.error).where(results.c.job_id == job)
+            ).all()
+        )
+    assert errors[6] is not None and "stopped the worker on every attempt" in errors[6]
+    assert all(errors[i] is None for i in range(20) if i != 6)
+    kills = [code for _slot, code in service.workers.exits[exits_before:] if code == -9]
+    # 2 attempts of the chunk of 4, then one each for the half [6, 8) and the item 6.
+    assert len(kills) == 4, service.workers.exits[exits_before:]
+    assert found.split_chunks == 2
+    assert service.chunk_rows(job)[1][3] == "split"
+
+
+# -- 7: hung worker -----------------------------------------------------------------------------
+
+
+def _busiest(service: Service) -> int:
+    """The slot of the worker using the CPU (the one scoring)."""
+
+    def cpu(pid: int) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    pids = service.workers.pids()
+    before = [cpu(pid) for pid in pids]
+    time.sleep(0.5)
+    after = [cpu(pid) for pid in pids]
+    deltas = [b - a for a, b in zip(before, after, strict=True)]
+    return deltas.index(max(deltas))
+
+
+def test_7_a_hung_worker_s_chunk_is_requeued_and_its_late_writes_are_no_ops(
+    service: Service,
+) -> None:
+    service.workers.wait_consuming()
+    total = 3000
+    job = service.submit(texts(total), chunk_size=total)
+    mid_job(service, job, total)
+    slot = _busiest(service)
+    hung_pid = service.workers.pids()[slot]
+    service.workers.signal(signal.SIGSTOP, slot)
+    try:
+        service.settle([job])
+        assert service.job(job)["status"] == JobStatus.COMPLETED.value
+    finally:
+        service.workers.signal(signal.SIGCONT, slot)
+    # The hung worker wakes up and finishes its copy of the chunk: every row it tries to
+    # write is already there.
+    poll(
+        lambda: re.search(
+            rf"chunk 0 of job {job} \w+ by bulkscore-cpu-{hung_pid}@", service.workers.log_text()
+        ),
+        SETTLE_S,
+        "the woken worker to finish its stale run",
+    )
+    found = service.check("7 hung worker", [job])
+    assert found.extra_attempts == 1
+    assert service.job(job)["succeeded"] == total
+
+
+# -- 8: cancel -----------------------------------------------------------------------------------
+
+
+def test_8_cancel_while_chunks_are_in_flight(service: Service) -> None:
+    service.workers.wait_consuming()
+    job = service.submit(texts(2400), chunk_size=200)
+    mid_job(service, job, 2400)
+    cancelled = service.api.client.post(f"/v1/jobs/{job}/cancel", headers=bearer(service.api.key))
+    assert cancelled.status_code == 200
+    untouched = [row[0] for row in service.chunk_rows(job) if row[4] == 0]
+    time.sleep(3)  # chunks in flight stop at their next write window
+    service.check("8 cancel", [job])
+    rows = service.chunk_rows(job)
+    assert service.job(job)["status"] == JobStatus.CANCELLED.value
+    assert untouched, "some chunks must not have started when the job was cancelled"
+    assert all(row[3] == "cancelled" and row[4] == 0 for row in rows if row[0] in untouched)
+    assert all(row[3] in ("done", "cancelled") for row in rows)
+
+
+# -- lost messages, serialization, operations ------------------------------------------------------
+
+
+def test_9_a_job_whose_messages_were_never_sent_still_runs(service: Service) -> None:
+    # The API committed the job and died before sending its chunks (or Redis lost them):
+    # stored, queued, and no message anywhere. The workers' lost-message sweep finds it.
+    service.workers.wait_consuming()
+    inputs = [InputItem(item_id=f"r{i}", text=text) for i, text in enumerate(texts(60))]
+    with service.engine.begin() as conn:
+        job = create_job(
+            conn,
+            Registry.load(service.api.settings.models).get(TEXT_MODEL),
+            inputs,
+            chunk_size=20,
+            owner_key_id=None,
+        ).id
+    service.ledger.accepted.append(job)
+    service.check("9 lost messages", [job])
+    assert service.job(job)["status"] == JobStatus.COMPLETED.value
+    assert re.search(rf"chunk \d of job {job} was queued for over 8s", service.workers.log_text())
+
+
+def test_pickled_messages_are_refused_not_run(service: Service, tmp_path: Path) -> None:
+    from kombu import Connection
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (Path.touch, (str(marker),))  # type: ignore[return-value]
+
+    queue = f"bulkscore.model.{TEXT_MODEL}"
+    with Connection(service.redis.url) as conn:
+        conn.Producer(serializer="pickle").publish(
+            [[Exploit()], {}, {}],
+            routing_key=queue,
+            headers={"task": "bulkscore.score_chunk", "id": "pickle-test", "lang": "py"},
+            declare=[],
+        )
+    poll(
+        lambda: "untrusted content of type pickle" in service.workers.log_text(),
+        20,
+        "a worker to refuse the pickled message",
+    )
+    time.sleep(0.5)
+    assert not marker.exists(), "the pickled payload ran"
+
+
+def test_metrics_heartbeats_and_readiness(service: Service) -> None:
+    service.workers.wait_consuming()
+    job = service.submit(texts(40), chunk_size=20)
+    service.check("metrics", [job])
+    ready = service.api.client.get("/readyz", params={"model": TEXT_MODEL})
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["workers"][TEXT_MODEL] == 2
+    api_metrics = service.api.client.get("/metrics").text
+    assert 'bulkscore_jobs{status="completed"}' in api_metrics
+    assert f'bulkscore_workers{{model="{TEXT_MODEL}"}} 2.0' in api_metrics
+    assert (
+        'bulkscore_api_requests_total{method="POST",route="/v1/jobs",status="202"}' in api_metrics
+    )
+    scraped = ""
+    for port in service.metrics_ports.values():
+        scraped += httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    scored = re.findall(
+        rf'bulkscore_worker_items_scored_total{{model="{TEXT_MODEL}",outcome="ok"}} (\S+)', scraped
+    )
+    assert scored and sum(float(value) for value in scored) > 0
+    assert "bulkscore_worker_batch_size_bucket" in scraped
+    assert "bulkscore_worker_batch_seconds_count" in scraped
+    assert f'bulkscore_worker_queue_depth{{queue="bulkscore.model.{TEXT_MODEL}"}}' in scraped
+    # Every chunk outcome line carries the job and chunk ids (core/logs.py).
+    assert re.search(
+        rf"chunk \d+ of job {job} done by .* job={job} chunk=\d+", service.workers.log_text()
+    )
+
+
+def test_the_whole_ledger(service: Service) -> None:
+    """Every job accepted in this module, audited together at the end."""
+    found = audit(service.engine, service.ledger)
+    AUDITS["whole ledger"] = found
+    assert found.problems() == {}, found
+    assert found.unknown_jobs == 0

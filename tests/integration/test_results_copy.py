@@ -1,0 +1,133 @@
+"""PostgreSQL bulk writes through COPY keep the results table's promises."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from core.db import get_engine
+from core.export import export_lines
+from core.items import InputItem
+from core.jobs import Job, create_job, get_job, load_items
+from core.migrate import upgrade
+from core.predictions import Prediction
+from core.registry import ModelSpec
+from core.results import ScoredItem, iter_results, write_job_results, write_results
+from core.status import JobStatus
+from core.tables import results
+
+SPEC = ModelSpec(name="m", task="text-classification", backend="transformers", source="/x")
+GOOD = Prediction(label="POSITIVE", score=0.75, top_k=[("POSITIVE", 0.75), ("NEGATIVE", 0.25)])
+
+
+def pg_engine(url: str) -> Engine:
+    upgrade(url)
+    return get_engine(url)
+
+
+def new_job(engine: Engine, count: int) -> Job:
+    inputs = [InputItem(item_id=f"r{i}", text=f"text {i}") for i in range(count)]
+    with engine.begin() as conn:
+        return create_job(conn, SPEC, inputs, chunk_size=count)
+
+
+def scored(indexes: range | list[int]) -> list[ScoredItem]:
+    return [
+        ScoredItem(i, f"r{i}", GOOD if i % 3 else Prediction.failure(f"bad\t{i}\\N"))
+        for i in indexes
+    ]
+
+
+def job_of(engine: Engine, job_id: str) -> Job:
+    with engine.connect() as conn:
+        job = get_job(conn, job_id)
+    assert job is not None
+    return job
+
+
+def count_rows(engine: Engine, job_id: str) -> int:
+    with engine.connect() as conn:
+        query = select(func.count()).select_from(results).where(results.c.job_id == job_id)
+        return int(conn.scalar(query))
+
+
+def test_rows_already_present_are_neither_written_nor_counted_twice(pg_url: str) -> None:
+    engine = pg_engine(pg_url)
+    job = new_job(engine, 10)
+    with engine.begin() as conn:
+        first = write_results(conn, job.id, "m", "rev1", scored(range(6)))
+    assert (first.succeeded, first.failed) == (4, 2)
+    with engine.begin() as conn:
+        # Overlaps the first batch by three rows: only the four new ones count.
+        second = write_results(conn, job.id, "m", "rev1", scored(range(3, 10)))
+        again = write_results(conn, job.id, "m", "rev1", scored(range(10)))
+    assert (second.written, again.written) == (4, 0)
+    final = job_of(engine, job.id)
+    assert (final.status, final.succeeded, final.failed) == (JobStatus.COMPLETED, 6, 4)
+    assert count_rows(engine, job.id) == 10
+    with engine.connect() as conn:
+        rows = list(iter_results(conn, job.id))
+    assert rows[1] == {
+        "index": 1,
+        "id": "r1",
+        "label": "POSITIVE",
+        "score": 0.75,
+        "top_k": [["POSITIVE", 0.75], ["NEGATIVE", 0.25]],
+        "error": None,
+    }
+    assert rows[0]["error"] == "bad\t0\\N" and rows[0]["top_k"] is None
+    with engine.connect() as conn:
+        for fmt in ("csv", "jsonl"):
+            fast = "".join(export_lines(iter_results(conn, job.id, top_k_text=True), fmt))
+            assert fast == "".join(export_lines(rows, fmt))
+
+
+def test_a_rolled_back_write_leaves_nothing_behind(pg_url: str) -> None:
+    engine = pg_engine(pg_url)
+    job = new_job(engine, 4)
+    try:
+        with engine.begin() as conn:
+            write_results(conn, job.id, "m", None, scored(range(4)))
+            raise RuntimeError("crash before commit")
+    except RuntimeError:
+        pass
+    assert count_rows(engine, job.id) == 0
+    # The same pooled connection's staging table must not replay the rolled-back rows.
+    with engine.begin() as conn:
+        outcome = write_results(conn, job.id, "m", None, scored([0]))
+    assert outcome.written == 1 and count_rows(engine, job.id) == 1
+
+
+def test_one_write_for_several_jobs_keeps_each_jobs_counters(pg_url: str) -> None:
+    engine = pg_engine(pg_url)
+    small = [new_job(engine, 1) for _ in range(3)]
+    big = new_job(engine, 5)
+    batch: dict[str, Any] = {job.id: scored([0]) for job in small}
+    batch[big.id] = scored(range(1, 3))
+    with engine.begin() as conn:
+        outcomes = write_job_results(conn, "m", None, batch)
+    assert {job_id: o.written for job_id, o in outcomes.items()} == {
+        **{job.id: 1 for job in small},
+        big.id: 2,
+    }
+    for job in small:
+        final = job_of(engine, job.id)
+        # Index 0 is a per-item error in ``scored``.
+        assert (final.status, final.succeeded, final.failed) == (JobStatus.COMPLETED, 0, 1)
+    assert job_of(engine, big.id).status == JobStatus.QUEUED
+
+
+def test_items_survive_copy_byte_for_byte(pg_url: str) -> None:
+    engine = pg_engine(pg_url)
+    blob = bytes(range(256)) + b"\\.\n\\N\t"
+    inputs = [
+        InputItem(item_id="tab\there\\N", text="line\nbreak \\. and \t tab"),
+        InputItem(item_id="img", data=blob),
+        InputItem(item_id="refused", error="empty text"),
+    ]
+    with engine.begin() as conn:
+        job = create_job(conn, SPEC, inputs, chunk_size=2)
+    with engine.connect() as conn:
+        stored = [item for _, item in load_items(conn, job.id, 0, 3)]
+    assert stored == inputs

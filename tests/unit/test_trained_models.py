@@ -1,0 +1,330 @@
+"""Trained models in SQL: versions, resolution by name everywhere, the trainer, the task body."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, create_engine, select
+from training_support import WordBackbone, intent_rows, labelled_csv
+
+from core.config import Settings
+from core.db import dispose_engines, get_engine
+from core.jobs import cancel_job, get_job
+from core.migrate import upgrade
+from core.registry import InputKind, Registry, RegistryError, Task, UnknownModelError
+from core.schedules import load_schedules
+from core.status import JobStatus
+from core.tables import trained_models
+from core.trained_models import (
+    SqlTrainedModels,
+    TrainedModelError,
+    TrainedSpec,
+    check_base,
+    check_new_name,
+    get_trained,
+    list_trained,
+    list_versions,
+    register_trained_model,
+    trained_table_exists,
+)
+from core.training_data import DataFormat, parse_labelled_csv
+from core.training_jobs import create_training_job
+from worker.runners import build_runner
+from worker.runners.head_runner import HeadRunner, head_bytes, read_head
+from worker.trainer import run_training_job, train_and_register
+
+MODELS = """
+[models.encoder]
+task = "feature-extraction"
+backend = "transformers"
+source = "/not/loaded/in/these/tests"
+max_length = 64
+max_batch_size = 4
+
+[models.classifier]
+task = "text-classification"
+backend = "transformers"
+source = "org/classifier"
+
+[models.photos]
+task = "image-classification"
+backend = "keras"
+source = "keras:ResNet50/imagenet"
+
+[models.vision]
+task = "image-classification"
+backend = "transformers"
+source = "org/vit"
+"""
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    (tmp_path / "models.toml").write_text(MODELS)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    yield Settings(database_url=url, models=tmp_path / "models.toml")
+    dispose_engines()
+
+
+@pytest.fixture()
+def engine(settings: Settings) -> Engine:
+    return get_engine(settings.database_url)
+
+
+def registry_of(settings: Settings) -> Registry:
+    return Registry.load(settings.models).with_trained(SqlTrainedModels(settings.database_url))
+
+
+def fake_head(labels: list[str], dim: int = 3) -> bytes:
+    weight = np.eye(len(labels), dim, dtype=np.float32)
+    return head_bytes(weight, np.zeros(len(labels), np.float32), labels, {})
+
+
+def register(engine: Engine, settings: Settings, name: str, labels: list[str]) -> Any:
+    base = Registry.load(settings.models).get("encoder")
+    with engine.begin() as conn:
+        return register_trained_model(
+            conn,
+            name=name,
+            base=base,
+            labels=labels,
+            metrics={"accuracy": 0.5 + len(labels) / 10},
+            head=fake_head(labels),
+            job_id=None,
+        )
+
+
+def test_retraining_a_name_adds_versions_and_listings_show_the_latest(
+    engine: Engine, settings: Settings
+) -> None:
+    first = register(engine, settings, "intent", ["a", "b"])
+    second = register(engine, settings, "intent", ["a", "b", "c"])
+    other = register(engine, settings, "other", ["x", "y"])
+    assert (first.version, second.version, other.version) == (1, 2, 1)
+    assert second.revision == "v2" and second.accuracy == pytest.approx(0.8)
+    with engine.connect() as conn:
+        latest = get_trained(conn, "intent")
+        assert latest is not None and latest.version == 2 and latest.head is not None
+        assert get_trained(conn, "intent", 1, with_head=False).labels == ["a", "b"]  # type: ignore[union-attr]
+        assert get_trained(conn, "intent", 3) is None
+        assert [(m.name, m.version) for m in list_trained(conn)] == [("intent", 2), ("other", 1)]
+        assert all(m.head is None for m in list_trained(conn))
+        assert [m.version for m in list_versions(conn, "intent")] == [2, 1]
+
+
+def test_a_trained_name_resolves_to_its_latest_version_over_its_base(
+    engine: Engine, settings: Settings
+) -> None:
+    register(engine, settings, "intent", ["a", "b"])
+    register(engine, settings, "intent", ["no", "yes"])
+    spec = registry_of(settings).get("intent")
+    assert isinstance(spec, TrainedSpec)
+    assert spec.revision == "v2" and spec.version == 2 and spec.labels == ("no", "yes")
+    assert spec.source == "/not/loaded/in/these/tests" and spec.base_spec.name == "encoder"
+    assert spec.task == Task.TEXT_CLASSIFICATION and spec.input_kind == InputKind.TEXT
+    assert spec.max_batch_size == 4 and spec.queue == "bulkscore.model.intent"
+    runner = build_runner(spec)
+    assert isinstance(runner, HeadRunner) and runner.revision == "v2"
+    with pytest.raises(UnknownModelError, match="known models: classifier, encoder, intent"):
+        registry_of(settings).get("nope")
+
+
+def test_models_file_names_never_touch_the_database(tmp_path: Path, settings: Settings) -> None:
+    missing = tmp_path / "never-created.db"
+    registry = Registry.load(settings.models).with_trained(SqlTrainedModels(f"sqlite:///{missing}"))
+    assert registry.get("encoder").name == "encoder"
+    with pytest.raises(UnknownModelError):
+        registry.get("intent")
+    assert not missing.exists()
+    assert not trained_table_exists(f"sqlite:///{missing}")
+    # A database from before the trained_models table simply has no trained models.
+    old = tmp_path / "old.db"
+    create_engine(f"sqlite:///{old}").connect().close()
+    assert SqlTrainedModels(f"sqlite:///{old}").spec("intent", registry) is None
+
+
+def test_a_trained_model_whose_base_left_the_models_file_is_explained(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    register(engine, settings, "intent", ["a", "b"])
+    smaller = tmp_path / "smaller.toml"
+    smaller.write_text(MODELS.split("[models.classifier]")[0].replace("encoder", "other"))
+    registry = Registry.load(smaller).with_trained(SqlTrainedModels(settings.database_url))
+    with pytest.raises(RegistryError, match="built on 'encoder', which is no longer"):
+        registry.get("intent")
+
+
+@pytest.mark.parametrize(
+    ("name", "base", "message"),
+    [
+        ("Bad Name", "encoder", "use lower-case letters"),
+        ("encoder", "encoder", "is a model of the models file"),
+        ("intent", "nope", "unknown base model 'nope'"),
+        ("intent", "vision", "cannot be used as a backbone"),
+    ],
+)
+def test_names_and_bases_are_checked(
+    settings: Settings, name: str, base: str, message: str
+) -> None:
+    registry = Registry.load(settings.models)
+    with pytest.raises(TrainedModelError, match=message):
+        check_new_name(registry, name)
+        check_base(registry, base)
+
+
+def test_classifiers_of_either_kind_are_bases() -> None:
+    registry = Registry.from_mapping({"models": {}}, base_dir=Path("."))
+    for spec in Registry.load(Path(__file__).parents[2] / "core" / "models.toml").models.values():
+        registry.models[spec.name] = spec
+    assert check_base(registry, "minilm").input_kind == InputKind.TEXT
+    assert check_base(registry, "resnet50").input_kind == InputKind.IMAGE
+    assert check_base(registry, "sentiment").name == "sentiment"
+
+
+def training_job(engine: Engine, settings: Settings, name: str, data: bytes | None) -> str:
+    """A training job: queued for the workers with ``data``, else running in-process."""
+    base = Registry.load(settings.models).get("encoder")
+    status = JobStatus.QUEUED if data is not None else JobStatus.RUNNING
+    with engine.begin() as conn:
+        job = create_training_job(
+            conn,
+            name=name,
+            base=base,
+            total=24,
+            data_format=DataFormat.CSV,
+            data=data,
+            status=status,
+        )
+    return job.id
+
+
+def test_train_and_register_completes_the_job_with_its_version(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    rows = intent_rows(8)
+    examples = parse_labelled_csv(labelled_csv(tmp_path / "i.csv", rows).read_bytes(), 100)
+    base = Registry.load(settings.models).get("encoder")
+    job_ids = []
+    for _ in range(2):
+        job_id = training_job(engine, settings, "intent", None)
+        job_ids.append(job_id)
+        model = train_and_register(
+            engine,
+            job_id=job_id,
+            name="intent",
+            base=base,
+            examples=examples,
+            backbone=WordBackbone(rows),
+            holdout_fraction=0.25,
+            seed=0,
+        )
+        assert model is not None and model.job_id == job_id
+    assert model.version == 2 and model.accuracy == 1.0
+    with engine.connect() as conn:
+        job = get_job(conn, job_ids[1])
+        assert job is not None and job.status == JobStatus.COMPLETED
+        assert (job.model, job.model_revision, job.succeeded, job.failed) == ("intent", "v2", 24, 0)
+        stored = conn.execute(select(trained_models.c.head)).scalars().all()
+    assert len(stored) == 2  # same data and seed: the same head, stored twice
+    for first, second in zip(read_head(stored[0]), read_head(stored[1]), strict=True):
+        assert np.array_equal(first, second)
+    spec = registry_of(settings).get("intent")
+    runner = HeadRunner(spec, backbone=WordBackbone(rows))  # type: ignore[arg-type]
+    runner.setup("cpu")
+    labels = [p.label for p in runner.predict([text for text, _ in rows])]
+    assert labels == [label for _, label in rows]
+
+
+def test_a_job_cancelled_while_training_registers_nothing(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    rows = intent_rows(6)
+    examples = parse_labelled_csv(labelled_csv(tmp_path / "i.csv", rows).read_bytes(), 100)
+    job_id = training_job(engine, settings, "intent", None)
+    with engine.begin() as conn:
+        cancel_job(conn, job_id)
+    model = train_and_register(
+        engine,
+        job_id=job_id,
+        name="intent",
+        base=Registry.load(settings.models).get("encoder"),
+        examples=examples,
+        backbone=WordBackbone(rows),
+        holdout_fraction=0.25,
+        seed=0,
+    )
+    assert model is None
+    with engine.connect() as conn:
+        assert get_trained(conn, "intent") is None
+
+
+@contextmanager
+def fake_backbone(_base: Any) -> Iterator[WordBackbone]:
+    yield WordBackbone(intent_rows(8))
+
+
+def test_the_task_body_trains_from_the_stored_upload(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    data = labelled_csv(tmp_path / "i.csv", intent_rows(8)).read_bytes()
+    job_id = training_job(engine, settings, "intent", data)
+    report = run_training_job(engine, settings, registry_of(settings), job_id, fake_backbone)
+    assert report.outcome == "completed" and report.model is not None
+    assert "intent v1, held-out accuracy 1.000" in report.detail
+    # A second delivery of the same message finds the job final and does nothing.
+    again = run_training_job(engine, settings, registry_of(settings), job_id, fake_backbone)
+    assert again.outcome == "skipped"
+    with engine.connect() as conn:
+        assert [m.version for m in list_versions(conn, "intent")] == [1]
+    missing = run_training_job(engine, settings, registry_of(settings), "nope", fake_backbone)
+    assert (missing.outcome, missing.detail) == ("skipped", "no such training job")
+
+
+def test_the_task_body_fails_the_job_with_the_reason(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    one_label = labelled_csv(tmp_path / "one.csv", [(f"text {i}", "same") for i in range(9)])
+    job_id = training_job(engine, settings, "intent", one_label.read_bytes())
+    report = run_training_job(engine, settings, registry_of(settings), job_id, fake_backbone)
+    assert report.outcome == "failed"
+    with engine.connect() as conn:
+        job = get_job(conn, job_id)
+    assert job is not None and job.status == JobStatus.FAILED
+    assert job.error is not None and "only one label ('same')" in job.error
+
+    @contextmanager
+    def broken(_base: Any) -> Iterator[Any]:
+        raise RuntimeError("the backbone exploded")
+        yield
+
+    ok = labelled_csv(tmp_path / "ok.csv", intent_rows(8)).read_bytes()
+    job_id = training_job(engine, settings, "intent", ok)
+    report = run_training_job(engine, settings, registry_of(settings), job_id, broken)
+    assert report.outcome == "failed" and report.detail == "RuntimeError: the backbone exploded"
+
+
+def test_schedules_may_name_a_trained_model(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.config import reset_settings_cache
+
+    register(engine, settings, "intent", ["a", "b"])
+    path = Path(settings.models)
+    path.write_text(
+        path.read_text()
+        + '\n[schedules.nightly]\ncron = "0 2 * * *"\nmodel = "intent"\nsource = "jsonl"\n'
+        + 'path = "/data/*.jsonl"\n'
+    )
+    monkeypatch.setenv("BULKSCORE_DATABASE_URL", settings.database_url)
+    reset_settings_cache()
+    try:
+        (schedule,) = load_schedules(path)
+    finally:
+        reset_settings_cache()
+    assert isinstance(schedule.spec, TrainedSpec) and schedule.spec.revision == "v1"
