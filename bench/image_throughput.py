@@ -115,7 +115,10 @@ class Embedded:
         from worker.scoring import score_items
 
         totals = score_items(
-            self.engine, job_id, self.runner, indexed,
+            self.engine,
+            job_id,
+            self.runner,
+            indexed,
             write_batch_size=self.settings.write_batch_size,
         )
         assert totals.succeeded == len(indexed), totals
@@ -150,8 +153,11 @@ def main() -> None:
         workdir = Path(tmp)
         folder = bench_images(args.count, args.seed, Path("/tmp"))
         files = sorted(folder.iterdir())
-        print(f"{len(files)} images from gen_images.py {args.count} {args.seed}; "
-              f"ResNet50(weights=None), batch {BATCH}", flush=True)
+        print(
+            f"{len(files)} images from gen_images.py {args.count} {args.seed}; "
+            f"ResNet50(weights=None), batch {BATCH}",
+            flush=True,
+        )
 
         keras.utils.set_random_seed(0)
         model = keras.applications.ResNet50(weights=None)

@@ -10,10 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import build_tiny_distilbert, write_models_file  # noqa: E402
+from models import build_tiny_distilbert, write_models_file
 
-from core.config import reset_settings_cache  # noqa: E402
-from core.db import dispose_engines  # noqa: E402
+from core.config import reset_settings_cache
+from core.db import dispose_engines
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

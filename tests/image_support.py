@@ -143,8 +143,11 @@ def catalogue() -> list[Case]:
             check=lambda a: _close(_mean(a[:100]), RED, 30) and _close(_mean(a[124:]), BLUE, 30),
         ),
         Case("grey.jpg", encode(photo().convert("L"), "JPEG"), check=lambda a: a.shape[2] == 3),
-        Case("la.png", encode(Image.new("LA", (10, 10), (0, 0)), "PNG"),
-             check=lambda a: _close(_mean(a), WHITE, 1)),
+        Case(
+            "la.png",
+            encode(Image.new("LA", (10, 10), (0, 0)), "PNG"),
+            check=lambda a: _close(_mean(a), WHITE, 1),
+        ),
         Case("photo.webp", encode(photo(), "WEBP"), check=lambda a: a.shape == (224, 224, 3)),
         Case("photo.bmp", encode(photo(), "BMP"), check=lambda a: a.shape == (224, 224, 3)),
         Case("photo.tiff", encode(photo(), "TIFF"), check=lambda a: a.shape == (224, 224, 3)),

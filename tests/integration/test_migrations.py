@@ -10,9 +10,16 @@ from core.migrate import downgrade, upgrade
 from core.tables import metadata
 
 TABLES = {
-    "api_keys", "jobs", "items", "chunks", "results",
-    "schedule_runs", "schedule_state", "schedule_files",
-    "trained_models", "training_runs",
+    "api_keys",
+    "jobs",
+    "items",
+    "chunks",
+    "results",
+    "schedule_runs",
+    "schedule_state",
+    "schedule_files",
+    "trained_models",
+    "training_runs",
 }
 
 

@@ -51,7 +51,10 @@ def start_beat(env: dict[str, str], log_path: Path) -> WorkerProcess:
         # Its own session: the embedded beat is a child process, and the whole group is
         # stopped at the end even if the parent does not stop it.
         process = subprocess.Popen(
-            [BULKSCORE, "beat"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [BULKSCORE, "beat"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     return WorkerProcess(process, log_path)
@@ -68,7 +71,9 @@ def test_two_beats_and_a_worker_score_a_due_schedule_exactly_once(
 ) -> None:
     upgrade(pg_url)
     env = worker_env(
-        pg_url, redis_url, schedules_file(tmp_path, models_file, inbox),
+        pg_url,
+        redis_url,
+        schedules_file(tmp_path, models_file, inbox),
         BULKSCORE_SCHEDULE_TICK_S="1",
     )
     engine = create_engine(pg_url)

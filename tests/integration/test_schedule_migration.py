@@ -20,7 +20,8 @@ def check_0002(url: str) -> None:
         claim = [u["column_names"] for u in inspector.get_unique_constraints("schedule_runs")]
         assert ["schedule", "due_at"] in claim
         assert inspector.get_pk_constraint("schedule_files")["constrained_columns"] == [
-            "schedule", "path"
+            "schedule",
+            "path",
         ]
         downgrade(url, "0001")
         left = set(inspect(engine).get_table_names())

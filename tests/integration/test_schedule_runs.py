@@ -139,7 +139,10 @@ def test_each_run_scores_only_rows_new_or_changed_since_the_last_success(
     with engine.connect() as conn:
         job = conn.execute(select(jobs).where(jobs.c.id == first.job_id)).one()
     assert (job.status, job.schedule, job.succeeded, job.owner_key_id) == (
-        "completed", "nightly", 3, None
+        "completed",
+        "nightly",
+        3,
+        None,
     )
 
     add_reviews(shop_engine, {4: "new one"}, T0 + timedelta(hours=1))
@@ -151,7 +154,8 @@ def test_each_run_scores_only_rows_new_or_changed_since_the_last_success(
         assert earlier is not None and earlier.status == RunStatus.COMPLETED
         # The committed watermark is the largest updated_at the first run saw.
         assert load_watermark(conn, "nightly") == {
-            "type": "datetime", "value": (T0 + timedelta(seconds=2)).isoformat()
+            "type": "datetime",
+            "value": (T0 + timedelta(seconds=2)).isoformat(),
         }
 
     third = run(engine, nightly, due(3), score_here)
@@ -179,7 +183,10 @@ def test_concurrent_triggers_of_one_due_time_create_one_job(
     for thread in threads:
         thread.join(30)
     assert sorted(str(outcome.status) for outcome in outcomes) == [
-        "None", "None", "None", "running"
+        "None",
+        "None",
+        "None",
+        "running",
     ]
     assert job_count(engine, "nightly") == 1
     # The beat firing the same due time again later is just as harmless.
@@ -254,7 +261,9 @@ def test_source_errors_are_recorded_and_the_other_schedules_still_run(
     unreachable = with_password.rsplit("/", 1)[0].replace(":5432", ":1") + "/shop"
     bad_query = "SELECT id, body AS text, updated_at FROM no_such_table WHERE updated_at > :since"
     missing_folder = {
-        "cron": "0 2 * * *", "model": "tiny", "source": "files",
+        "cron": "0 2 * * *",
+        "model": "tiny",
+        "source": "files",
         "path": str(tmp_path / "missing" / "*.txt"),
     }
     with engine.begin() as conn:
@@ -271,12 +280,16 @@ def test_source_errors_are_recorded_and_the_other_schedules_still_run(
     outcomes = {outcome.schedule: outcome for outcome in ticked}
 
     assert [outcomes[name].status for name in sorted(outcomes)] == [
-        RunStatus.FAILED, RunStatus.FAILED, RunStatus.FAILED, RunStatus.RUNNING
+        RunStatus.FAILED,
+        RunStatus.FAILED,
+        RunStatus.FAILED,
+        RunStatus.RUNNING,
     ]
     errors = {name: outcome.error or "" for name, outcome in outcomes.items()}
-    assert "cannot connect to postgresql+psycopg://postgres:***@127.0.0.1:1/shop" in errors[
-        "a-unreachable"
-    ]
+    assert (
+        "cannot connect to postgresql+psycopg://postgres:***@127.0.0.1:1/shop"
+        in errors["a-unreachable"]
+    )
     assert "the query failed" in errors["b-bad-query"]
     assert 'relation "no_such_table" does not exist' in errors["b-bad-query"]
     assert "missing does not exist" in errors["c-no-folder"]
@@ -306,8 +319,14 @@ def test_files_schedule_scores_only_new_and_changed_files(
     (inbox / "a.txt").write_text("first\nsecond\n")
     (inbox / "b.jsonl").write_text('{"id": "x", "text": "third"}\n')
     drop = parse_schedules(
-        {"drop": {"cron": "*/10 * * * *", "model": "tiny", "source": "files",
-                  "path": str(inbox / "*")}},
+        {
+            "drop": {
+                "cron": "*/10 * * * *",
+                "model": "tiny",
+                "source": "files",
+                "path": str(inbox / "*"),
+            }
+        },
         registry,
     )[0]
     score_here = scorer(engine, tiny_runner)

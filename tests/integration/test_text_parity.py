@@ -11,7 +11,21 @@ from typer.testing import CliRunner
 
 from cli.main import app
 
-WORDS = "good bad film plot actor music boring great awful scene story love hate".split()
+WORDS = [
+    "good",
+    "bad",
+    "film",
+    "plot",
+    "actor",
+    "music",
+    "boring",
+    "great",
+    "awful",
+    "scene",
+    "story",
+    "love",
+    "hate",
+]
 
 
 def texts_of_many_lengths(seed: int = 3) -> list[str]:

@@ -99,4 +99,3 @@ def test_a_missing_folder_is_a_load_error(tmp_path: Path) -> None:
     runner = TransformersImageRunner(spec_for(str(tmp_path / "nope")), Settings())
     with pytest.raises(ModelLoadError, match="does not exist"):
         runner.setup("cpu")
-

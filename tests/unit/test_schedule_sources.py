@@ -185,7 +185,11 @@ def test_files_window_holds_only_new_or_changed_files(registry: Registry, tmp_pa
     os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # changed: mtime only
     third = read_window(drop, None, SETTINGS, known)
     assert [item.item_id for item in third.items] == [
-        "a.jsonl:r1", "a.jsonl:2", "c.csv:x", "sub/b.txt:1", "sub/b.txt:2",
+        "a.jsonl:r1",
+        "a.jsonl:2",
+        "c.csv:x",
+        "sub/b.txt:1",
+        "sub/b.txt:2",
     ]
 
 
