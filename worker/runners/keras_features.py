@@ -167,16 +167,9 @@ class KerasFeatureRunner:
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB images -> the backbone's float input (ResNet50: BGR, mean subtracted)."""
-        batch = images.astype(np.float32)
-        if self.preprocess_mode == "none":
-            return batch
-        if self.preprocess_mode == "caffe":
-            from keras.applications.resnet50 import preprocess_input
+        from worker.runners.keras_image import preprocess_images
 
-            return np.asarray(preprocess_input(batch))
-        from keras.applications.imagenet_utils import preprocess_input as generic
-
-        return np.asarray(generic(batch, mode=self.preprocess_mode))
+        return preprocess_images(images, self.preprocess_mode)
 
     def features(self, batch: Sequence[Any], progress: Progress | None = None) -> Features:
         """``(vectors, errors)``: a row per image, and per image None or why it failed.

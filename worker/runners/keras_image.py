@@ -239,16 +239,7 @@ class KerasImageRunner:
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB images -> the model's float input (ResNet50: BGR, mean subtracted)."""
-        batch = images.astype(np.float32)
-        if self.preprocess_mode == "none":
-            return batch
-        if self.preprocess_mode == "caffe":
-            from keras.applications.resnet50 import preprocess_input
-
-            return np.asarray(preprocess_input(batch))
-        from keras.applications.imagenet_utils import preprocess_input as generic
-
-        return np.asarray(generic(batch, mode=self.preprocess_mode))
+        return preprocess_images(images, self.preprocess_mode)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 ``N x size x size x 3`` batch."""
@@ -277,6 +268,24 @@ class KerasImageRunner:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+
+
+def preprocess_images(images: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 RGB images -> a Keras application's float input, with Keras' own functions.
+
+    ``caffe`` is ResNet50's (BGR, ImageNet mean subtracted); ``tf`` and ``torch`` are the
+    other Keras application modes; ``none`` passes the pixels through as floats.
+    """
+    batch = images.astype(np.float32)
+    if mode == "none":
+        return batch
+    if mode == "caffe":
+        from keras.applications.resnet50 import preprocess_input
+
+        return np.asarray(preprocess_input(batch))
+    from keras.applications.imagenet_utils import preprocess_input as generic
+
+    return np.asarray(generic(batch, mode=mode))
 
 
 def _ends_in_softmax(model: Any) -> bool:
