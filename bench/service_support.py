@@ -37,6 +37,7 @@ class Service:
     env: dict[str, str]
     workdir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
+    tag: str = field(default_factory=lambda: time.strftime("%H%M%S"))
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
         return httpx.Client(
@@ -75,8 +76,9 @@ class Service:
 
     def start_workers(self, count: int, args: Sequence[str] = (), **env: str) -> None:
         """``count`` workers of the bench model, consuming before this returns."""
-        for number in range(count):
-            log = self.workdir / f"worker-{len(self.workers)}-{number}.log"
+        for _ in range(count):
+            # A name per worker and service, so that a later run does not overwrite its log.
+            log = self.workdir / f"worker-{self.tag}-{len(self.workers)}.log"
             stack = self._stack
             # INFO: the worker says "consuming" at that level, which start-up waits for.
             worker_env = {**self.env, "BULKSCORE_LOG_LEVEL": "INFO", **env}

@@ -42,12 +42,15 @@ def claim_siblings(
     max_items: int,
     max_chunks: int,
     lease_s: float,
+    max_chunk_items: int | None = None,
     now: datetime | None = None,
 ) -> list[Claim]:
     """Claim queued first-attempt chunks of other active jobs of ``model``, oldest first.
 
-    At most ``max_chunks`` chunks holding at most ``max_items`` items in all, one chunk per
-    job (so per-job totals are per-chunk totals). Only chunks never attempted qualify: a
+    At most ``max_chunks`` chunks holding at most ``max_items`` items in all, each of at
+    most ``max_chunk_items`` items (small jobs' chunks; a big job's chunks keep their own
+    tasks, so that several workers share it), one chunk per job (so per-job totals are
+    per-chunk totals). Only chunks never attempted qualify: a
     chunk on its second attempt may hold an input that kills workers, and runs alone so it
     cannot spend other jobs' attempts. Call inside a transaction; on PostgreSQL the
     candidates are locked ``FOR UPDATE SKIP LOCKED``, so two workers gathering at once take
@@ -61,7 +64,7 @@ def claim_siblings(
     conditions = [
         chunks.c.status == ChunkStatus.QUEUED.value,
         chunks.c.attempts == 0,
-        size <= max_items,
+        size <= min(max_items, max_chunk_items or max_items),
         jobs.c.model == model,
         jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
     ]

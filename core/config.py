@@ -88,13 +88,16 @@ class Settings(BaseSettings):
     cross_job_max_items: int = Field(
         default=0,
         ge=0,
-        description="Most items one cross-job batch holds; 0 = the model's max batch size.",
+        description="Most items one cross-job batch holds; 0 = chunk_size.",
     )
     cross_job_wait_ms: int = Field(
         default=25,
         ge=0,
         le=1000,
-        description=("When a batch is not full, wait this long once for more small jobs to queue."),
+        description=(
+            "When a cross-job batch does not fill one forward pass, wait this long once for "
+            "more small jobs to queue."
+        ),
     )
     max_items_per_job: int = Field(
         default=100_000, ge=1, description="Most inputs in one job (more: 413)."

@@ -267,7 +267,7 @@ def test_many_small_jobs_are_batched_across_jobs(service: Service) -> None:
     for job in made:
         assert done_chunks(log, job.id) == [0], "each chunk scored (and logged) exactly once"
     batched = [job for job in made if re.search(rf"job {job.id} done by .*batched with", log)]
-    # The tiny model's batch is 8 inputs: at least 5 batches of at most 8 one-text jobs.
+    # Jobs stored before any message arrives: the first delivery gathers most of them.
     assert len(batched) >= len(made) // 2, "small jobs must share forward passes"
     for job in batched:
         service.worker.wait_for(rf"chunk 0 of job {job.id} skipped by .*chunk already done")

@@ -125,14 +125,35 @@ def test_one_delivery_scores_queued_small_jobs_in_one_predict(engine: Engine) ->
     assert all(len(result_rows(engine, job.id)) == 1 for job in jobs)
 
 
-def test_a_batch_holds_at_most_the_batch_size_one_chunk_per_job(engine: Engine) -> None:
+def test_a_batch_holds_at_most_its_item_limit_one_chunk_per_job(engine: Engine) -> None:
     jobs = small_jobs(engine, 10, size=2)  # ten jobs of two items, one chunk each
-    runner = FakeRunner(max_batch_size=7)
-    report = work_on_chunk(engine, settings(), jobs[0].id, 0, {"fake": runner}.get)
+    runner = FakeRunner()
+    report = work_on_chunk(
+        engine, settings(cross_job_max_items=7), jobs[0].id, 0, {"fake": runner}.get
+    )
     # 2 (own) + 2 + 2 = 6; a fourth two-item chunk would pass 7.
     assert [b.job_id for b in report.batched] == [jobs[1].id, jobs[2].id]
     assert [len(call) for call in runner.calls] == [6]
     assert chunk_state(engine, jobs[3].id) == ("queued", 0)
+
+
+def test_by_default_a_batch_gathers_up_to_a_chunk_of_small_jobs(engine: Engine) -> None:
+    jobs = small_jobs(engine, 12)
+    runner = FakeRunner(max_batch_size=4)  # one forward pass: 4 inputs
+    report = work_on_chunk(engine, settings(chunk_size=10), jobs[0].id, 0, {"fake": runner}.get)
+    # Beyond one forward pass: ten items, sorted by length together by the runner.
+    assert len(report.batched) == 9 and [len(call) for call in runner.calls] == [10]
+
+
+def test_chunks_that_fill_a_forward_pass_keep_their_own_tasks(engine: Engine) -> None:
+    small = small_jobs(engine, 2)
+    big = small_jobs(engine, 1, size=4)[0]
+    runner = FakeRunner(max_batch_size=4)
+    report = work_on_chunk(engine, settings(), small[0].id, 0, {"fake": runner}.get)
+    assert [b.job_id for b in report.batched] == [small[1].id]
+    assert chunk_state(engine, big.id) == ("queued", 0), "a big chunk is left to its message"
+    alone = work_on_chunk(engine, settings(), big.id, 0, {"fake": runner}.get)
+    assert alone.batched == ()
 
 
 def test_only_fresh_queued_chunks_of_active_jobs_of_the_same_model_join(
@@ -240,3 +261,26 @@ def test_a_failed_gather_still_scores_the_delivery_s_own_chunk(
     assert (report.outcome, report.batched) == (ChunkOutcome.DONE, ())
     assert chunk_state(engine, jobs[0].id) == ("done", 1)
     assert chunk_state(engine, jobs[1].id) == ("queued", 0)
+
+
+def test_only_a_trickle_of_small_jobs_waits_once_for_more(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import cross_job
+
+    waits: list[float] = []
+    monkeypatch.setattr(cross_job.time, "sleep", waits.append)
+    runner = FakeRunner(max_batch_size=4)
+    wait = settings(cross_job_wait_ms=30)
+
+    lone = small_jobs(engine, 1)[0]
+    work_on_chunk(engine, wait, lone.id, 0, {"fake": runner}.get)
+    assert waits == [], "a lone job has nothing to wait for"
+
+    trickle = small_jobs(engine, 2)  # two one-text jobs: half a forward pass
+    work_on_chunk(engine, wait, trickle[0].id, 0, {"fake": runner}.get)
+    assert waits == [0.03], "a trickle waits once"
+
+    backlog = small_jobs(engine, 6)  # more than a forward pass queued: no wait
+    work_on_chunk(engine, wait, backlog[0].id, 0, {"fake": runner}.get)
+    assert waits == [0.03]
