@@ -217,8 +217,17 @@ def test_3b_a_connected_worker_that_stops_consuming_is_restarted(service: Servic
     service.workers.wait_consuming()
     exits_before = len(service.workers.exits)
     app = service.api.queue.app
-    app.control.cancel_consumer(f"bulkscore.model.{TEXT_MODEL}", reply=False)
-    time.sleep(1.0)
+    # Wait for every worker to confirm: a broadcast that reaches a worker only after the
+    # job is queued lets it consume normally, and nothing would stall.
+    cancelled: set[str] = set()
+    deadline = time.monotonic() + 30
+    while len(cancelled) < service.workers.count and time.monotonic() < deadline:
+        replies = app.control.cancel_consumer(
+            f"bulkscore.model.{TEXT_MODEL}", reply=True, timeout=2
+        )
+        for reply in replies or []:
+            cancelled.update(reply)
+    assert len(cancelled) >= service.workers.count, cancelled
     job = service.submit(texts(200), chunk_size=50)
     found = service.check("3b stalled consumer", [job])
     stalled = [code for _slot, code in service.workers.exits[exits_before:]]
