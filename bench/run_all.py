@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import load_summary, machine_summary
+from common import busy_processes, load_summary, machine_summary
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,7 +25,8 @@ def main() -> None:
     parser.add_argument("--skip-slow", action="store_true", help="Pass --skip-slow to both.")
     args = parser.parse_args()
     extra = ["--skip-slow"] if args.skip_slow else []
-    print(f"# bulkscore CPU benchmarks\n\n{machine_summary()}; load {load_summary()}\n")
+    print(f"# bulkscore CPU benchmarks\n\n{machine_summary()}; load {load_summary()}")
+    print(f"other busy processes at the start: {busy_processes() or 'none'}\n", flush=True)
     for script in ("text_throughput.py", "service_throughput.py"):
         subprocess.run([sys.executable, str(HERE / script), *extra], check=True)
 
