@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     gpu_max_batch_tokens: int = Field(
         default=262_144, ge=16, description="Token budget of one GPU text batch."
     )
+    first_token_last_layer: bool = Field(
+        default=True,
+        description=(
+            "BERT-family classifiers compute only the [CLS] token in their last layer (the "
+            "only one their head reads; checked against the full layer when a model loads)."
+        ),
+    )
     write_batch_size: int = Field(
         default=512, ge=1, description="Results written per database transaction (embedded)."
     )

@@ -57,6 +57,7 @@ class TransformersTextRunner:
         self.is_classifier = False
         self.activation = _softmax
         self.max_length = FALLBACK_MAX_LENGTH
+        self.first_token_only = False
 
     # -- setup -------------------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:
@@ -89,8 +90,58 @@ class TransformersTextRunner:
         self.max_length = self._max_length()
         self._apply_precision(torch)
         self.model.to(device)
+        if self.is_classifier and self.settings.first_token_last_layer:
+            self.first_token_only = self._prune_last_layer()
         # Warm up once so the first real batch does not pay for lazy initialisation.
         self._run_sorted(["warm up"], None)
+
+    def _prune_last_layer(self) -> bool:
+        """Compute only token 0 in the last layer, if the model checks out (first_token.py)."""
+        import torch
+
+        from worker.runners import first_token
+
+        texts = ["a probe", "a longer probe, so that the batch holds padding and a mask"]
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
+        probe = self._padded(encoded, keys, [0, 1])
+        probe = {key: torch.from_numpy(value).to(self.device) for key, value in probe.items()}
+        # fp16/bf16 on a CPU run in fp32 (see _apply_precision).
+        reduced = self.spec.precision == "int8" or (
+            self.device != "cpu" and self.spec.precision in ("fp16", "bf16")
+        )
+        tolerance = (
+            first_token.REDUCED_PRECISION_TOLERANCE if reduced else first_token.FP32_TOLERANCE
+        )
+        return first_token.install(self.model, probe, tolerance)
+
+    def _padded(
+        self, encoded: Any, keys: Sequence[str], batch: Sequence[int]
+    ) -> dict[str, np.ndarray]:
+        """The rows ``batch`` of ``encoded``, padded to the longest, as int64 arrays.
+
+        Filled straight into numpy: ``tokenizer.pad`` builds Python objects per row and was
+        the largest CPU cost of a GPU worker after the model (bench/README.md).
+        """
+        rows = [encoded["input_ids"][i] for i in batch]
+        longest = max(len(row) for row in rows)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        fills = {
+            "input_ids": self.tokenizer.pad_token_id or 0,
+            "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0) or 0,
+            "attention_mask": 0,
+        }
+        padded = {}
+        for key in keys:
+            array = np.full((len(batch), longest), fills[key], dtype=np.int64)
+            for row, position in enumerate(batch):
+                values = encoded[key][position]
+                if left:
+                    array[row, longest - len(values) :] = values
+                else:
+                    array[row, : len(values)] = values
+            padded[key] = array
+        return padded
 
     def _max_length(self) -> int:
         candidates = [
@@ -160,15 +211,18 @@ class TransformersTextRunner:
         self, texts: Sequence[str], progress: Progress | None, embeddings: bool = False
     ) -> list[np.ndarray]:
         """One output row per text, in input order, computed in length-sorted batches."""
+        import torch
+
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
         lengths = [len(ids) for ids in encoded["input_ids"]]
         outputs: list[np.ndarray] = [np.empty(0)] * len(texts)
         for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-            features = self.tokenizer.pad(
-                {key: [encoded[key][i] for i in batch] for key in keys}, return_tensors="pt"
-            )
-            rows = self._forward(dict(features), embeddings)
+            features = {
+                key: torch.from_numpy(value)
+                for key, value in self._padded(encoded, keys, batch).items()
+            }
+            rows = self._forward(features, embeddings)
             for position, row in zip(batch, rows, strict=True):
                 outputs[position] = row
             if progress is not None:
