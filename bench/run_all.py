@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/run_all.py [--skip-slow]
 
-Runs ``text_throughput.py`` (text rows and the int8 quality table) and then
-``service_throughput.py`` (database, API, many small jobs, threads), each in its own
+Runs ``text_throughput.py`` (text rows and the int8 quality table), then
+``service_throughput.py`` (database, API, many small jobs, threads) and then
+``image_throughput.py`` (two interleaved runs of each image row), each in its own
 process so that one's threads and caches cannot colour the other's figures. Prints the
 load average before each, because other work on a shared machine slows every row.
 """
@@ -22,13 +23,19 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--skip-slow", action="store_true", help="Pass --skip-slow to both.")
+    parser.add_argument(
+        "--skip-slow", action="store_true", help="--skip-slow for the text benches, 1 image run."
+    )
     args = parser.parse_args()
     extra = ["--skip-slow"] if args.skip_slow else []
     print(f"# bulkscore CPU benchmarks\n\n{machine_summary()}; load {load_summary()}")
     print(f"other busy processes at the start: {busy_processes() or 'none'}\n", flush=True)
     for script in ("text_throughput.py", "service_throughput.py"):
         subprocess.run([sys.executable, str(HERE / script), *extra], check=True)
+    repeats = "1" if args.skip_slow else "2"
+    subprocess.run(
+        [sys.executable, str(HERE / "image_throughput.py"), "--repeats", repeats], check=True
+    )
 
 
 if __name__ == "__main__":

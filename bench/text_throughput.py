@@ -31,8 +31,13 @@ def bulkscore_in_process(
     workdir: Path,
     precision: str = "fp32",
     repeat: int = 1,
+    first_token: bool = True,
 ) -> Row:
-    """The embedded path of ``bulkscore score``: spec -> runner -> score_items -> SQLite."""
+    """The embedded path of ``bulkscore score``: spec -> runner -> score_items -> SQLite.
+
+    ``first_token=False`` turns off the first-token last layer (worker/runners/first_token.py),
+    to show what it saves side by side.
+    """
     from core.config import get_settings
     from core.db import get_engine
     from core.items import checked_text_item
@@ -43,7 +48,7 @@ def bulkscore_in_process(
     from worker.runners import build_runner
     from worker.scoring import score_items
 
-    settings = get_settings()
+    settings = get_settings().model_copy(update={"first_token_last_layer": first_token})
     entry = {"task": "text-classification", "backend": "transformers", "source": str(model_dir)}
     registry = Registry.from_mapping(
         {"models": {"bench": {**entry, "precision": precision}}}, base_dir=workdir
@@ -69,6 +74,8 @@ def bulkscore_in_process(
         assert totals.succeeded == len(items), totals
 
     name = IN_PROCESS if precision == "fp32" else f"bulkscore score (in-process, {precision})"
+    if not first_token:
+        name += ", every token in the last layer"
     return timed(name, len(items), run, repeat)
 
 
@@ -203,6 +210,7 @@ def main() -> None:
     if not args.skip_slow:
         rows.append(tutorial_row(model_dir, texts, workdir, repeat))
     rows.append(bulkscore_in_process(model_dir, records, workdir, repeat=repeat))
+    rows.append(bulkscore_in_process(model_dir, records, workdir, repeat=repeat, first_token=False))
     rows.append(bulkscore_in_process(model_dir, records, workdir, "int8", repeat))
     rows.append(service_row(model_dir, records, workdir, repeat))
     baselines = {

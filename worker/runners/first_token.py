@@ -29,10 +29,8 @@ log = logging.getLogger(__name__)
 
 # Model types whose sequence-classification heads read only token 0 of the last layer.
 FIRST_TOKEN_HEADS = frozenset({"distilbert", "bert", "roberta", "xlm-roberta", "camembert"})
-# fp32 differs from the full layer only by summation order; int8 quantizes activations per
-# tensor, fp16/bf16 round per element, so fewer rows through a matrix multiply move them more.
-FP32_TOLERANCE = 1e-4
-REDUCED_PRECISION_TOLERANCE = 1e-2
+# The pruned layer differs from the full one only by summation order in fp32.
+TOLERANCE = 1e-4
 
 
 def _first_token_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -143,16 +141,14 @@ def _first_token_state(model: nn.Module, probe: dict[str, torch.Tensor]) -> torc
         return model.base_model(**probe).last_hidden_state[:, 0].float()
 
 
-def install(
-    model: nn.Module, probe: dict[str, torch.Tensor], tolerance: float = FP32_TOLERANCE
-) -> bool:
+def install(model: nn.Module, probe: dict[str, torch.Tensor]) -> bool:
     """Replace the last encoder layer of ``model`` by its first-token form, if it checks out.
 
     Args:
-        model: a sequence classifier, in eval mode, on its final device and precision.
-        probe: a padded batch of at least two sequences of different lengths, on that device.
-        tolerance: the largest difference from the full layer's output at token 0 accepted,
-            relative to its magnitude (at least 1).
+        model: a sequence classifier in eval mode, fp32, on the CPU (precision and device
+            come after: int8 quantizes activations per tensor, so its pruned and full layers
+            differ by more than a check could tell from a wrong result).
+        probe: a padded batch of at least two sequences of different lengths.
 
     Returns:
         Whether the model now computes the first token only in its last layer.
@@ -172,7 +168,7 @@ def install(
         layers[-1] = original
         log.warning("first-token last layer not used (%s); computing every token", error)
         return False
-    if got.shape != expected.shape or difference > tolerance * scale:
+    if got.shape != expected.shape or difference > TOLERANCE * scale:
         layers[-1] = original
         log.warning(
             "first-token last layer not used: it differs from the full layer by %.2e", difference

@@ -88,10 +88,12 @@ class TransformersTextRunner:
             multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
             self.activation = _sigmoid if multi else _softmax
         self.max_length = self._max_length()
-        self._apply_precision(torch)
-        self.model.to(device)
+        # Pruned while still fp32 on the CPU, where the check against the full layer is
+        # exact; int8 and fp16 then apply to the pruned layer's modules as to any other.
         if self.is_classifier and self.settings.first_token_last_layer:
             self.first_token_only = self._prune_last_layer()
+        self._apply_precision(torch)
+        self.model.to(device)
         # Warm up once so the first real batch does not pay for lazy initialisation.
         self._run_sorted(["warm up"], None)
 
@@ -105,15 +107,8 @@ class TransformersTextRunner:
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
         probe = self._padded(encoded, keys, [0, 1])
-        probe = {key: torch.from_numpy(value).to(self.device) for key, value in probe.items()}
-        # fp16/bf16 on a CPU run in fp32 (see _apply_precision).
-        reduced = self.spec.precision == "int8" or (
-            self.device != "cpu" and self.spec.precision in ("fp16", "bf16")
-        )
-        tolerance = (
-            first_token.REDUCED_PRECISION_TOLERANCE if reduced else first_token.FP32_TOLERANCE
-        )
-        return first_token.install(self.model, probe, tolerance)
+        probe = {key: torch.from_numpy(value) for key, value in probe.items()}
+        return first_token.install(self.model, probe)
 
     def _padded(
         self, encoded: Any, keys: Sequence[str], batch: Sequence[int]
