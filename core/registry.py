@@ -75,7 +75,7 @@ class ModelSpec(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=1)
     max_batch_tokens: int | None = Field(default=None, ge=16)
     top_k: int = Field(default=5, ge=1)
-    precision: str = Field(default="fp32", pattern="^(fp32|fp16|bf16|int8)$")
+    precision: str = Field(default="fp32", pattern="^(fp32|fp16|bf16|int8|onnx-int8)$")
     image_size: int = Field(default=224, ge=8)
     head: str | None = None
     description: str = ""

@@ -63,3 +63,65 @@ def test_int8_quantizes_every_linear_layer(runners: dict[str, object]) -> None:
     assert len(quantized) == 37
     if full_range_safe():
         assert all(isinstance(m, FullRangeDynamicLinear) for m in quantized)
+
+
+def test_onnx_int8_embeddings_stay_within_one_percent_of_fp32(
+    runners: dict[str, object], tmp_path: Path
+) -> None:
+    """ONNX Runtime's unsigned 8-bit weights keep 0.99 even without VNNI (onnx_int8.py)."""
+    from worker.runners.onnx_int8 import OnnxInt8Model
+
+    registry = Registry.from_mapping(
+        {"models": {"onnx": {**MINILM, "precision": "onnx-int8"}}}, base_dir=tmp_path
+    )
+    runner = build_runner(registry.get("onnx"), Settings(torch_threads=1))
+    runner.setup("cpu")
+    assert isinstance(runner.model, OnnxInt8Model)
+    texts = review_texts(64)
+    fp32 = runners["fp32"].embed(texts)  # type: ignore[attr-defined]
+    onnx = runner.embed(texts)
+    assert onnx.shape == fp32.shape == (64, 384)
+    assert not np.allclose(fp32, onnx), "onnx-int8 must really be quantized"
+    cosine = (fp32 * onnx).sum(axis=1)
+    assert cosine.mean() >= 0.99, cosine.mean()
+    assert cosine.min() >= 0.95, cosine.min()
+
+
+def test_onnx_int8_classifier_agrees_with_fp32(tiny_text_model: Path, tmp_path: Path) -> None:
+    entry = {
+        "task": "text-classification",
+        "backend": "transformers",
+        "source": str(tiny_text_model),
+    }
+    registry = Registry.from_mapping(
+        {"models": {"fp32": entry, "onnx": {**entry, "precision": "onnx-int8"}}},
+        base_dir=tmp_path,
+    )
+    texts = [*review_texts(40), "", "a " * 700]  # empty and truncated texts too
+    scored = {}
+    for name in ("fp32", "onnx"):
+        runner = build_runner(registry.get(name), Settings(torch_threads=1))
+        runner.setup("cpu")
+        scored[name] = runner.predict(texts)
+    for full, quantized in zip(scored["fp32"], scored["onnx"], strict=True):
+        assert quantized.error is None
+        assert abs(sum(score for _, score in quantized.top_k) - 1.0) < 1e-5
+        assert abs(full.score - quantized.score) < 0.05
+        if full.score - (1 - full.score) > 0.1:  # a clear call (random weights: most are not)
+            assert quantized.label == full.label
+
+
+def test_onnx_int8_refuses_a_gpu_worker(tiny_text_model: Path, tmp_path: Path) -> None:
+    from worker.runners.base import ModelLoadError
+
+    entry = {
+        "task": "text-classification",
+        "backend": "transformers",
+        "source": str(tiny_text_model),
+    }
+    registry = Registry.from_mapping(
+        {"models": {"onnx": {**entry, "precision": "onnx-int8"}}}, base_dir=tmp_path
+    )
+    runner = build_runner(registry.get("onnx"), Settings(torch_threads=1))
+    with pytest.raises(ModelLoadError, match="onnx-int8 is for CPU workers"):
+        runner.setup("cuda:0")

@@ -93,22 +93,28 @@ class TransformersTextRunner:
         if self.is_classifier and self.settings.first_token_last_layer:
             self.first_token_only = self._prune_last_layer()
         self._apply_precision(torch)
-        self.model.to(device)
+        if isinstance(self.model, torch.nn.Module):  # not an ONNX Runtime session
+            self.model.to(device)
         # Warm up once so the first real batch does not pay for lazy initialisation.
         self._run_sorted(["warm up"], None)
 
     def _prune_last_layer(self) -> bool:
         """Compute only token 0 in the last layer, if the model checks out (first_token.py)."""
-        import torch
-
         from worker.runners import first_token
+
+        return first_token.install(self.model, self._probe())
+
+    def _probe(self) -> dict[str, Any]:
+        """A padded batch of two texts, as torch tensors: for checks and for tracing."""
+        import torch
 
         texts = ["a probe", "a longer probe, so that the batch holds padding and a mask"]
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
-        probe = self._padded(encoded, keys, [0, 1])
-        probe = {key: torch.from_numpy(value) for key, value in probe.items()}
-        return first_token.install(self.model, probe)
+        return {
+            key: torch.from_numpy(value)
+            for key, value in self._padded(encoded, keys, [0, 1]).items()
+        }
 
     def _padded(
         self, encoded: Any, keys: Sequence[str], batch: Sequence[int]
@@ -150,7 +156,14 @@ class TransformersTextRunner:
 
     def _apply_precision(self, torch: Any) -> None:
         precision = self.spec.precision
-        if precision == "int8":
+        if precision == "onnx-int8":
+            if self.device != "cpu":
+                raise ModelLoadError(f"model {self.name!r}: precision onnx-int8 is for CPU workers")
+            from worker.runners.onnx_int8 import onnx_int8_model
+
+            output = "logits" if self.is_classifier else "last_hidden_state"
+            self.model = onnx_int8_model(self.model, self._probe(), output, self.threads)
+        elif precision == "int8":
             if self.device != "cpu":
                 raise ModelLoadError(f"model {self.name!r}: precision int8 is for CPU workers")
             # Dynamic quantization: int8 weights for every Linear, activations quantized on
