@@ -87,16 +87,16 @@ def test_onnx_int8_embeddings_stay_within_one_percent_of_fp32(
     assert cosine.min() >= 0.95, cosine.min()
 
 
-def test_onnx_int8_classifier_agrees_with_fp32(tiny_text_model: Path, tmp_path: Path) -> None:
-    entry = {
-        "task": "text-classification",
-        "backend": "transformers",
-        "source": str(tiny_text_model),
-    }
-    registry = Registry.from_mapping(
-        {"models": {"fp32": entry, "onnx": {**entry, "precision": "onnx-int8"}}},
-        base_dir=tmp_path,
+def tiny_classifiers(model: Path, folder: Path) -> Registry:
+    """The tiny test classifier as ``fp32`` and as ``onnx`` (precision onnx-int8)."""
+    entry = {"task": "text-classification", "backend": "transformers", "source": str(model)}
+    return Registry.from_mapping(
+        {"models": {"fp32": entry, "onnx": {**entry, "precision": "onnx-int8"}}}, base_dir=folder
     )
+
+
+def test_onnx_int8_classifier_agrees_with_fp32(tiny_text_model: Path, tmp_path: Path) -> None:
+    registry = tiny_classifiers(tiny_text_model, tmp_path)
     texts = [*review_texts(40), "", "a " * 700]  # empty and truncated texts too
     scored = {}
     for name in ("fp32", "onnx"):
@@ -114,14 +114,7 @@ def test_onnx_int8_classifier_agrees_with_fp32(tiny_text_model: Path, tmp_path: 
 def test_onnx_int8_refuses_a_gpu_worker(tiny_text_model: Path, tmp_path: Path) -> None:
     from worker.runners.base import ModelLoadError
 
-    entry = {
-        "task": "text-classification",
-        "backend": "transformers",
-        "source": str(tiny_text_model),
-    }
-    registry = Registry.from_mapping(
-        {"models": {"onnx": {**entry, "precision": "onnx-int8"}}}, base_dir=tmp_path
-    )
+    registry = tiny_classifiers(tiny_text_model, tmp_path)
     runner = build_runner(registry.get("onnx"), Settings(torch_threads=1))
     with pytest.raises(ModelLoadError, match="onnx-int8 is for CPU workers"):
         runner.setup("cuda:0")
