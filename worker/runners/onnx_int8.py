@@ -76,7 +76,9 @@ def export_int8(
             dynamo=False,
         )
     model.eval()  # the exporter may leave training mode on (dropout) in the source model
-    weights = QuantType.QInt8 if full_range_safe() else QuantType.QUInt8
+    signed = full_range_safe()
+    log.info("onnx-int8: quantizing %s weights", "s8" if signed else "u8")
+    weights = QuantType.QInt8 if signed else QuantType.QUInt8
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=weights, per_channel=True)
     fp32_path.unlink()
     return int8_path
@@ -111,5 +113,4 @@ def onnx_int8_model(
     with tempfile.TemporaryDirectory(prefix="bulkscore-onnx-") as folder:
         path = export_int8(model, probe, output, Path(folder))
         session = OnnxInt8Model(path, output, threads)
-    log.info("onnx-int8: %s weights, %d threads", "s8" if full_range_safe() else "u8", threads)
     return session

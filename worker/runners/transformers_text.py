@@ -106,24 +106,33 @@ class TransformersTextRunner:
 
     def _probe(self) -> dict[str, Any]:
         """A padded batch of two texts, as torch tensors: for checks and for tracing."""
+        texts = ["a probe", "a longer probe, so that the batch holds padding and a mask"]
+        encoded, keys = self._encode(texts)
+        return self._tensors(encoded, keys, [0, 1])
+
+    def _encode(self, texts: Sequence[str]) -> tuple[Any, list[str]]:
+        """Token ids of ``texts`` (truncated, not padded) and the model input names present."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
+        return encoded, keys
+
+    def _tensors(self, encoded: Any, keys: Sequence[str], batch: Sequence[int]) -> dict[str, Any]:
+        """The rows ``batch`` of ``encoded``, padded, as the torch tensors a forward pass takes.
+
+        Filled straight into numpy: ``tokenizer.pad`` builds Python objects per row and was
+        the largest CPU cost of a GPU worker after the model (bench/README.md).
+        """
         import torch
 
-        texts = ["a probe", "a longer probe, so that the batch holds padding and a mask"]
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
         return {
             key: torch.from_numpy(value)
-            for key, value in self._padded(encoded, keys, [0, 1]).items()
+            for key, value in self._padded(encoded, keys, batch).items()
         }
 
     def _padded(
         self, encoded: Any, keys: Sequence[str], batch: Sequence[int]
     ) -> dict[str, np.ndarray]:
-        """The rows ``batch`` of ``encoded``, padded to the longest, as int64 arrays.
-
-        Filled straight into numpy: ``tokenizer.pad`` builds Python objects per row and was
-        the largest CPU cost of a GPU worker after the model (bench/README.md).
-        """
+        """The rows ``batch`` of ``encoded``, padded to the longest, as int64 arrays."""
         rows = [encoded["input_ids"][i] for i in batch]
         longest = max(len(row) for row in rows)
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
@@ -156,16 +165,14 @@ class TransformersTextRunner:
 
     def _apply_precision(self, torch: Any) -> None:
         precision = self.spec.precision
+        if precision in ("int8", "onnx-int8") and self.device != "cpu":
+            raise ModelLoadError(f"model {self.name!r}: precision {precision} is for CPU workers")
         if precision == "onnx-int8":
-            if self.device != "cpu":
-                raise ModelLoadError(f"model {self.name!r}: precision onnx-int8 is for CPU workers")
             from worker.runners.onnx_int8 import onnx_int8_model
 
             output = "logits" if self.is_classifier else "last_hidden_state"
             self.model = onnx_int8_model(self.model, self._probe(), output, self.threads)
         elif precision == "int8":
-            if self.device != "cpu":
-                raise ModelLoadError(f"model {self.name!r}: precision int8 is for CPU workers")
             # Dynamic quantization: int8 weights for every Linear, activations quantized on
             # the fly; no calibration data needed and the accuracy cost is measured in bench/.
             from worker.runners.int8 import quantize_int8
@@ -219,18 +226,11 @@ class TransformersTextRunner:
         self, texts: Sequence[str], progress: Progress | None, embeddings: bool = False
     ) -> list[np.ndarray]:
         """One output row per text, in input order, computed in length-sorted batches."""
-        import torch
-
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
+        encoded, keys = self._encode(texts)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         outputs: list[np.ndarray] = [np.empty(0)] * len(texts)
         for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-            features = {
-                key: torch.from_numpy(value)
-                for key, value in self._padded(encoded, keys, batch).items()
-            }
-            rows = self._forward(features, embeddings)
+            rows = self._forward(self._tensors(encoded, keys, batch), embeddings)
             for position, row in zip(batch, rows, strict=True):
                 outputs[position] = row
             if progress is not None:
