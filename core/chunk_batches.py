@@ -176,6 +176,14 @@ def active_jobs(conn: Connection, job_ids: Collection[str]) -> set[str]:
     return set(conn.scalars(query))
 
 
+def job_statuses(conn: Connection, job_ids: Collection[str]) -> dict[str, JobStatus]:
+    """The status of each of ``job_ids`` that still exists."""
+    if not job_ids:
+        return {}
+    query = select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(list(job_ids)))
+    return {job_id: JobStatus(status) for job_id, status in conn.execute(query)}
+
+
 def renew_leases(conn: Connection, keys: Sequence[ChunkKey], lease_s: float) -> None:
     """Push the leases of running chunks ``keys`` ``lease_s`` into the future."""
     if not keys:

@@ -19,6 +19,7 @@ from core.chunk_batches import (
     ChunkKey,
     active_jobs,
     finish_chunks,
+    job_statuses,
     load_chunk_items,
     release_chunks,
     renew_leases,
@@ -35,7 +36,7 @@ from core.config import Settings
 from core.jobs import Chunk, load_items, mark_running
 from core.predictions import Prediction
 from core.results import ScoredItem, scored_indexes, write_results
-from core.status import ChunkStatus
+from core.status import ChunkStatus, JobStatus
 from worker.cross_job import gather_siblings
 from worker.runners.base import Runner
 from worker.scoring import JobItems, score_jobs
@@ -222,9 +223,24 @@ def _score_claimed(
     with engine.begin() as conn:
         finish_chunks(conn, [k for k in keys if k[0] not in stopped], ChunkStatus.DONE)
         finish_chunks(conn, [k for k in keys if k[0] in stopped], ChunkStatus.CANCELLED)
+        # A job stops being active when it is cancelled, but also when another delivery of
+        # a chunk (this one's, re-sent after this worker hung) finished it: that is no
+        # cancellation, and the log must not say so.
+        finished_elsewhere = {
+            job_id: status
+            for job_id, status in job_statuses(conn, stopped).items()
+            if status != JobStatus.CANCELLED
+        }
 
     def outcome(job_id: str) -> ChunkOutcome:
+        if job_id in finished_elsewhere:
+            return ChunkOutcome.SKIPPED
         return ChunkOutcome.CANCELLED if job_id in stopped else ChunkOutcome.DONE
+
+    def reason(job_id: str) -> str:
+        if job_id in finished_elsewhere:
+            return f"job {finished_elsewhere[job_id].value} by another delivery during the chunk"
+        return "job cancelled during the chunk" if job_id in stopped else ""
 
     first, others = claims[0], claims[1:]
     assert first.chunk is not None
@@ -241,10 +257,9 @@ def _score_claimed(
         for c in others
         if c.chunk is not None
     )
-    stopped_here = first.chunk.job_id in stopped
     return ChunkReport(
         outcome(first.chunk.job_id),
-        "job cancelled during the chunk" if stopped_here else "",
+        reason(first.chunk.job_id),
         scored=own.succeeded + own.failed,
         already_scored=own.skipped,
         attempts=first.attempts,

@@ -299,45 +299,57 @@ def test_6_a_poison_item_is_found_by_bisection_and_fails_alone(service: Service)
 # -- 7: hung worker -----------------------------------------------------------------------------
 
 
-def _busiest(service: Service) -> int:
-    """The slot of the worker using the CPU (the one scoring)."""
+RECEIVED = re.compile(r"score_chunk\[[^\]]+\] received")
 
-    def cpu(pid: int) -> int:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
 
-    pids = service.workers.pids()
-    before = [cpu(pid) for pid in pids]
-    time.sleep(0.5)
-    after = [cpu(pid) for pid in pids]
-    deltas = [b - a for a, b in zip(before, after, strict=True)]
-    return deltas.index(max(deltas))
+def _received(service: Service) -> list[int]:
+    """How many chunk messages each worker slot's current process has received so far."""
+    return [len(RECEIVED.findall(worker.log)) for worker in service.workers.workers]
+
+
+def _receiver(service: Service, before: list[int]) -> int:
+    """The one slot that received a chunk message since ``before`` (no other job runs)."""
+
+    def grown() -> list[int]:
+        now = _received(service)
+        return [slot for slot, (was, is_) in enumerate(zip(before, now, strict=True)) if is_ > was]
+
+    slots = poll(grown, SETTLE_S, "a worker to receive the chunk", interval=0.02)
+    assert len(slots) == 1, f"both workers received a chunk message: {slots}"
+    return slots[0]
 
 
 def test_7_a_hung_worker_s_chunk_is_requeued_and_its_late_writes_are_no_ops(
     service: Service,
 ) -> None:
     service.workers.wait_consuming()
-    total = 3000
+    # Long enough that the chunk is far from done when its worker is stopped, on a fast CPU
+    # too: the worker is found from its log (not by sampling CPU, which raced the chunk's end).
+    total = 6000
+    before = _received(service)
     job = service.submit(texts(total), chunk_size=total)
-    mid_job(service, job, total)
-    slot = _busiest(service)
+    slot = _receiver(service, before)
     hung_pid = service.workers.pids()[slot]
+    mid_job(service, job, total)
     service.workers.signal(signal.SIGSTOP, slot)
     try:
+        assert service.rows(job) < total, "the chunk ended before its worker could be stopped"
         service.settle([job])
         assert service.job(job)["status"] == JobStatus.COMPLETED.value
     finally:
         service.workers.signal(signal.SIGCONT, slot)
-    # The hung worker wakes up and finishes its copy of the chunk: every row it tries to
-    # write is already there.
-    poll(
+    # The hung worker wakes up and carries on with its copy of the chunk: every row it tries
+    # to write is already there, and it stops at its next write, the job being completed.
+    line = poll(
         lambda: re.search(
-            rf"chunk 0 of job {job} \w+ by bulkscore-cpu-{hung_pid}@", service.workers.log_text()
+            rf"chunk 0 of job {job} (\w+) by bulkscore-cpu-{hung_pid}@.*",
+            service.workers.log_text(),
         ),
         SETTLE_S,
         "the woken worker to finish its stale run",
     )
+    assert line.group(1) == "skipped", line.group(0)
+    assert "job completed by another delivery during the chunk" in line.group(0)
     found = service.check("7 hung worker", [job])
     assert found.extra_attempts == 1
     assert service.job(job)["succeeded"] == total

@@ -20,7 +20,7 @@ from core.migrate import upgrade
 from core.predictions import Prediction
 from core.registry import ModelSpec
 from core.status import ChunkStatus, JobStatus
-from core.tables import chunks, results
+from core.tables import chunks, jobs, results
 from worker import chunk_work
 from worker.chunk_work import ChunkAttemptError, ChunkOutcome, work_on_chunk
 from worker.runners.base import Progress
@@ -204,6 +204,26 @@ def test_a_cancel_during_a_chunk_stops_it_after_the_current_write(engine: Engine
     assert result_count(engine, job.id) == 3
     assert chunk_row(engine, job.id, 0).status == "cancelled"
     assert job_of(engine, job.id).status == JobStatus.CANCELLED
+
+
+def test_a_stale_delivery_whose_job_another_finished_is_skipped_not_cancelled(
+    engine: Engine,
+) -> None:
+    # This delivery's worker hung; a re-sent delivery finished the chunk and the job meanwhile.
+    job = new_job(engine, count=10, chunk_size=10)
+
+    def finished_elsewhere() -> None:
+        with engine.begin() as conn:
+            conn.execute(update(chunks).values(status=ChunkStatus.DONE.value))
+            conn.execute(update(jobs).values(status=JobStatus.COMPLETED.value))
+
+    runner = FakeRunner(on_predict=finished_elsewhere)
+    report = work_on_chunk(engine, settings(write_batch_size=3), job.id, 0, {"fake": runner}.get)
+    assert report.outcome == ChunkOutcome.SKIPPED
+    assert report.reason == "job completed by another delivery during the chunk"
+    assert runner.calls == [3]
+    assert chunk_row(engine, job.id, 0).status == "done"
+    assert job_of(engine, job.id).status == JobStatus.COMPLETED
 
 
 def test_progress_renews_the_lease(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
