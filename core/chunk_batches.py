@@ -197,7 +197,8 @@ def renew_leases(conn: Connection, keys: Sequence[ChunkKey], lease_s: float) -> 
 
 
 def finish_chunks(conn: Connection, keys: Sequence[ChunkKey], status: ChunkStatus) -> None:
-    """:func:`core.chunks.finish_chunk` for many chunks in one statement."""
+    """End the chunks' attempts as ``done`` or ``cancelled`` and drop their leases (a chunk
+    already done stays done: a late, stale delivery cannot undo it)."""
     if status not in (ChunkStatus.DONE, ChunkStatus.CANCELLED):
         raise ValueError(f"a chunk finishes as done or cancelled, not {status.value!r}")
     if not keys:
@@ -210,7 +211,8 @@ def finish_chunks(conn: Connection, keys: Sequence[ChunkKey], status: ChunkStatu
 
 
 def release_chunks(conn: Connection, keys: Sequence[ChunkKey]) -> None:
-    """:func:`core.chunks.release_chunk` for many chunks: queued again, attempts kept."""
+    """Give running chunks back (their attempt failed), so that a retry can claim them at
+    once; their attempt counts are kept."""
     if not keys:
         return
     conn.execute(

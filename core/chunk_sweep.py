@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, and_, update
 
+from core.chunks import chunks_of_active_jobs
 from core.clock import utcnow
-from core.status import ACTIVE_JOB_STATES, ChunkStatus
-from core.tables import chunks, jobs
+from core.status import ChunkStatus
+from core.tables import chunks
 
 
 def stale_queued_chunks(
@@ -32,15 +33,8 @@ def stale_queued_chunks(
     now = now or utcnow()
     cutoff = now - timedelta(seconds=older_than_s)
     rows = conn.execute(
-        select(chunks.c.job_id, chunks.c.index, jobs.c.model)
-        .join(jobs, jobs.c.id == chunks.c.job_id)
-        .where(
-            and_(
-                chunks.c.status == ChunkStatus.QUEUED.value,
-                chunks.c.updated_at <= cutoff,
-                jobs.c.model.in_(models),
-                jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
-            )
+        chunks_of_active_jobs(
+            models, chunks.c.status == ChunkStatus.QUEUED.value, chunks.c.updated_at <= cutoff
         )
         .order_by(chunks.c.updated_at)
         .limit(limit)

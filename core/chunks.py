@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Connection, Exists, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Exists, Select, and_, exists, or_, select, update
 
 from core.clock import utcnow
 from core.jobs import Chunk
@@ -172,60 +173,28 @@ def _why_not(conn: Connection, job_id: str, index: int, max_attempts: int, now: 
     return Claim(ClaimOutcome.BUSY, chunk, row.attempts, retry_in_s=1.0)
 
 
-def renew_lease(conn: Connection, job_id: str, index: int, lease_s: float) -> None:
-    """Push a running chunk's lease ``lease_s`` into the future (it is making progress)."""
-    now = utcnow()
-    conn.execute(
-        update(chunks)
-        .where(
-            and_(
-                chunks.c.job_id == job_id,
-                chunks.c.index == index,
-                chunks.c.status == ChunkStatus.RUNNING.value,
-            )
-        )
-        .values(leased_until=now + timedelta(seconds=lease_s), updated_at=now)
-    )
-
-
-def finish_chunk(conn: Connection, job_id: str, index: int, status: ChunkStatus) -> None:
-    """End a chunk's attempt as ``done`` or ``cancelled`` and drop its lease."""
-    if status not in (ChunkStatus.DONE, ChunkStatus.CANCELLED):
-        raise ValueError(f"a chunk finishes as done or cancelled, not {status.value!r}")
-    conn.execute(
-        update(chunks)
-        .where(
-            and_(
-                chunks.c.job_id == job_id,
-                chunks.c.index == index,
-                chunks.c.status != ChunkStatus.DONE.value,
-            )
-        )
-        .values(status=status.value, leased_until=None, updated_at=utcnow())
-    )
-
-
-def release_chunk(conn: Connection, job_id: str, index: int) -> None:
-    """Give a running chunk back (its attempt failed), so a retry can claim it at once."""
-    conn.execute(
-        update(chunks)
-        .where(
-            and_(
-                chunks.c.job_id == job_id,
-                chunks.c.index == index,
-                chunks.c.status == ChunkStatus.RUNNING.value,
-            )
-        )
-        .values(status=ChunkStatus.QUEUED.value, leased_until=None, updated_at=utcnow())
-    )
-
-
 def chunk_status(conn: Connection, job_id: str, index: int) -> ChunkStatus | None:
     """The chunk's status, or None if there is no such chunk."""
     value = conn.scalar(
         select(chunks.c.status).where(and_(chunks.c.job_id == job_id, chunks.c.index == index))
     )
     return ChunkStatus(value) if value is not None else None
+
+
+def chunks_of_active_jobs(models: list[str], *conditions: ColumnElement[bool]) -> Select[Any]:
+    """``(job_id, index, model)`` of the chunks of queued or running jobs of ``models`` that
+    meet ``conditions``: what the lease and lost-message sweeps look for."""
+    return (
+        select(chunks.c.job_id, chunks.c.index, jobs.c.model)
+        .join(jobs, jobs.c.id == chunks.c.job_id)
+        .where(
+            and_(
+                *conditions,
+                jobs.c.model.in_(models),
+                jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
+            )
+        )
+    )
 
 
 def release_expired(
@@ -244,17 +213,9 @@ def release_expired(
     """
     now = now or utcnow()
     expired = conn.execute(
-        select(chunks.c.job_id, chunks.c.index, jobs.c.model)
-        .join(jobs, jobs.c.id == chunks.c.job_id)
-        .where(
-            and_(
-                chunks.c.status == ChunkStatus.RUNNING.value,
-                chunks.c.leased_until <= now,
-                jobs.c.model.in_(models),
-                jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
-            )
-        )
-        .limit(limit)
+        chunks_of_active_jobs(
+            models, chunks.c.status == ChunkStatus.RUNNING.value, chunks.c.leased_until <= now
+        ).limit(limit)
     ).all()
     released = []
     for job_id, index, model in expired:

@@ -243,7 +243,8 @@ def load_items(conn: Connection, job_id: str, start: int, stop: int) -> list[tup
         .where(and_(items.c.job_id == job_id, items.c.index >= start, items.c.index < stop))
         .order_by(items.c.index)
     )
+    # By position: a Row's .index is the tuple method to type checkers, not the column.
     return [
-        (row.index, InputItem(item_id=row.item_id, text=row.text, data=row.data, error=row.error))
-        for row in conn.execute(query)
+        (index, InputItem(item_id=item_id, text=text, data=data, error=error))
+        for index, item_id, text, data, error in conn.execute(query)
     ]

@@ -57,6 +57,7 @@ RESULT_ROW_COLUMNS = (
 
 def _insert_skipping_existing(conn: Connection) -> Any:
     dialect = conn.dialect.name
+    statement: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
         statement = postgresql.insert(results)
     elif dialect == "sqlite":

@@ -29,8 +29,6 @@ from core.chunks import (
     ClaimOutcome,
     claim_chunk,
     delivery_state,
-    finish_chunk,
-    release_chunk,
 )
 from core.config import Settings
 from core.jobs import Chunk, load_items, mark_running
@@ -144,7 +142,7 @@ def work_on_chunk(
             abandon_chunk(engine, model, revision, claim.chunk, claim.attempts, reason)
             raise ChunkAttemptError(reason, attempts=claim.attempts, retry=False) from exc
         with engine.begin() as conn:
-            release_chunk(conn, job_id, chunk_index)
+            release_chunks(conn, [(job_id, chunk_index)])
         raise ChunkAttemptError(reason, attempts=claim.attempts, retry=True) from exc
 
 
@@ -284,6 +282,6 @@ def abandon_chunk(
             if index not in done
         ]
         outcome = write_results(conn, chunk.job_id, model, revision, missing)
-        finish_chunk(conn, chunk.job_id, chunk.index, ChunkStatus.DONE)
+        finish_chunks(conn, [(chunk.job_id, chunk.index)], ChunkStatus.DONE)
     log.error("chunk %d of job %s abandoned: %s", chunk.index, chunk.job_id, message)
     return outcome.written

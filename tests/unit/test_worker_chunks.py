@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from core.chunks import ClaimOutcome, as_utc, claim_chunk, finish_chunk
+from core.chunk_batches import finish_chunks
+from core.chunks import ClaimOutcome, as_utc, claim_chunk
 from core.clock import utcnow
 from core.config import Settings
 from core.db import dispose_engines, get_engine
@@ -134,7 +135,7 @@ def test_done_cancelled_final_and_missing_chunks_are_not_claimed(engine: Engine)
     job = new_job(engine)
     claim(engine, job.id, 0)
     with engine.begin() as conn:
-        finish_chunk(conn, job.id, 0, ChunkStatus.DONE)
+        finish_chunks(conn, [(job.id, 0)], ChunkStatus.DONE)
     assert claim(engine, job.id, 0).outcome == ClaimOutcome.DONE
     assert claim(engine, job.id, 7).outcome == ClaimOutcome.MISSING
     assert claim(engine, "no-such-job", 0).outcome == ClaimOutcome.MISSING
@@ -154,7 +155,7 @@ def test_done_cancelled_final_and_missing_chunks_are_not_claimed(engine: Engine)
 def test_finish_refuses_a_non_final_status(engine: Engine) -> None:
     job = new_job(engine)
     with engine.begin() as conn, pytest.raises(ValueError):
-        finish_chunk(conn, job.id, 0, ChunkStatus.RUNNING)
+        finish_chunks(conn, [(job.id, 0)], ChunkStatus.RUNNING)
 
 
 # -- one delivery ---------------------------------------------------------------------------

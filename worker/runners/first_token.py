@@ -75,7 +75,8 @@ class DistilBertFirstToken(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: Any = None, *_: Any, **__: Any
     ) -> torch.Tensor:
-        block = self.block
+        # Any: transformers' layers are typed as nn.Module, whose attributes mypy cannot see.
+        block: Any = self.block
         attention = block.attention
         first = hidden_states[:, :1]
         attended = _attend(
@@ -99,7 +100,7 @@ class BertFirstToken(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: Any = None, *_: Any, **__: Any
     ) -> torch.Tensor:
-        layer = self.layer
+        layer: Any = self.layer
         attention = layer.attention.self
         first = hidden_states[:, :1]
         attended = _attend(
@@ -115,10 +116,11 @@ class BertFirstToken(nn.Module):
 
 def _encoder_layers(model: nn.Module) -> tuple[nn.ModuleList, type[nn.Module]] | None:
     """The model's encoder layer list and the first-token class for its layout, if known."""
-    config = model.config
+    config: Any = model.config
     if config.model_type not in FIRST_TOKEN_HEADS or getattr(config, "is_decoder", False):
         return None
-    base = model.base_model
+    base: Any = model.base_model
+    needed: tuple[str, ...]
     if config.model_type == "distilbert":
         layers = getattr(getattr(base, "transformer", None), "layer", None)
         wrapper: type[nn.Module] = DistilBertFirstToken
@@ -137,8 +139,9 @@ def _encoder_layers(model: nn.Module) -> tuple[nn.ModuleList, type[nn.Module]] |
 def _first_token_state(model: nn.Module, probe: dict[str, torch.Tensor]) -> torch.Tensor:
     """The last layer's output at token 0: what the head reads, at the scale of LayerNorm
     (logits of a random-weight model are too small to show a wrong result)."""
+    base: Any = model.base_model
     with torch.inference_mode():
-        return model.base_model(**probe).last_hidden_state[:, 0].float()
+        return base(**probe).last_hidden_state[:, 0].float()
 
 
 def install(model: nn.Module, probe: dict[str, torch.Tensor]) -> bool:
