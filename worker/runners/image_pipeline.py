@@ -100,6 +100,36 @@ def _guarded(decode: Callable[[bytes], Any], value: object) -> Decoded:
         return None, f"cannot decode image: {type(exc).__name__}: {exc}"[:2000]
 
 
+def predict_images(
+    pool: DecodePool,
+    batch: Sequence[Any],
+    *,
+    max_batch_size: int,
+    decode: Callable[[bytes], Any],
+    score: Callable[[np.ndarray], np.ndarray],
+    labels: Sequence[str],
+    top_k: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[Prediction]:
+    """One prediction per image (bytes), in order; undecodable images are per-item errors.
+
+    ``decode`` runs in ``pool``, a model batch ahead; ``score`` maps the stacked decoded
+    images of a batch to one row of class probabilities per image.
+    """
+    predictions: list[Prediction] = []
+    for decoded in pool.batches(batch, max_batch_size, decode):
+        results = [Prediction.failure(error or "") for error in decoded.errors]
+        ok = decoded.ok_positions
+        if ok:
+            rows = score(np.stack([decoded.values[i] for i in ok]))
+            for position, row in zip(ok, rows, strict=True):
+                results[position] = top_prediction(row, labels, top_k)
+        predictions.extend(results)
+        if progress is not None:
+            progress(len(decoded))
+    return predictions
+
+
 def top_prediction(row: np.ndarray, labels: Sequence[str], k: int) -> Prediction:
     """Top-1 as label/score and top-k, ordered as ``decode_predictions`` orders them."""
     k = min(k, len(labels))

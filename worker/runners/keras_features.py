@@ -34,12 +34,13 @@ from core.registry import ModelSpec, Task
 from worker.runners.base import ModelLoadError, Progress
 from worker.runners.image_pipeline import DecodePool
 from worker.runners.keras_image import (
-    APPLICATIONS,
     KERAS_PREFIX,
     PREPROCESS_MODES,
     WEIGHTS_SUFFIXES,
+    keras_application,
+    keras_model_file,
     labels_path,
-    offline_message,
+    square_input_size,
 )
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class KerasFeatureRunner:
         self.max_batch_size = self.spec.batch_size(self.settings, "cpu" if on_cpu else "cuda")
         with tf.device(tf_device):
             self.model = self._load_model()
-        self.image_size = self._input_size()
+        self.image_size = square_input_size(self.model, self.spec)
         self.dim = int(self.model.output_shape[-1])
         model = self.model
         size = self.image_size
@@ -96,26 +97,9 @@ class KerasFeatureRunner:
     def _load_model(self) -> Any:
         import keras
 
-        source = self.spec.source
-        if source.startswith(KERAS_PREFIX):
-            app, _, weights = source[len(KERAS_PREFIX) :].partition("/")
-            if app not in APPLICATIONS or weights != "imagenet":
-                raise ModelLoadError(
-                    f"model {self.name!r}: unknown Keras source {source!r}; use keras:<"
-                    f"{'|'.join(APPLICATIONS)}>/imagenet, a .keras file or a .h5 weights file"
-                )
-            try:
-                return getattr(keras.applications, app)(
-                    include_top=False, pooling="avg", weights="imagenet"
-                )
-            except Exception as exc:  # Keras raises a bare Exception on a failed download
-                raise ModelLoadError(offline_message(self.spec, exc)) from exc
-        path = self.spec.local_path()
-        if path is None or not path.is_file():
-            raise ModelLoadError(
-                f"model {self.name!r}: source {source!r} is neither keras:<Application>/imagenet "
-                "nor an existing .keras or .h5 file"
-            )
+        if self.spec.source.startswith(KERAS_PREFIX):
+            return keras_application(self.spec, include_top=False, pooling="avg")
+        path = keras_model_file(self.spec)
         try:
             if path.name.endswith(".keras"):
                 self._read_preprocess_mode(path)
@@ -146,17 +130,6 @@ class KerasFeatureRunner:
         if mode not in PREPROCESS_MODES:
             raise ModelLoadError(f"model {self.name!r}: {sidecar}: unknown preprocess {mode!r}")
         self.preprocess_mode = mode
-
-    def _input_size(self) -> int:
-        shape = tuple(self.model.input_shape)
-        if len(shape) != 4 or shape[-1] != 3:
-            raise ModelLoadError(f"model {self.name!r}: expects {shape}, not (batch, H, W, 3) RGB")
-        height, width = shape[1], shape[2]
-        if height is None or width is None:
-            return self.spec.image_size
-        if height != width:
-            raise ModelLoadError(f"model {self.name!r}: non-square input {height}x{width}")
-        return int(height)
 
     # -- inference -----------------------------------------------------------------------
     def decode(self, data: bytes) -> np.ndarray:

@@ -38,7 +38,7 @@ from core.image_decode import decode_image
 from core.predictions import Prediction
 from core.registry import ModelSpec
 from worker.runners.base import ModelLoadError, Progress
-from worker.runners.image_pipeline import DecodePool, softmax, top_prediction
+from worker.runners.image_pipeline import DecodePool, predict_images, softmax
 
 log = logging.getLogger(__name__)
 CLASS_INDEX = "data/imagenet_class_index.json"  # inside the core package (package data)
@@ -79,6 +79,53 @@ def labels_path(model_path: Path) -> Path:
     return model_path.with_name(f"{name}.labels.json")
 
 
+def keras_application(spec: ModelSpec, **options: Any) -> Any:
+    """``keras:<Application>/imagenet``: the Keras application with ImageNet weights.
+
+    Raises:
+        ModelLoadError: an unknown application or weights name, or the weights could not
+            be downloaded (the message says how to bring them in offline).
+    """
+    import keras
+
+    app, _, weights = spec.source[len(KERAS_PREFIX) :].partition("/")
+    if app not in APPLICATIONS or weights != "imagenet":
+        raise ModelLoadError(
+            f"model {spec.name!r}: unknown Keras source {spec.source!r}; use keras:<"
+            f"{'|'.join(APPLICATIONS)}>/imagenet, a .keras file or a .h5 weights file"
+        )
+    try:
+        return getattr(keras.applications, app)(weights="imagenet", **options)
+    except Exception as exc:  # Keras raises a bare Exception on a failed download
+        raise ModelLoadError(offline_message(spec, exc)) from exc
+
+
+def keras_model_file(spec: ModelSpec) -> Path:
+    """The existing local file a non-``keras:`` source names."""
+    path = spec.local_path()
+    if path is None:
+        raise ModelLoadError(
+            f"model {spec.name!r}: source {spec.source!r} is neither keras:<Application>/imagenet "
+            "nor a file path (start it with /, ./ or ../)"
+        )
+    if not path.is_file():
+        raise ModelLoadError(f"model {spec.name!r}: model file {path} does not exist")
+    return path
+
+
+def square_input_size(model: Any, spec: ModelSpec) -> int:
+    """The side of the square RGB images ``model`` takes (the configured one if any size)."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ModelLoadError(f"model {spec.name!r}: expects {shape}, not (batch, H, W, 3) RGB")
+    height, width = shape[1], shape[2]
+    if height is None or width is None:
+        return spec.image_size  # a model that takes any size: the configured one
+    if height != width:
+        raise ModelLoadError(f"model {spec.name!r}: non-square input {height}x{width}")
+    return int(height)
+
+
 class KerasImageRunner:
     """A runner for ``task = "image-classification"``, ``backend = "keras"`` models."""
 
@@ -115,7 +162,7 @@ class KerasImageRunner:
             )
         with tf.device(self._tf_device):
             self.model, file_path = self._load_model()
-        self.image_size = self._input_size()
+        self.image_size = square_input_size(self.model, self.spec)
         classes = int(self.model.output_shape[-1])
         self.labels = self._load_labels(file_path, classes)
         self.outputs_probabilities = _ends_in_softmax(self.model)
@@ -128,26 +175,9 @@ class KerasImageRunner:
     def _load_model(self) -> tuple[Any, Path | None]:
         import keras
 
-        source = self.spec.source
-        if source.startswith(KERAS_PREFIX):
-            app, _, weights = source[len(KERAS_PREFIX) :].partition("/")
-            if app not in APPLICATIONS or weights != "imagenet":
-                raise ModelLoadError(
-                    f"model {self.name!r}: unknown Keras source {source!r}; use keras:<"
-                    f"{'|'.join(APPLICATIONS)}>/imagenet, a .keras file or a .h5 weights file"
-                )
-            try:
-                return getattr(keras.applications, app)(weights="imagenet"), None
-            except Exception as exc:  # Keras raises a bare Exception on a failed download
-                raise ModelLoadError(offline_message(self.spec, exc)) from exc
-        path = self.spec.local_path()
-        if path is None:
-            raise ModelLoadError(
-                f"model {self.name!r}: source {source!r} is neither keras:<Application>/imagenet "
-                "nor a file path (start it with /, ./ or ../)"
-            )
-        if not path.is_file():
-            raise ModelLoadError(f"model {self.name!r}: model file {path} does not exist")
+        if self.spec.source.startswith(KERAS_PREFIX):
+            return keras_application(self.spec), None
+        path = keras_model_file(self.spec)
         try:
             if path.name.endswith(".keras"):
                 return keras.saving.load_model(path, compile=False, safe_mode=True), path
@@ -158,17 +188,6 @@ class KerasImageRunner:
         raise ModelLoadError(
             f"model {self.name!r}: {path.name} is not a .keras model or a .h5 weights file"
         )
-
-    def _input_size(self) -> int:
-        shape = tuple(self.model.input_shape)
-        if len(shape) != 4 or shape[-1] != 3:
-            raise ModelLoadError(f"model {self.name!r}: expects {shape}, not (batch, H, W, 3) RGB")
-        height, width = shape[1], shape[2]
-        if height is None or width is None:
-            return self.spec.image_size  # a model that takes any size: the configured one
-        if height != width:
-            raise ModelLoadError(f"model {self.name!r}: non-square input {height}x{width}")
-        return int(height)
 
     def _load_labels(self, file_path: Path | None, classes: int) -> list[str]:
         sidecar = labels_path(file_path) if file_path is not None else None
@@ -252,18 +271,16 @@ class KerasImageRunner:
         """One prediction per image (bytes), in order; undecodable images are per-item errors."""
         if self.pool is None:
             raise RuntimeError(f"model {self.name!r}: call setup() before predict()")
-        predictions: list[Prediction] = []
-        for decoded in self.pool.batches(batch, self.max_batch_size, self.decode):
-            results = [Prediction.failure(error or "") for error in decoded.errors]
-            ok = decoded.ok_positions
-            if ok:
-                probs = self.probabilities(np.stack([decoded.values[i] for i in ok]))
-                for position, row in zip(ok, probs, strict=True):
-                    results[position] = top_prediction(row, self.labels, self.spec.top_k)
-            predictions.extend(results)
-            if progress is not None:
-                progress(len(decoded))
-        return predictions
+        return predict_images(
+            self.pool,
+            batch,
+            max_batch_size=self.max_batch_size,
+            decode=self.decode,
+            score=self.probabilities,
+            labels=self.labels,
+            top_k=self.spec.top_k,
+            progress=progress,
+        )
 
     def close(self) -> None:
         if self.pool is not None:

@@ -24,7 +24,7 @@ from core.predictions import Prediction
 from core.registry import ModelSpec
 from worker.runners.base import Progress
 from worker.runners.hub import load_pretrained
-from worker.runners.image_pipeline import DecodePool, softmax, top_prediction
+from worker.runners.image_pipeline import DecodePool, predict_images, softmax
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +136,16 @@ class TransformersImageRunner:
         """One prediction per image (bytes), in order; undecodable images are per-item errors."""
         if self.pool is None:
             raise RuntimeError(f"model {self.name!r}: call setup() before predict()")
-        predictions: list[Prediction] = []
-        for decoded in self.pool.batches(batch, self.max_batch_size, self.decode):
-            results = [Prediction.failure(error or "") for error in decoded.errors]
-            ok = decoded.ok_positions
-            if ok:
-                pixels = np.stack([decoded.values[i] for i in ok])
-                scores = self.activation(self._forward(pixels))
-                for position, row in zip(ok, scores, strict=True):
-                    results[position] = top_prediction(row, self.labels, self.spec.top_k)
-            predictions.extend(results)
-            if progress is not None:
-                progress(len(decoded))
-        return predictions
+        return predict_images(
+            self.pool,
+            batch,
+            max_batch_size=self.max_batch_size,
+            decode=self.decode,
+            score=lambda pixels: self.activation(self._forward(pixels)),
+            labels=self.labels,
+            top_k=self.spec.top_k,
+            progress=progress,
+        )
 
     def close(self) -> None:
         if self.pool is not None:
