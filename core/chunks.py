@@ -1,10 +1,11 @@
-"""Claiming and finishing a job's chunks in SQL: the lease that makes chunk tasks idempotent.
+"""Claiming a job's chunks in SQL: the lease that makes chunk tasks idempotent.
 
 Redis may deliver a chunk message more than once (late acks, ``visibility_timeout``
 redelivery, a retry racing a slow worker). The chunk row decides who works: a claim is one
 conditional ``UPDATE``, so two deliveries cannot both win it, and the ``leased_until``
 deadline lets a later delivery take over a chunk whose worker died. Plain SQL only (no
-Celery here), so the same rules can be tested and reused without a broker.
+Celery here), so the same rules can be tested and reused without a broker. Renewing,
+finishing and releasing claimed chunks (one or many at once) is :mod:`core.chunk_batches`.
 """
 
 from __future__ import annotations
