@@ -65,33 +65,9 @@ def _attend(
     return out.transpose(1, 2).reshape(batch, 1, hidden)
 
 
-class DistilBertFirstToken(nn.Module):
-    """DistilBERT's ``TransformerBlock``, computed for token 0 only."""
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.block = block
-
-    def forward(
-        self, hidden_states: torch.Tensor, attention_mask: Any = None, *_: Any, **__: Any
-    ) -> torch.Tensor:
-        # Any: transformers' layers are typed as nn.Module, whose attributes mypy cannot see.
-        block: Any = self.block
-        attention = block.attention
-        first = hidden_states[:, :1]
-        attended = _attend(
-            attention.q_lin(first),
-            attention.k_lin(hidden_states),
-            attention.v_lin(hidden_states),
-            attention.n_heads,
-            attention_mask,
-        )
-        attended = block.sa_layer_norm(attention.out_lin(attended) + first)
-        return block.output_layer_norm(block.ffn(attended) + attended)
-
-
-class BertFirstToken(nn.Module):
-    """A ``BertLayer`` (or RoBERTa's, XLM-R's: the same layout), computed for token 0 only."""
+class FirstTokenLayer(nn.Module):
+    """An encoder layer computed for token 0 only: keys and values from every token, the
+    query, output projection and feed-forward for token 0 (all that the head reads)."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
@@ -100,21 +76,53 @@ class BertFirstToken(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: Any = None, *_: Any, **__: Any
     ) -> torch.Tensor:
+        # Any: transformers' layers are typed as nn.Module, whose attributes mypy cannot see.
         layer: Any = self.layer
+        return self.first_token(layer, hidden_states, hidden_states[:, :1], attention_mask)
+
+    def first_token(
+        self, layer: Any, hidden_states: torch.Tensor, first: torch.Tensor, mask: Any
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DistilBertFirstToken(FirstTokenLayer):
+    """DistilBERT's ``TransformerBlock``, computed for token 0 only."""
+
+    def first_token(
+        self, layer: Any, hidden_states: torch.Tensor, first: torch.Tensor, mask: Any
+    ) -> torch.Tensor:
+        attention = layer.attention
+        attended = _attend(
+            attention.q_lin(first),
+            attention.k_lin(hidden_states),
+            attention.v_lin(hidden_states),
+            attention.n_heads,
+            mask,
+        )
+        attended = layer.sa_layer_norm(attention.out_lin(attended) + first)
+        return layer.output_layer_norm(layer.ffn(attended) + attended)
+
+
+class BertFirstToken(FirstTokenLayer):
+    """A ``BertLayer`` (or RoBERTa's, XLM-R's: the same layout), computed for token 0 only."""
+
+    def first_token(
+        self, layer: Any, hidden_states: torch.Tensor, first: torch.Tensor, mask: Any
+    ) -> torch.Tensor:
         attention = layer.attention.self
-        first = hidden_states[:, :1]
         attended = _attend(
             attention.query(first),
             attention.key(hidden_states),
             attention.value(hidden_states),
             attention.num_attention_heads,
-            attention_mask,
+            mask,
         )
         attended = layer.attention.output(attended, first)
         return layer.output(layer.intermediate(attended), attended)
 
 
-def _encoder_layers(model: nn.Module) -> tuple[nn.ModuleList, type[nn.Module]] | None:
+def _encoder_layers(model: nn.Module) -> tuple[nn.ModuleList, type[FirstTokenLayer]] | None:
     """The model's encoder layer list and the first-token class for its layout, if known."""
     config: Any = model.config
     if config.model_type not in FIRST_TOKEN_HEADS or getattr(config, "is_decoder", False):
@@ -123,7 +131,7 @@ def _encoder_layers(model: nn.Module) -> tuple[nn.ModuleList, type[nn.Module]] |
     needed: tuple[str, ...]
     if config.model_type == "distilbert":
         layers = getattr(getattr(base, "transformer", None), "layer", None)
-        wrapper: type[nn.Module] = DistilBertFirstToken
+        wrapper: type[FirstTokenLayer] = DistilBertFirstToken
         needed = ("attention", "sa_layer_norm", "ffn", "output_layer_norm")
     else:
         layers = getattr(getattr(base, "encoder", None), "layer", None)
