@@ -22,6 +22,7 @@ RUN pip install "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL
 
 COPY pyproject.toml README.md alembic.ini ./
 COPY core ./core
+COPY engine ./engine
 COPY api ./api
 COPY worker ./worker
 COPY cli ./cli

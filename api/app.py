@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from api import routes_health, routes_jobs, routes_models, routes_results, routes_training
+from api import routes
 from api.dispatch import CeleryJobQueue, JobQueue
 from api.limits import BodySizeLimitMiddleware
 from api.operations import install_operations
@@ -75,7 +75,13 @@ def create_app(
     app.state.training_queue = training
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(OperationalError, _database_unavailable)
-    for module in (routes_health, routes_jobs, routes_results, routes_models, routes_training):
+    for module in (
+        routes.health,
+        routes.jobs,
+        routes.results,
+        routes.models,
+        routes.training,
+    ):
         app.include_router(module.router)
     install_operations(app, settings, queue)  # /metrics, request metrics, log context
     return app

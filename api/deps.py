@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine
 
 from api.dispatch import JobQueue
 from core.config import Settings
-from core.jobs import Job, get_job
+from core.jobs.lifecycle import Job, get_job
 from core.keys import authenticate
 
 

@@ -33,8 +33,8 @@ from sqlalchemy import Engine, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
-from core.registry import Registry, RegistryError
-from core.status import JobStatus
+from core.jobs.status import JobStatus
+from core.models.registry import Registry, RegistryError
 from core.tables import jobs
 
 log = logging.getLogger(__name__)

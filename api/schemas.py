@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.jobs import Job
-from core.status import JobStatus
+from core.jobs.lifecycle import Job
+from core.jobs.status import JobStatus
 
 
 class InputRecord(BaseModel):

@@ -22,10 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from api.dispatch import BrokerUnavailable, JobQueue
 from api.schemas import InputRecord, JobRequest
 from core.config import Settings
-from core.inputs import TEXT_SUFFIXES, InputFileError, parse_text_bytes
-from core.items import InputItem, checked_text_item
-from core.jobs import Job, create_job, delete_job, find_by_idempotency_key, list_chunks
-from core.registry import (
+from core.inputs.items import InputItem, checked_text_item
+from core.inputs.text_files import TEXT_SUFFIXES, InputFileError, parse_text_bytes
+from core.jobs.lifecycle import Job, create_job, delete_job, find_by_idempotency_key, list_chunks
+from core.models.registry import (
     InputKind,
     ModelSpec,
     RegistryError,
@@ -89,7 +89,7 @@ def _record_item(
         if record.text is not None:
             return InputItem(item_id=str(ident)[:256], error=BOTH_KINDS)
         # Imported here: Pillow stays out of the API's start-up until an image arrives.
-        from core.image_inputs import checked_base64_image_item
+        from core.inputs.images import checked_base64_image_item
 
         return checked_base64_image_item(ident, record.image_base64, max_image_bytes)
     if record.text is None:
@@ -132,7 +132,7 @@ def parse_image_uploads(
 
     Each file's id is its file name; its content is checked by signature, not by name.
     """
-    from core.image_inputs import checked_image_item
+    from core.inputs.images import checked_image_item
 
     inputs = [
         checked_image_item(PurePath(name).name or str(position), raw, max_image_bytes)

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from api.schemas import ModelOut
-from core.registry import ModelSpec
-from core.trained_models import TrainedModel
+from core.models.registry import ModelSpec
+from core.models.trained import TrainedModel
 
 
 class CatalogModelOut(ModelOut):

@@ -88,7 +88,7 @@ def text_model_alone(model_dir: Path, corpus: list[str]) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from worker.batching import plan_batches
+    from engine.batching import plan_batches
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     encoded = tokenizer(corpus, truncation=True, max_length=512)
@@ -150,13 +150,13 @@ def models_file(workdir: Path, text_dir: Path, image_dir: Path, precision: str) 
 def through_runner(model_name: str, models: Path, inputs: list, label: str, workdir: Path) -> None:
     from core.config import Settings
     from core.db import get_engine
-    from core.items import InputItem
-    from core.jobs import create_job, load_items
+    from core.inputs.items import InputItem
+    from core.jobs.lifecycle import create_job, load_items
+    from core.jobs.status import JobStatus
     from core.migrate import upgrade
-    from core.registry import Registry
-    from core.status import JobStatus
-    from worker.runners import build_runner
-    from worker.scoring import score_items
+    from core.models.registry import Registry
+    from engine.runners import build_runner
+    from engine.scoring import score_items
 
     settings = Settings(models=models, database_url=f"sqlite:///{workdir / (label + '.db')}")
     spec = Registry.load(models).get(model_name)
@@ -184,11 +184,11 @@ def through_celery_worker(carry: Path, models: Path, corpus: list[str], workdir:
 
     from core.config import Settings
     from core.db import get_engine
-    from core.items import InputItem
-    from core.jobs import create_job, get_job, list_chunks
+    from core.inputs.items import InputItem
+    from core.jobs.lifecycle import create_job, get_job, list_chunks
     from core.migrate import upgrade
+    from core.models.registry import Registry
     from core.queues import SCORE_CHUNK_TASK, celery_settings, model_queue
-    from core.registry import Registry
 
     env = dict(os.environ, LD_LIBRARY_PATH=str(carry / "lib"))
     redis = subprocess.Popen(

@@ -9,7 +9,7 @@ weights in all three approaches:
 - (a) the model alone on already decoded and preprocessed arrays, ``predict_on_batch`` in
   batches of 32 (warmed up on both batch shapes first): the ceiling;
 - (b) the embedded ``bulkscore score`` path: registry spec -> runner ->
-  ``worker.scoring.score_items`` on the stored job in a temp SQLite database (decoding in
+  ``engine.scoring.score_items`` on the stored job in a temp SQLite database (decoding in
   the runner's thread pool, overlapped with the model; results written), timed as the
   command times its items/s; (b+) the same plus reading the folder and storing the job
   with its ~110 MB of image bytes (the command's whole run after the model is loaded);
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from common import SHARED_BENCH, Row, print_table, timed
 
-from core.items import InputItem
+from core.inputs.items import InputItem
 
 BATCH = 32
 
@@ -69,8 +69,8 @@ class Embedded:
         from core.config import get_settings
         from core.db import get_engine
         from core.migrate import upgrade
-        from core.registry import Registry
-        from worker.runners import build_runner
+        from core.models.registry import Registry
+        from engine.runners import build_runner
 
         self.settings = get_settings()
         self.folder = folder
@@ -98,9 +98,9 @@ class Embedded:
 
     def prepare(self) -> tuple[str, list[tuple[int, InputItem]]]:
         """Read the folder and store the job with its image bytes, as the command does."""
-        from core.image_inputs import read_image_inputs
-        from core.jobs import create_job, load_items
-        from core.status import JobStatus
+        from core.inputs.images import read_image_inputs
+        from core.jobs.lifecycle import create_job, load_items
+        from core.jobs.status import JobStatus
 
         items = read_image_inputs(str(self.folder))
         with self.engine.begin() as conn:
@@ -112,7 +112,7 @@ class Embedded:
 
     def score(self, job_id: str, indexed: list[tuple[int, InputItem]]) -> None:
         """What the command times as its items/s: decode + model + result writes."""
-        from worker.scoring import score_items
+        from engine.scoring import score_items
 
         totals = score_items(
             self.engine,
@@ -147,7 +147,7 @@ def main() -> None:
     import keras
     from keras.applications.resnet50 import preprocess_input
 
-    from core.image_decode import decode_image
+    from core.inputs.image_decode import decode_image
 
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
         workdir = Path(tmp)

@@ -73,8 +73,8 @@ def _old_write(conn: Any, job_id: str, scored: list[Any]) -> int:
 
 
 def _scored_batches(count: int) -> list[list[Any]]:
-    from core.predictions import Prediction
-    from core.results import ScoredItem
+    from core.jobs.predictions import Prediction
+    from core.jobs.results import ScoredItem
 
     prediction = Prediction(
         label="POSITIVE", score=0.731, top_k=[("POSITIVE", 0.731), ("NEGATIVE", 0.269)]
@@ -84,9 +84,9 @@ def _scored_batches(count: int) -> list[list[Any]]:
 
 
 def _new_job(engine: Any, count: int) -> str:
-    from core.items import InputItem
-    from core.jobs import create_job
-    from core.registry import Backend, ModelSpec, Task
+    from core.inputs.items import InputItem
+    from core.jobs.lifecycle import create_job
+    from core.models.registry import Backend, ModelSpec, Task
 
     spec = ModelSpec(
         name="bench", task=Task.TEXT_CLASSIFICATION, backend=Backend.TRANSFORMERS, source="/"
@@ -99,7 +99,7 @@ def _new_job(engine: Any, count: int) -> str:
 def database_rows(service: Service, texts: list[str]) -> list[Row]:
     from sqlalchemy import create_engine
 
-    from core.results import write_results
+    from core.jobs.results import write_results
 
     engine = create_engine(service.database_url)
     batches = _scored_batches(WRITE_ROWS)

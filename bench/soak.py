@@ -42,9 +42,9 @@ from models import build_tiny_distilbert, write_models_file
 from sqlalchemy import create_engine, func, select
 from worker_support import running_worker, worker_env
 
+from core.jobs.status import FINAL_JOB_STATES
 from core.keys import create_key
 from core.migrate import upgrade
-from core.status import FINAL_JOB_STATES
 from core.tables import jobs
 
 WORDS = [

@@ -35,18 +35,18 @@ def bulkscore_in_process(
 ) -> Row:
     """The embedded path of ``bulkscore score``: spec -> runner -> score_items -> SQLite.
 
-    ``first_token=False`` turns off the first-token last layer (worker/runners/first_token.py),
+    ``first_token=False`` turns off the first-token last layer (engine/runners/first_token.py),
     to show what it saves side by side.
     """
     from core.config import get_settings
     from core.db import get_engine
-    from core.items import checked_text_item
-    from core.jobs import create_job, load_items
+    from core.inputs.items import checked_text_item
+    from core.jobs.lifecycle import create_job, load_items
+    from core.jobs.status import JobStatus
     from core.migrate import upgrade
-    from core.registry import Registry
-    from core.status import JobStatus
-    from worker.runners import build_runner
-    from worker.scoring import score_items
+    from core.models.registry import Registry
+    from engine.runners import build_runner
+    from engine.scoring import score_items
 
     settings = get_settings().model_copy(update={"first_token_last_layer": first_token})
     entry = {"task": "text-classification", "backend": "transformers", "source": str(model_dir)}
@@ -120,8 +120,8 @@ def service_row(
 def minilm_int8_quality(texts: list[str], repeat: int = 1) -> list[Row]:
     """MiniLM (real weights) fp32 vs int8 and onnx-int8: items/s and mean cosine similarity."""
     from core.config import get_settings
-    from core.registry import Registry
-    from worker.runners import build_runner
+    from core.models.registry import Registry
+    from engine.runners import build_runner
 
     entry = {
         "task": "feature-extraction",

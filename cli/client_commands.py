@@ -16,10 +16,10 @@ from rich.table import Table
 
 from cli.client import ApiClient, client_from_settings
 from cli.console import EXIT_FAILURE, EXIT_USAGE, err_console, fail, out_console
-from core.export import EXPORT_FORMATS, format_for_path
-from core.image_inputs import list_image_files
-from core.inputs import TEXT_SUFFIXES, InputFileError
-from core.status import JobStatus
+from core.inputs.images import list_image_files
+from core.inputs.text_files import TEXT_SUFFIXES, InputFileError
+from core.jobs.export import EXPORT_FORMATS, format_for_path
+from core.jobs.status import JobStatus
 
 POLL_INTERVAL_S = 1.0
 

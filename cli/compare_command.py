@@ -16,14 +16,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.console import EXIT_USAGE, err_console, fail, out_console
-from core.comparison import Comparison, Difference, compare_jobs
 from core.config import get_settings
 from core.db import get_engine
-from core.jobs import Job, create_job, get_job, load_items, mark_failed
-from core.registry import RegistryError, UnknownModelError, load_registry
-from core.status import JobStatus
-from core.trained_models import trained_table_exists
-from core.training_jobs import get_training_run
+from core.jobs.comparison import Comparison, Difference, compare_jobs
+from core.jobs.lifecycle import Job, create_job, get_job, load_items, mark_failed
+from core.jobs.status import JobStatus
+from core.models.registry import RegistryError, UnknownModelError, load_registry
+from core.models.trained import trained_table_exists
+from core.training.jobs import get_training_run
 
 TEXT_SHOWN = 70
 
@@ -76,8 +76,8 @@ def compare(
             conn, spec, inputs, chunk_size=max(len(inputs), 1), status=JobStatus.RUNNING
         )
 
-    from worker.runners import ModelLoadError, build_runner
-    from worker.scoring import score_items
+    from engine.runners import ModelLoadError, build_runner
+    from engine.scoring import score_items
 
     runner = build_runner(spec, settings)
     err_console.print(f"loading model [bold]{spec.name}[/] on {device} ...")

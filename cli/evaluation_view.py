@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from cli.console import out_console
-from core.trained_models import TrainedModel
+from core.models.trained import TrainedModel
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -17,8 +17,8 @@ from cli.console import EXIT_USAGE, err_console, fail, out_console
 from cli.evaluation_view import print_evaluation
 from core.config import get_settings
 from core.db import get_engine, redact_url
-from core.registry import Registry, RegistryError
-from core.trained_models import get_trained, list_versions, trained_table_exists
+from core.models.registry import Registry, RegistryError
+from core.models.trained import get_trained, list_versions, trained_table_exists
 
 models_app = typer.Typer(
     help="The models jobs may name. Without a command: list them (from the API).",

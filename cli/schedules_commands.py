@@ -14,8 +14,14 @@ from cli.console import EXIT_FAILURE, EXIT_USAGE, fail, out_console
 from core.clock import utcnow
 from core.config import get_settings
 from core.db import get_engine, redact_url
-from core.schedule_runs import RunStatus, RunView, latest_runs
-from core.schedules import Schedule, ScheduleConfigError, load_schedules, next_due, schedule_zone
+from core.schedules.config import (
+    Schedule,
+    ScheduleConfigError,
+    load_schedules,
+    next_due,
+    schedule_zone,
+)
+from core.schedules.runs import RunStatus, RunView, latest_runs
 
 TIME_FORMAT = "%Y-%m-%d %H:%M"
 
@@ -102,7 +108,7 @@ def run_now(name: str = typer.Argument(..., help="The schedule's NAME.")) -> Non
             f"no schedule named {name!r}; schedules: {', '.join(sorted(schedules)) or '(none)'}",
             EXIT_USAGE,
         )
-    from core.schedule_runner import run_schedule
+    from core.schedules.runner import run_schedule
     from worker.beat import enqueue_job  # Celery only for this command
 
     try:

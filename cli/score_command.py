@@ -12,19 +12,19 @@ from rich.table import Table
 from cli.console import EXIT_USAGE, err_console, fail, out_console
 from core.config import get_settings
 from core.db import get_engine, redact_url
-from core.export import export_lines, format_for_path
-from core.inputs import InputFileError, read_text_file
-from core.items import InputItem
-from core.jobs import create_job, get_job, load_items, mark_failed
-from core.registry import InputKind, RegistryError, UnknownModelError, load_registry
-from core.results import iter_results, label_counts
-from core.status import JobStatus
+from core.inputs.items import InputItem
+from core.inputs.text_files import InputFileError, read_text_file
+from core.jobs.export import export_lines, format_for_path
+from core.jobs.lifecycle import create_job, get_job, load_items, mark_failed
+from core.jobs.results import iter_results, label_counts
+from core.jobs.status import JobStatus
+from core.models.registry import InputKind, RegistryError, UnknownModelError, load_registry
 
 
 def read_inputs(source: Path, kind: InputKind, max_chars: int) -> list[InputItem]:
     """The items of an input file (texts) or folder/glob (images)."""
     if kind == InputKind.IMAGE:
-        from core.image_inputs import read_image_inputs
+        from core.inputs.images import read_image_inputs
 
         return read_image_inputs(str(source))
     return read_text_file(source, max_chars)
@@ -90,7 +90,7 @@ def score(
         job = existing
         err_console.print(f"resuming job {job.id}: {job.done} of {job.total} already scored")
 
-    from worker.runners import ModelLoadError, build_runner
+    from engine.runners import ModelLoadError, build_runner
 
     runner = build_runner(spec, settings)
     err_console.print(f"loading model [bold]{spec.name}[/] ({spec.source}) on {device} ...")
@@ -101,7 +101,7 @@ def score(
             mark_failed(conn, job.id, str(exc))
         fail(str(exc))
 
-    from worker.scoring import score_items
+    from engine.scoring import score_items
 
     with engine.connect() as conn:
         indexed = load_items(conn, job.id, 0, job.total)

@@ -1,7 +1,7 @@
 """``bulkscore train``: train a classifier on a base model's frozen features, in-process.
 
 The embedded counterpart of ``POST /v1/models``: the same readers, the same training and
-registration code (``worker.trainer``), on the configured database; the model is usable by
+registration code (``engine.trainer``), on the configured database; the model is usable by
 name at once (jobs, ``bulkscore score``, schedules; workers load it when they start).
 """
 
@@ -17,18 +17,18 @@ from cli.console import EXIT_USAGE, err_console, fail
 from cli.evaluation_view import print_evaluation
 from core.config import get_settings
 from core.db import get_engine
-from core.jobs import mark_failed
-from core.registry import InputKind, RegistryError, load_registry
-from core.status import JobStatus
-from core.trained_models import TrainedModelError, check_base, check_new_name
-from core.training_data import (
+from core.jobs.lifecycle import mark_failed
+from core.jobs.status import JobStatus
+from core.models.registry import InputKind, RegistryError, load_registry
+from core.models.trained import TrainedModelError, check_base, check_new_name
+from core.training.data import (
     DataFormat,
     DataLimits,
     TrainingDataError,
     check_examples,
     read_local_data,
 )
-from core.training_jobs import DEFAULT_HOLDOUT_FRACTION, DEFAULT_SEED, create_training_job
+from core.training.jobs import DEFAULT_HOLDOUT_FRACTION, DEFAULT_SEED, create_training_job
 
 
 def train(
@@ -100,9 +100,9 @@ def train(
             status=JobStatus.RUNNING,
         )
 
-    from worker.runners.base import ModelLoadError
-    from worker.runners.head_runner import build_backbone
-    from worker.trainer import train_and_register
+    from engine.runners.base import ModelLoadError
+    from engine.runners.head_runner import build_backbone
+    from engine.trainer import train_and_register
 
     backbone = build_backbone(base_spec, settings)
     err_console.print(

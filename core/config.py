@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODELS_FILE = Path(__file__).resolve().parent / "models.toml"
+DEFAULT_MODELS_FILE = Path(__file__).resolve().parent / "models" / "models.toml"
 
 
 class Settings(BaseSettings):

@@ -40,7 +40,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # Requeue instead of ack when a prefork child dies mid-task. Our workers use the solo
         # or threads pool (no children), where a killed worker is a killed process and its
         # unacked message comes back after visibility_timeout; kept for anyone who runs
-        # prefork anyway. Either way a poison chunk cannot loop forever: core/chunks.py
+        # prefork anyway. Either way a poison chunk cannot loop forever: core/chunks/claim.py
         # counts attempts in SQL and turns the chunk's items into errors after the last one.
         "task_reject_on_worker_lost": True,
         # Reserve as little as possible: the default multiplier (4) lets one worker hoard

@@ -116,7 +116,7 @@ schedule_runs = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("schedule", String(64), nullable=False),
     Column("due_at", DateTime(timezone=True), nullable=False),
-    # claimed, running, completed, failed, cancelled, skipped, empty (core.schedule_runner).
+    # claimed, running, completed, failed, cancelled, skipped, empty (core.schedules.runner).
     Column("status", String(16), nullable=False),
     # SET NULL: deleting a job (it could not be queued) must not be blocked by its run.
     Column("job_id", String(36), ForeignKey("jobs.id", ondelete="SET NULL")),
@@ -168,7 +168,7 @@ trained_models = Table(
     Column("input_kind", String(8), nullable=False),
     Column("labels", JSON, nullable=False),
     # The evaluation on the stratified hold-out: accuracy, per-label precision/recall/F1,
-    # confusion matrix, sizes, the classifier's settings (worker.training).
+    # confusion matrix, sizes, the classifier's settings (engine.training).
     Column("metrics", JSON, nullable=False),
     Column("head", LargeBinary, nullable=False),
     Column("head_sha256", String(64), nullable=False),

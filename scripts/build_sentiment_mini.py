@@ -1,6 +1,7 @@
 """Build the ``sentiment-mini`` head: a logistic regression on frozen ``minilm`` embeddings.
 
-Reads the hand-written review set (``core/data/sentiment_reviews.csv``: ``text,label,split``),
+Reads the hand-written review set
+(``core/models/data/sentiment_reviews.csv``: ``text,label,split``),
 embeds it with the project's own text runner (so training sees exactly the features that
 scoring jobs compute), picks the regularisation strength by stratified cross-validation on
 the train split only, and writes the head as safetensors (no pickle) with its evaluation on
@@ -29,11 +30,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from core.registry import Registry  # noqa: E402
+from core.models.registry import Registry  # noqa: E402
 
-DEFAULT_DATA = REPO_ROOT / "core" / "data" / "sentiment_reviews.csv"
-DEFAULT_OUT = REPO_ROOT / "core" / "data" / "sentiment-mini-head.safetensors"
-DEFAULT_MODELS = REPO_ROOT / "core" / "models.toml"
+DEFAULT_DATA = REPO_ROOT / "core" / "models" / "data" / "sentiment_reviews.csv"
+DEFAULT_OUT = REPO_ROOT / "core" / "models" / "data" / "sentiment-mini-head.safetensors"
+DEFAULT_MODELS = REPO_ROOT / "core" / "models" / "models.toml"
 BACKBONE = "minilm"
 LABELS = ("negative", "positive")
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -84,7 +85,7 @@ def load_reviews(path: Path) -> tuple[Split, Split]:
 
 def embed_texts(models_file: Path, splits: list[list[str]]) -> list[np.ndarray]:
     """Embeddings of each list of texts from the registry's ``minilm`` backbone."""
-    from worker.runners.transformers_text import TransformersTextRunner
+    from engine.runners.transformers_text import TransformersTextRunner
 
     runner = TransformersTextRunner(Registry.load(models_file).get(BACKBONE))
     runner.setup("cpu")

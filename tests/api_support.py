@@ -25,10 +25,10 @@ from api.app import create_app
 from api.dispatch import BrokerUnavailable, JobQueue
 from core.config import Settings
 from core.db import dispose_engines, get_engine
-from core.jobs import load_items, mark_running
+from core.jobs.lifecycle import load_items, mark_running
+from core.jobs.predictions import Prediction
+from core.jobs.results import ScoredItem, WriteOutcome, write_results
 from core.keys import create_key
-from core.predictions import Prediction
-from core.results import ScoredItem, WriteOutcome, write_results
 from core.tables import metadata
 
 TEXT_MODEL = "tiny"

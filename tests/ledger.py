@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
 
-from core.status import FINAL_JOB_STATES, ChunkStatus, JobStatus
+from core.jobs.status import FINAL_JOB_STATES, ChunkStatus, JobStatus
 from core.tables import chunks, items, jobs, results
 
 

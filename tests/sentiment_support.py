@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA = REPO_ROOT / "core" / "data" / "sentiment_reviews.csv"
+DATA = REPO_ROOT / "core" / "models" / "data" / "sentiment_reviews.csv"
 
 Splits = dict[str, tuple[list[str], list[str]]]
 

@@ -11,7 +11,7 @@ shape rather than ``celery beat`` plus a separate control worker:
   and no fork after a database engine exists;
 - Celery advises against ``-B`` on ordinary workers because each one would send every
   periodic task again; this worker consumes nothing else, and a second beat process is
-  harmless anyway, because each run is claimed in SQL (``core.schedule_runs.claim``).
+  harmless anyway, because each run is claimed in SQL (``core.schedules.runs.claim``).
 
 The tick only reads the schedules and SQL and publishes chunk tasks by name (through the
 API's publisher, ``api.dispatch``): it never loads a model.
@@ -30,9 +30,9 @@ from celery import Celery
 from api.dispatch import CeleryJobQueue, JobQueue
 from core.config import Settings, get_settings
 from core.db import get_engine
-from core.jobs import Job, list_chunks
-from core.schedule_runner import RunOutcome, tick
-from core.schedules import ScheduleConfigError, load_schedules
+from core.jobs.lifecycle import Job, list_chunks
+from core.schedules.config import ScheduleConfigError, load_schedules
+from core.schedules.runner import RunOutcome, tick
 from worker.celery_app import create_app
 
 log = logging.getLogger(__name__)

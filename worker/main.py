@@ -70,8 +70,8 @@ def run_worker(
         raise WorkerStartError(str(exc), EXIT_USAGE) from exc
 
     from core.config import get_settings
-    from core.registry import RegistryError, UnknownModelError, load_registry
-    from worker.threads import compute_threads, cores_given
+    from core.models.registry import RegistryError, UnknownModelError, load_registry
+    from engine.threads import compute_threads, cores_given
 
     settings = get_settings()
     configure_logging(settings.log_level)

@@ -27,8 +27,8 @@ from prometheus_client.registry import Collector
 
 from core.config import get_settings
 from core.heartbeats import queue_depth, redis_client
-from core.predictions import Prediction
-from worker.runners.base import Progress
+from core.jobs.predictions import Prediction
+from engine.runners.base import Progress
 
 log = logging.getLogger(__name__)
 

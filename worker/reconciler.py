@@ -2,9 +2,9 @@
 
 Every worker runs this from its consumer's timer, for the models it serves, in this order:
 
-1. chunks that used up their attempts are bisected to find a poison item (``worker.poison``);
+1. chunks that used up their attempts are bisected to find a poison item (``engine.poison``);
 2. chunks left ``running`` past their lease are released in SQL (only one worker wins each)
-   and sent again (:func:`core.chunks.release_expired`);
+   and sent again (:func:`core.chunks.claim.release_expired`);
 3. chunks queued for long with an empty queue lost their message and are sent again
    (``worker.sweeper``).
 """
@@ -16,12 +16,13 @@ from typing import Any
 
 from celery import bootsteps
 
-from core.chunks import release_expired
+from core.chunks.claim import release_expired
 from core.config import get_settings
 from core.db import get_engine
 from core.heartbeats import redis_client
 from core.queues import SCORE_CHUNK_TASK, model_queue
-from worker import poison, warm
+from engine import poison
+from worker import warm
 from worker.sweeper import resend_lost
 
 log = logging.getLogger(__name__)

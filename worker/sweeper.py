@@ -1,4 +1,4 @@
-"""Re-send chunks whose Redis message was lost (see ``core.chunk_sweep``).
+"""Re-send chunks whose Redis message was lost (see ``core.chunks.sweep``).
 
 Runs from the reconciler's timer. A chunk is re-sent only when it has been queued longer
 than ``chunk_resend_after_s`` and its model's queue is empty, so a backlog is never
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import redis
 from sqlalchemy import Engine
 
-from core.chunk_sweep import stale_queued_chunks, take_for_resend
+from core.chunks.sweep import stale_queued_chunks, take_for_resend
 from core.heartbeats import queue_depth
 from core.queues import model_queue
 

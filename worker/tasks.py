@@ -1,4 +1,4 @@
-"""The chunk task: messaging, status and retries around :func:`worker.chunk_work.work_on_chunk`.
+"""The chunk task: messaging, status and retries around :func:`engine.chunk_work.work_on_chunk`.
 
 Only ids travel through Redis (``job_id``, ``chunk_index``); inputs and results live in SQL.
 The task is safe to deliver more than once: the chunk's SQL lease decides who works, and the
@@ -16,9 +16,9 @@ from celery.signals import worker_init
 from core.config import get_settings
 from core.db import get_engine
 from core.queues import SCORE_CHUNK_TASK, model_queue
+from engine.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport, work_on_chunk
 from worker import warm
 from worker.celery_app import app
-from worker.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport, work_on_chunk
 from worker.health import HEARTBEAT
 
 log = logging.getLogger(__name__)

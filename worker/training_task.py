@@ -4,7 +4,7 @@ So a worker that serves ``minilm`` trains the heads over ``minilm``: it uses its
 runner when the base is a feature extractor (``task = "feature-extraction"``), or otherwise
 builds the base's feature extractor once (e.g. ResNet50 without its top, for heads over the
 ``resnet50`` classifier) and keeps it for later trainings. Only the job id travels through
-Redis; the data and the result live in SQL (:mod:`worker.trainer`).
+Redis; the data and the result live in SQL (:mod:`engine.trainer`).
 
 A training task runs in the worker's pool like a chunk: with ``--concurrency 1`` the worker
 scores no chunk while it trains.
@@ -22,13 +22,13 @@ from celery import Task
 
 from core.config import Settings, get_settings
 from core.db import get_engine
+from core.models.registry import ModelSpec, load_registry
+from core.models.registry import Task as ModelTask
 from core.queues import TRAIN_MODEL_TASK
-from core.registry import ModelSpec, load_registry
-from core.registry import Task as ModelTask
+from engine.trainer import run_training_job
 from worker import warm
 from worker.celery_app import app
 from worker.health import HEARTBEAT
-from worker.trainer import run_training_job
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def training_backbone(base: ModelSpec, settings: Settings) -> Iterator[Any]:
         with loaded.exclusive() as runner:
             yield runner
         return
-    from worker.runners.head_runner import build_backbone
+    from engine.runners.head_runner import build_backbone
 
     with _BACKBONE_LOCK:
         backbone = _BACKBONES.get(base.name)

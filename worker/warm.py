@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from core.config import Settings
-from core.predictions import Prediction
-from core.registry import ModelSpec
-from worker.runners.base import Progress, Runner
+from core.jobs.predictions import Prediction
+from core.models.registry import ModelSpec
+from engine.runners.base import Progress, Runner
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def load_models(specs: Iterable[ModelSpec], device: str, settings: Settings) -> 
     not pay for lazy initialisation. Any failure propagates: a worker that cannot hold one
     of its models must not start consuming (see ``worker.main``).
     """
-    from worker.runners import build_runner
+    from engine.runners import build_runner
 
     _DEVICE[0] = device
     names = []

@@ -19,16 +19,16 @@ from sqlalchemy import select
 
 from core.config import Settings
 from core.db import get_engine
-from core.items import checked_text_item
-from core.jobs import create_job, get_job
+from core.inputs.items import checked_text_item
+from core.jobs.lifecycle import create_job, get_job
+from core.jobs.results import iter_results
+from core.jobs.status import JobStatus
 from core.migrate import upgrade
-from core.registry import Registry
-from core.results import iter_results
-from core.status import JobStatus
+from core.models.registry import Registry
 from core.tables import chunks
-from worker.chunk_work import ChunkOutcome, work_on_chunk
-from worker.runners import build_runner
-from worker.runners.base import Progress
+from engine.chunk_work import ChunkOutcome, work_on_chunk
+from engine.runners import build_runner
+from engine.runners.base import Progress
 
 HEAD_SCALE = 1000.0
 WORDS = [

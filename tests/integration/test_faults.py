@@ -32,11 +32,11 @@ from worker_support import poll, worker_env
 
 from core.config import Settings
 from core.db import get_engine
-from core.items import InputItem
-from core.jobs import create_job
+from core.inputs.items import InputItem
+from core.jobs.lifecycle import create_job
+from core.jobs.status import FINAL_JOB_STATES, JobStatus
 from core.migrate import upgrade
-from core.registry import Registry
-from core.status import FINAL_JOB_STATES, JobStatus
+from core.models.registry import Registry
 from core.tables import chunks, jobs, results
 
 SETTLE_S = 60.0  # the most any scenario may take to reach final states

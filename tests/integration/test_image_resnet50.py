@@ -15,9 +15,9 @@ import pytest
 from image_support import encode, photo
 
 from core.config import Settings
-from core.registry import ModelSpec
-from worker.runners import build_runner
-from worker.runners.keras_image import KerasImageRunner, imagenet_labels
+from core.models.registry import ModelSpec
+from engine.runners import build_runner
+from engine.runners.keras_image import KerasImageRunner, imagenet_labels
 
 
 @pytest.fixture(scope="module", params=["keras-download", "keras3-weights"])

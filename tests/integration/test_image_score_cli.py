@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from cli.main import app
 from core.config import get_settings, reset_settings_cache
 from core.db import dispose_engines, get_engine
-from core.jobs import get_job
-from worker.runners.keras_image import imagenet_labels
+from core.jobs.lifecycle import get_job
+from engine.runners.keras_image import imagenet_labels
 
 cli = CliRunner()
 

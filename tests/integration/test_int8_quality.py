@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from core.config import Settings
-from core.registry import Registry
-from worker.runners import build_runner
-from worker.runners.int8 import FullRangeDynamicLinear, full_range_safe
+from core.models.registry import Registry
+from engine.runners import build_runner
+from engine.runners.int8 import FullRangeDynamicLinear, full_range_safe
 
-REVIEWS = Path(__file__).resolve().parents[2] / "core" / "data" / "sentiment_reviews.csv"
+REVIEWS = Path(__file__).resolve().parents[2] / "core" / "models" / "data" / "sentiment_reviews.csv"
 MINILM = {
     "task": "feature-extraction",
     "backend": "transformers",
@@ -69,7 +69,7 @@ def test_onnx_int8_embeddings_stay_within_one_percent_of_fp32(
     runners: dict[str, object], tmp_path: Path
 ) -> None:
     """ONNX Runtime's unsigned 8-bit weights keep 0.99 even without VNNI (onnx_int8.py)."""
-    from worker.runners.onnx_int8 import OnnxInt8Model
+    from engine.runners.onnx_int8 import OnnxInt8Model
 
     registry = Registry.from_mapping(
         {"models": {"onnx": {**MINILM, "precision": "onnx-int8"}}}, base_dir=tmp_path
@@ -112,7 +112,7 @@ def test_onnx_int8_classifier_agrees_with_fp32(tiny_text_model: Path, tmp_path: 
 
 
 def test_onnx_int8_refuses_a_gpu_worker(tiny_text_model: Path, tmp_path: Path) -> None:
-    from worker.runners.base import ModelLoadError
+    from engine.runners.base import ModelLoadError
 
     registry = tiny_classifiers(tiny_text_model, tmp_path)
     runner = build_runner(registry.get("onnx"), Settings(torch_threads=1))

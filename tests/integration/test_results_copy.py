@@ -7,14 +7,14 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from core.db import get_engine
-from core.export import export_lines
-from core.items import InputItem
-from core.jobs import Job, create_job, get_job, load_items
+from core.inputs.items import InputItem
+from core.jobs.export import export_lines
+from core.jobs.lifecycle import Job, create_job, get_job, load_items
+from core.jobs.predictions import Prediction
+from core.jobs.results import ScoredItem, iter_results, write_job_results, write_results
+from core.jobs.status import JobStatus
 from core.migrate import upgrade
-from core.predictions import Prediction
-from core.registry import ModelSpec
-from core.results import ScoredItem, iter_results, write_job_results, write_results
-from core.status import JobStatus
+from core.models.registry import ModelSpec
 from core.tables import results
 
 SPEC = ModelSpec(name="m", task="text-classification", backend="transformers", source="/x")

@@ -1,7 +1,7 @@
 """Schedule runs on the real PostgreSQL: windows, the claim, overlap, failures, source errors.
 
 Jobs are scored in-process: the ``enqueue`` callable given to the runner calls
-``worker.scoring.score_items`` with the tiny model, the same function the chunk task
+``engine.scoring.score_items`` with the tiny model, the same function the chunk task
 calls, so a job completes without a broker. ``test_schedule_beat.py`` drives the same
 rules through real Celery processes.
 """
@@ -19,17 +19,17 @@ import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 
 from core.config import Settings
-from core.jobs import Job, cancel_job, get_job, load_items, mark_failed
+from core.jobs.lifecycle import Job, cancel_job, get_job, load_items, mark_failed
 from core.keys import create_key
 from core.migrate import upgrade
-from core.registry import Registry
-from core.schedule_runner import RunOutcome, run_schedule, tick
-from core.schedule_runs import RunStatus, get_run
-from core.schedule_state import load_watermark
-from core.schedules import Schedule, parse_schedules
+from core.models.registry import Registry
+from core.schedules.config import Schedule, parse_schedules
+from core.schedules.runner import RunOutcome, run_schedule, tick
+from core.schedules.runs import RunStatus, get_run
+from core.schedules.state import load_watermark
 from core.tables import jobs, results
-from worker.runners import Runner, build_runner
-from worker.scoring import score_items
+from engine.runners import Runner, build_runner
+from engine.scoring import score_items
 
 QUERY = (
     "SELECT id, body AS text, updated_at FROM reviews "

@@ -1,7 +1,7 @@
 """Real ``bulkscore worker`` processes on PostgreSQL and Redis, fed chunk tasks by name.
 
-Jobs are created directly in SQL (``core.jobs.create_job``) and their chunk tasks sent with a
-producer Celery app, as the API does. One worker serves the whole module (starting one
+Jobs are created directly in SQL (``core.jobs.lifecycle.create_job``) and their chunk tasks
+sent with a producer Celery app, as the API does. One worker serves the whole module (starting one
 costs seconds of torch import on a small machine); the two-worker test adds a second.
 """
 
@@ -35,13 +35,13 @@ from worker_support import (
 from cli.main import app as cli_app
 from core.config import reset_settings_cache
 from core.db import get_engine
-from core.inputs import read_text_file
-from core.items import InputItem
-from core.jobs import Job, cancel_job, create_job, get_job
+from core.inputs.items import InputItem
+from core.inputs.text_files import read_text_file
+from core.jobs.lifecycle import Job, cancel_job, create_job, get_job
+from core.jobs.results import iter_results
+from core.jobs.status import JobStatus
 from core.migrate import upgrade
-from core.registry import Registry
-from core.results import iter_results
-from core.status import JobStatus
+from core.models.registry import Registry
 from core.tables import chunks, results
 
 MODEL = "tiny"

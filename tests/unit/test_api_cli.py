@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 import cli.client
 from cli.main import app
 from core.config import reset_settings_cache
-from core.export import export_lines
-from core.jobs import get_job, mark_failed
-from core.results import iter_results
+from core.jobs.export import export_lines
+from core.jobs.lifecycle import get_job, mark_failed
+from core.jobs.results import iter_results
 
 
 class ScoringQueue(FakeJobQueue):

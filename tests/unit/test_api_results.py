@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from api_support import UnitApi, fake_scores, unit_api
 
-from core.export import export_lines
-from core.results import iter_results
+from core.jobs.export import export_lines
+from core.jobs.results import iter_results
 
 
 @pytest.fixture()

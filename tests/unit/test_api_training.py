@@ -29,9 +29,9 @@ from api.dispatch import BrokerUnavailable
 from cli.main import app
 from core.config import Settings, reset_settings_cache
 from core.db import get_engine
-from core.registry import load_registry
+from core.models.registry import load_registry
 from core.tables import jobs, metadata, training_runs
-from worker.trainer import run_training_job
+from engine.trainer import run_training_job
 
 MODELS = """
 [models.encoder]

@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.batching import plan_batches
+from engine.batching import plan_batches
 
 
 def test_batches_are_sorted_longest_first_and_respect_the_budget() -> None:

@@ -14,21 +14,21 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
-from core.chunk_split import exhausted_chunks, split_chunk
-from core.chunk_sweep import stale_queued_chunks, take_for_resend
-from core.chunks import claim_chunk
+from core.chunks.claim import claim_chunk
+from core.chunks.split import exhausted_chunks, split_chunk
+from core.chunks.sweep import stale_queued_chunks, take_for_resend
 from core.clock import utcnow
 from core.config import Settings
 from core.db import dispose_engines, get_engine
-from core.items import InputItem
-from core.jobs import Job, cancel_job, create_job, get_job
+from core.inputs.items import InputItem
+from core.jobs.lifecycle import Job, cancel_job, create_job, get_job
+from core.jobs.predictions import Prediction
 from core.migrate import upgrade
-from core.predictions import Prediction
-from core.registry import Backend, ModelSpec, Task
+from core.models.registry import Backend, ModelSpec, Task
 from core.tables import chunks, results
-from worker import poison
-from worker.chunk_work import ChunkOutcome, work_on_chunk
-from worker.runners.base import Progress, Runner
+from engine import poison
+from engine.chunk_work import ChunkOutcome, work_on_chunk
+from engine.runners.base import Progress, Runner
 from worker.sweeper import resend_lost
 
 SPEC = ModelSpec(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.export import compact_top_k, export_lines
+from core.jobs.export import compact_top_k, export_lines
 
 PAIRS = [["POSITIVE", 0.7310585975646973], ["NEGATIVE", 0.2689414322376251]]
 ODD = [['very "good", really', 0.5], ["caf\u00e9", 1e-07]]

@@ -15,7 +15,7 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from worker.runners import first_token
+from engine.runners import first_token
 
 SMALL = {"vocab_size": 120, "max_position_embeddings": 64}
 
@@ -120,8 +120,8 @@ def test_a_wrong_result_keeps_the_full_layer(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_the_runner_prunes_by_setting_and_scores_the_same(tiny_text_model) -> None:
     from core.config import Settings
-    from core.registry import Registry
-    from worker.runners import build_runner
+    from core.models.registry import Registry
+    from engine.runners import build_runner
 
     entry = {"task": "text-classification", "backend": "transformers"}
     registry = Registry.from_mapping(

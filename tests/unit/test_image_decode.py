@@ -18,7 +18,7 @@ from image_support import (
 from PIL import Image, ImageFile
 from PIL.JpegImagePlugin import JpegImageFile
 
-from core.image_decode import ImageDecodeError, decode_image, image_problem, sniff_format
+from core.inputs.image_decode import ImageDecodeError, decode_image, image_problem, sniff_format
 
 BOMB_WARNING = "PIL.Image.DecompressionBombWarning"
 

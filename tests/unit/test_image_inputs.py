@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from image_support import encode, photo
 
-from core.image_inputs import checked_base64_image_item, checked_image_item, read_image_inputs
-from core.inputs import InputFileError
+from core.inputs.images import checked_base64_image_item, checked_image_item, read_image_inputs
+from core.inputs.text_files import InputFileError
 
 JPEG = encode(photo(), "JPEG")
 PNG = encode(photo(seed=1), "PNG")
@@ -101,7 +101,7 @@ def test_base64_items() -> None:
 
 
 def test_list_image_files_names_the_files_without_reading_them(photos: Path) -> None:
-    from core.image_inputs import list_image_files
+    from core.inputs.images import list_image_files
 
     listed = list_image_files(str(photos))
     assert [ident for ident, _ in listed] == ["a.png", "b.jpg", "empty.png", "notes.jpg"]

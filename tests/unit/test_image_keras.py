@@ -13,11 +13,13 @@ import pytest
 from image_support import build_tiny_keras_model, catalogue, encode, photo
 
 from core.config import Settings
-from core.registry import ModelSpec
-from worker.runners import ModelLoadError, build_runner
-from worker.runners.keras_image import KerasImageRunner, imagenet_labels, labels_path
+from core.models.registry import ModelSpec
+from engine.runners import ModelLoadError, build_runner
+from engine.runners.keras_image import KerasImageRunner, imagenet_labels, labels_path
 
-SHIPPED_INDEX = Path(__file__).resolve().parents[2] / "core" / "data" / "imagenet_class_index.json"
+SHIPPED_INDEX = (
+    Path(__file__).resolve().parents[2] / "core" / "models" / "data" / "imagenet_class_index.json"
+)
 # The md5 Keras' decode_predictions checks its downloaded imagenet_class_index.json against.
 KERAS_INDEX_MD5 = "c2c37ea517e94d9795004a39431a14cb"
 

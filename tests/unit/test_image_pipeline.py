@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from core.image_decode import ImageDecodeError
-from worker.runners.image_pipeline import DecodePool, top_prediction
+from core.inputs.image_decode import ImageDecodeError
+from engine.runners.image_pipeline import DecodePool, top_prediction
 
 
 @pytest.fixture()

@@ -12,9 +12,9 @@ from image_support import build_tiny_hf_classifier, catalogue, encode, photo
 from PIL import Image
 
 from core.config import Settings
-from core.registry import ModelSpec
-from worker.runners import ModelLoadError, build_runner
-from worker.runners.transformers_image import TransformersImageRunner, decode_edge
+from core.models.registry import ModelSpec
+from engine.runners import ModelLoadError, build_runner
+from engine.runners.transformers_image import TransformersImageRunner, decode_edge
 
 
 def spec_for(source: str) -> ModelSpec:

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from core.inputs import InputFileError, parse_text_bytes, read_text_file
-from core.items import text_problem
+from core.inputs.items import text_problem
+from core.inputs.text_files import InputFileError, parse_text_bytes, read_text_file
 
 
 def test_txt_skips_blank_lines_and_uses_line_numbers_as_ids(tmp_path: Path) -> None:

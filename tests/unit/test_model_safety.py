@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from core.config import Settings
+from core.models.registry import Backend, ModelSpec, Task
 from core.queues import celery_settings
-from core.registry import Backend, ModelSpec, Task
-from worker.runners.base import ModelLoadError
-from worker.runners.hub import load_pretrained
+from engine.runners.base import ModelLoadError
+from engine.runners.hub import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = [ROOT / package for package in ("core", "api", "worker", "cli")]
@@ -67,7 +67,7 @@ def test_a_real_pickled_checkpoint_is_refused_by_the_text_runner(
     torch.save(load_file(str(weights)), folder / "pytorch_model.bin")
     weights.unlink()
 
-    from worker.runners.transformers_text import TransformersTextRunner
+    from engine.runners.transformers_text import TransformersTextRunner
 
     runner = TransformersTextRunner(spec_for(folder), Settings(torch_threads=1))
     with pytest.raises(ModelLoadError, match=r"weights only as pytorch_model\.bin"):

@@ -12,11 +12,11 @@ import pytest
 from api_support import TEXT_MODEL, UnitApi, bearer, unit_api
 from prometheus_client import REGISTRY
 
+from core.jobs.predictions import Prediction
 from core.logs import ContextFilter, JsonFormatter, TextFormatter, job_context
-from core.predictions import Prediction
+from engine.runners.base import Progress
 from worker.liveness import StallClock, check_interval_s
 from worker.metrics import InstrumentedRunner
-from worker.runners.base import Progress
 
 # -- liveness --------------------------------------------------------------------------------
 

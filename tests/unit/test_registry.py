@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from core.config import DEFAULT_MODELS_FILE
-from core.registry import InputKind, Registry, RegistryError, Task, UnknownModelError
+from core.models.registry import InputKind, Registry, RegistryError, Task, UnknownModelError
 
 
 def test_the_shipped_models_file_has_the_default_models() -> None:

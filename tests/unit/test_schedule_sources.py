@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from core.config import Settings
-from core.registry import Registry
-from core.schedules import Schedule, parse_schedules
-from core.sources import SourceError, read_window, scrub
-from core.sources.files import fixed_folder
-from core.sources.sql import decode_watermark, encode_watermark, read_only_url
+from core.models.registry import Registry
+from core.schedules.config import Schedule, parse_schedules
+from core.schedules.sources import SourceError, read_window, scrub
+from core.schedules.sources.files import fixed_folder
+from core.schedules.sources.sql import decode_watermark, encode_watermark, read_only_url
 
 MODELS = """
 [models.tiny]

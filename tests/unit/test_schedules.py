@@ -11,8 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from core.config import Settings
-from core.registry import Registry
-from core.schedules import (
+from core.models.registry import Registry
+from core.schedules.config import (
     ScheduleConfigError,
     SourceKind,
     latest_due,
@@ -171,7 +171,7 @@ def test_the_example_schedules_parse_next_to_the_shipped_models(tmp_path: Path) 
     root = Path(__file__).resolve().parents[2]
     combined = tmp_path / "models.toml"
     combined.write_text(
-        (root / "core" / "models.toml").read_text()
+        (root / "core" / "models" / "models.toml").read_text()
         + "\n"
         + (root / "examples" / "schedules.toml").read_text()
     )

@@ -28,11 +28,11 @@ from typer.testing import CliRunner
 from cli.main import app
 from core.config import get_settings, reset_settings_cache
 from core.db import dispose_engines, get_engine
-from core.items import InputItem
-from core.jobs import create_job
-from core.registry import Registry
+from core.inputs.items import InputItem
+from core.jobs.lifecycle import create_job
+from core.models.registry import Registry
+from core.models.trained import trained_table_exists
 from core.tables import jobs, results, trained_models
-from core.trained_models import trained_table_exists
 
 SWAPPED = {"complaint": "praise", "praise": "complaint", "question": "question"}
 

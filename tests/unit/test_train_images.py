@@ -12,14 +12,14 @@ from training_support import build_tiny_keras_backbone, stripes_and_dots
 
 from core.clock import utcnow
 from core.config import Settings
-from core.items import InputItem
-from core.registry import InputKind, ModelSpec, Registry, Task
-from core.trained_models import TrainedModel, spec_for
-from core.training_data import LabelledExamples
-from worker.runners import build_runner
-from worker.runners.head_runner import HeadRunner, head_bytes
-from worker.runners.keras_features import KerasFeatureRunner
-from worker.training import train
+from core.inputs.items import InputItem
+from core.models.registry import InputKind, ModelSpec, Registry, Task
+from core.models.trained import TrainedModel, spec_for
+from core.training.data import LabelledExamples
+from engine.runners import build_runner
+from engine.runners.head_runner import HeadRunner, head_bytes
+from engine.runners.keras_features import KerasFeatureRunner
+from engine.training import train
 
 SETTINGS = Settings(image_decode_threads=2)
 

@@ -16,12 +16,12 @@ from sentiment_support import bag_of_words_scores, read_rows, split_rows
 
 from core.clock import utcnow
 from core.config import DEFAULT_MODELS_FILE
-from core.items import InputItem
-from core.registry import Registry
-from core.trained_models import TrainedModel, spec_for
-from core.training_data import LabelledExamples
-from worker.runners.head_runner import HeadRunner, build_backbone, head_bytes
-from worker.training import train
+from core.inputs.items import InputItem
+from core.models.registry import Registry
+from core.models.trained import TrainedModel, spec_for
+from core.training.data import LabelledExamples
+from engine.runners.head_runner import HeadRunner, build_backbone, head_bytes
+from engine.training import train
 
 MIN_TEST_ACCURACY = 0.75  # chance is 0.5 (balanced); the shipped head reaches about 0.81
 MIN_MARGIN_OVER_BAG_OF_WORDS = 0.10

@@ -14,13 +14,11 @@ from training_support import WordBackbone, intent_rows, labelled_csv
 
 from core.config import Settings
 from core.db import dispose_engines, get_engine
-from core.jobs import cancel_job, get_job
+from core.jobs.lifecycle import cancel_job, get_job
+from core.jobs.status import JobStatus
 from core.migrate import upgrade
-from core.registry import InputKind, Registry, RegistryError, Task, UnknownModelError
-from core.schedules import load_schedules
-from core.status import JobStatus
-from core.tables import trained_models
-from core.trained_models import (
+from core.models.registry import InputKind, Registry, RegistryError, Task, UnknownModelError
+from core.models.trained import (
     SqlTrainedModels,
     TrainedModelError,
     TrainedSpec,
@@ -32,11 +30,13 @@ from core.trained_models import (
     register_trained_model,
     trained_table_exists,
 )
-from core.training_data import DataFormat, parse_labelled_csv
-from core.training_jobs import create_training_job
-from worker.runners import build_runner
-from worker.runners.head_runner import HeadRunner, head_bytes, read_head
-from worker.trainer import run_training_job, train_and_register
+from core.schedules.config import load_schedules
+from core.tables import trained_models
+from core.training.data import DataFormat, parse_labelled_csv
+from core.training.jobs import create_training_job
+from engine.runners import build_runner
+from engine.runners.head_runner import HeadRunner, head_bytes, read_head
+from engine.trainer import run_training_job, train_and_register
 
 MODELS = """
 [models.encoder]
@@ -180,7 +180,9 @@ def test_names_and_bases_are_checked(
 
 def test_classifiers_of_either_kind_are_bases() -> None:
     registry = Registry.from_mapping({"models": {}}, base_dir=Path("."))
-    for spec in Registry.load(Path(__file__).parents[2] / "core" / "models.toml").models.values():
+    for spec in Registry.load(
+        Path(__file__).parents[2] / "core" / "models" / "models.toml"
+    ).models.values():
         registry.models[spec.name] = spec
     assert check_base(registry, "minilm").input_kind == InputKind.TEXT
     assert check_base(registry, "resnet50").input_kind == InputKind.IMAGE

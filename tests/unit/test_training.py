@@ -20,8 +20,8 @@ from training_support import (
     zip_label_folders,
 )
 
-from core.items import InputItem
-from core.training_data import (
+from core.inputs.items import InputItem
+from core.training.data import (
     MIN_EXAMPLES_PER_LABEL,
     LabelledExamples,
     TrainingDataError,
@@ -30,9 +30,9 @@ from core.training_data import (
     parse_labelled_zip,
     read_labelled_folder,
 )
-from worker.runners.base import ModelLoadError
-from worker.runners.head_runner import head_bytes, read_head
-from worker.training import fit_head, split_holdout, train
+from engine.runners.base import ModelLoadError
+from engine.runners.head_runner import head_bytes, read_head
+from engine.training import fit_head, split_holdout, train
 
 MB = 1024 * 1024
 

@@ -10,21 +10,21 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from core.chunk_batches import finish_chunks
-from core.chunks import ClaimOutcome, as_utc, claim_chunk
+from core.chunks.batches import finish_chunks
+from core.chunks.claim import ClaimOutcome, as_utc, claim_chunk
 from core.clock import utcnow
 from core.config import Settings
 from core.db import dispose_engines, get_engine
-from core.items import InputItem
-from core.jobs import Job, cancel_job, create_job, get_job
+from core.inputs.items import InputItem
+from core.jobs.lifecycle import Job, cancel_job, create_job, get_job
+from core.jobs.predictions import Prediction
+from core.jobs.status import ChunkStatus, JobStatus
 from core.migrate import upgrade
-from core.predictions import Prediction
-from core.registry import ModelSpec
-from core.status import ChunkStatus, JobStatus
+from core.models.registry import ModelSpec
 from core.tables import chunks, jobs, results
-from worker import chunk_work
-from worker.chunk_work import ChunkAttemptError, ChunkOutcome, work_on_chunk
-from worker.runners.base import Progress
+from engine import chunk_work
+from engine.chunk_work import ChunkAttemptError, ChunkOutcome, work_on_chunk
+from engine.runners.base import Progress
 
 SPEC = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/nowhere")
 
@@ -146,7 +146,7 @@ def test_done_cancelled_final_and_missing_chunks_are_not_claimed(engine: Engine)
 
     failed = new_job(engine)
     with engine.begin() as conn:
-        from core.jobs import mark_failed
+        from core.jobs.lifecycle import mark_failed
 
         mark_failed(conn, failed.id, "model exploded")
     assert claim(engine, failed.id, 0).outcome == ClaimOutcome.JOB_FINAL
@@ -282,7 +282,7 @@ def test_the_last_failed_attempt_turns_unscored_items_into_errors(
 
 
 def test_a_chunk_whose_worker_died_every_time_is_split_not_abandoned(engine: Engine) -> None:
-    # Bisected to find the item that kills workers (worker/poison.py, core/chunk_split.py;
+    # Bisected to find the item that kills workers (engine/poison.py, core/chunks/split.py;
     # the whole search is tested in tests/unit/test_chunk_repair.py).
     job = new_job(engine, count=10, chunk_size=5)
     runner = FakeRunner()
@@ -315,7 +315,7 @@ def test_a_chunk_whose_worker_died_every_time_is_split_not_abandoned(engine: Eng
 
 
 def test_expired_chunks_of_served_models_are_released_once(engine: Engine) -> None:
-    from core.chunks import release_expired
+    from core.chunks.claim import release_expired
 
     job = new_job(engine, count=15, chunk_size=5)
     now = utcnow()

@@ -9,19 +9,19 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from core.chunk_batches import claim_siblings
+from core.chunks.batches import claim_siblings
 from core.config import Settings
 from core.db import dispose_engines, get_engine
-from core.items import InputItem
-from core.jobs import Job, cancel_job, create_job, get_job
+from core.inputs.items import InputItem
+from core.jobs.lifecycle import Job, cancel_job, create_job, get_job
+from core.jobs.predictions import Prediction
+from core.jobs.status import JobStatus
 from core.migrate import upgrade
-from core.predictions import Prediction
-from core.registry import ModelSpec
-from core.status import JobStatus
+from core.models.registry import ModelSpec
 from core.tables import chunks, results
-from worker import chunk_work
-from worker.chunk_work import ChunkAttemptError, ChunkOutcome, work_on_chunk
-from worker.runners.base import Progress
+from engine import chunk_work
+from engine.chunk_work import ChunkAttemptError, ChunkOutcome, work_on_chunk
+from engine.runners.base import Progress
 
 FAKE = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/x")
 OTHER = ModelSpec(name="other", task="text-classification", backend="transformers", source="/x")
@@ -249,7 +249,7 @@ def test_two_gatherers_never_claim_the_same_chunk(engine: Engine) -> None:
 def test_a_failed_gather_still_scores_the_delivery_s_own_chunk(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker import cross_job
+    from engine import cross_job
 
     jobs = small_jobs(engine, 2)
 
@@ -266,7 +266,7 @@ def test_a_failed_gather_still_scores_the_delivery_s_own_chunk(
 def test_only_a_trickle_of_small_jobs_waits_once_for_more(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker import cross_job
+    from engine import cross_job
 
     waits: list[float] = []
     monkeypatch.setattr(cross_job.time, "sleep", waits.append)

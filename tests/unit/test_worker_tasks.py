@@ -8,8 +8,8 @@ import pytest
 from celery.exceptions import Retry
 
 from core.queues import SCORE_CHUNK_TASK
+from engine.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport
 from worker import tasks
-from worker.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport
 from worker.main import WorkerStartError, parse_model_names, pool_for
 
 

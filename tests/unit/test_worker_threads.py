@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from core.config import Settings
-from worker import threads
-from worker.threads import (
+from engine import threads
+from engine.threads import (
     cgroup_cpu_limit,
     compute_threads,
     configure_tensorflow_threads,

@@ -1,0 +1,34 @@
+"""``/v1/models``: the models jobs may name."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from api.deps import ConnDep, CurrentKey, SettingsDep
+from api.training_schemas import CatalogList, CatalogModelOut
+from core.models.registry import Registry, RegistryError
+from core.models.trained import list_trained
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+# exclude_unset: the trained-model fields (version, base, accuracy, labels) appear on
+# trained models only, so a models-file model reads as it always did.
+@router.get("", response_model=CatalogList, response_model_exclude_unset=True)
+def models(_key_id: CurrentKey, settings: SettingsDep, conn: ConnDep) -> CatalogList:
+    """Every registered model, by name: the models file's and the trained ones (latest
+    version, with its held-out accuracy)."""
+    try:
+        registry = Registry.load(settings.models)
+    except RegistryError as exc:
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="the server's models file cannot be read; ask its operator",
+        ) from exc
+    listed = {name: CatalogModelOut.from_spec(spec) for name, spec in registry.models.items()}
+    for model in list_trained(conn):
+        # A models-file entry of the same name wins, as it does when a job names it.
+        listed.setdefault(
+            model.name, CatalogModelOut.from_trained(model, registry.models.get(model.base))
+        )
+    return CatalogList(data=[listed[name] for name in sorted(listed)])

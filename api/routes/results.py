@@ -1,0 +1,85 @@
+"""``/v1/jobs/{id}/results``: a job's results, a page at a time or streamed as a file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from sqlalchemy import Engine
+
+from api.deps import ConnDep, EngineDep, OwnedJob
+from api.schemas import ResultPage, ResultRow
+from core.jobs.export import export_lines
+from core.jobs.results import iter_results, read_page
+
+router = APIRouter(prefix="/v1/jobs", tags=["results"])
+
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+
+
+@router.get(
+    "/{job_id}/results",
+    response_model=ResultPage,
+    responses={
+        200: {
+            "description": "A page of results (JSON), or every result as CSV or JSON Lines.",
+            "content": {"text/csv": {}, "application/x-ndjson": {}},
+        },
+        404: {"description": "No such job."},
+    },
+)
+def results(
+    job: OwnedJob,
+    conn: ConnDep,
+    engine: EngineDep,
+    limit: int = Query(default=100, ge=1, le=5000, description="Rows per page."),
+    after: int = Query(
+        default=-1, ge=-1, description="Only rows with a larger index (`next_after` of a page)."
+    ),
+    fmt: Literal["json", "csv", "jsonl"] = Query(
+        default="json",
+        alias="format",
+        description="`json`: one page; `csv` or `jsonl`: stream every row (limit/after unused).",
+    ),
+) -> ResultPage | StreamingResponse:
+    """Results in index order, readable while the job runs.
+
+    While the job runs, chunks finish in any order; a page then stops at the first index
+    not yet written, so following ``next_after`` never skips a row that arrives later.
+    ``next_after`` is null only when the job is final and every row has been returned.
+    """
+    if fmt != "json":
+        return StreamingResponse(
+            _export(engine, job.id, fmt),
+            media_type=MEDIA_TYPES[fmt],
+            headers={"Content-Disposition": f'attachment; filename="{job.id}.{fmt}"'},
+        )
+    # One row more than asked tells whether another page exists, without a second query.
+    rows = read_page(conn, job.id, after, limit + 1)
+    if not job.status.is_final:
+        rows = contiguous_from(rows, after)
+        page = rows[:limit]
+        # Still running: always a cursor to poll again with, even when nothing is new yet.
+        next_after: int | None = page[-1]["index"] if page else after
+    else:
+        page = rows[:limit]
+        next_after = page[-1]["index"] if len(rows) > limit else None
+    return ResultPage(data=[ResultRow.model_validate(row) for row in page], next_after=next_after)
+
+
+def contiguous_from(rows: list[dict[str, Any]], after: int) -> list[dict[str, Any]]:
+    """The leading rows whose indexes follow ``after`` without a gap."""
+    for position, row in enumerate(rows):
+        if row["index"] != after + 1 + position:
+            return rows[:position]
+    return rows
+
+
+def _export(engine: Engine, job_id: str, fmt: str) -> Iterator[bytes]:
+    # A connection of its own: the request's connection is released once the handler
+    # returns, while this generator is still being streamed.
+    with engine.connect() as conn:
+        for piece in export_lines(iter_results(conn, job_id, top_k_text=True), fmt):
+            yield piece.encode("utf-8")

@@ -1,0 +1,1 @@
+"""The chunk lifecycle in SQL: claim, lease, finish, split and sweep."""

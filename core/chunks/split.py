@@ -1,0 +1,167 @@
+"""Bisecting a chunk that used up its attempts, to find the item that kills workers.
+
+A chunk whose every attempt ended without finishing (the worker was killed, ran out of
+memory, or hung past its lease) almost always holds one bad input, a "poison" item that
+crashes the process natively (a segfault in a tokenizer, an allocation the OOM killer
+ends). Failing the whole chunk would fail hundreds of good items with it. Instead the
+unscored part of the chunk is split into two new chunks, each with one attempt; the half
+that holds the poison item fails again and is split again, the other half completes. A
+chunk down to a single unscored item that fails is that item's per-item error, with the
+reason. For a chunk of ``n`` items this costs ``max_attempts + ceil(log2 n)`` failed
+attempts in all, and only the poison item is recorded as failed.
+
+Plain SQL (no Celery): the caller sends a message for each new chunk after committing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Connection, and_, func, insert, or_, select, update
+
+from core.clock import utcnow
+from core.jobs.lifecycle import load_items
+from core.jobs.predictions import Prediction
+from core.jobs.results import ScoredItem, scored_indexes, write_results
+from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus
+from core.tables import chunks, jobs
+
+
+@dataclass(frozen=True, slots=True)
+class SplitOutcome:
+    """What became of one exhausted chunk."""
+
+    job_id: str
+    index: int
+    model: str
+    # The new chunks (their indexes), empty when nothing was left to split.
+    children: tuple[int, ...] = ()
+    # Items written as per-item errors (a single unscored item that failed alone).
+    failed_items: int = 0
+
+
+def _exhausted(max_attempts: int, now: datetime) -> ColumnElement[bool]:
+    # Queued with no attempt left (given back by core.chunks.claim.release_expired), or still
+    # running under a lease that ran out: its last holder died or hung.
+    return and_(
+        chunks.c.attempts >= max_attempts,
+        or_(
+            chunks.c.status == ChunkStatus.QUEUED.value,
+            and_(chunks.c.status == ChunkStatus.RUNNING.value, chunks.c.leased_until <= now),
+        ),
+    )
+
+
+def exhausted_chunks(
+    conn: Connection,
+    models: list[str],
+    *,
+    max_attempts: int,
+    now: datetime | None = None,
+    limit: int = 50,
+) -> list[tuple[str, int]]:
+    """``(job_id, index)`` of active jobs' chunks of ``models`` that used up their attempts."""
+    now = now or utcnow()
+    rows = conn.execute(
+        select(chunks.c.job_id, chunks.c.index)
+        .join(jobs, jobs.c.id == chunks.c.job_id)
+        .where(
+            and_(
+                _exhausted(max_attempts, now),
+                jobs.c.model.in_(models),
+                jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
+            )
+        )
+        .order_by(chunks.c.updated_at)
+        .limit(limit)
+    ).all()
+    return [(str(job_id), int(index)) for job_id, index in rows]
+
+
+def split_chunk(
+    conn: Connection,
+    job_id: str,
+    index: int,
+    *,
+    max_attempts: int,
+    reason: str,
+    now: datetime | None = None,
+) -> SplitOutcome | None:
+    """Split exhausted chunk ``index`` of ``job_id`` in two, or fail its last item.
+
+    The parent is taken with one conditional ``UPDATE`` (only one caller wins it) and marked
+    ``split``; a later delivery of its message finds it finished and does nothing. Each new
+    chunk gets a single attempt (``max_attempts - 1`` already counted), so a poison half is
+    split again after one more crash, and is never batched with other jobs' chunks (only
+    never-attempted chunks are). Call inside a transaction.
+
+    Returns:
+        What was done, or None when the chunk is not (or no longer) exhausted.
+    """
+    now = now or utcnow()
+    taken = conn.execute(
+        update(chunks)
+        .where(
+            and_(chunks.c.job_id == job_id, chunks.c.index == index, _exhausted(max_attempts, now))
+        )
+        .values(status=ChunkStatus.SPLIT.value, leased_until=None, updated_at=now)
+        .returning(chunks.c.start, chunks.c.stop, chunks.c.attempts)
+    ).first()
+    if taken is None:
+        return None
+    job = conn.execute(select(jobs.c.model, jobs.c.model_revision).where(jobs.c.id == job_id)).one()
+    done = scored_indexes(conn, job_id, taken.start, taken.stop)
+    unscored = [i for i in range(taken.start, taken.stop) if i not in done]
+    if len(unscored) <= 1:
+        failed = _fail_items(conn, job_id, job.model, job.model_revision, unscored, reason)
+        _finish(conn, job_id, index, now)
+        return SplitOutcome(job_id, index, job.model, failed_items=failed)
+    middle = unscored[len(unscored) // 2]
+    halves = [(unscored[0], middle), (middle, unscored[-1] + 1)]
+    first = (
+        conn.scalar(select(func.max(chunks.c.index)).where(chunks.c.job_id == job_id)) or 0
+    ) + 1
+    conn.execute(
+        insert(chunks),
+        [
+            {
+                "job_id": job_id,
+                "index": first + offset,
+                "start": start,
+                "stop": stop,
+                "status": ChunkStatus.QUEUED.value,
+                "attempts": max(max_attempts - 1, 0),
+                "updated_at": now,
+            }
+            for offset, (start, stop) in enumerate(halves)
+        ],
+    )
+    return SplitOutcome(job_id, index, job.model, children=(first, first + 1))
+
+
+def _fail_items(
+    conn: Connection,
+    job_id: str,
+    model: str,
+    revision: str | None,
+    unscored: list[int],
+    reason: str,
+) -> int:
+    if not unscored:
+        return 0
+    message = f"not scored: this item stopped the worker on every attempt to score it ({reason})"
+    failures = [
+        ScoredItem(index=i, item_id=item.item_id, prediction=Prediction.failure(message))
+        for i, item in load_items(conn, job_id, unscored[0], unscored[-1] + 1)
+    ]
+    return write_results(conn, job_id, model, revision, failures).written
+
+
+def _finish(conn: Connection, job_id: str, index: int, now: datetime) -> None:
+    # Nothing left to bisect: the parent is simply done (its rows are all written).
+    conn.execute(
+        update(chunks)
+        .where(and_(chunks.c.job_id == job_id, chunks.c.index == index))
+        .values(status=ChunkStatus.DONE.value, updated_at=now)
+    )

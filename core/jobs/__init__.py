@@ -1,0 +1,1 @@
+"""Jobs in SQL: status, lifecycle, results, predictions, export and comparison."""

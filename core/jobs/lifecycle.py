@@ -1,0 +1,250 @@
+"""The job lifecycle in SQL: create a job with its items and chunks, read it, move it along.
+
+Job state lives here and only here (never in Celery): a job is ``completed`` in the same
+transaction that writes its last result row (see :mod:`core.jobs.results`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+
+from core.clock import utcnow
+from core.inputs.items import InputItem
+from core.jobs.bulk_copy import copy_rows, is_postgresql
+from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus, JobStatus
+from core.models.registry import ModelSpec
+from core.tables import chunks, items, jobs, results
+
+ITEM_INSERT_BATCH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    model: str
+    model_revision: str | None
+    input_kind: str
+    status: JobStatus
+    total: int
+    succeeded: int
+    failed: int
+    owner_key_id: int | None
+    schedule: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        data = dict(row._mapping)
+        data["status"] = JobStatus(data["status"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    job_id: str
+    index: int
+    start: int
+    stop: int
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def create_job(
+    conn: Connection,
+    spec: ModelSpec,
+    inputs: Sequence[InputItem],
+    *,
+    chunk_size: int,
+    job_id: str | None = None,
+    owner_key_id: int | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    schedule: str | None = None,
+    status: JobStatus = JobStatus.QUEUED,
+) -> Job:
+    """Insert a job, its items and its chunks in the caller's transaction."""
+    now = utcnow()
+    job_id = job_id or new_job_id()
+    conn.execute(
+        insert(jobs).values(
+            id=job_id,
+            model=spec.name,
+            model_revision=spec.revision,
+            input_kind=spec.input_kind.value,
+            status=status.value,
+            total=len(inputs),
+            succeeded=0,
+            failed=0,
+            owner_key_id=owner_key_id,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            schedule=schedule,
+            created_at=now,
+            started_at=now if status == JobStatus.RUNNING else None,
+        )
+    )
+    _insert_items(conn, job_id, inputs)
+    chunk_rows = [
+        {
+            "job_id": job_id,
+            "index": number,
+            "start": start,
+            "stop": min(start + chunk_size, len(inputs)),
+            "status": ChunkStatus.QUEUED.value,
+            "attempts": 0,
+            "updated_at": now,
+        }
+        for number, start in enumerate(range(0, len(inputs), chunk_size))
+    ]
+    if chunk_rows:
+        conn.execute(insert(chunks), chunk_rows)
+    if not inputs:
+        # Nothing to score: an empty job is complete the moment it exists.
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(status=JobStatus.COMPLETED.value, started_at=now, finished_at=now)
+        )
+    job = get_job(conn, job_id)
+    assert job is not None
+    return job
+
+
+ITEM_COLUMNS = ("job_id", "index", "item_id", "text", "data", "error")
+
+
+def _insert_items(conn: Connection, job_id: str, inputs: Sequence[InputItem]) -> None:
+    rows = (
+        (job_id, index, item.item_id, item.text, item.data, item.error)
+        for index, item in enumerate(inputs)
+    )
+    if is_postgresql(conn):
+        # COPY: a 10,000-text job is stored in a fraction of the time a multi-row INSERT
+        # takes, which is most of what a submission costs (bench/service_throughput.py).
+        copy_rows(conn, items, ITEM_COLUMNS, rows)
+        return
+    mappings = [dict(zip(ITEM_COLUMNS, row, strict=True)) for row in rows]
+    for start in range(0, len(mappings), ITEM_INSERT_BATCH):
+        conn.execute(insert(items), mappings[start : start + ITEM_INSERT_BATCH])
+
+
+def get_job(conn: Connection, job_id: str, owner_key_id: int | None = None) -> Job | None:
+    """The job, or None; with ``owner_key_id`` only a job that key owns."""
+    query = select(jobs).where(jobs.c.id == job_id)
+    if owner_key_id is not None:
+        query = query.where(jobs.c.owner_key_id == owner_key_id)
+    row = conn.execute(query).first()
+    return Job.from_row(row) if row is not None else None
+
+
+def find_by_idempotency_key(conn: Connection, owner_key_id: int | None, key: str) -> Job | None:
+    query = select(jobs).where(jobs.c.idempotency_key == key)
+    if owner_key_id is None:
+        query = query.where(jobs.c.owner_key_id.is_(None))
+    else:
+        query = query.where(jobs.c.owner_key_id == owner_key_id)
+    row = conn.execute(query).first()
+    return Job.from_row(row) if row is not None else None
+
+
+def list_jobs(
+    conn: Connection,
+    owner_key_id: int | None,
+    status: JobStatus | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """Newest first."""
+    query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+    if owner_key_id is not None:
+        query = query.where(jobs.c.owner_key_id == owner_key_id)
+    if status is not None:
+        query = query.where(jobs.c.status == status.value)
+    return [Job.from_row(row) for row in conn.execute(query)]
+
+
+def list_chunks(conn: Connection, job_id: str, status: ChunkStatus | None = None) -> list[Chunk]:
+    query = select(chunks.c.job_id, chunks.c.index, chunks.c.start, chunks.c.stop).where(
+        chunks.c.job_id == job_id
+    )
+    if status is not None:
+        query = query.where(chunks.c.status == status.value)
+    return [Chunk(*row) for row in conn.execute(query.order_by(chunks.c.index))]
+
+
+def mark_running(conn: Connection, job_id: str) -> None:
+    """queued -> running, stamping ``started_at`` once."""
+    conn.execute(
+        update(jobs)
+        .where(and_(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value))
+        .values(
+            status=JobStatus.RUNNING.value, started_at=func.coalesce(jobs.c.started_at, utcnow())
+        )
+    )
+
+
+def mark_failed(conn: Connection, job_id: str, error: str) -> None:
+    """A job that cannot run at all (its model failed to load, say)."""
+    conn.execute(
+        update(jobs)
+        .where(and_(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES])))
+        .values(status=JobStatus.FAILED.value, error=error[:4000], finished_at=utcnow())
+    )
+
+
+def cancel_job(conn: Connection, job_id: str) -> bool:
+    """Cancel an active job; chunks not yet started will not start. False if already final."""
+    now = utcnow()
+    changed = conn.execute(
+        update(jobs)
+        .where(and_(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES])))
+        .values(status=JobStatus.CANCELLED.value, finished_at=now)
+    ).rowcount
+    conn.execute(
+        update(chunks)
+        .where(and_(chunks.c.job_id == job_id, chunks.c.status == ChunkStatus.QUEUED.value))
+        .values(status=ChunkStatus.CANCELLED.value, updated_at=now)
+    )
+    return bool(changed)
+
+
+def delete_job(conn: Connection, job_id: str) -> bool:
+    """Delete a job with its items, chunks and results; False if there was no such job.
+
+    For a job that must not exist after all (its tasks could not be queued). The child rows
+    are deleted explicitly rather than left to ``ON DELETE CASCADE``, which SQLite only
+    honours with its foreign-key pragma on.
+    """
+    for table in (results, chunks, items):
+        conn.execute(delete(table).where(table.c.job_id == job_id))
+    return bool(conn.execute(delete(jobs).where(jobs.c.id == job_id)).rowcount)
+
+
+def load_items(conn: Connection, job_id: str, start: int, stop: int) -> list[tuple[int, InputItem]]:
+    """Items ``start <= index < stop`` of a job, with their indexes, in index order."""
+    query = (
+        select(items.c.index, items.c.item_id, items.c.text, items.c.data, items.c.error)
+        .where(and_(items.c.job_id == job_id, items.c.index >= start, items.c.index < stop))
+        .order_by(items.c.index)
+    )
+    # By position: a Row's .index is the tuple method to type checkers, not the column.
+    return [
+        (index, InputItem(item_id=item_id, text=text, data=data, error=error))
+        for index, item_id, text, data, error in conn.execute(query)
+    ]

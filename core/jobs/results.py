@@ -1,0 +1,284 @@
+"""Writing and reading the results table.
+
+Each write is one transaction: the batch's rows (``COPY`` on PostgreSQL, a multi-row INSERT
+on SQLite, both skipping rows already present) and the job's counters move together, so a
+retried or duplicated batch can neither write a row twice nor count it twice, and the job
+turns ``completed`` in the very transaction that writes its last row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Text, and_, bindparam, case, cast, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from core.clock import utcnow
+from core.jobs.bulk_copy import copy_new_rows, is_postgresql
+from core.jobs.predictions import Prediction
+from core.jobs.status import JobStatus
+from core.tables import jobs, results
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    index: int
+    item_id: str
+    prediction: Prediction
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    succeeded: int
+    failed: int
+
+    @property
+    def written(self) -> int:
+        return self.succeeded + self.failed
+
+
+RESULT_ROW_COLUMNS = (
+    "job_id",
+    "index",
+    "item_id",
+    "label",
+    "score",
+    "top_k",
+    "error",
+    "model",
+    "model_revision",
+    "created_at",
+)
+
+
+def _insert_skipping_existing(conn: Connection) -> Any:
+    dialect = conn.dialect.name
+    statement: postgresql.Insert | sqlite.Insert
+    if dialect == "postgresql":
+        statement = postgresql.insert(results)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(results)
+    else:  # pragma: no cover - only the two supported databases reach here
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    return statement.on_conflict_do_nothing(index_elements=["job_id", "index"]).returning(
+        results.c.job_id, results.c.error
+    )
+
+
+def _insert_new_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> list[tuple[str, Any]]:
+    """Insert rows (in ``RESULT_ROW_COLUMNS`` order) not yet present; (job_id, error) of each."""
+    if is_postgresql(conn):
+        # COPY takes JSON as text; SQLAlchemy's JSON type encodes it on the other path.
+        top_k = RESULT_ROW_COLUMNS.index("top_k")
+        copied = ((*row[:top_k], _json_text(row[top_k]), *row[top_k + 1 :]) for row in rows)
+        inserted = copy_new_rows(
+            conn,
+            results,
+            RESULT_ROW_COLUMNS,
+            copied,
+            conflict=("job_id", "index"),
+            returning=("job_id", "error"),
+        )
+        return [(job_id, error) for job_id, error in inserted]
+    mappings = [dict(zip(RESULT_ROW_COLUMNS, row, strict=True)) for row in rows]
+    return [
+        (row.job_id, row.error) for row in conn.execute(_insert_skipping_existing(conn), mappings)
+    ]
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def write_results(
+    conn: Connection,
+    job_id: str,
+    model: str,
+    model_revision: str | None,
+    scored: Sequence[ScoredItem],
+) -> WriteOutcome:
+    """Insert ``scored`` rows not yet present and advance the job's counters, atomically.
+
+    Call inside a transaction (``engine.begin()``).
+    """
+    outcomes = write_job_results(conn, model, model_revision, {job_id: scored})
+    return outcomes.get(job_id, WriteOutcome(0, 0))
+
+
+def write_job_results(
+    conn: Connection,
+    model: str,
+    model_revision: str | None,
+    scored_by_job: Mapping[str, Sequence[ScoredItem]],
+) -> dict[str, WriteOutcome]:
+    """:func:`write_results` for several jobs of one model in one statement per step.
+
+    Rows not yet present are inserted (``COPY`` on PostgreSQL) and each job's counters
+    advance by exactly the rows inserted for it, in the caller's transaction: a batch that
+    mixes small jobs keeps every job's accounting as if it had been written alone.
+    """
+    now = utcnow()
+    rows = [
+        (
+            job_id,
+            item.index,
+            item.item_id,
+            item.prediction.label,
+            item.prediction.score,
+            [list(pair) for pair in item.prediction.top_k] or None,
+            item.prediction.error,
+            model,
+            model_revision,
+            now,
+        )
+        for job_id, scored in scored_by_job.items()
+        for item in scored
+    ]
+    if not rows:
+        return {}
+    succeeded: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    for job_id, error in _insert_new_rows(conn, rows):
+        (failed if error is not None else succeeded)[job_id] += 1
+    outcomes = {
+        job_id: WriteOutcome(succeeded=succeeded[job_id], failed=failed[job_id])
+        for job_id in scored_by_job
+    }
+    _advance_counters(conn, {job: o for job, o in outcomes.items() if o.written}, now)
+    return outcomes
+
+
+def _advance_counters(conn: Connection, outcomes: Mapping[str, WriteOutcome], now: Any) -> None:
+    if not outcomes:
+        return
+    done_after = jobs.c.succeeded + jobs.c.failed + bindparam("b_written")
+    # Two comparisons rather than IN: an expanding IN cannot go into an executemany.
+    finishes = and_(
+        done_after >= jobs.c.total,
+        or_(jobs.c.status == JobStatus.QUEUED.value, jobs.c.status == JobStatus.RUNNING.value),
+    )
+    statement = (
+        update(jobs)
+        .where(jobs.c.id == bindparam("b_id"))
+        .values(
+            succeeded=jobs.c.succeeded + bindparam("b_succeeded"),
+            failed=jobs.c.failed + bindparam("b_failed"),
+            status=case((finishes, JobStatus.COMPLETED.value), else_=jobs.c.status),
+            started_at=case((jobs.c.started_at.is_(None), now), else_=jobs.c.started_at),
+            finished_at=case((finishes, now), else_=jobs.c.finished_at),
+        )
+    )
+    # Sorted by job id: two workers advancing the same jobs lock their rows in one order,
+    # so they wait for each other instead of deadlocking.
+    conn.execute(
+        statement,
+        [
+            {
+                "b_id": job_id,
+                "b_written": outcome.written,
+                "b_succeeded": outcome.succeeded,
+                "b_failed": outcome.failed,
+            }
+            for job_id, outcome in sorted(outcomes.items())
+        ],
+    )
+
+
+def scored_indexes(conn: Connection, job_id: str, start: int, stop: int) -> set[int]:
+    """Indexes in ``[start, stop)`` that already have a result row."""
+    query = select(results.c.index).where(
+        and_(results.c.job_id == job_id, results.c.index >= start, results.c.index < stop)
+    )
+    return set(conn.scalars(query))
+
+
+def scored_indexes_many(
+    conn: Connection, ranges: Sequence[tuple[str, int, int]]
+) -> dict[str, set[int]]:
+    """:func:`scored_indexes` for several ``(job_id, start, stop)`` ranges in one query."""
+    if not ranges:
+        return {}
+    query = select(results.c.job_id, results.c.index).where(
+        or_(
+            *(
+                and_(results.c.job_id == job_id, results.c.index >= start, results.c.index < stop)
+                for job_id, start, stop in ranges
+            )
+        )
+    )
+    found: dict[str, set[int]] = {job_id: set() for job_id, _, _ in ranges}
+    for job_id, index in conn.execute(query):
+        found[job_id].add(index)
+    return found
+
+
+RESULT_COLUMNS = ("index", "id", "label", "score", "top_k", "error")
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    return {
+        "index": row.index,
+        "id": row.item_id,
+        "label": row.label,
+        "score": row.score,
+        "top_k": row.top_k,
+        "error": row.error,
+    }
+
+
+def _page_query(job_id: str, after: int, limit: int, top_k_text: bool = False) -> Any:
+    # As text, top_k skips a JSON parse here and a re-encode in the export (see core.jobs.export).
+    top_k = cast(results.c.top_k, Text).label("top_k") if top_k_text else results.c.top_k
+    return (
+        select(
+            results.c.index,
+            results.c.item_id,
+            results.c.label,
+            results.c.score,
+            top_k,
+            results.c.error,
+        )
+        .where(and_(results.c.job_id == job_id, results.c.index > after))
+        .order_by(results.c.index)
+        .limit(limit)
+    )
+
+
+def read_page(
+    conn: Connection, job_id: str, after: int = -1, limit: int = 100, top_k_text: bool = False
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` result rows with ``index > after``, in index order.
+
+    With ``top_k_text`` each row's ``top_k`` is the stored JSON text (or None), unparsed.
+    """
+    return [_as_dict(row) for row in conn.execute(_page_query(job_id, after, limit, top_k_text))]
+
+
+def iter_results(
+    conn: Connection, job_id: str, page_size: int = 5000, top_k_text: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Every result row of a job in index order, read a page at a time (keyset paging)."""
+    after = -1
+    while True:
+        page = read_page(conn, job_id, after, page_size, top_k_text)
+        yield from page
+        if len(page) < page_size:
+            return
+        after = page[-1]["index"]
+
+
+def label_counts(conn: Connection, job_id: str) -> dict[str, int]:
+    """How many results of the job got each label (per-item errors are not counted)."""
+    from sqlalchemy import func
+
+    query = (
+        select(results.c.label, func.count())
+        .where(and_(results.c.job_id == job_id, results.c.label.is_not(None)))
+        .group_by(results.c.label)
+        .order_by(func.count().desc())
+    )
+    return {label: count for label, count in conn.execute(query)}

@@ -1,0 +1,31 @@
+"""Job and chunk states. Lower-case values are the same in the database, JSON and logs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"  # every item has a result row (a label or a per-item error)
+    FAILED = "failed"  # the job itself could not run; see the job's ``error``
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_JOB_STATES
+
+
+FINAL_JOB_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE_JOB_STATES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+
+
+class ChunkStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    # Out of attempts with more than one item unscored: its items moved to two new chunks
+    # (core.chunks.split), so a poison item is found by bisection instead of failing the chunk.
+    SPLIT = "split"

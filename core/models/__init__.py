@@ -1,0 +1,1 @@
+"""The model registry: shipped and configured models, and trained heads over them."""

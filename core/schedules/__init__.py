@@ -1,0 +1,1 @@
+"""Scheduled scoring: configuration, runs, committed state, the runner and its sources."""

@@ -1,0 +1,41 @@
+"""Where a schedule's inputs come from: the window of new inputs since the last success.
+
+A source reads; it never writes. :func:`read_window` returns the items that are new since
+the committed state, with the state to commit once their job completes (``Window.end``).
+The run logic (``core.schedules.runner``) decides when that happens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.config import Settings
+from core.schedules.config import Schedule, SourceKind
+from core.schedules.sources.base import SourceError, Window, scrub
+
+
+def read_window(
+    schedule: Schedule, state: Any, settings: Settings, known_files: dict[str, tuple[int, int]]
+) -> Window:
+    """The new inputs of ``schedule`` since its committed state.
+
+    Args:
+        schedule: The schedule.
+        state: The committed watermark of a sql source (JSON, see
+            ``core.schedules.sources.sql``), or None before the first successful run.
+        settings: Limits (text length, image size).
+        known_files: For file sources, ``path -> (size, mtime_ns)`` of the files scored.
+
+    Raises:
+        SourceError: The source cannot be read; the message is safe to store and show.
+    """
+    if schedule.source == SourceKind.SQL:
+        from core.schedules.sources.sql import read_sql_window
+
+        return read_sql_window(schedule, state, settings)
+    from core.schedules.sources.files import read_files_window
+
+    return read_files_window(schedule, known_files, settings)
+
+
+__all__ = ["SourceError", "Window", "read_window", "scrub"]

@@ -1,0 +1,287 @@
+"""One delivery of a chunk task, without Celery: claim the chunk, score it, finish it.
+
+The Celery task (``worker.tasks``) turns the :class:`ChunkReport` this returns into
+messaging (retry later, re-route, nothing); everything that touches SQL is here, so it is
+tested with fakes and SQLite as well as through a real worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from time import monotonic
+
+from sqlalchemy import Engine
+
+from core.chunks.batches import (
+    ChunkKey,
+    active_jobs,
+    finish_chunks,
+    job_statuses,
+    load_chunk_items,
+    release_chunks,
+    renew_leases,
+)
+from core.chunks.claim import (
+    Claim,
+    ClaimOutcome,
+    claim_chunk,
+    delivery_state,
+)
+from core.config import Settings
+from core.jobs.lifecycle import Chunk, load_items, mark_running
+from core.jobs.predictions import Prediction
+from core.jobs.results import ScoredItem, scored_indexes, write_results
+from core.jobs.status import ChunkStatus, JobStatus
+from engine.cross_job import gather_siblings
+from engine.runners.base import Runner
+from engine.scoring import JobItems, score_jobs
+
+log = logging.getLogger(__name__)
+
+RunnerLookup = Callable[[str], Runner | None]
+
+
+class ChunkOutcome(StrEnum):
+    """What one delivery did."""
+
+    DONE = "done"  # scored (items already scored by an earlier attempt were skipped)
+    CANCELLED = "cancelled"  # the job was cancelled: stopped before or during the chunk
+    SKIPPED = "skipped"  # nothing to do: the chunk is done, or the job is final or gone
+    BUSY = "busy"  # another delivery holds the chunk: deliver again after retry_in_s
+    ABANDONED = "abandoned"  # out of attempts: unscored items were written as errors
+    WRONG_MODEL = "wrong_model"  # this process has not loaded the job's model
+
+
+@dataclass(frozen=True, slots=True)
+class BatchedChunk:
+    """Another job's chunk this delivery claimed and scored with its own (cross-job)."""
+
+    job_id: str
+    index: int
+    outcome: ChunkOutcome
+    scored: int
+    already_scored: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkReport:
+    outcome: ChunkOutcome
+    reason: str = ""
+    model: str | None = None
+    scored: int = 0
+    already_scored: int = 0
+    attempts: int = 0
+    retry_in_s: float = 0.0
+    batched: tuple[BatchedChunk, ...] = ()
+
+
+class ChunkAttemptError(RuntimeError):
+    """A claimed attempt failed; ``retry`` says whether another attempt may follow."""
+
+    def __init__(self, message: str, *, attempts: int, retry: bool) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.retry = retry
+
+
+def work_on_chunk(
+    engine: Engine,
+    settings: Settings,
+    job_id: str,
+    chunk_index: int,
+    runner_for: RunnerLookup,
+    heartbeat: Callable[[], None] | None = None,
+) -> ChunkReport:
+    """Handle one delivery of chunk ``chunk_index`` of job ``job_id``.
+
+    Raises:
+        ChunkAttemptError: Scoring failed after the chunk was claimed; the chunk was given
+            back for a retry (``retry``) or, out of attempts, its unscored items were
+            written as per-item errors.
+    """
+    with engine.connect() as conn:
+        state = delivery_state(conn, job_id, chunk_index)
+    if state is None:
+        return ChunkReport(ChunkOutcome.SKIPPED, "no such job")
+    if state.chunk_status == ChunkStatus.DONE:
+        # The common case for small jobs' chunks batched by another delivery: one read.
+        return ChunkReport(ChunkOutcome.SKIPPED, "chunk already done", attempts=state.attempts)
+    model, revision = state.model, state.model_revision
+    runner = runner_for(model)
+    if runner is None:
+        # Checked before claiming, so a stray message costs the chunk no attempt.
+        return ChunkReport(ChunkOutcome.WRONG_MODEL, "model not loaded here", model=model)
+    with engine.begin() as conn:
+        claim = claim_chunk(
+            conn,
+            job_id,
+            chunk_index,
+            lease_s=settings.chunk_lease_s,
+            max_attempts=settings.chunk_max_attempts,
+        )
+        if claim.claimed:
+            mark_running(conn, job_id)
+    if not claim.claimed:
+        return _unclaimed(engine, model, revision, claim)
+    assert claim.chunk is not None
+    siblings = gather_siblings(engine, settings, runner, model, claim)
+    try:
+        return _score_claimed(engine, settings, [claim, *siblings], runner, heartbeat)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if siblings:
+            # Other jobs' chunks go back to the queue with their attempt counted; their own
+            # messages (or retries of them) claim them again.
+            with engine.begin() as conn:
+                release_chunks(conn, [_key(c) for c in siblings])
+        if claim.attempts >= settings.chunk_max_attempts:
+            abandon_chunk(engine, model, revision, claim.chunk, claim.attempts, reason)
+            raise ChunkAttemptError(reason, attempts=claim.attempts, retry=False) from exc
+        with engine.begin() as conn:
+            release_chunks(conn, [(job_id, chunk_index)])
+        raise ChunkAttemptError(reason, attempts=claim.attempts, retry=True) from exc
+
+
+def _key(claim: Claim) -> ChunkKey:
+    assert claim.chunk is not None
+    return (claim.chunk.job_id, claim.chunk.index)
+
+
+def _unclaimed(engine: Engine, model: str, revision: str | None, claim: Claim) -> ChunkReport:
+    outcome = claim.outcome
+    if outcome == ClaimOutcome.BUSY:
+        return ChunkReport(
+            ChunkOutcome.BUSY,
+            "leased by another delivery",
+            attempts=claim.attempts,
+            retry_in_s=claim.retry_in_s,
+        )
+    if outcome == ClaimOutcome.EXHAUSTED:
+        # Bisected to find the poison item instead of failing every item (engine.poison).
+        from engine.poison import exhausted_report
+
+        return exhausted_report(engine, claim)
+    if outcome == ClaimOutcome.CANCELLED:
+        return ChunkReport(ChunkOutcome.CANCELLED, "job cancelled", attempts=claim.attempts)
+    reasons = {
+        ClaimOutcome.DONE: "chunk already done",
+        ClaimOutcome.JOB_FINAL: "job already final",
+        ClaimOutcome.MISSING: "no such chunk",
+    }
+    return ChunkReport(ChunkOutcome.SKIPPED, reasons[outcome], attempts=claim.attempts)
+
+
+def _score_claimed(
+    engine: Engine,
+    settings: Settings,
+    claims: list[Claim],
+    runner: Runner,
+    heartbeat: Callable[[], None] | None,
+) -> ChunkReport:
+    """Score the claimed chunks (this delivery's first, then its cross-job siblings).
+
+    Every chunk belongs to a different job, so per-job totals are per-chunk totals. Rows are
+    committed before the chunks are marked done, and both before the task returns (and so
+    before its message is acked).
+    """
+    batch = [claim.chunk for claim in claims if claim.chunk is not None]
+    keys = [(chunk.job_id, chunk.index) for chunk in batch]
+    renew_every = settings.chunk_lease_s / 3
+    last_renewal = monotonic()
+
+    def still_active(job_ids: set[str]) -> set[str]:
+        with engine.connect() as conn:
+            return active_jobs(conn, job_ids)
+
+    def progress(_count: int) -> None:
+        # Chunks that make progress keep their leases, so only a stalled or dead worker's
+        # chunks are taken over by a later delivery.
+        nonlocal last_renewal
+        if heartbeat is not None:
+            heartbeat()
+        if monotonic() - last_renewal >= renew_every:
+            with engine.begin() as conn:
+                renew_leases(conn, keys, settings.chunk_lease_s)
+            last_renewal = monotonic()
+
+    with engine.connect() as conn:
+        loaded = load_chunk_items(conn, batch)
+    totals, stopped = score_jobs(
+        engine,
+        runner,
+        [JobItems(chunk.job_id, loaded[(chunk.job_id, chunk.index)]) for chunk in batch],
+        write_batch_size=settings.write_batch_size,
+        progress=progress,
+        still_active=still_active,
+    )
+    with engine.begin() as conn:
+        finish_chunks(conn, [k for k in keys if k[0] not in stopped], ChunkStatus.DONE)
+        finish_chunks(conn, [k for k in keys if k[0] in stopped], ChunkStatus.CANCELLED)
+        # A job stops being active when it is cancelled, but also when another delivery of
+        # a chunk (this one's, re-sent after this worker hung) finished it: that is no
+        # cancellation, and the log must not say so.
+        finished_elsewhere = {
+            job_id: status
+            for job_id, status in job_statuses(conn, stopped).items()
+            if status != JobStatus.CANCELLED
+        }
+
+    def outcome(job_id: str) -> ChunkOutcome:
+        if job_id in finished_elsewhere:
+            return ChunkOutcome.SKIPPED
+        return ChunkOutcome.CANCELLED if job_id in stopped else ChunkOutcome.DONE
+
+    def reason(job_id: str) -> str:
+        if job_id in finished_elsewhere:
+            return f"job {finished_elsewhere[job_id].value} by another delivery during the chunk"
+        return "job cancelled during the chunk" if job_id in stopped else ""
+
+    first, others = claims[0], claims[1:]
+    assert first.chunk is not None
+    own = totals[first.chunk.job_id]
+    batched = tuple(
+        BatchedChunk(
+            job_id=c.chunk.job_id,
+            index=c.chunk.index,
+            outcome=outcome(c.chunk.job_id),
+            scored=totals[c.chunk.job_id].succeeded + totals[c.chunk.job_id].failed,
+            already_scored=totals[c.chunk.job_id].skipped,
+            attempts=c.attempts,
+        )
+        for c in others
+        if c.chunk is not None
+    )
+    return ChunkReport(
+        outcome(first.chunk.job_id),
+        reason(first.chunk.job_id),
+        scored=own.succeeded + own.failed,
+        already_scored=own.skipped,
+        attempts=first.attempts,
+        batched=batched,
+    )
+
+
+def abandon_chunk(
+    engine: Engine, model: str, revision: str | None, chunk: Chunk, attempts: int, reason: str
+) -> int:
+    """Write a per-item error for every unscored item of ``chunk`` and mark it done.
+
+    A chunk that fails every attempt (a poison input that kills the worker, say) must not
+    hold its job open forever: its items get errors that say why, and the job completes.
+    """
+    message = f"not scored: chunk {chunk.index} failed {attempts} attempt(s): {reason}"[:2000]
+    with engine.begin() as conn:
+        done = scored_indexes(conn, chunk.job_id, chunk.start, chunk.stop)
+        missing = [
+            ScoredItem(index=index, item_id=item.item_id, prediction=Prediction.failure(message))
+            for index, item in load_items(conn, chunk.job_id, chunk.start, chunk.stop)
+            if index not in done
+        ]
+        outcome = write_results(conn, chunk.job_id, model, revision, missing)
+        finish_chunks(conn, [(chunk.job_id, chunk.index)], ChunkStatus.DONE)
+    log.error("chunk %d of job %s abandoned: %s", chunk.index, chunk.job_id, message)
+    return outcome.written

@@ -1,0 +1,48 @@
+"""Runners, one module per backend; :func:`build_runner` picks one for a model spec.
+
+Backends are imported only when a model needs them, so a text-only worker never loads
+TensorFlow and vice versa.
+"""
+
+from __future__ import annotations
+
+from core.config import Settings
+from core.models.registry import Backend, ModelSpec, Task
+from engine.runners.base import ModelLoadError, Runner
+
+
+def build_runner(spec: ModelSpec, settings: Settings | None = None) -> Runner:
+    """An un-set-up runner for ``spec`` (call ``setup(device)`` next)."""
+    from core.models.trained import TrainedSpec
+
+    if isinstance(spec, TrainedSpec):
+        # A trained model (bulkscore train): its base's features through its stored head.
+        from engine.runners.head_runner import HeadRunner
+
+        return HeadRunner(spec, settings)
+    if spec.backend == Backend.TRANSFORMERS and spec.task in (
+        Task.TEXT_CLASSIFICATION,
+        Task.FEATURE_EXTRACTION,
+    ):
+        from engine.runners.transformers_text import TransformersTextRunner
+
+        return TransformersTextRunner(spec, settings)
+    if spec.task == Task.IMAGE_CLASSIFICATION and spec.backend == Backend.KERAS:
+        from engine.runners.keras_image import KerasImageRunner
+
+        return KerasImageRunner(spec, settings)
+    if spec.task == Task.FEATURE_EXTRACTION and spec.backend == Backend.KERAS:
+        from engine.runners.keras_features import KerasFeatureRunner
+
+        return KerasFeatureRunner(spec, settings)
+    if spec.task == Task.IMAGE_CLASSIFICATION and spec.backend == Backend.TRANSFORMERS:
+        from engine.runners.transformers_image import TransformersImageRunner
+
+        return TransformersImageRunner(spec, settings)
+    raise ModelLoadError(
+        f"model {spec.name!r}: no runner for task {spec.task.value!r} with backend "
+        f"{spec.backend.value!r} yet"
+    )
+
+
+__all__ = ["ModelLoadError", "Runner", "build_runner"]

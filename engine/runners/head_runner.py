@@ -1,0 +1,188 @@
+"""A trained model as a runner: a frozen backbone's features through a stored linear head.
+
+``build_runner`` gives a :class:`HeadRunner` for a :class:`core.models.trained.TrainedSpec`.
+It wraps the backbone's own batched runner (the text runner's mean-pooled embeddings, or
+:class:`engine.runners.keras_features.KerasFeatureRunner` for images), built from the base's
+spec, and applies the head read from the spec's bytes: ``softmax(features @ W.T + b)``. The
+head never touches disk, so every worker loads a version straight from SQL.
+
+The head is a safetensors file (``weight`` [labels x dim], ``bias`` [labels], ``labels`` in
+its metadata): the layout a ``head = "file.safetensors"`` entry of the models file takes,
+so a trained head can also be shipped as a file (as ``sentiment-mini``'s is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Sequence
+from typing import Any, cast
+
+import numpy as np
+
+from core.config import Settings, get_settings
+from core.jobs.predictions import Prediction
+from core.models.registry import Backend, ModelSpec, Task
+from core.models.trained import TrainedSpec
+from engine.runners.base import ModelLoadError, Progress, Runner, top_k_pairs
+
+log = logging.getLogger(__name__)
+
+
+def head_bytes(
+    weight: np.ndarray, bias: np.ndarray, labels: Sequence[str], metadata: dict[str, str]
+) -> bytes:
+    """A head as safetensors bytes (float32 tensors; labels and ``metadata`` as metadata)."""
+    from safetensors.numpy import save
+
+    tensors = {
+        "weight": np.ascontiguousarray(weight, dtype=np.float32),
+        "bias": np.ascontiguousarray(bias, dtype=np.float32),
+    }
+    return save(tensors, metadata={**metadata, "labels": json.dumps(list(labels))})
+
+
+def read_head(data: bytes) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(weight, bias, labels)`` of a head written by :func:`head_bytes`.
+
+    Raises:
+        ModelLoadError: The bytes are not such a head.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(data)
+        (header_size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + header_size])
+        labels = json.loads(header.get("__metadata__", {}).get("labels", "[]"))
+        weight, bias = tensors["weight"], tensors["bias"]
+    except (SafetensorError, KeyError, ValueError, struct.error) as exc:
+        raise ModelLoadError(f"not a head file: {exc}") from exc
+    if weight.ndim != 2 or bias.shape != (weight.shape[0],) or len(labels) != weight.shape[0]:
+        raise ModelLoadError(
+            f"malformed head: weight {weight.shape}, bias {bias.shape}, {len(labels)} labels"
+        )
+    return weight.astype(np.float32), bias.astype(np.float32), [str(label) for label in labels]
+
+
+def feature_spec(base: ModelSpec) -> ModelSpec:
+    """``base`` as a frozen feature extractor (its classifier top, or head, left out)."""
+    return base.model_copy(update={"task": Task.FEATURE_EXTRACTION, "head": None})
+
+
+def build_backbone(base: ModelSpec, settings: Settings | None = None) -> Runner:
+    """An un-set-up feature runner for ``base`` (text embeddings or Keras image features)."""
+    spec = feature_spec(base)
+    if base.backend == Backend.KERAS:
+        from engine.runners.keras_features import KerasFeatureRunner
+
+        return KerasFeatureRunner(spec, settings)
+    if base.backend == Backend.TRANSFORMERS and base.task != Task.IMAGE_CLASSIFICATION:
+        from engine.runners.transformers_text import TransformersTextRunner
+
+        return TransformersTextRunner(spec, settings)
+    raise ModelLoadError(
+        f"model {base.name!r} ({base.backend.value}, {base.task.value}) cannot be a backbone"
+    )
+
+
+def extract_features(
+    backbone: Any, inputs: Sequence[Any], progress: Progress | None = None
+) -> tuple[np.ndarray, list[str | None]]:
+    """``(vectors, errors)`` of ``inputs`` from a backbone runner, one row per input.
+
+    Image backbones report per-input errors (an undecodable file); text inputs were checked
+    at intake, so the text runner's ``embed`` has none.
+    """
+    if not inputs:
+        return np.zeros((0, 0), dtype=np.float32), []
+    features = getattr(backbone, "features", None)
+    if callable(features):
+        return cast(tuple[np.ndarray, list[str | None]], features(inputs, progress))
+    vectors = backbone.embed([str(value) for value in inputs], progress)
+    return np.asarray(vectors, dtype=np.float32), [None] * len(inputs)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return cast(np.ndarray, exp / exp.sum(axis=-1, keepdims=True))
+
+
+class HeadRunner:
+    """The runner of a trained model: ``backbone`` features, then the stored head."""
+
+    def __init__(
+        self, spec: TrainedSpec, settings: Settings | None = None, backbone: Runner | None = None
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        # What results.model_revision records: the version that scored them ("v2").
+        self.revision = spec.revision
+        self.settings = settings or get_settings()
+        self.backbone = backbone or build_backbone(spec.base_spec, self.settings)
+        self.labels = list(spec.labels)
+        self.weight = np.zeros((0, 0), dtype=np.float32)
+        self.bias = np.zeros(0, dtype=np.float32)
+
+    @property
+    def max_batch_size(self) -> int | None:
+        """The backbone's batch size (cross-job batching sizes its batches by it)."""
+        size = getattr(self.backbone, "max_batch_size", None)
+        return size if isinstance(size, int) else None
+
+    def setup(self, device: str = "cpu") -> None:
+        """Read the head (cheap, checked first) and load the backbone once."""
+        self.load_head()
+        self.backbone.setup(device)
+        log.info(
+            "trained model %s %s: base %s, %d labels, %d-d features",
+            self.name,
+            self.revision,
+            self.spec.base_spec.name,
+            len(self.labels),
+            self.weight.shape[1],
+        )
+
+    def load_head(self) -> None:
+        """Read the head from the spec's bytes (``setup`` does; a backbone set up elsewhere
+        only needs this)."""
+        weight, bias, labels = read_head(self.spec.head_bytes)
+        if labels != self.labels:
+            raise ModelLoadError(
+                f"model {self.name!r} {self.revision}: the head's labels {labels} differ from "
+                f"the registered {self.labels}"
+            )
+        self.weight, self.bias = weight, bias
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """Label probabilities for feature rows."""
+        return _softmax(vectors @ self.weight.T + self.bias)
+
+    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        """One prediction per input, in order; an input the backbone cannot read, an error."""
+        if not batch:
+            return []
+        vectors, errors = extract_features(self.backbone, batch, progress)
+        if vectors.shape[1] != self.weight.shape[1]:
+            raise ModelLoadError(
+                f"model {self.name!r}: the backbone gives {vectors.shape[1]}-d features, the "
+                f"head expects {self.weight.shape[1]} (was the base model changed?)"
+            )
+        probabilities = self.probabilities(vectors)
+        k = min(self.spec.top_k, len(self.labels))
+        predictions = []
+        for row, error in zip(probabilities, errors, strict=True):
+            if error is not None:
+                predictions.append(Prediction.failure(error))
+                continue
+            best = top_k_pairs(self.labels, row.tolist(), k)
+            predictions.append(Prediction(label=best[0][0], score=best[0][1], top_k=best))
+        return predictions
+
+    def close(self) -> None:
+        close = getattr(self.backbone, "close", None)
+        if callable(close):
+            close()

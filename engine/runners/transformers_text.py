@@ -1,0 +1,260 @@
+"""Text classification with Hugging Face ``transformers``, batched by a token budget.
+
+Two kinds of model go through here:
+- a sequence classifier (``AutoModelForSequenceClassification``), scored as
+  ``pipeline("text-classification")`` scores it (softmax, or sigmoid for one label and
+  multi-label models), so results equal the pipeline's;
+- an encoder plus a linear head (``head = "file.safetensors"``): mean-pooled, L2-normalised
+  embeddings (the sentence-transformers recipe) fed to the head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from core.config import Settings, get_settings
+from core.jobs.predictions import Prediction
+from core.models.registry import ModelSpec, Task
+from engine.batching import plan_batches
+from engine.runners.base import ModelLoadError, Progress, top_k_pairs
+from engine.runners.hub import load_pretrained
+
+log = logging.getLogger(__name__)
+FALLBACK_MAX_LENGTH = 512
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+class TransformersTextRunner:
+    """A runner for ``task = "text-classification"`` (or feature extraction) models."""
+
+    def __init__(self, spec: ModelSpec, settings: Settings | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.revision = spec.revision
+        self.settings = settings or get_settings()
+        self.max_batch_size = spec.batch_size(self.settings)
+        self.max_batch_tokens = spec.batch_tokens(self.settings)
+        self.threads = self.settings.torch_threads
+        self.device = "cpu"
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.labels: list[str] = []
+        self.head: tuple[Any, Any] | None = None
+        self.is_classifier = False
+        self.activation = _softmax
+        self.max_length = FALLBACK_MAX_LENGTH
+        self.first_token_only = False
+
+    # -- setup -------------------------------------------------------------------------
+    def setup(self, device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        # Our own progress bar covers the job; transformers' weight-loading bar is noise.
+        hf_logging.disable_progress_bar()
+
+        from engine.threads import configure_torch_threads
+
+        self.threads = configure_torch_threads(torch, self.settings)
+        self.device = device
+        self.max_batch_size = self.spec.batch_size(self.settings, device)
+        self.max_batch_tokens = self.spec.batch_tokens(self.settings, device)
+        self.tokenizer = load_pretrained(self.spec, AutoTokenizer.from_pretrained)
+        encoder_only = self.spec.head is not None or self.spec.task == Task.FEATURE_EXTRACTION
+        model_class = AutoModel if encoder_only else AutoModelForSequenceClassification
+        self.model = load_pretrained(self.spec, model_class.from_pretrained, use_safetensors=True)
+        self.model.eval()
+        if self.spec.head is not None:
+            self.head, self.labels = self._load_head(torch)
+        elif not encoder_only:
+            self.is_classifier = True
+            config = self.model.config
+            self.labels = [config.id2label[i] for i in range(config.num_labels)]
+            multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
+            self.activation = _sigmoid if multi else _softmax
+        self.max_length = self._max_length()
+        # Pruned while still fp32 on the CPU, where the check against the full layer is
+        # exact; int8 and fp16 then apply to the pruned layer's modules as to any other.
+        if self.is_classifier and self.settings.first_token_last_layer:
+            self.first_token_only = self._prune_last_layer()
+        self._apply_precision(torch)
+        if isinstance(self.model, torch.nn.Module):  # not an ONNX Runtime session
+            self.model.to(device)
+        # Warm up once so the first real batch does not pay for lazy initialisation.
+        self._run_sorted(["warm up"], None)
+
+    def _prune_last_layer(self) -> bool:
+        """Compute only token 0 in the last layer, if the model checks out (first_token.py)."""
+        from engine.runners import first_token
+
+        return first_token.install(self.model, self._probe())
+
+    def _probe(self) -> dict[str, Any]:
+        """A padded batch of two texts, as torch tensors: for checks and for tracing."""
+        texts = ["a probe", "a longer probe, so that the batch holds padding and a mask"]
+        encoded, keys = self._encode(texts)
+        return self._tensors(encoded, keys, [0, 1])
+
+    def _encode(self, texts: Sequence[str]) -> tuple[Any, list[str]]:
+        """Token ids of ``texts`` (truncated, not padded) and the model input names present."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
+        return encoded, keys
+
+    def _tensors(self, encoded: Any, keys: Sequence[str], batch: Sequence[int]) -> dict[str, Any]:
+        """The rows ``batch`` of ``encoded``, padded, as the torch tensors a forward pass takes.
+
+        Filled straight into numpy: ``tokenizer.pad`` builds Python objects per row and was
+        the largest CPU cost of a GPU worker after the model (bench/README.md).
+        """
+        import torch
+
+        return {
+            key: torch.from_numpy(value)
+            for key, value in self._padded(encoded, keys, batch).items()
+        }
+
+    def _padded(
+        self, encoded: Any, keys: Sequence[str], batch: Sequence[int]
+    ) -> dict[str, np.ndarray]:
+        """The rows ``batch`` of ``encoded``, padded to the longest, as int64 arrays."""
+        rows = [encoded["input_ids"][i] for i in batch]
+        longest = max(len(row) for row in rows)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        fills = {
+            "input_ids": self.tokenizer.pad_token_id or 0,
+            "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0) or 0,
+            "attention_mask": 0,
+        }
+        padded = {}
+        for key in keys:
+            array = np.full((len(batch), longest), fills[key], dtype=np.int64)
+            for row, position in enumerate(batch):
+                values = encoded[key][position]
+                if left:
+                    array[row, longest - len(values) :] = values
+                else:
+                    array[row, : len(values)] = values
+            padded[key] = array
+        return padded
+
+    def _max_length(self) -> int:
+        candidates = [
+            self.spec.max_length,
+            getattr(self.model.config, "max_position_embeddings", None),
+        ]
+        model_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(model_max, int) and model_max < 1_000_000:
+            candidates.append(model_max)
+        return min([c for c in candidates if c] or [FALLBACK_MAX_LENGTH])
+
+    def _apply_precision(self, torch: Any) -> None:
+        precision = self.spec.precision
+        if precision in ("int8", "onnx-int8") and self.device != "cpu":
+            raise ModelLoadError(f"model {self.name!r}: precision {precision} is for CPU workers")
+        if precision == "onnx-int8":
+            from engine.runners.onnx_int8 import onnx_int8_model
+
+            output = "logits" if self.is_classifier else "last_hidden_state"
+            self.model = onnx_int8_model(self.model, self._probe(), output, self.threads)
+        elif precision == "int8":
+            # Dynamic quantization: int8 weights for every Linear, activations quantized on
+            # the fly; no calibration data needed and the accuracy cost is measured in bench/.
+            from engine.runners.int8 import quantize_int8
+
+            self.model = quantize_int8(self.model)
+        elif precision in ("fp16", "bf16"):
+            if self.device == "cpu":
+                log.warning("model %s: %s requested on CPU; using fp32", self.name, precision)
+            else:
+                self.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+
+    def _load_head(self, torch: Any) -> tuple[tuple[Any, Any], list[str]]:
+        from safetensors import safe_open
+
+        head = self.spec.head
+        path = self.spec.local_path(head) if head else None
+        if head and path is None:
+            # A head is always a local file, never a hub id, so a plain relative path such
+            # as "data/head.safetensors" is relative to the models file, like "./data/...".
+            path = (self.spec.base_dir / head).resolve()
+        if path is None or not path.exists():
+            raise ModelLoadError(f"model {self.name!r}: head file {self.spec.head!r} not found")
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            weight = handle.get_tensor("weight").float()
+            bias = handle.get_tensor("bias").float()
+        labels = json.loads(metadata.get("labels", "[]"))
+        if len(labels) != weight.shape[0]:
+            raise ModelLoadError(f"model {self.name!r}: head {path} has no matching label list")
+        return (weight, bias), labels
+
+    # -- inference -------------------------------------------------------------------------
+    def _forward(self, features: dict[str, Any], embeddings: bool) -> np.ndarray:
+        """Class scores (or, with ``embeddings``, pooled embeddings) for one padded batch."""
+        import torch
+
+        features = {key: value.to(self.device) for key, value in features.items()}
+        with torch.inference_mode():
+            if self.is_classifier:
+                return self.model(**features).logits.float().cpu().numpy()
+            hidden = self.model(**features).last_hidden_state.float()
+            mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            if embeddings or self.head is None:
+                return pooled.cpu().numpy()
+            weight, bias = self.head
+            return (pooled @ weight.to(pooled.device).T + bias.to(pooled.device)).cpu().numpy()
+
+    def _run_sorted(
+        self, texts: Sequence[str], progress: Progress | None, embeddings: bool = False
+    ) -> list[np.ndarray]:
+        """One output row per text, in input order, computed in length-sorted batches."""
+        encoded, keys = self._encode(texts)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        outputs: list[np.ndarray] = [np.empty(0)] * len(texts)
+        for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
+            rows = self._forward(self._tensors(encoded, keys, batch), embeddings)
+            for position, row in zip(batch, rows, strict=True):
+                outputs[position] = row
+            if progress is not None:
+                progress(len(batch))
+        return outputs
+
+    def embed(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """Mean-pooled, L2-normalised embeddings (encoder models only)."""
+        if self.is_classifier:
+            raise ValueError(f"model {self.name!r} is a classifier, not an encoder")
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack(self._run_sorted(texts, progress, embeddings=True))
+
+    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        if not self.labels:
+            raise ValueError(f"model {self.name!r} is an encoder; it has no labels to predict")
+        if not batch:
+            return []
+        rows = self._run_sorted([str(text) for text in batch], progress)
+        k = min(self.spec.top_k, len(self.labels))
+        predictions = []
+        for row in rows:
+            scores = self.activation(row)
+            best = top_k_pairs(self.labels, scores.tolist(), k)
+            predictions.append(Prediction(label=best[0][0], score=best[0][1], top_k=best))
+        return predictions

@@ -1,0 +1,189 @@
+"""The one function that turns jobs' items into rows of the results table.
+
+``bulkscore score`` (in-process) and the Celery chunk task both call :func:`score_jobs`
+(``score_items`` is its one-job form); only the driver differs. The chunk task passes the
+items of several small jobs at once when it batches across jobs (``engine.cross_job``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from core.inputs.items import InputItem
+from core.jobs.predictions import Prediction
+from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes_many, write_job_results
+from engine.runners.base import Progress, Runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ScoreTotals:
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0  # already had a result row (a re-run): counted, not written again
+
+    def add(self, outcome: WriteOutcome, attempted: int) -> None:
+        self.succeeded += outcome.succeeded
+        self.failed += outcome.failed
+        self.skipped += attempted - outcome.written
+
+
+def runner_input(item: InputItem) -> object:
+    """What the runner gets for an item: its text, or its raw bytes for images."""
+    return item.text if item.text is not None else item.data
+
+
+def predict_isolating_failures(
+    runner: Runner, inputs: Sequence[object], progress: Progress | None = None
+) -> list[Prediction]:
+    """``runner.predict``, but an exception costs only the inputs that cause it.
+
+    On a failing batch, each input is retried alone, so one bad input becomes one per-item
+    error and the rest of the batch is still scored.
+    """
+    try:
+        predictions = runner.predict(inputs, progress=progress)
+        if len(predictions) != len(inputs):
+            raise RuntimeError(
+                f"runner returned {len(predictions)} results for {len(inputs)} inputs"
+            )
+        return predictions
+    except Exception:
+        log.exception("batch of %d failed in %s; retrying one by one", len(inputs), runner.name)
+    predictions = []
+    for value in inputs:
+        try:
+            predictions.extend(runner.predict([value]))
+        except Exception as exc:  # a per-item error, recorded with its reason
+            predictions.append(Prediction.failure(f"{type(exc).__name__}: {exc}"[:2000]))
+        if progress is not None:
+            progress(1)
+    return predictions
+
+
+@dataclass(frozen=True, slots=True)
+class JobItems:
+    """Items of one job to score: ``(index, item)`` pairs in index order."""
+
+    job_id: str
+    items: Sequence[tuple[int, InputItem]]
+
+
+def score_items(
+    engine: Engine,
+    job_id: str,
+    runner: Runner,
+    indexed_items: Sequence[tuple[int, InputItem]],
+    *,
+    write_batch_size: int = 512,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ScoreTotals:
+    """Score ``indexed_items`` of job ``job_id`` and write their results, batch by batch.
+
+    Items that already have a result row are skipped (a re-run writes nothing twice; the
+    unique key makes that hold even when two runs race). Items refused at intake become
+    per-item error rows without reaching the model.
+    """
+    stop_check = None if should_stop is None else (lambda ids: set() if should_stop() else ids)
+    totals, _ = score_jobs(
+        engine,
+        runner,
+        [JobItems(job_id, indexed_items)],
+        write_batch_size=write_batch_size,
+        progress=progress,
+        still_active=stop_check,
+    )
+    return totals.get(job_id, ScoreTotals())
+
+
+def score_jobs(
+    engine: Engine,
+    runner: Runner,
+    work: Sequence[JobItems],
+    *,
+    write_batch_size: int = 512,
+    progress: Progress | None = None,
+    still_active: Callable[[set[str]], set[str]] | None = None,
+) -> tuple[dict[str, ScoreTotals], set[str]]:
+    """:func:`score_items` for the items of several jobs of one model, scored together.
+
+    The items of every job go through ``runner.predict`` in shared calls (so many small
+    jobs fill batches as one big job does), and each write window is one transaction that
+    writes every job's rows and advances every job's own counters.
+
+    Args:
+        still_active: Given the job ids of a window, the ones that may still be scored
+            (not cancelled); checked before each window. A job that drops out is scored no
+            further.
+
+    Returns:
+        Totals per job, and the ids of the jobs that were stopped by ``still_active``.
+    """
+    totals = {unit.job_id: ScoreTotals() for unit in work}
+    pending = _without_scored(engine, work, totals, progress)
+    stopped: set[str] = set()
+    for start in range(0, len(pending), write_batch_size):
+        window = pending[start : start + write_batch_size]
+        if still_active is not None:
+            # A stopped job stays stopped: its later windows are dropped without asking.
+            job_ids = {job_id for job_id, _, _ in window} - stopped
+            active = still_active(job_ids) if job_ids else set()
+            stopped |= job_ids - active
+            window = [entry for entry in window if entry[0] in active]
+        if not window:
+            continue
+        usable = [entry for entry in window if entry[2].error is None]
+        predictions = predict_isolating_failures(
+            runner, [runner_input(item) for _, _, item in usable], progress
+        )
+        by_key = {
+            (job_id, index): pred
+            for (job_id, index, _), pred in zip(usable, predictions, strict=True)
+        }
+        scored: dict[str, list[ScoredItem]] = {}
+        for job_id, index, item in window:
+            prediction = by_key.get((job_id, index)) or Prediction.failure(
+                item.error or "not scored"
+            )
+            scored.setdefault(job_id, []).append(
+                ScoredItem(index=index, item_id=item.item_id, prediction=prediction)
+            )
+        refused = len(window) - len(usable)
+        if progress is not None and refused:
+            progress(refused)
+        with engine.begin() as conn:
+            outcomes = write_job_results(conn, runner.name, runner.revision, scored)
+        for job_id, rows in scored.items():
+            totals[job_id].add(outcomes[job_id], len(rows))
+    return totals, stopped
+
+
+def _without_scored(
+    engine: Engine,
+    work: Sequence[JobItems],
+    totals: dict[str, ScoreTotals],
+    progress: Progress | None,
+) -> list[tuple[str, int, InputItem]]:
+    """Every ``(job_id, index, item)`` of ``work`` without a result row yet, in order."""
+    ranges = [(unit.job_id, unit.items[0][0], unit.items[-1][0] + 1) for unit in work if unit.items]
+    with engine.connect() as conn:
+        done = scored_indexes_many(conn, ranges)
+    pending = []
+    skipped = 0
+    for unit in work:
+        already = done.get(unit.job_id, set())
+        for index, item in unit.items:
+            if index in already:
+                totals[unit.job_id].skipped += 1
+                skipped += 1
+            else:
+                pending.append((unit.job_id, index, item))
+    if progress is not None and skipped:
+        progress(skipped)
+    return pending
