@@ -19,7 +19,6 @@ from api import routes
 from api.dispatch import CeleryJobQueue, JobQueue
 from api.limits import BodySizeLimitMiddleware
 from api.operations import install_operations
-from api.training_dispatch import TrainingQueue, training_queue_for
 from core.config import Settings, get_settings
 from core.db import get_engine
 
@@ -36,27 +35,21 @@ def _version() -> str:
 def create_app(
     settings: Settings | None = None,
     job_queue: JobQueue | None = None,
-    training_queue: TrainingQueue | None = None,
 ) -> FastAPI:
     """Build the API.
 
     Args:
         settings: Defaults to the process settings (``BULKSCORE_*`` variables).
-        job_queue: Where chunk tasks go; defaults to Celery on ``settings.broker_url``.
-            Unit tests pass a fake.
-        training_queue: Where training tasks go; defaults to ``job_queue`` itself if it can
-            send them (a fake), else Celery with ``job_queue``'s producer.
+        job_queue: Where chunk and training tasks go; defaults to Celery on
+            ``settings.broker_url``. Unit tests pass a fake.
     """
     settings = settings or get_settings()
     queue = job_queue if job_queue is not None else CeleryJobQueue(settings)
-    training = training_queue or training_queue_for(queue, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         queue.close()
-        if training is not queue:
-            training.close()
 
     app = FastAPI(
         title="bulkscore",
@@ -72,7 +65,6 @@ def create_app(
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)
     app.state.job_queue = queue
-    app.state.training_queue = training
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(OperationalError, _database_unavailable)
     for module in (

@@ -10,21 +10,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
 from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine
 
-from api.dispatch import BrokerUnavailable, JobQueue
+from api.dispatch import JobQueue
 from api.schemas import InputRecord, JobRequest
 from core.config import Settings
 from core.inputs.items import InputItem, checked_text_item
 from core.inputs.text_files import TEXT_SUFFIXES, InputFileError, parse_text_bytes
-from core.jobs.lifecycle import Job, create_job, delete_job, find_by_idempotency_key, list_chunks
+from core.jobs.lifecycle import Job, create_job
+from core.jobs.submit import (
+    CreateJob,
+    Idempotency,
+    IdempotencyConflict,
+    SendJob,
+    Submitted,
+    submit_job,
+)
 from core.models.registry import (
     InputKind,
     ModelSpec,
@@ -32,6 +40,7 @@ from core.models.registry import (
     UnknownModelError,
     load_registry,
 )
+from core.queues import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -240,63 +249,41 @@ def submit(
     spec = resolve_model(submission.model, settings)
     check_size(submission, settings)
     submission = match_input_kind(submission, spec)
-    if idempotency_key is not None:
-        replay = _replay(engine, key_id, idempotency_key, submission.request_hash)
-        if replay is not None:
-            return replay, False
-    try:
-        with engine.begin() as conn:
-            job = create_job(
-                conn,
-                spec,
-                submission.inputs,
-                chunk_size=settings.chunk_size,
-                owner_key_id=key_id,
-                idempotency_key=idempotency_key,
-                request_hash=submission.request_hash,
-            )
-            chunk_indexes = [chunk.index for chunk in list_chunks(conn, job.id)]
-    except IntegrityError:
-        # A concurrent request with the same idempotency key committed first.
-        if idempotency_key is None:
-            raise
-        replay = _replay(engine, key_id, idempotency_key, submission.request_hash)
-        if replay is None:
-            raise
-        return replay, False
-    try:
+    idempotency = (
+        Idempotency(key_id, idempotency_key, submission.request_hash)
+        if idempotency_key is not None
+        else None
+    )
+
+    def create(conn: Connection) -> Job:
+        return create_job(
+            conn,
+            spec,
+            submission.inputs,
+            chunk_size=settings.chunk_size,
+            owner_key_id=key_id,
+            request_hash=submission.request_hash,
+        )
+
+    def send(job: Job, chunk_indexes: Sequence[int]) -> None:
         queue.enqueue_chunks(job.id, job.model, chunk_indexes)
+
+    submitted = submit_or_answer(engine, create, send, idempotency)
+    return submitted.job, submitted.created
+
+
+def submit_or_answer(
+    engine: Engine, create: CreateJob, send: SendJob, idempotency: Idempotency | None = None
+) -> Submitted:
+    """:func:`core.jobs.submit.submit_job`, its failures as HTTP answers (409, 503)."""
+    try:
+        return submit_job(engine, create, send, idempotency=idempotency)
+    except IdempotencyConflict as exc:
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     except BrokerUnavailable as exc:
-        _forget(engine, job.id, exc)
         raise HTTPException(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             detail="the job queue (broker) is unreachable, so the job was not created; "
             "try again later",
             headers={"Retry-After": "5"},
         ) from exc
-    return job, True
-
-
-def _replay(engine: Engine, key_id: int, idempotency_key: str, request_hash: str) -> Job | None:
-    with engine.connect() as conn:
-        existing = find_by_idempotency_key(conn, key_id, idempotency_key)
-    if existing is None:
-        return None
-    if existing.request_hash != request_hash:
-        raise HTTPException(
-            status_code=status.HTTP_409_CONFLICT,
-            detail=f"Idempotency-Key {idempotency_key!r} was already used for job "
-            f"{existing.id} with a different request",
-        )
-    return existing
-
-
-def _forget(engine: Engine, job_id: str, cause: Exception) -> None:
-    # A job whose tasks never reached the broker would stay queued forever; remove it.
-    # Chunks already sent before the failure find no job and do nothing.
-    log.warning("broker unreachable, deleting job %s: %s", job_id, cause)
-    try:
-        with engine.begin() as conn:
-            delete_job(conn, job_id)
-    except Exception:
-        log.exception("could not delete job %s after the broker failed", job_id)

@@ -12,18 +12,19 @@ import csv
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cli.console import EXIT_USAGE, err_console, fail, out_console
+from cli.in_process import score_here
 from core.config import get_settings
 from core.db import get_engine
 from core.jobs.comparison import Comparison, Difference, compare_jobs
-from core.jobs.lifecycle import Job, create_job, get_job, load_items, mark_failed
+from core.jobs.lifecycle import Job, get_job, load_items
 from core.jobs.status import JobStatus
 from core.models.registry import RegistryError, UnknownModelError, load_registry
 from core.models.trained import trained_table_exists
 from core.training.jobs import get_training_run
+from engine.in_process import create_embedded_job
 
 TEXT_SHOWN = 70
 
@@ -70,41 +71,10 @@ def compare(
             EXIT_USAGE,
         )
 
-    with engine.begin() as conn:
-        inputs = [item for _, item in load_items(conn, job.id, 0, job.total)]
-        other = create_job(
-            conn, spec, inputs, chunk_size=max(len(inputs), 1), status=JobStatus.RUNNING
-        )
-
-    from engine.runners import ModelLoadError, build_runner
-    from engine.scoring import score_items
-
-    runner = build_runner(spec, settings)
-    err_console.print(f"loading model [bold]{spec.name}[/] on {device} ...")
-    try:
-        runner.setup(device)
-    except ModelLoadError as exc:
-        with engine.begin() as conn:
-            mark_failed(conn, other.id, str(exc))
-        fail(str(exc))
     with engine.connect() as conn:
-        indexed = load_items(conn, other.id, 0, other.total)
-    with Progress(
-        TextColumn("[bold]scoring[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-    ) as bar:
-        task = bar.add_task("score", total=len(indexed))
-        score_items(
-            engine,
-            other.id,
-            runner,
-            indexed,
-            write_batch_size=settings.write_batch_size,
-            progress=lambda count: bar.update(task, advance=count),
-        )
+        inputs = [item for _, item in load_items(conn, job.id, 0, job.total)]
+    other = create_embedded_job(engine, spec, inputs)
+    score_here(engine, settings, spec, other, device)
     with engine.connect() as conn:
         finished = get_job(conn, other.id)
         comparison = compare_jobs(conn, job.id, other.id)

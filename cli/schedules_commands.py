@@ -21,6 +21,7 @@ from core.schedules.config import (
     next_due,
     schedule_zone,
 )
+from core.schedules.runner import run_schedule
 from core.schedules.runs import RunStatus, RunView, latest_runs
 
 TIME_FORMAT = "%Y-%m-%d %H:%M"
@@ -108,12 +109,18 @@ def run_now(name: str = typer.Argument(..., help="The schedule's NAME.")) -> Non
             f"no schedule named {name!r}; schedules: {', '.join(sorted(schedules)) or '(none)'}",
             EXIT_USAGE,
         )
-    from core.schedules.runner import run_schedule
-    from worker.beat import enqueue_job  # Celery only for this command
+    # Celery is imported for this command only: the other commands start without it.
+    from worker.beat import job_sender
+    from worker.celery_app import create_app
 
+    app = create_app(settings)
     try:
         outcome = run_schedule(
-            get_engine(settings.database_url), schedule, utcnow(), enqueue_job, settings=settings
+            get_engine(settings.database_url),
+            schedule,
+            utcnow(),
+            job_sender(app),
+            settings=settings,
         )
     except SQLAlchemyError as exc:
         fail(_database_error(exc))

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cli.console import EXIT_USAGE, err_console, fail, out_console
+from cli.in_process import score_here
 from core.config import get_settings
 from core.db import get_engine, redact_url
 from core.inputs.items import InputItem
 from core.inputs.text_files import InputFileError, read_text_file
 from core.jobs.export import export_lines, format_for_path
-from core.jobs.lifecycle import create_job, get_job, load_items, mark_failed
+from core.jobs.lifecycle import get_job
 from core.jobs.results import iter_results, label_counts
-from core.jobs.status import JobStatus
+from core.jobs.status import JobDriver
+from core.migrate import upgrade
 from core.models.registry import InputKind, RegistryError, UnknownModelError, load_registry
+from engine.in_process import create_embedded_job
 
 
 def read_inputs(source: Path, kind: InputKind, max_chars: int) -> list[InputItem]:
     """The items of an input file (texts) or folder/glob (images)."""
     if kind == InputKind.IMAGE:
+        # Deferred: Pillow and numpy are imported only for image models.
         from core.inputs.images import read_image_inputs
 
         return read_image_inputs(str(source))
@@ -62,12 +64,16 @@ def score(
         except ValueError as exc:
             fail(str(exc), EXIT_USAGE)
 
-    from core.migrate import upgrade
-
     engine = get_engine(settings.database_url)
     upgrade(settings.database_url)
     with engine.connect() as conn:
         existing = get_job(conn, job_id) if job_id else None
+    if existing is not None and existing.driver != JobDriver.EMBEDDED:
+        fail(
+            f"job {job_id} belongs to the service (it was submitted to the API); "
+            "choose another --job-id",
+            EXIT_USAGE,
+        )
     if existing is not None and existing.model != spec.name:
         fail(
             f"job {job_id} was scored with model {existing.model!r}, not {spec.name!r}", EXIT_USAGE
@@ -77,60 +83,12 @@ def score(
             inputs = read_inputs(source, spec.input_kind, settings.max_text_chars)
         except InputFileError as exc:
             fail(str(exc), EXIT_USAGE)
-        with engine.begin() as conn:
-            job = create_job(
-                conn,
-                spec,
-                inputs,
-                chunk_size=max(len(inputs), 1),
-                job_id=job_id,
-                status=JobStatus.RUNNING,
-            )
+        job = create_embedded_job(engine, spec, inputs, job_id)
     else:
         job = existing
         err_console.print(f"resuming job {job.id}: {job.done} of {job.total} already scored")
 
-    from engine.runners import ModelLoadError, build_runner
-
-    runner = build_runner(spec, settings)
-    err_console.print(f"loading model [bold]{spec.name}[/] ({spec.source}) on {device} ...")
-    try:
-        runner.setup(device)
-    except ModelLoadError as exc:
-        with engine.begin() as conn:
-            mark_failed(conn, job.id, str(exc))
-        fail(str(exc))
-
-    from engine.scoring import score_items
-
-    with engine.connect() as conn:
-        indexed = load_items(conn, job.id, 0, job.total)
-    started = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]scoring[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("score", total=len(indexed), rate="")
-
-        def advance(count: int) -> None:
-            elapsed = time.perf_counter() - started
-            done = bar.tasks[0].completed + count
-            bar.update(task, advance=count, rate=f"{done / elapsed:.1f} items/s" if elapsed else "")
-
-        totals = score_items(
-            engine,
-            job.id,
-            runner,
-            indexed,
-            write_batch_size=settings.write_batch_size,
-            progress=advance,
-        )
-    elapsed = time.perf_counter() - started
+    run, elapsed = score_here(engine, settings, spec, job, device)
 
     with engine.connect() as conn:
         final = get_job(conn, job.id)
@@ -140,7 +98,7 @@ def score(
                 for piece in export_lines(iter_results(conn, job.id, top_k_text=True), fmt):
                     handle.write(piece)
     assert final is not None
-    scored_now = totals.succeeded + totals.failed
+    scored_now = run.scored
     summary = Table(title=f"job {final.id}", show_header=False, title_justify="left")
     summary.add_row(
         "model", f"{final.model}" + (f" @ {final.model_revision}" if final.model_revision else "")
@@ -149,8 +107,8 @@ def score(
     summary.add_row("items", str(final.total))
     summary.add_row("succeeded", str(final.succeeded))
     summary.add_row("failed", str(final.failed))
-    if totals.skipped:
-        summary.add_row("already scored", str(totals.skipped))
+    if run.already_scored:
+        summary.add_row("already scored", str(run.already_scored))
     summary.add_row("labels", ", ".join(f"{k}: {v}" for k, v in labels.items()) or "-")
     summary.add_row("items/s", f"{scored_now / elapsed:.1f}" if elapsed > 0 else "-")
     summary.add_row("database", redact_url(settings.database_url))

@@ -18,7 +18,8 @@ from cli.evaluation_view import print_evaluation
 from core.config import get_settings
 from core.db import get_engine
 from core.jobs.lifecycle import mark_failed
-from core.jobs.status import JobStatus
+from core.jobs.status import JobDriver, JobStatus
+from core.migrate import upgrade
 from core.models.registry import InputKind, RegistryError, load_registry
 from core.models.trained import TrainedModelError, check_base, check_new_name
 from core.training.data import (
@@ -29,6 +30,9 @@ from core.training.data import (
     read_local_data,
 )
 from core.training.jobs import DEFAULT_HOLDOUT_FRACTION, DEFAULT_SEED, create_training_job
+from engine.runners.base import ModelLoadError
+from engine.runners.head_runner import build_backbone
+from engine.trainer import train_and_register
 
 
 def train(
@@ -83,8 +87,6 @@ def train(
         highlight=False,
     )
 
-    from core.migrate import upgrade
-
     upgrade(settings.database_url)
     engine = get_engine(settings.database_url)
     with engine.begin() as conn:
@@ -98,11 +100,8 @@ def train(
             holdout_fraction=holdout,
             seed=seed,
             status=JobStatus.RUNNING,
+            driver=JobDriver.EMBEDDED,
         )
-
-    from engine.runners.base import ModelLoadError
-    from engine.runners.head_runner import build_backbone
-    from engine.trainer import train_and_register
 
     backbone = build_backbone(base_spec, settings)
     err_console.print(

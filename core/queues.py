@@ -1,12 +1,16 @@
-"""Task and queue names, and the Celery settings both the API and the workers use.
+"""Task and queue names, the Celery settings both sides use, and the one way to send work.
 
-Plain data only (no Celery import), so the API can build a producer-only Celery app from
-the same settings the workers consume with.
+No Celery import: the settings are plain data, so the API can build a producer-only Celery
+app from the same settings the workers consume with, and :func:`send_chunks` takes any
+object shaped like a Celery app (:class:`TaskSender`), so the API, the beat, the chunk task
+and the reconciler all send chunk tasks through the same few lines.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from core.config import Settings
 
@@ -65,3 +69,86 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "enable_utc": True,
     }
+
+
+# Seconds. Generous for a broker on the same network, short enough for an HTTP request.
+CONNECT_TIMEOUT_S = 1.0
+SOCKET_TIMEOUT_S = 3.0
+# One retry covers a pooled connection that went stale when Redis restarted; more would
+# only delay the 503 when the broker is really down.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
+
+def producer_settings(settings: Settings) -> dict[str, Any]:
+    """The shared Celery settings with fail-fast timeouts, for processes that only send.
+
+    The API's callers are HTTP requests that must get a 503 in a second or two, not hang;
+    the beat must not stall a tick on a dead broker either.
+    """
+    config = celery_settings(settings)
+    transport = dict(config.get("broker_transport_options") or {})
+    # Redis transport options: a dead host fails in CONNECT_TIMEOUT_S instead of the OS's
+    # minutes-long TCP timeout; a hung server cannot hold a request past SOCKET_TIMEOUT_S.
+    transport.update(socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S)
+    config["broker_transport_options"] = transport
+    config["broker_connection_timeout"] = CONNECT_TIMEOUT_S
+    config["broker_connection_max_retries"] = 1
+    return config
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached or refused the message."""
+
+
+class TaskSender(Protocol):
+    """The part of a Celery app that sends tasks by name (a ``celery.Celery`` is one)."""
+
+    def send_task(self, name: str, args: Any = None, **options: Any) -> Any: ...
+
+    def producer_or_acquire(self, producer: Any = None) -> AbstractContextManager[Any]: ...
+
+
+# Sends one chunk task: (job_id, chunk_index, model). What the sweeps and splits call.
+ChunkSend = Callable[[str, int, str], None]
+
+
+def send_chunks(
+    sender: TaskSender, job_id: str, model: str, indexes: Iterable[int], **options: Any
+) -> None:
+    """Send one ``bulkscore.score_chunk`` task per chunk index to the model's queue.
+
+    Only ids travel; everything else is in SQL. ``options`` go to ``send_task`` (a retry
+    policy, say).
+
+    Raises:
+        BrokerUnavailable: A message could not be published. Chunks sent before the failure
+            are harmless: their SQL claim decides whether they do anything.
+    """
+    queue = model_queue(model)
+    try:
+        # One pooled connection and producer for every chunk of the job.
+        with sender.producer_or_acquire() as producer:
+            for index in indexes:
+                sender.send_task(
+                    SCORE_CHUNK_TASK,
+                    args=[job_id, index],
+                    queue=queue,
+                    producer=producer,
+                    **options,
+                )
+    except Exception as exc:  # kombu raises OperationalError, redis-py its own errors
+        raise BrokerUnavailable(str(exc)) from exc
+
+
+def chunk_sender(sender: TaskSender) -> ChunkSend:
+    """:func:`send_chunks` for one chunk at a time, through ``sender``."""
+
+    def send(job_id: str, index: int, model: str) -> None:
+        send_chunks(sender, job_id, model, [index])
+
+    return send

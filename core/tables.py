@@ -60,6 +60,9 @@ jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    # Who claims the job's chunks (core.jobs.status.JobDriver): the service's workers, or
+    # the one `bulkscore score` process that made it. The service never touches the latter.
+    Column("driver", String(16), nullable=False, server_default="service"),
     UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
     Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
     Index("ix_jobs_status", "status"),

@@ -1,8 +1,10 @@
-"""One delivery of a chunk task, without Celery: claim the chunk, score it, finish it.
+"""One delivery of a chunk, without Celery: claim the chunk, score it, finish it.
 
-The Celery task (``worker.tasks``) turns the :class:`ChunkReport` this returns into
-messaging (retry later, re-route, nothing); everything that touches SQL is here, so it is
-tested with fakes and SQLite as well as through a real worker.
+Both drivers call :func:`work_on_chunk`: the Celery task (``worker.tasks``), which turns
+the :class:`ChunkReport` into messaging (retry later, re-route, nothing), and ``bulkscore
+score`` in-process (:mod:`engine.in_process`). Everything that touches SQL is here, so it
+is tested with fakes and SQLite as well as through a real worker, and both drivers claim,
+lease and finish a chunk the same way: no chunk of either is left ``queued``.
 """
 
 from __future__ import annotations
@@ -30,18 +32,54 @@ from core.chunks.claim import (
     claim_chunk,
     delivery_state,
 )
+from core.chunks.split import split_exhausted
 from core.config import Settings
 from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, scored_indexes, write_results
-from core.jobs.status import ChunkStatus, JobStatus
+from core.jobs.status import ChunkStatus, JobDriver, JobStatus
+from core.queues import ChunkSend
 from engine.cross_job import gather_siblings
-from engine.runners.base import Runner
+from engine.runners.base import Progress, Runner
 from engine.scoring import JobItems, score_jobs
 
 log = logging.getLogger(__name__)
 
 RunnerLookup = Callable[[str], Runner | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    """Who is working on a chunk, and what that driver may do besides scoring it."""
+
+    # The runner of a model this process has loaded, or None.
+    runner_for: RunnerLookup
+    kind: JobDriver = JobDriver.SERVICE
+    # Called with a count as items are scored (a worker's liveness heartbeat, a progress
+    # bar), including items found already scored.
+    progress: Progress | None = None
+    # Sends the new chunks of a split; None: the lost-message sweep sends them later.
+    send: ChunkSend | None = None
+    # None: settings.chunk_max_attempts. An embedded run is retried by hand, never split.
+    max_attempts: int | None = None
+    # Claim other jobs' queued chunks to score with a small one (the service only).
+    cross_job: bool = True
+
+    @classmethod
+    def embedded(cls, runner: Runner, progress: Progress | None = None) -> Driver:
+        """The in-process driver of ``bulkscore score``: its own job, its own runner."""
+        return cls(
+            runner_for=lambda _model: runner,
+            kind=JobDriver.EMBEDDED,
+            progress=progress,
+            max_attempts=EMBEDDED_MAX_ATTEMPTS,
+            cross_job=False,
+        )
+
+
+# A person re-runs `bulkscore score --job-id` after a crash; no attempt limit applies, and
+# the column is a 32-bit integer.
+EMBEDDED_MAX_ATTEMPTS = 2**31 - 1
 
 
 class ChunkOutcome(StrEnum):
@@ -93,16 +131,20 @@ def work_on_chunk(
     settings: Settings,
     job_id: str,
     chunk_index: int,
-    runner_for: RunnerLookup,
-    heartbeat: Callable[[], None] | None = None,
+    driver: Driver | RunnerLookup,
 ) -> ChunkReport:
-    """Handle one delivery of chunk ``chunk_index`` of job ``job_id``.
+    """Handle one delivery of chunk ``chunk_index`` of job ``job_id`` by ``driver``.
+
+    A bare runner lookup is the service's driver with no heartbeat and no sender.
 
     Raises:
         ChunkAttemptError: Scoring failed after the chunk was claimed; the chunk was given
             back for a retry (``retry``) or, out of attempts, its unscored items were
             written as per-item errors.
     """
+    if not isinstance(driver, Driver):
+        driver = Driver(runner_for=driver)
+    max_attempts = driver.max_attempts or settings.chunk_max_attempts
     with engine.connect() as conn:
         state = delivery_state(conn, job_id, chunk_index)
     if state is None:
@@ -111,7 +153,7 @@ def work_on_chunk(
         # The common case for small jobs' chunks batched by another delivery: one read.
         return ChunkReport(ChunkOutcome.SKIPPED, "chunk already done", attempts=state.attempts)
     model, revision = state.model, state.model_revision
-    runner = runner_for(model)
+    runner = driver.runner_for(model)
     if runner is None:
         # Checked before claiming, so a stray message costs the chunk no attempt.
         return ChunkReport(ChunkOutcome.WRONG_MODEL, "model not loaded here", model=model)
@@ -121,16 +163,17 @@ def work_on_chunk(
             job_id,
             chunk_index,
             lease_s=settings.chunk_lease_s,
-            max_attempts=settings.chunk_max_attempts,
+            max_attempts=max_attempts,
+            driver=driver.kind,
         )
         if claim.claimed:
             mark_running(conn, job_id)
     if not claim.claimed:
-        return _unclaimed(engine, model, revision, claim)
+        return _unclaimed(engine, claim, driver.send)
     assert claim.chunk is not None
-    siblings = gather_siblings(engine, settings, runner, model, claim)
+    siblings = gather_siblings(engine, settings, runner, model, claim) if driver.cross_job else []
     try:
-        return _score_claimed(engine, settings, [claim, *siblings], runner, heartbeat)
+        return _score_claimed(engine, settings, [claim, *siblings], runner, driver.progress)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         if siblings:
@@ -138,7 +181,7 @@ def work_on_chunk(
             # messages (or retries of them) claim them again.
             with engine.begin() as conn:
                 release_chunks(conn, [_key(c) for c in siblings])
-        if claim.attempts >= settings.chunk_max_attempts:
+        if claim.attempts >= max_attempts:
             abandon_chunk(engine, model, revision, claim.chunk, claim.attempts, reason)
             raise ChunkAttemptError(reason, attempts=claim.attempts, retry=False) from exc
         with engine.begin() as conn:
@@ -146,12 +189,31 @@ def work_on_chunk(
         raise ChunkAttemptError(reason, attempts=claim.attempts, retry=True) from exc
 
 
+def _split(engine: Engine, claim: Claim, send: ChunkSend | None) -> ChunkReport:
+    """What a delivery that met an exhausted chunk did: split it (the chunk task logs it)."""
+    assert claim.chunk is not None
+    chunk = claim.chunk
+    # The chunk's own count is the limit it reached; its halves get one attempt under it.
+    outcome = split_exhausted(
+        engine, chunk.job_id, chunk.index, max_attempts=claim.attempts, send=send
+    )
+    if outcome is None:
+        return ChunkReport(ChunkOutcome.SKIPPED, "already split", attempts=claim.attempts)
+    if outcome.children:
+        reason = "out of attempts: split into chunks " + ", ".join(map(str, outcome.children))
+    else:
+        reason = "out of attempts: its last item recorded as a per-item error"
+    return ChunkReport(
+        ChunkOutcome.SKIPPED, reason, scored=outcome.failed_items, attempts=claim.attempts
+    )
+
+
 def _key(claim: Claim) -> ChunkKey:
     assert claim.chunk is not None
     return (claim.chunk.job_id, claim.chunk.index)
 
 
-def _unclaimed(engine: Engine, model: str, revision: str | None, claim: Claim) -> ChunkReport:
+def _unclaimed(engine: Engine, claim: Claim, send: ChunkSend | None) -> ChunkReport:
     outcome = claim.outcome
     if outcome == ClaimOutcome.BUSY:
         return ChunkReport(
@@ -161,10 +223,8 @@ def _unclaimed(engine: Engine, model: str, revision: str | None, claim: Claim) -
             retry_in_s=claim.retry_in_s,
         )
     if outcome == ClaimOutcome.EXHAUSTED:
-        # Bisected to find the poison item instead of failing every item (engine.poison).
-        from engine.poison import exhausted_report
-
-        return exhausted_report(engine, claim)
+        # Bisected to find the poison item instead of failing every item.
+        return _split(engine, claim, send)
     if outcome == ClaimOutcome.CANCELLED:
         return ChunkReport(ChunkOutcome.CANCELLED, "job cancelled", attempts=claim.attempts)
     reasons = {
@@ -180,7 +240,7 @@ def _score_claimed(
     settings: Settings,
     claims: list[Claim],
     runner: Runner,
-    heartbeat: Callable[[], None] | None,
+    on_progress: Progress | None,
 ) -> ChunkReport:
     """Score the claimed chunks (this delivery's first, then its cross-job siblings).
 
@@ -197,12 +257,12 @@ def _score_claimed(
         with engine.connect() as conn:
             return active_jobs(conn, job_ids)
 
-    def progress(_count: int) -> None:
+    def progress(count: int) -> None:
         # Chunks that make progress keep their leases, so only a stalled or dead worker's
         # chunks are taken over by a later delivery.
         nonlocal last_renewal
-        if heartbeat is not None:
-            heartbeat()
+        if on_progress is not None:
+            on_progress(count)
         if monotonic() - last_renewal >= renew_every:
             with engine.begin() as conn:
                 renew_leases(conn, keys, settings.chunk_lease_s)

@@ -22,13 +22,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from api.app import create_app
-from api.dispatch import BrokerUnavailable, JobQueue
+from api.dispatch import JobQueue
 from core.config import Settings
 from core.db import dispose_engines, get_engine
 from core.jobs.lifecycle import load_items, mark_running
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, WriteOutcome, write_results
 from core.keys import create_key
+from core.queues import BrokerUnavailable
 from core.tables import metadata
 
 TEXT_MODEL = "tiny"
@@ -62,6 +63,7 @@ class FakeJobQueue:
 
     down: bool = False
     sent: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    trainings: list[tuple[str, str]] = field(default_factory=list)
     closed: bool = False
     # Live worker heartbeats by model (what /readyz and /metrics read from Redis).
     live_workers: dict[str, int] = field(default_factory=lambda: {TEXT_MODEL: 1})
@@ -70,6 +72,11 @@ class FakeJobQueue:
         if self.down:
             raise BrokerUnavailable("Error 111 connecting to 127.0.0.1:1. Connection refused.")
         self.sent.append((job_id, model, list(chunk_indexes)))
+
+    def enqueue_training(self, job_id: str, base: str) -> None:
+        if self.down:
+            raise BrokerUnavailable("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+        self.trainings.append((job_id, base))
 
     def ping(self) -> None:
         if self.down:

@@ -21,8 +21,8 @@ from typing import TypeVar
 
 from celery import Celery
 
+from api.dispatch import producer_app
 from core.config import Settings
-from core.queues import SCORE_CHUNK_TASK, celery_settings, model_queue
 
 BULKSCORE = str(Path(sys.executable).with_name("bulkscore"))
 STARTUP_TIMEOUT_S = 60.0
@@ -120,14 +120,7 @@ def run_worker_to_exit(
 
 def producer(broker_url: str) -> Celery:
     """A producer-only Celery app with the shared settings (what the API does)."""
-    app = Celery("bulkscore-test-producer", set_as_current=False)
-    app.conf.update(celery_settings(Settings(broker_url=broker_url)))
-    return app
-
-
-def send_chunks(app: Celery, job_id: str, model: str, indexes: list[int] | range) -> None:
-    for index in indexes:
-        app.send_task(SCORE_CHUNK_TASK, args=[job_id, index], queue=model_queue(model))
+    return producer_app(Settings(broker_url=broker_url), "bulkscore-test-producer")
 
 
 def poll(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:

@@ -13,8 +13,9 @@ shape rather than ``celery beat`` plus a separate control worker:
   periodic task again; this worker consumes nothing else, and a second beat process is
   harmless anyway, because each run is claimed in SQL (``core.schedules.runs.claim``).
 
-The tick only reads the schedules and SQL and publishes chunk tasks by name (through the
-API's publisher, ``api.dispatch``): it never loads a model.
+The tick only reads the schedules and SQL, creates each job as the API does
+(:func:`core.jobs.submit.submit_job`) and publishes its chunk tasks by name through this
+process's own app (:func:`core.queues.send_chunks`): it never loads a model.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ import logging
 import os
 import socket
 import sys
-from functools import cache
+from collections.abc import Sequence
 
 from celery import Celery
 
-from api.dispatch import CeleryJobQueue, JobQueue
 from core.config import Settings, get_settings
 from core.db import get_engine
-from core.jobs.lifecycle import Job, list_chunks
+from core.jobs.lifecycle import Job
+from core.jobs.submit import SendJob
+from core.queues import send_chunks
 from core.schedules.config import ScheduleConfigError, load_schedules
 from core.schedules.runner import RunOutcome, tick
 from worker.celery_app import create_app
@@ -44,22 +46,16 @@ CONTROL_QUEUE = "bulkscore.control"
 BEAT_SCHEDULER = "celery.beat:Scheduler"
 
 
-@cache
-def _job_queue(broker_url: str) -> JobQueue:
-    # One publisher (and its pooled broker connection) per process and broker, built on
-    # first use; keyed by URL so that changed settings (tests) never reuse a stale one.
-    return CeleryJobQueue(get_settings().model_copy(update={"broker_url": broker_url}))
+def job_sender(app: Celery) -> SendJob:
+    """Sends a schedule's new job: one ``bulkscore.score_chunk`` task per chunk, by name."""
+
+    def send(job: Job, chunk_indexes: Sequence[int]) -> None:
+        send_chunks(app, job.id, job.model, chunk_indexes)
+
+    return send
 
 
-def enqueue_job(job: Job) -> None:
-    """Send one ``bulkscore.score_chunk`` task per chunk of ``job`` to its model's queue."""
-    settings = get_settings()
-    with get_engine(settings.database_url).connect() as conn:
-        indexes = [chunk.index for chunk in list_chunks(conn, job.id)]
-    _job_queue(settings.broker_url).enqueue_chunks(job.id, job.model, indexes)
-
-
-def tick_schedules() -> int:
+def tick_schedules(app: Celery) -> int:
     """Run every schedule whose latest due time is not claimed yet; how many were triggered."""
     settings = get_settings()
     try:
@@ -71,7 +67,7 @@ def tick_schedules() -> int:
     if not schedules:
         return 0
     engine = get_engine(settings.database_url)
-    outcomes = tick(engine, schedules, enqueue_job, settings=settings)
+    outcomes = tick(engine, schedules, job_sender(app), settings=settings)
     for outcome in outcomes:
         _log_outcome(outcome)
     return len(outcomes)
@@ -107,9 +103,13 @@ def create_beat_app(settings: Settings | None = None) -> Celery:
             "options": {"queue": CONTROL_QUEUE, "expires": interval},
         }
     }
+
     # Acked on receipt, unlike chunk tasks: a tick lost to a crash costs nothing, the next
     # one comes schedule_tick_s later, and every effect of a tick is idempotent in SQL.
-    app.task(name=TICK_TASK, ignore_result=True, acks_late=False)(tick_schedules)
+    @app.task(name=TICK_TASK, ignore_result=True, acks_late=False)
+    def tick_task() -> int:
+        return tick_schedules(app)
+
     return app
 
 

@@ -2,11 +2,15 @@
 
 Every worker runs this from its consumer's timer, for the models it serves, in this order:
 
-1. chunks that used up their attempts are bisected to find a poison item (``engine.poison``);
+1. chunks that used up their attempts are bisected to find a poison item
+   (:func:`core.chunks.split.split_all_exhausted`);
 2. chunks left ``running`` past their lease are released in SQL (only one worker wins each)
    and sent again (:func:`core.chunks.claim.release_expired`);
 3. chunks queued for long with an empty queue lost their message and are sent again
-   (``worker.sweeper``).
+   (:func:`core.chunks.sweep.resend_lost`).
+
+Each finds only the service's own jobs (:func:`core.chunks.claim.service_jobs`), never an
+embedded ``bulkscore score`` job on the same database.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import bootsteps
 
 from core.chunks.claim import release_expired
-from core.config import get_settings
+from core.chunks.split import split_all_exhausted
+from core.chunks.sweep import resend_lost
+from core.config import Settings, get_settings
 from core.db import get_engine
 from core.heartbeats import redis_client
-from core.queues import SCORE_CHUNK_TASK, model_queue
-from engine import poison
+from core.queues import ChunkSend, chunk_sender
 from worker import warm
-from worker.sweeper import resend_lost
 
 log = logging.getLogger(__name__)
 
@@ -35,38 +40,46 @@ def interval_s(lease_s: float) -> float:
     return min(lease_s / 2, MAX_INTERVAL_S)
 
 
-def sender(app: Any) -> poison.Sender:
-    """Sends one chunk task to its model's queue through ``app``."""
-
-    def send(job_id: str, index: int, model: str) -> None:
-        app.send_task(SCORE_CHUNK_TASK, args=(job_id, index), queue=model_queue(model))
-
-    return send
-
-
-def resend_expired(app: Any) -> int:
-    """Release and re-send this worker's models' expired chunks; how many were sent."""
+def resend_expired(send: ChunkSend, settings: Settings) -> int:
+    """Split exhausted chunks, then release and re-send expired ones; how many were sent."""
     models = warm.loaded_models()
     if not models:
         return 0
-    settings = get_settings()
     engine = get_engine(settings.database_url)
     # First: a chunk out of attempts must be bisected, not released to fail as a whole.
-    poison.split_all_exhausted(engine, models, max_attempts=settings.chunk_max_attempts)
+    split_all_exhausted(engine, models, max_attempts=settings.chunk_max_attempts, send=send)
     with engine.begin() as conn:
         released = release_expired(conn, models)
     for job_id, index, model in released:
         # If this send fails the chunk stays queued and the original message still comes
         # back after visibility_timeout: late, but not lost.
-        app.send_task(SCORE_CHUNK_TASK, args=(job_id, index), queue=model_queue(model))
+        send(job_id, index, model)
         log.warning(
             "chunk %d of job %s: its worker stopped renewing the lease; re-sent", index, job_id
         )
     return len(released)
 
 
+def reconcile(send: ChunkSend, client: redis.Redis, settings: Settings) -> None:
+    """One timer tick: the three checks of the module docstring, each on its own."""
+    try:
+        resend_expired(send, settings)
+    except Exception:  # a database hiccup must not stop the consumer
+        log.exception("could not check for expired chunk leases")
+    try:
+        resend_lost(
+            get_engine(settings.database_url),
+            client,
+            warm.loaded_models(),
+            send,
+            older_than_s=settings.chunk_resend_after_s,
+        )
+    except Exception:
+        log.exception("could not check for chunks whose message was lost")
+
+
 class ReconcileStep(bootsteps.StartStopStep):
-    """Runs :func:`resend_expired` on the consumer's timer while the worker consumes."""
+    """Runs :func:`reconcile` on the consumer's timer while the worker consumes."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -76,28 +89,10 @@ class ReconcileStep(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         settings = get_settings()
-        send = sender(c.app)
-        poison.SENDER[:] = [send]
+        send = chunk_sender(c.app)
         client = redis_client(settings.broker_url)
-
-        def tick() -> None:
-            try:
-                resend_expired(c.app)
-            except Exception:  # a database hiccup must not stop the consumer
-                log.exception("could not check for expired chunk leases")
-            try:
-                resend_lost(
-                    get_engine(settings.database_url),
-                    client,
-                    warm.loaded_models(),
-                    send,
-                    older_than_s=settings.chunk_resend_after_s,
-                )
-            except Exception:
-                log.exception("could not check for chunks whose message was lost")
-
         every = interval_s(settings.chunk_lease_s)
-        self.timer_entry = c.timer.call_repeatedly(every, tick)
+        self.timer_entry = c.timer.call_repeatedly(every, reconcile, (send, client, settings))
 
     def stop(self, c: Any) -> None:
         if self.timer_entry is not None:

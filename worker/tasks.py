@@ -15,8 +15,8 @@ from celery.signals import worker_init
 
 from core.config import get_settings
 from core.db import get_engine
-from core.queues import SCORE_CHUNK_TASK, model_queue
-from engine.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport, work_on_chunk
+from core.queues import SCORE_CHUNK_TASK, chunk_sender, send_chunks
+from engine.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport, Driver, work_on_chunk
 from worker import warm
 from worker.celery_app import app
 from worker.health import HEARTBEAT
@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 # this many times; after a claim, the chunk's attempt counter in SQL bounds retries instead.
 INFRA_RETRIES = 10
 MAX_BACKOFF_S = 60
+
+# This process's warm models, its liveness heartbeat, and its app for the split chunks.
+DRIVER = Driver(
+    runner_for=warm.get_runner,
+    progress=lambda _count: HEARTBEAT.touch(),
+    send=chunk_sender(app),
+)
 
 
 def backoff_s(retries: int) -> int:
@@ -39,9 +46,7 @@ def score_chunk(self: Task, job_id: str, chunk_index: int) -> None:
     settings = get_settings()
     engine = get_engine(settings.database_url)
     try:
-        report = work_on_chunk(
-            engine, settings, job_id, chunk_index, warm.get_runner, HEARTBEAT.touch
-        )
+        report = work_on_chunk(engine, settings, job_id, chunk_index, DRIVER)
     except ChunkAttemptError as exc:
         if not exc.retry:
             log.error("chunk %d of job %s failed its last attempt: %s", chunk_index, job_id, exc)
@@ -71,7 +76,7 @@ def score_chunk(self: Task, job_id: str, chunk_index: int) -> None:
     if report.outcome == ChunkOutcome.WRONG_MODEL and report.model is not None:
         # Queues are per model, so this only happens to a message sent to the wrong queue.
         # Failing would drop the chunk; requeueing here would loop. Re-route it instead.
-        app.send_task(SCORE_CHUNK_TASK, args=(job_id, chunk_index), queue=model_queue(report.model))
+        send_chunks(app, job_id, report.model, [chunk_index])
 
 
 def _log_report(job_id: str, chunk_index: int, report: ChunkReport, hostname: str | None) -> None:

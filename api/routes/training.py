@@ -8,18 +8,18 @@ the job, and trained by a worker that serves the base model.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from sqlalchemy import Engine
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from sqlalchemy import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api.deps import ConnDep, CurrentKey, EngineDep, SettingsDep
-from api.dispatch import BrokerUnavailable
+from api.deps import ConnDep, CurrentKey, EngineDep, JobQueueDep, SettingsDep
+from api.dispatch import JobQueue
 from api.schemas import JobOut
-from api.submission import unprocessable
-from api.training_dispatch import TrainingQueue
+from api.submission import submit_or_answer, unprocessable
 from api.training_schemas import CatalogModelOut, ModelDetail, VersionOut
 from core.config import Settings
 from core.jobs.lifecycle import Job
@@ -33,20 +33,13 @@ from core.training.data import (
     parse_upload,
     upload_format,
 )
-from core.training.jobs import create_training_job, delete_training_job
+from core.training.jobs import create_training_job
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 MAX_VERSION = 2**31 - 1  # trained_models.version is a 32-bit INTEGER
 
-
-def get_training_queue(request: Request) -> TrainingQueue:
-    queue: TrainingQueue = request.app.state.training_queue
-    return queue
-
-
-TrainingQueueDep = Annotated[TrainingQueue, Depends(get_training_queue)]
 
 _TRAIN_BODY: dict[str, Any] = {
     "requestBody": {
@@ -94,7 +87,7 @@ def _registry(settings: Settings) -> Registry:
 
 def submit_training(
     engine: Engine,
-    queue: TrainingQueue,
+    queue: JobQueue,
     settings: Settings,
     key_id: int,
     name: str,
@@ -117,8 +110,9 @@ def submit_training(
         check_examples(examples)
     except (TrainedModelError, TrainingDataError) as exc:
         raise unprocessable(str(exc)) from exc
-    with engine.begin() as conn:
-        job = create_training_job(
+
+    def create(conn: Connection) -> Job:
+        return create_training_job(
             conn,
             name=name,
             base=base_spec,
@@ -127,19 +121,11 @@ def submit_training(
             data=raw,
             owner_key_id=key_id,
         )
-    try:
+
+    def send(job: Job, _chunks: Sequence[int]) -> None:
         queue.enqueue_training(job.id, base_spec.name)
-    except BrokerUnavailable as exc:
-        log.warning("broker unreachable, deleting training job %s: %s", job.id, exc)
-        with engine.begin() as conn:
-            delete_training_job(conn, job.id)
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="the job queue (broker) is unreachable, so the training job was not "
-            "created; try again later",
-            headers={"Retry-After": "5"},
-        ) from exc
-    return job
+
+    return submit_or_answer(engine, create, send).job
 
 
 @router.post(
@@ -160,7 +146,7 @@ async def train(
     key_id: CurrentKey,
     settings: SettingsDep,
     engine: EngineDep,
-    queue: TrainingQueueDep,
+    queue: JobQueueDep,
 ) -> JobOut:
     """Train a classifier on a base model's frozen features; answers 202 with the job.
 

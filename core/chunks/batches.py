@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, and_, or_, select, tuple_, update
 
-from core.chunks.claim import Claim, ClaimOutcome
+from core.chunks.claim import Claim, ClaimOutcome, service_jobs
 from core.clock import utcnow
 from core.inputs.items import InputItem
 from core.jobs.lifecycle import Chunk
@@ -65,8 +65,7 @@ def claim_siblings(
         chunks.c.status == ChunkStatus.QUEUED.value,
         chunks.c.attempts == 0,
         size <= min(max_items, max_chunk_items or max_items),
-        jobs.c.model == model,
-        jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
+        service_jobs([model]),
     ]
     if exclude_jobs:
         conditions.append(chunks.c.job_id.not_in(list(exclude_jobs)))

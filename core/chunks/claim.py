@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Connection, Exists, Select, and_, exists, 
 
 from core.clock import utcnow
 from core.jobs.lifecycle import Chunk
-from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus, JobStatus
+from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus, JobDriver, JobStatus
 from core.tables import chunks, jobs
 
 
@@ -94,11 +94,30 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def _active_job(job_id: str) -> Exists:
+def _active_job(job_id: str, driver: JobDriver) -> Exists:
     return exists(
         select(jobs.c.id).where(
-            and_(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]))
+            and_(
+                jobs.c.id == job_id,
+                jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
+                jobs.c.driver == driver.value,
+            )
         )
+    )
+
+
+def service_jobs(models: list[str]) -> ColumnElement[bool]:
+    """Active jobs of ``models`` driven by the service: all a worker's sweeps may touch.
+
+    Every query by which a worker finds work it was not sent (cross-job siblings, expired
+    leases, exhausted chunks, lost messages) goes through this condition, so an embedded
+    job (:attr:`JobDriver.EMBEDDED`) on the same database is never taken over, however long
+    its process pauses.
+    """
+    return and_(
+        jobs.c.model.in_(models),
+        jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
+        jobs.c.driver == JobDriver.SERVICE.value,
     )
 
 
@@ -109,13 +128,15 @@ def claim_chunk(
     *,
     lease_s: float,
     max_attempts: int,
+    driver: JobDriver = JobDriver.SERVICE,
     now: datetime | None = None,
 ) -> Claim:
     """Take chunk ``index`` of ``job_id`` for one attempt, or say why not.
 
-    A chunk is claimable when its job is active, it has attempts left, and it is queued or
-    its last holder's lease has run out. Claiming sets it ``running``, counts the attempt and
-    leases it until ``now + lease_s``. Call inside a transaction.
+    A chunk is claimable when its job is active and driven by ``driver``, it has attempts
+    left, and it is queued or its last holder's lease has run out. Claiming sets it
+    ``running``, counts the attempt and leases it until ``now + lease_s``. Call inside a
+    transaction.
     """
     now = now or utcnow()
     claimable = and_(
@@ -129,7 +150,7 @@ def claim_chunk(
                 or_(chunks.c.leased_until.is_(None), chunks.c.leased_until <= now),
             ),
         ),
-        _active_job(job_id),
+        _active_job(job_id, driver),
     )
     row = conn.execute(
         update(chunks)
@@ -144,17 +165,26 @@ def claim_chunk(
     ).first()
     if row is not None:
         return Claim(ClaimOutcome.CLAIMED, Chunk(job_id, index, row.start, row.stop), row.attempts)
-    return _why_not(conn, job_id, index, max_attempts, now)
+    return _why_not(conn, job_id, index, max_attempts, driver, now)
 
 
-def _why_not(conn: Connection, job_id: str, index: int, max_attempts: int, now: datetime) -> Claim:
+def _why_not(
+    conn: Connection,
+    job_id: str,
+    index: int,
+    max_attempts: int,
+    driver: JobDriver,
+    now: datetime,
+) -> Claim:
     """The outcome for a chunk the claim did not take (read after the fact; races are benign)."""
-    job_status = conn.scalar(select(jobs.c.status).where(jobs.c.id == job_id))
+    job = conn.execute(select(jobs.c.status, jobs.c.driver).where(jobs.c.id == job_id)).first()
     row = conn.execute(
         select(chunks).where(and_(chunks.c.job_id == job_id, chunks.c.index == index))
     ).first()
-    if job_status is None or row is None:
+    # Another driver's job is no work of this one's, whatever its state.
+    if job is None or row is None or job.driver != driver.value:
         return Claim(ClaimOutcome.MISSING)
+    job_status = job.status
     chunk = Chunk(job_id, index, row.start, row.stop)
     status = ChunkStatus(row.status)
     # SPLIT: its items moved to new chunks (core.chunks.split); this one is finished too.
@@ -183,18 +213,12 @@ def chunk_status(conn: Connection, job_id: str, index: int) -> ChunkStatus | Non
 
 
 def chunks_of_active_jobs(models: list[str], *conditions: ColumnElement[bool]) -> Select[Any]:
-    """``(job_id, index, model)`` of the chunks of queued or running jobs of ``models`` that
-    meet ``conditions``: what the lease and lost-message sweeps look for."""
+    """``(job_id, index, model)`` of the chunks of the service's active jobs of ``models``
+    that meet ``conditions``: what the lease and lost-message sweeps look for."""
     return (
         select(chunks.c.job_id, chunks.c.index, jobs.c.model)
         .join(jobs, jobs.c.id == chunks.c.job_id)
-        .where(
-            and_(
-                *conditions,
-                jobs.c.model.in_(models),
-                jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
-            )
-        )
+        .where(and_(*conditions, service_jobs(models)))
     )
 
 

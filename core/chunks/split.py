@@ -10,22 +10,34 @@ chunk down to a single unscored item that fails is that item's per-item error, w
 reason. For a chunk of ``n`` items this costs ``max_attempts + ceil(log2 n)`` failed
 attempts in all, and only the poison item is recorded as failed.
 
-Plain SQL (no Celery): the caller sends a message for each new chunk after committing.
+Two places meet an exhausted chunk: a worker's reconciler timer (a chunk whose worker died
+on its last attempt: its lease ran out; :func:`split_all_exhausted`) and, rarely, a delivery
+that claims a chunk already given back with no attempt left (:func:`split_exhausted`). Both
+split in SQL and then send one message per new chunk through the ``send`` they are given;
+without one (a process with no broker) the new chunks wait for a worker's lost-message
+sweep (:mod:`core.chunks.sweep`) to send them.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, insert, or_, select, update
 
+from core.chunks.claim import service_jobs
 from core.clock import utcnow
 from core.jobs.lifecycle import load_items
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, scored_indexes, write_results
-from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus
+from core.jobs.status import ChunkStatus
+from core.queues import ChunkSend
 from core.tables import chunks, jobs
+
+log = logging.getLogger(__name__)
+
+EXHAUSTED_REASON = "every attempt stopped without finishing (worker killed, or hung past its lease)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +78,7 @@ def exhausted_chunks(
     rows = conn.execute(
         select(chunks.c.job_id, chunks.c.index)
         .join(jobs, jobs.c.id == chunks.c.job_id)
-        .where(
-            and_(
-                _exhausted(max_attempts, now),
-                jobs.c.model.in_(models),
-                jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
-            )
-        )
+        .where(and_(_exhausted(max_attempts, now), service_jobs(models)))
         .order_by(chunks.c.updated_at)
         .limit(limit)
     ).all()
@@ -165,3 +171,61 @@ def _finish(conn: Connection, job_id: str, index: int, now: datetime) -> None:
         .where(and_(chunks.c.job_id == job_id, chunks.c.index == index))
         .values(status=ChunkStatus.DONE.value, updated_at=now)
     )
+
+
+def split_exhausted(
+    engine: Engine,
+    job_id: str,
+    index: int,
+    *,
+    max_attempts: int,
+    send: ChunkSend | None,
+    reason: str = EXHAUSTED_REASON,
+) -> SplitOutcome | None:
+    """Split (or, down to one item, fail) one exhausted chunk and send its new chunks."""
+    with engine.begin() as conn:
+        outcome = split_chunk(conn, job_id, index, max_attempts=max_attempts, reason=reason)
+    if outcome is None:
+        return None
+    if outcome.children:
+        log.warning(
+            "chunk %d of job %s used up its attempts; split into chunks %s to find the item "
+            "that stops workers",
+            index,
+            job_id,
+            ", ".join(str(child) for child in outcome.children),
+        )
+        _send_children(outcome, send)
+    elif outcome.failed_items:
+        log.error(
+            "chunk %d of job %s: its last unscored item stopped the worker on every attempt; "
+            "recorded as a per-item error",
+            index,
+            job_id,
+        )
+    return outcome
+
+
+def split_all_exhausted(
+    engine: Engine, models: list[str], *, max_attempts: int, send: ChunkSend | None
+) -> int:
+    """:func:`split_exhausted` for every exhausted chunk of ``models``; how many were taken."""
+    with engine.connect() as conn:
+        found = exhausted_chunks(conn, models, max_attempts=max_attempts)
+    taken = 0
+    for job_id, index in found:
+        outcome = split_exhausted(engine, job_id, index, max_attempts=max_attempts, send=send)
+        if outcome is not None:
+            taken += 1
+    return taken
+
+
+def _send_children(outcome: SplitOutcome, send: ChunkSend | None) -> None:
+    if send is None:
+        return
+    for child in outcome.children:
+        try:
+            send(outcome.job_id, child, outcome.model)
+        except Exception:
+            # The chunk stays queued; the lost-message sweep sends it later.
+            log.exception("could not send chunk %d of job %s", child, outcome.job_id)

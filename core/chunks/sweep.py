@@ -7,18 +7,27 @@ would wait forever, and its job would never finish. A queued chunk is presumed l
 has waited longer than ``older_than`` *and* its model's queue is empty (the caller checks
 the queue): a chunk merely waiting behind a backlog is never re-sent. Re-sending is safe in
 any case: the SQL claim lets only one delivery score a chunk.
+
+Workers run :func:`resend_lost` from their reconciler's timer. A duplicate that does slip
+through (a message held for a retry countdown) is harmless for the same reason.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, update
+import redis
+from sqlalchemy import Connection, Engine, and_, update
 
 from core.chunks.claim import chunks_of_active_jobs
 from core.clock import utcnow
+from core.heartbeats import queue_depth
 from core.jobs.status import ChunkStatus
+from core.queues import ChunkSend, model_queue
 from core.tables import chunks
+
+log = logging.getLogger(__name__)
 
 
 def stale_queued_chunks(
@@ -66,3 +75,38 @@ def take_for_resend(
         .values(updated_at=now)
     ).rowcount
     return bool(changed)
+
+
+def resend_lost(
+    engine: Engine,
+    client: redis.Redis,
+    models: list[str],
+    send: ChunkSend,
+    *,
+    older_than_s: float,
+) -> int:
+    """Re-send the lost chunks of ``models`` whose queue is empty; how many were sent."""
+    with engine.connect() as conn:
+        stale = stale_queued_chunks(conn, models, older_than_s=older_than_s)
+    if not stale:
+        return 0
+    empty: dict[str, bool] = {}
+    sent = 0
+    for job_id, index, model in stale:
+        if model not in empty:
+            empty[model] = queue_depth(client, model_queue(model)) == 0
+        if not empty[model]:
+            continue  # messages are waiting: this chunk's may be among them
+        with engine.begin() as conn:
+            if not take_for_resend(conn, job_id, index, older_than_s=older_than_s):
+                continue
+        send(job_id, index, model)
+        sent += 1
+        log.warning(
+            "chunk %d of job %s was queued for over %ds with an empty queue (its message was "
+            "lost); re-sent",
+            index,
+            job_id,
+            int(older_than_s),
+        )
+    return sent

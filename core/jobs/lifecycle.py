@@ -17,9 +17,9 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 from core.clock import utcnow
 from core.inputs.items import InputItem
 from core.jobs.bulk_copy import copy_rows, is_postgresql
-from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus, JobStatus
+from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus, JobDriver, JobStatus
 from core.models.registry import ModelSpec
-from core.tables import chunks, items, jobs, results
+from core.tables import chunks, items, jobs, results, training_runs
 
 ITEM_INSERT_BATCH = 2000
 
@@ -42,6 +42,7 @@ class Job:
     finished_at: datetime | None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    driver: JobDriver = JobDriver.SERVICE
 
     @property
     def done(self) -> int:
@@ -51,6 +52,7 @@ class Job:
     def from_row(cls, row: Any) -> Job:
         data = dict(row._mapping)
         data["status"] = JobStatus(data["status"])
+        data["driver"] = JobDriver(data["driver"])
         return cls(**data)
 
 
@@ -74,12 +76,15 @@ def create_job(
     chunk_size: int,
     job_id: str | None = None,
     owner_key_id: int | None = None,
-    idempotency_key: str | None = None,
     request_hash: str | None = None,
     schedule: str | None = None,
-    status: JobStatus = JobStatus.QUEUED,
+    driver: JobDriver = JobDriver.SERVICE,
 ) -> Job:
-    """Insert a job, its items and its chunks in the caller's transaction."""
+    """Insert a queued job, its items and its chunks in the caller's transaction.
+
+    Its idempotency key, if any, is attached only once its tasks are sent
+    (:func:`attach_idempotency_key`, called by :func:`core.jobs.submit.submit_job`).
+    """
     now = utcnow()
     job_id = job_id or new_job_id()
     conn.execute(
@@ -88,16 +93,15 @@ def create_job(
             model=spec.name,
             model_revision=spec.revision,
             input_kind=spec.input_kind.value,
-            status=status.value,
+            status=JobStatus.QUEUED.value,
             total=len(inputs),
             succeeded=0,
             failed=0,
             owner_key_id=owner_key_id,
-            idempotency_key=idempotency_key,
             request_hash=request_hash,
             schedule=schedule,
             created_at=now,
-            started_at=now if status == JobStatus.RUNNING else None,
+            driver=driver.value,
         )
     )
     _insert_items(conn, job_id, inputs)
@@ -152,6 +156,15 @@ def get_job(conn: Connection, job_id: str, owner_key_id: int | None = None) -> J
         query = query.where(jobs.c.owner_key_id == owner_key_id)
     row = conn.execute(query).first()
     return Job.from_row(row) if row is not None else None
+
+
+def attach_idempotency_key(conn: Connection, job_id: str, key: str) -> None:
+    """Make job ``job_id`` the one its owner's ``key`` stands for.
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: Another job of the same owner holds the key.
+    """
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values(idempotency_key=key))
 
 
 def find_by_idempotency_key(conn: Connection, owner_key_id: int | None, key: str) -> Job | None:
@@ -231,7 +244,7 @@ def delete_job(conn: Connection, job_id: str) -> bool:
     are deleted explicitly rather than left to ``ON DELETE CASCADE``, which SQLite only
     honours with its foreign-key pragma on.
     """
-    for table in (results, chunks, items):
+    for table in (results, chunks, items, training_runs):
         conn.execute(delete(table).where(table.c.job_id == job_id))
     return bool(conn.execute(delete(jobs).where(jobs.c.id == job_id)).rowcount)
 

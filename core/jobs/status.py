@@ -21,6 +21,16 @@ FINAL_JOB_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.C
 ACTIVE_JOB_STATES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 
+class JobDriver(StrEnum):
+    """Who claims a job's chunks. Each driver claims only its own jobs' chunks."""
+
+    # The service: chunk messages, workers, and the lease, split and lost-message sweeps.
+    SERVICE = "service"
+    # One `bulkscore score` (or `compare`) process, in-process: no messages are sent, and
+    # no worker, sweep or split ever claims or re-sends its chunk, even past its lease.
+    EMBEDDED = "embedded"
+
+
 class ChunkStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

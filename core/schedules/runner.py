@@ -15,14 +15,15 @@ The rules (issue 5), and where each is kept:
 - **Errors.** A source error (bad query, missing folder, unreachable database) fails that
   run with a message that holds no password, and never stops the other schedules.
 
-No Celery here: the caller passes ``enqueue(job)``, which sends the job's chunk tasks (the
-beat passes the API's publisher; tests may score in-process).
+No Celery here: the caller passes ``send(job, chunk_indexes)``, which sends the job's chunk
+tasks (the beat passes its publisher; tests may score in-process); the job is created and
+sent by :func:`core.jobs.submit.submit_job`, as the API's are.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,8 +32,9 @@ from sqlalchemy import Connection, Engine, and_, select
 
 from core.clock import utcnow
 from core.config import Settings, get_settings
-from core.jobs.lifecycle import Job, create_job, delete_job
+from core.jobs.lifecycle import Job, create_job
 from core.jobs.status import ACTIVE_JOB_STATES, JobStatus
+from core.jobs.submit import SendJob, submit_job
 from core.schedules.config import Schedule, SourceKind, latest_due, schedule_zone
 from core.schedules.runs import RunStatus, RunView, claim, is_claimed, open_runs, set_run
 from core.schedules.sources import SourceError, read_window, scrub
@@ -40,8 +42,6 @@ from core.schedules.state import commit_window, load_files, load_watermark
 from core.tables import api_keys
 
 log = logging.getLogger(__name__)
-
-Enqueue = Callable[[Job], None]
 
 # A run still "claimed" this long after its claim belongs to a process that died between
 # the claim and the job; it is failed so that it stops holding later runs back. Reading a
@@ -75,7 +75,7 @@ def run_schedule(
     engine: Engine,
     schedule: Schedule,
     due_at: datetime,
-    enqueue: Enqueue,
+    send: SendJob,
     *,
     settings: Settings | None = None,
 ) -> RunOutcome:
@@ -85,7 +85,7 @@ def run_schedule(
         engine: The results database.
         schedule: The schedule.
         due_at: The due time this run is for (timezone-aware); the claim's key.
-        enqueue: Sends a created job's chunk tasks; an exception fails the run and deletes
+        send: Sends a created job's chunk tasks; an exception fails the run and deletes
             the job.
         settings: Limits and chunk size (the process settings by default).
     """
@@ -98,7 +98,7 @@ def run_schedule(
     if run_id is None:
         return RunOutcome(schedule.name, due_at, None)
     try:
-        return _run_claimed(engine, schedule, due_at, run_id, enqueue, settings)
+        return _run_claimed(engine, schedule, due_at, run_id, send, settings)
     except Exception as exc:
         # Whatever went wrong, the run must not stay "claimed" without saying why.
         log.exception("schedule %r: run %d failed unexpectedly", schedule.name, run_id)
@@ -118,7 +118,7 @@ def _run_claimed(
     schedule: Schedule,
     due_at: datetime,
     run_id: int,
-    enqueue: Enqueue,
+    send: SendJob,
     settings: Settings,
 ) -> RunOutcome:
     name = schedule.name
@@ -163,14 +163,13 @@ def _run_claimed(
             )
         return RunOutcome(name, due_at, RunStatus.EMPTY, run_id)
 
-    with engine.begin() as conn:
-        owner_key_id = _owner_key_id(conn, schedule)
+    def create(conn: Connection) -> Job:
         job = create_job(
             conn,
             schedule.spec,
             window.items,
             chunk_size=settings.chunk_size,
-            owner_key_id=owner_key_id,
+            owner_key_id=_owner_key_id(conn, schedule),
             schedule=name,
         )
         set_run(
@@ -182,19 +181,23 @@ def _run_claimed(
             window_start=window.start,
             window_end=window.end,
         )
+        return job
+
+    def unlink(conn: Connection) -> None:
+        set_run(conn, run_id, job_id=None)
+
     try:
-        enqueue(job)
+        # A job whose tasks never reached the broker is deleted again (it would stay queued
+        # for ever and hold every later run back as "still going"); the run fails instead.
+        job = submit_job(engine, create, send, undo=unlink).job
     except Exception as exc:
-        # A job whose tasks never reached the broker would stay queued for ever and hold
-        # every later run back as "still going": remove it and fail the run instead.
         message = scrub(
-            f"schedule {name!r}: could not queue job {job.id}: {type(exc).__name__}: {exc}",
+            f"schedule {name!r}: could not queue job: {type(exc).__name__}: {exc}",
             settings.broker_url,
         )
         log.warning("%s", message)
         with engine.begin() as conn:
             set_run(conn, run_id, status=RunStatus.FAILED, job_id=None, error=message)
-            delete_job(conn, job.id)
         return RunOutcome(
             name, due_at, RunStatus.FAILED, run_id, items=len(window.items), error=message
         )
@@ -290,7 +293,7 @@ def _ending(run: RunView, now: datetime) -> tuple[RunStatus, str | None] | None:
 def tick(
     engine: Engine,
     schedules: Sequence[Schedule],
-    enqueue: Enqueue,
+    send: SendJob,
     *,
     now: datetime | None = None,
     settings: Settings | None = None,
@@ -315,7 +318,7 @@ def tick(
             with engine.connect() as conn:
                 if is_claimed(conn, schedule.name, due_at):
                     continue
-            outcomes.append(run_schedule(engine, schedule, due_at, enqueue, settings=settings))
+            outcomes.append(run_schedule(engine, schedule, due_at, send, settings=settings))
         except Exception:
             log.exception("schedule %r: tick failed", schedule.name)
     return outcomes

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from core.clock import utcnow
-from core.jobs.lifecycle import Job, delete_job, get_job, new_job_id
-from core.jobs.status import JobStatus
+from core.jobs.lifecycle import Job, get_job, new_job_id
+from core.jobs.status import JobDriver, JobStatus
 from core.models.registry import ModelSpec
 from core.models.trained import version_label
 from core.tables import jobs, training_runs
@@ -50,6 +50,7 @@ def create_training_job(
     seed: int = DEFAULT_SEED,
     owner_key_id: int | None = None,
     status: JobStatus = JobStatus.QUEUED,
+    driver: JobDriver = JobDriver.SERVICE,
 ) -> Job:
     """Insert a training job and its run in the caller's transaction."""
     now = utcnow()
@@ -67,6 +68,7 @@ def create_training_job(
             owner_key_id=owner_key_id,
             created_at=now,
             started_at=now if status == JobStatus.RUNNING else None,
+            driver=driver.value,
         )
     )
     conn.execute(
@@ -139,9 +141,3 @@ def complete_training_job(
         )
     ).rowcount
     return bool(done)
-
-
-def delete_training_job(conn: Connection, job_id: str) -> bool:
-    """Delete a training job that must not exist after all (its task could not be queued)."""
-    conn.execute(delete(training_runs).where(training_runs.c.job_id == job_id))
-    return delete_job(conn, job_id)

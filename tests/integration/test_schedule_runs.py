@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -96,10 +96,10 @@ def sql_schedule(registry: Registry, url: str, name: str = "nightly", **extra: A
     return parse_schedules({name: {**entry, "watermark": "updated_at", **extra}}, registry)[0]
 
 
-def scorer(engine: Engine, runner: Runner) -> Callable[[Job], None]:
-    """An ``enqueue`` that scores the whole job here and now."""
+def scorer(engine: Engine, runner: Runner) -> Callable[[Job, Sequence[int]], None]:
+    """A ``send`` that scores the whole job here and now."""
 
-    def enqueue(job: Job) -> None:
+    def enqueue(job: Job, _chunk_indexes: Sequence[int]) -> None:
         with engine.connect() as conn:
             indexed = load_items(conn, job.id, 0, job.total)
         score_items(engine, job.id, runner, indexed)
@@ -107,8 +107,8 @@ def scorer(engine: Engine, runner: Runner) -> Callable[[Job], None]:
     return enqueue
 
 
-def leave_queued(job: Job) -> None:
-    """An ``enqueue`` whose job nobody works on (it stays queued)."""
+def leave_queued(job: Job, _chunk_indexes: Sequence[int]) -> None:
+    """A ``send`` whose job nobody works on (it stays queued)."""
 
 
 def scored_ids(engine: Engine, job_id: str | None) -> list[str]:
@@ -377,7 +377,7 @@ def test_a_job_that_cannot_be_queued_is_removed_and_the_run_failed(
 ) -> None:
     broker = "redis://:broker-pw-123@127.0.0.1:6399/0"
 
-    def broker_down(job: Job) -> None:
+    def broker_down(job: Job, _chunk_indexes: Sequence[int]) -> None:
         raise ConnectionError(f"Error 111 connecting to {broker}. Connection refused.")
 
     nightly = sql_schedule(registry, shop[0])

@@ -369,25 +369,28 @@ def test_a_10k_text_json_job_is_accepted(api: UnitApi) -> None:
 def test_a_concurrent_duplicate_idempotency_key_returns_the_winners_job(
     api: UnitApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import api.submission as submission
+    import core.jobs.submit as submit
 
     winner = api.post_job(["a", "b"], headers={"Idempotency-Key": "race"}).json()["id"]
-    real_replay = submission._replay
+    real_replay = submit.find_replay
     calls: list[str] = []
 
     def replay_that_misses_once(*args: object) -> object:
-        # The first look-up runs before the winner commits: it finds nothing.
+        # The first look-up runs before the winner attached its key: it finds nothing.
         calls.append("replay")
         return None if len(calls) == 1 else real_replay(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(submission, "_replay", replay_that_misses_once)
+    monkeypatch.setattr(submit, "find_replay", replay_that_misses_once)
     loser = api.post_job(["a", "b"], headers={"Idempotency-Key": "race"})
 
-    assert calls == ["replay", "replay"]  # the insert hit the unique constraint, then looked again
+    # The loser's job was created and sent, then attaching the key hit the unique
+    # constraint: it deleted its own job (never answered to anyone) and replayed.
+    assert calls == ["replay", "replay"]
     assert loser.status_code == 200
     assert loser.json()["id"] == winner
     assert count(api, jobs) == 1
-    assert len(api.queue.sent) == 1
+    assert api.queue.sent[0][0] == winner
+    assert len(api.queue.sent) == 2
 
 
 @pytest.mark.parametrize("kind", ["json", "multipart"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from training_support import (
 from typer.testing import CliRunner
 
 import cli.client
-from api.dispatch import BrokerUnavailable
 from cli.main import app
 from core.config import Settings, reset_settings_cache
 from core.db import get_engine
@@ -46,18 +44,6 @@ source = "keras:ResNet50/imagenet"
 """
 
 
-@dataclass
-class FakeQueues(FakeJobQueue):
-    """Chunk and training tasks recorded instead of sent."""
-
-    trainings: list[tuple[str, str]] = field(default_factory=list)
-
-    def enqueue_training(self, job_id: str, base: str) -> None:
-        if self.down:
-            raise BrokerUnavailable("Error 111 connecting to 127.0.0.1:1. Connection refused.")
-        self.trainings.append((job_id, base))
-
-
 @pytest.fixture()
 def api(tmp_path: Path) -> Iterator[UnitApi]:
     (tmp_path / "models.toml").write_text(MODELS)
@@ -65,7 +51,7 @@ def api(tmp_path: Path) -> Iterator[UnitApi]:
         database_url=f"sqlite:///{tmp_path / 'api.db'}", models=tmp_path / "models.toml"
     )
     metadata.create_all(get_engine(settings.database_url))
-    with serve(settings, FakeQueues()) as api:
+    with serve(settings, FakeJobQueue()) as api:
         yield api
 
 

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from core.chunks.claim import claim_chunk
-from core.chunks.split import exhausted_chunks, split_chunk
-from core.chunks.sweep import stale_queued_chunks, take_for_resend
+from core.chunks.split import exhausted_chunks, split_all_exhausted, split_chunk
+from core.chunks.sweep import resend_lost, stale_queued_chunks, take_for_resend
 from core.clock import utcnow
 from core.config import Settings
 from core.db import dispose_engines, get_engine
@@ -26,10 +26,8 @@ from core.jobs.predictions import Prediction
 from core.migrate import upgrade
 from core.models.registry import Backend, ModelSpec, Task
 from core.tables import chunks, results
-from engine import poison
 from engine.chunk_work import ChunkOutcome, work_on_chunk
 from engine.runners.base import Progress, Runner
-from worker.sweeper import resend_lost
 
 SPEC = ModelSpec(
     name="fake", task=Task.TEXT_CLASSIFICATION, backend=Backend.TRANSFORMERS, source="/nowhere"
@@ -107,23 +105,23 @@ def test_a_poison_item_is_bisected_down_and_fails_alone(engine: Engine) -> None:
     texts = ["a", "b", "c", "d", "e", "POISON", "g", "h"]
     job = new_job(engine, texts, chunk_size=8)
     sent: list[tuple[str, int, str]] = []
-    poison.SENDER[:] = [lambda job_id, index, model: sent.append((job_id, index, model))]
-    try:
-        kills = 0
-        for _ in range(MAX_ATTEMPTS):
-            assert deliver(engine, job.id, 0) is None
-            kills += 1
-        # Each round: the reconciler splits what is exhausted; the new chunks are delivered.
-        while True:
-            assert poison.split_all_exhausted(engine, ["fake"], max_attempts=MAX_ATTEMPTS) <= 1
-            pending, sent[:] = list(sent), []
-            if not pending:
-                break
-            for job_id, index, _model in pending:
-                if deliver(engine, job_id, index) is None:
-                    kills += 1
-    finally:
-        poison.SENDER.clear()
+
+    def send(job_id: str, index: int, model: str) -> None:
+        sent.append((job_id, index, model))
+
+    kills = 0
+    for _ in range(MAX_ATTEMPTS):
+        assert deliver(engine, job.id, 0) is None
+        kills += 1
+    # Each round: the reconciler splits what is exhausted; the new chunks are delivered.
+    while True:
+        assert split_all_exhausted(engine, ["fake"], max_attempts=MAX_ATTEMPTS, send=send) <= 1
+        pending, sent[:] = list(sent), []
+        if not pending:
+            break
+        for job_id, index, _model in pending:
+            if deliver(engine, job_id, index) is None:
+                kills += 1
 
     # 2 attempts of the whole chunk, then one crash per level: [4, 8), [4, 6), [5, 6).
     assert kills == MAX_ATTEMPTS + 3

@@ -23,7 +23,7 @@ from core.migrate import upgrade
 from core.models.registry import ModelSpec
 from core.tables import chunks, jobs, results
 from engine import chunk_work
-from engine.chunk_work import ChunkAttemptError, ChunkOutcome, work_on_chunk
+from engine.chunk_work import ChunkAttemptError, ChunkOutcome, Driver, work_on_chunk
 from engine.runners.base import Progress
 
 SPEC = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/nowhere")
@@ -166,9 +166,10 @@ def test_a_delivery_scores_its_chunk_and_a_second_one_is_skipped(engine: Engine)
     runner = FakeRunner()
     lookup = {"fake": runner}.get
     beats: list[int] = []
-    report = work_on_chunk(engine, settings(), job.id, 0, lookup, lambda: beats.append(1))
+    driver = Driver(runner_for=lookup, progress=beats.append)
+    report = work_on_chunk(engine, settings(), job.id, 0, driver)
     assert (report.outcome, report.scored, report.attempts) == (ChunkOutcome.DONE, 5, 1)
-    assert beats, "progress must touch the heartbeat"
+    assert sum(beats) == 5, "progress must count every scored item"
     assert chunk_row(engine, job.id, 0).status == "done"
     assert job_of(engine, job.id).status == JobStatus.RUNNING
 
@@ -282,7 +283,7 @@ def test_the_last_failed_attempt_turns_unscored_items_into_errors(
 
 
 def test_a_chunk_whose_worker_died_every_time_is_split_not_abandoned(engine: Engine) -> None:
-    # Bisected to find the item that kills workers (engine/poison.py, core/chunks/split.py;
+    # Bisected to find the item that kills workers (core/chunks/split.py;
     # the whole search is tested in tests/unit/test_chunk_repair.py).
     job = new_job(engine, count=10, chunk_size=5)
     runner = FakeRunner()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -18,10 +19,12 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Messages the task sends (re-routes), instead of a broker."""
     messages: list[dict[str, Any]] = []
 
-    def send_task(name: str, args: Any = None, **options: Any) -> None:
+    def send_task(name: str, args: Any = None, producer: Any = None, **options: Any) -> None:
         messages.append({"name": name, "args": tuple(args), **options})
 
     monkeypatch.setattr(tasks.app, "send_task", send_task)
+    # No pooled broker connection to acquire a producer from.
+    monkeypatch.setattr(tasks.app, "producer_or_acquire", lambda producer=None: nullcontext())
     return messages
 
 
