@@ -114,10 +114,6 @@ class ModelOut(BaseModel):
     description: str
 
 
-class ModelList(BaseModel):
-    data: list[ModelOut]
-
-
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     """``model``'s JSON schema with its ``$defs`` inlined.
 

@@ -33,13 +33,8 @@ from core.jobs.submit import (
     Submitted,
     submit_job,
 )
-from core.models.registry import (
-    InputKind,
-    ModelSpec,
-    RegistryError,
-    UnknownModelError,
-    load_registry,
-)
+from core.models.catalog import load_registry
+from core.models.registry import InputKind, ModelSpec, RegistryError, UnknownModelError
 from core.queues import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -97,7 +92,7 @@ def _record_item(
     if record.image_base64 is not None:
         if record.text is not None:
             return InputItem(item_id=str(ident)[:256], error=BOTH_KINDS)
-        # Imported here: Pillow stays out of the API's start-up until an image arrives.
+        # Deferred: Pillow stays out of the API's start-up until an image arrives.
         from core.inputs.images import checked_base64_image_item
 
         return checked_base64_image_item(ident, record.image_base64, max_image_bytes)
@@ -141,6 +136,7 @@ def parse_image_uploads(
 
     Each file's id is its file name; its content is checked by signature, not by name.
     """
+    # Deferred: Pillow and numpy, for image inputs only.
     from core.inputs.images import checked_image_item
 
     inputs = [

@@ -21,7 +21,8 @@ from core.db import get_engine
 from core.jobs.comparison import Comparison, Difference, compare_jobs
 from core.jobs.lifecycle import Job, get_job, load_items
 from core.jobs.status import JobStatus
-from core.models.registry import RegistryError, UnknownModelError, load_registry
+from core.models.catalog import load_registry
+from core.models.registry import RegistryError, UnknownModelError
 from core.models.trained import trained_table_exists
 from core.training.jobs import get_training_run
 from engine.in_process import create_embedded_job

@@ -84,6 +84,7 @@ def show(
         )
     print_evaluation(model, versions)
     if confusion_png is not None:
+        # Deferred: Pillow is imported only when a picture is asked for.
         from cli.confusion_png import write_confusion_png
 
         labels = list(model.metrics.get("labels") or model.labels)

@@ -109,7 +109,7 @@ def run_now(name: str = typer.Argument(..., help="The schedule's NAME.")) -> Non
             f"no schedule named {name!r}; schedules: {', '.join(sorted(schedules)) or '(none)'}",
             EXIT_USAGE,
         )
-    # Celery is imported for this command only: the other commands start without it.
+    # Deferred: Celery is imported for this command only; the others start without it.
     from worker.beat import job_sender
     from worker.celery_app import create_app
 
@@ -145,6 +145,7 @@ def beat(
     Each due time creates at most one job, even with two beats running (the run is claimed
     in SQL). Reads BULKSCORE_DATABASE_URL, BULKSCORE_BROKER_URL and BULKSCORE_MODELS.
     """
+    # Deferred: Celery is imported for this command only; the others start without it.
     from worker.beat import run_beat
 
     raise typer.Exit(run_beat(loglevel))

@@ -18,7 +18,8 @@ from core.jobs.lifecycle import get_job
 from core.jobs.results import iter_results, label_counts
 from core.jobs.status import JobDriver
 from core.migrate import upgrade
-from core.models.registry import InputKind, RegistryError, UnknownModelError, load_registry
+from core.models.catalog import load_registry
+from core.models.registry import InputKind, RegistryError, UnknownModelError
 from engine.in_process import create_embedded_job
 
 

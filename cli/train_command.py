@@ -20,7 +20,8 @@ from core.db import get_engine
 from core.jobs.lifecycle import mark_failed
 from core.jobs.status import JobDriver, JobStatus
 from core.migrate import upgrade
-from core.models.registry import InputKind, RegistryError, load_registry
+from core.models.catalog import load_registry
+from core.models.registry import InputKind, RegistryError
 from core.models.trained import TrainedModelError, check_base, check_new_name
 from core.training.data import (
     DataFormat,

@@ -42,8 +42,7 @@ def worker(
     Reads BULKSCORE_DATABASE_URL, BULKSCORE_BROKER_URL and BULKSCORE_MODELS. Run one worker
     per GPU: `bulkscore worker --gpu 0 --models sentiment`.
     """
-    # Import here, not at module level: nothing may import an ML framework before the
-    # worker pins its GPU, and the other commands should not pay for Celery.
+    # Deferred: the other commands should not pay for Celery and the worker's imports.
     from worker.main import WorkerStartError, run_worker
 
     try:

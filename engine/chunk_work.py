@@ -89,7 +89,6 @@ class ChunkOutcome(StrEnum):
     CANCELLED = "cancelled"  # the job was cancelled: stopped before or during the chunk
     SKIPPED = "skipped"  # nothing to do: the chunk is done, or the job is final or gone
     BUSY = "busy"  # another delivery holds the chunk: deliver again after retry_in_s
-    ABANDONED = "abandoned"  # out of attempts: unscored items were written as errors
     WRONG_MODEL = "wrong_model"  # this process has not loaded the job's model
 
 

@@ -18,27 +18,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from sqlalchemy import Engine
 
 from core.chunks.batches import claim_siblings, mark_jobs_running
 from core.chunks.claim import Claim
 from core.config import Settings
+from engine.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
-# A forward batch when the runner does not say (a CPU text batch).
-DEFAULT_FORWARD_BATCH = 64
 
-
-def forward_batch(runner: Any) -> int:
-    """Inputs in one forward pass of ``runner`` (its ``max_batch_size``)."""
-    size = getattr(runner, "max_batch_size", None)
-    return size if isinstance(size, int) and size > 0 else DEFAULT_FORWARD_BATCH
-
-
-def batch_items(runner: Any, settings: Settings) -> int:
+def batch_items(runner: Runner, settings: Settings) -> int:
     """The most items one cross-job batch holds: the setting, else a chunk's worth.
 
     More than one forward pass: the runner sorts the whole batch by length, so a batch of a
@@ -46,11 +37,11 @@ def batch_items(runner: Any, settings: Settings) -> int:
     writes, the siblings' no-op deliveries) are spread over as many items. Measured on the
     bench texts: 64-item batches scored ~38 items/s, 512-item ones as fast as a big job.
     """
-    return settings.cross_job_max_items or max(settings.chunk_size, forward_batch(runner))
+    return settings.cross_job_max_items or max(settings.chunk_size, runner.max_batch_size)
 
 
 def gather_siblings(
-    engine: Engine, settings: Settings, runner: Any, model: str, claim: Claim
+    engine: Engine, settings: Settings, runner: Runner, model: str, claim: Claim
 ) -> list[Claim]:
     """Claim other jobs' chunks to score with ``claim``'s; the claims, oldest first.
 
@@ -60,7 +51,7 @@ def gather_siblings(
     chunk = claim.chunk
     if not settings.cross_job_batching or chunk is None or claim.attempts > 1:
         return []
-    small = forward_batch(runner)
+    small = runner.max_batch_size
     size = chunk.stop - chunk.start
     if size >= small:
         return []  # fills a forward pass by itself: a big job's chunk, left to its own task

@@ -51,7 +51,6 @@ class InProcessRun:
     scored: int = 0  # rows written now (labels and per-item errors)
     already_scored: int = 0  # rows an earlier run had written
     busy: ChunkReport | None = None  # a chunk another process holds (its report)
-    cancelled: bool = False
 
 
 def score_in_process(
@@ -77,6 +76,4 @@ def score_in_process(
         already += report.already_scored
         if report.outcome == ChunkOutcome.BUSY:
             return InProcessRun(scored, already, busy=report)
-        if report.outcome == ChunkOutcome.CANCELLED:
-            return InProcessRun(scored, already, cancelled=True)
     return InProcessRun(scored, already)

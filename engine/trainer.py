@@ -30,7 +30,7 @@ from core.models.trained import (
 from core.training.data import DataLimits, LabelledExamples, TrainingDataError, parse_upload
 from core.training.jobs import claim_training_job, complete_training_job, get_training_run
 from engine.runners.base import ModelLoadError, Progress
-from engine.runners.head_runner import head_bytes
+from engine.runners.heads import head_bytes
 from engine.training import train
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from celery.signals import task_postrun, task_prerun, task_received, worker_shut
 
 from core.config import get_settings
 from core.heartbeats import clear_heartbeats, queue_depth, redis_client, write_heartbeats
+from worker import warm
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,6 @@ class LivenessStep(bootsteps.StartStopStep):
             # (and the same queues, those the worker was started with) carry on.
             WATCHDOG[0].clock.activity()
             return
-        from worker import warm
-
         queues = sorted(queue.name for queue in c.app.amqp.queues.consume_from.values())
         watchdog = Watchdog(c.hostname, queues, warm.loaded_models())
         WATCHDOG.append(watchdog)

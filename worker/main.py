@@ -1,6 +1,7 @@
 """Start a worker: pin the device, load and warm the models, then consume their queues.
 
-The order is the point. The GPU is pinned before any framework import; every model is
+The order is the point. The GPU is pinned before any framework import (none of the modules
+imported here imports one: ``tests/unit/test_architecture.py`` checks it); every model is
 loaded and warmed once, in this process, before Celery starts (so no
 ``worker_process_init`` timer can kill a slow load, and no task ever loads a model); and the
 pool never forks after a framework is loaded (``solo``, or ``threads`` for concurrency > 1),
@@ -13,7 +14,20 @@ import logging
 import os
 import socket
 
+from core.config import get_settings
+from core.logs import configure
+from core.models.catalog import load_registry
+from core.models.registry import RegistryError, UnknownModelError
+from core.queues import model_queue
+from engine.threads import compute_threads, cores_given
+from worker import warm
+from worker.celery_app import app
+from worker.health import HEARTBEAT, ConsumingStep
+from worker.operations import add_consumer_steps
 from worker.pinning import PinningError, pin_device, set_tokenizers_parallelism
+from worker.reconciler import ReconcileStep
+from worker.tasks import score_chunk  # importing it registers the task on the app
+from worker.training_task import train_model  # heads over these models train here
 
 log = logging.getLogger("worker.main")
 
@@ -49,9 +63,6 @@ def pool_for(concurrency: int) -> str:
 
 def configure_logging(level: str) -> None:
     # Text or JSON lines, each tagged with its job and chunk ids (core/logs.py).
-    from core.config import get_settings
-    from core.logs import configure
-
     configure(level, get_settings().log_format)
 
 
@@ -68,10 +79,6 @@ def run_worker(
         pinned = pin_device(gpu)  # first: before anything below can import a framework
     except (PinningError, ValueError) as exc:
         raise WorkerStartError(str(exc), EXIT_USAGE) from exc
-
-    from core.config import get_settings
-    from core.models.registry import RegistryError, UnknownModelError, load_registry
-    from engine.threads import compute_threads, cores_given
 
     settings = get_settings()
     configure_logging(settings.log_level)
@@ -104,9 +111,6 @@ def run_worker(
     except (UnknownModelError, RegistryError) as exc:
         raise WorkerStartError(str(exc), EXIT_USAGE) from exc
 
-    from worker import warm
-    from worker.health import HEARTBEAT
-
     HEARTBEAT.path = settings.worker_heartbeat_file
     HEARTBEAT.clear()
     log.info("worker pinned to %s; loading %s", pinned.describe(), ", ".join(names))
@@ -122,18 +126,9 @@ def run_worker(
 
 
 def _consume(loglevel: str, tag: str, names: list[str], pool: str, concurrency: int) -> int:
-    from core.queues import model_queue
-    from worker.celery_app import app
-    from worker.health import ConsumingStep
-    from worker.reconciler import ReconcileStep
-    from worker.tasks import score_chunk  # importing it registers the task on the app
-    from worker.training_task import train_model  # heads over these models train here
-
     app.steps["consumer"].add(ConsumingStep)
     app.steps["consumer"].add(ReconcileStep)
-    from worker.operations import add_consumer_steps  # liveness, metrics, log context
-
-    add_consumer_steps(app)
+    add_consumer_steps(app)  # liveness, metrics, log context
     queues = [model_queue(name) for name in names]
     log.info(
         "serving %s and %s from %s with the %s pool",

@@ -29,6 +29,7 @@ from core.config import get_settings
 from core.heartbeats import queue_depth, redis_client
 from core.jobs.predictions import Prediction
 from engine.runners.base import Progress
+from worker import warm
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,6 @@ class InstrumentedRunner:
 
 def instrument_loaded_runners() -> list[str]:
     """Wrap each warm runner's model in an :class:`InstrumentedRunner` (once)."""
-    from worker import warm
-
     names = []
     for name in warm.loaded_models():
         serialized = warm.get_runner(name)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker import log_context  # noqa: F401  (importing it connects the task signals)
+from worker.liveness import LivenessStep
+from worker.metrics import MetricsStep
+
 
 def add_consumer_steps(app: Any) -> None:
     """Register the liveness and metrics bootsteps and the log-context signals on ``app``."""
-    from worker import log_context  # noqa: F401  (connects the task signals)
-    from worker.liveness import LivenessStep
-    from worker.metrics import MetricsStep
 
     app.steps["consumer"].add(LivenessStep)
     app.steps["consumer"].add(MetricsStep)

@@ -22,9 +22,11 @@ from celery import Task
 
 from core.config import Settings, get_settings
 from core.db import get_engine
-from core.models.registry import ModelSpec, load_registry
+from core.models.catalog import load_registry
+from core.models.registry import ModelSpec
 from core.models.registry import Task as ModelTask
 from core.queues import TRAIN_MODEL_TASK
+from engine.runners.head_runner import build_backbone
 from engine.trainer import run_training_job
 from worker import warm
 from worker.celery_app import app
@@ -51,8 +53,6 @@ def training_backbone(base: ModelSpec, settings: Settings) -> Iterator[Any]:
         with loaded.exclusive() as runner:
             yield runner
         return
-    from engine.runners.head_runner import build_backbone
-
     with _BACKBONE_LOCK:
         backbone = _BACKBONES.get(base.name)
         if backbone is None:

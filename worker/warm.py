@@ -16,12 +16,13 @@ from typing import Any
 from core.config import Settings
 from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec
+from engine.runners import build_runner
 from engine.runners.base import Progress, Runner
 
 log = logging.getLogger(__name__)
 
 
-class SerializedRunner:
+class SerializedRunner(Runner):
     """A runner whose ``predict`` runs one call at a time.
 
     With the ``threads`` pool several tasks share one warm runner; a fast tokenizer raises
@@ -37,12 +38,7 @@ class SerializedRunner:
 
     def setup(self, device: str = "cpu") -> None:
         self.runner.setup(device)
-
-    @property
-    def max_batch_size(self) -> int | None:
-        """The wrapped runner's batch size (known after setup); sizes cross-job batches."""
-        size = getattr(self.runner, "max_batch_size", None)
-        return size if isinstance(size, int) else None
+        self.max_batch_size = self.runner.max_batch_size
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         with self._lock:
@@ -67,8 +63,6 @@ def load_models(specs: Iterable[ModelSpec], device: str, settings: Settings) -> 
     not pay for lazy initialisation. Any failure propagates: a worker that cannot hold one
     of its models must not start consuming (see ``worker.main``).
     """
-    from engine.runners import build_runner
-
     _DEVICE[0] = device
     names = []
     for spec in specs:

@@ -23,7 +23,8 @@ from api.submission import submit_or_answer, unprocessable
 from api.training_schemas import CatalogModelOut, ModelDetail, VersionOut
 from core.config import Settings
 from core.jobs.lifecycle import Job
-from core.models.registry import Registry, RegistryError, load_registry
+from core.models.catalog import load_registry
+from core.models.registry import Registry, RegistryError
 from core.models.trained import TrainedModelError, check_base, check_new_name, get_trained
 from core.models.trained import list_versions as trained_versions
 from core.training.data import (

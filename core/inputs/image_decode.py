@@ -54,7 +54,6 @@ SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"II+\x00", "TIFF"),  # BigTIFF
     (b"MM\x00+", "TIFF"),
 )
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_MAX_PIXELS = 40_000_000
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
 Fit = Literal["exact", "shorter_side"]

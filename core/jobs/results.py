@@ -216,9 +216,6 @@ def scored_indexes_many(
     return found
 
 
-RESULT_COLUMNS = ("index", "id", "label", "score", "top_k", "error")
-
-
 def _as_dict(row: Any) -> dict[str, Any]:
     return {
         "index": row.index,

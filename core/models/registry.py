@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.config import Settings, get_settings
+from core.queues import model_queue
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 PACKAGE_PREFIX = "package:"
@@ -93,7 +94,6 @@ class ModelSpec(BaseModel):
     @property
     def queue(self) -> str:
         """The Celery queue of this model (one queue per model)."""
-        from core.queues import model_queue
 
         return model_queue(self.name)
 
@@ -195,15 +195,3 @@ class Registry:
                 known = sorted(set(known) | set(self.trained.names()))
             raise UnknownModelError(str(name), known)
         return spec
-
-
-def load_registry(settings: Settings | None = None) -> Registry:
-    """The configured models file's models, plus the models trained into the database.
-
-    Trained models (``bulkscore train``) are read from ``settings.database_url`` only when a
-    name is not in the models file, so resolving a file's model never touches SQL.
-    """
-    settings = settings or get_settings()
-    from core.models.trained import SqlTrainedModels  # it imports this module
-
-    return Registry.load(settings.models).with_trained(SqlTrainedModels(settings.database_url))

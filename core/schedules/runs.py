@@ -30,10 +30,6 @@ class RunStatus(StrEnum):
     SKIPPED = "skipped"  # an earlier run of the schedule was still going
     EMPTY = "empty"  # nothing new: no job
 
-    @property
-    def in_progress(self) -> bool:
-        return self in (RunStatus.CLAIMED, RunStatus.RUNNING)
-
 
 @dataclass(frozen=True, slots=True)
 class RunView:

@@ -147,7 +147,8 @@ def parse_labelled_csv(raw: bytes, max_chars: int, name: str = "data") -> Labell
 
 def read_labelled_folder(folder: Path, max_image_bytes: int) -> LabelledExamples:
     """Images in one sub-folder per label (``photos/cat/1.jpg``): the folder names the label."""
-    from core.inputs.images import read_image_inputs  # Pillow, for image data only
+    # Deferred: Pillow and numpy, for image inputs only.
+    from core.inputs.images import read_image_inputs
 
     if not folder.is_dir():
         raise TrainingDataError(f"{folder}: not a folder (expected one sub-folder per label)")
@@ -182,6 +183,7 @@ def parse_labelled_zip(
     read, so a zip bomb is refused unread.
     """
     # Imported here: the API imports this module, and must not load Pillow for a CSV.
+    # Deferred: Pillow and numpy, for image inputs only.
     from core.inputs.images import checked_image_item
 
     try:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from core.config import Settings
 from core.models.registry import Backend, ModelSpec, Task
+from core.models.trained import TrainedSpec
 from engine.runners.base import ModelLoadError, Runner
 
 
 def build_runner(spec: ModelSpec, settings: Settings | None = None) -> Runner:
-    """An un-set-up runner for ``spec`` (call ``setup(device)`` next)."""
-    from core.models.trained import TrainedSpec
+    """An un-set-up runner for ``spec`` (call ``setup(device)`` next).
 
+    Each backend module is imported only here, when a model needs it: a text-only worker
+    never loads TensorFlow, and an image-only one never loads transformers.
+    """
     if isinstance(spec, TrainedSpec):
-        # A trained model (bulkscore train): its base's features through its stored head.
+        # Deferred: numpy and the base's backend. A trained model (bulkscore train): its
+        # base's features through its stored head.
         from engine.runners.head_runner import HeadRunner
 
         return HeadRunner(spec, settings)
@@ -24,18 +28,22 @@ def build_runner(spec: ModelSpec, settings: Settings | None = None) -> Runner:
         Task.TEXT_CLASSIFICATION,
         Task.FEATURE_EXTRACTION,
     ):
+        # Deferred: transformers.
         from engine.runners.transformers_text import TransformersTextRunner
 
         return TransformersTextRunner(spec, settings)
     if spec.task == Task.IMAGE_CLASSIFICATION and spec.backend == Backend.KERAS:
+        # Deferred: TensorFlow.
         from engine.runners.keras_image import KerasImageRunner
 
         return KerasImageRunner(spec, settings)
     if spec.task == Task.FEATURE_EXTRACTION and spec.backend == Backend.KERAS:
+        # Deferred: TensorFlow.
         from engine.runners.keras_features import KerasFeatureRunner
 
         return KerasFeatureRunner(spec, settings)
     if spec.task == Task.IMAGE_CLASSIFICATION and spec.backend == Backend.TRANSFORMERS:
+        # Deferred: transformers and Pillow.
         from engine.runners.transformers_image import TransformersImageRunner
 
         return TransformersImageRunner(spec, settings)

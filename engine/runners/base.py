@@ -2,13 +2,16 @@
 
 A runner holds one model. ``setup`` is called once per worker process (never at import, never
 per task); ``predict`` returns exactly one :class:`Prediction` per input, in input order,
-with unusable inputs as per-item errors rather than exceptions.
+with unusable inputs as per-item errors rather than exceptions. Like LitServe's ``LitAPI``,
+the base class also carries the batch limit the rest of the engine plans with
+(``max_batch_size``: inputs per forward pass, final once ``setup`` knows the device).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from core.jobs.predictions import Prediction
 
@@ -19,15 +22,30 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message tells the user what to do."""
 
 
-class Runner(Protocol):
+# Inputs per forward pass of a runner that has not said (a CPU text batch).
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+class Runner(ABC):
+    """One model: loaded by ``setup``, scored by ``predict``."""
+
     name: str
-    revision: str | None
+    # What results.model_revision records for this model's rows (a hub revision, "v2").
+    revision: str | None = None
+    # Inputs in one forward pass; a runner sets it in setup(), once it knows its device.
+    # Cross-job batching and the decode pools size their batches by it.
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
 
-    def setup(self, device: str = "cpu") -> None: ...
+    @abstractmethod
+    def setup(self, device: str = "cpu") -> None:
+        """Load the model on ``device`` and warm it up; raise ModelLoadError if it cannot."""
 
-    def predict(
-        self, batch: Sequence[Any], progress: Progress | None = None
-    ) -> list[Prediction]: ...
+    @abstractmethod
+    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        """One prediction per input, in order; ``progress(n)`` as batches finish."""
+
+    def close(self) -> None:  # noqa: B027  (optional: most runners hold nothing to release)
+        """Release what ``setup`` started (decode threads, sessions)."""
 
 
 def top_k_pairs(labels: Sequence[str], scores: Sequence[float], k: int) -> list[tuple[str, float]]:

@@ -6,16 +6,12 @@ It wraps the backbone's own batched runner (the text runner's mean-pooled embedd
 spec, and applies the head read from the spec's bytes: ``softmax(features @ W.T + b)``. The
 head never touches disk, so every worker loads a version straight from SQL.
 
-The head is a safetensors file (``weight`` [labels x dim], ``bias`` [labels], ``labels`` in
-its metadata): the layout a ``head = "file.safetensors"`` entry of the models file takes,
-so a trained head can also be shipped as a file (as ``sentiment-mini``'s is).
+The head's format and its one reader are :mod:`engine.runners.heads`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -25,46 +21,11 @@ from core.config import Settings, get_settings
 from core.jobs.predictions import Prediction
 from core.models.registry import Backend, ModelSpec, Task
 from core.models.trained import TrainedSpec
+from engine.runners.activations import softmax
 from engine.runners.base import ModelLoadError, Progress, Runner, top_k_pairs
+from engine.runners.heads import read_head
 
 log = logging.getLogger(__name__)
-
-
-def head_bytes(
-    weight: np.ndarray, bias: np.ndarray, labels: Sequence[str], metadata: dict[str, str]
-) -> bytes:
-    """A head as safetensors bytes (float32 tensors; labels and ``metadata`` as metadata)."""
-    from safetensors.numpy import save
-
-    tensors = {
-        "weight": np.ascontiguousarray(weight, dtype=np.float32),
-        "bias": np.ascontiguousarray(bias, dtype=np.float32),
-    }
-    return save(tensors, metadata={**metadata, "labels": json.dumps(list(labels))})
-
-
-def read_head(data: bytes) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(weight, bias, labels)`` of a head written by :func:`head_bytes`.
-
-    Raises:
-        ModelLoadError: The bytes are not such a head.
-    """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
-    try:
-        tensors = load(data)
-        (header_size,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + header_size])
-        labels = json.loads(header.get("__metadata__", {}).get("labels", "[]"))
-        weight, bias = tensors["weight"], tensors["bias"]
-    except (SafetensorError, KeyError, ValueError, struct.error) as exc:
-        raise ModelLoadError(f"not a head file: {exc}") from exc
-    if weight.ndim != 2 or bias.shape != (weight.shape[0],) or len(labels) != weight.shape[0]:
-        raise ModelLoadError(
-            f"malformed head: weight {weight.shape}, bias {bias.shape}, {len(labels)} labels"
-        )
-    return weight.astype(np.float32), bias.astype(np.float32), [str(label) for label in labels]
 
 
 def feature_spec(base: ModelSpec) -> ModelSpec:
@@ -76,10 +37,12 @@ def build_backbone(base: ModelSpec, settings: Settings | None = None) -> Runner:
     """An un-set-up feature runner for ``base`` (text embeddings or Keras image features)."""
     spec = feature_spec(base)
     if base.backend == Backend.KERAS:
+        # Deferred: TensorFlow, for Keras bases only.
         from engine.runners.keras_features import KerasFeatureRunner
 
         return KerasFeatureRunner(spec, settings)
     if base.backend == Backend.TRANSFORMERS and base.task != Task.IMAGE_CLASSIFICATION:
+        # Deferred: transformers, for text bases only.
         from engine.runners.transformers_text import TransformersTextRunner
 
         return TransformersTextRunner(spec, settings)
@@ -105,13 +68,7 @@ def extract_features(
     return np.asarray(vectors, dtype=np.float32), [None] * len(inputs)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return cast(np.ndarray, exp / exp.sum(axis=-1, keepdims=True))
-
-
-class HeadRunner:
+class HeadRunner(Runner):
     """The runner of a trained model: ``backbone`` features, then the stored head."""
 
     def __init__(
@@ -127,16 +84,11 @@ class HeadRunner:
         self.weight = np.zeros((0, 0), dtype=np.float32)
         self.bias = np.zeros(0, dtype=np.float32)
 
-    @property
-    def max_batch_size(self) -> int | None:
-        """The backbone's batch size (cross-job batching sizes its batches by it)."""
-        size = getattr(self.backbone, "max_batch_size", None)
-        return size if isinstance(size, int) else None
-
     def setup(self, device: str = "cpu") -> None:
         """Read the head (cheap, checked first) and load the backbone once."""
         self.load_head()
         self.backbone.setup(device)
+        self.max_batch_size = self.backbone.max_batch_size
         log.info(
             "trained model %s %s: base %s, %d labels, %d-d features",
             self.name,
@@ -159,7 +111,7 @@ class HeadRunner:
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """Label probabilities for feature rows."""
-        return _softmax(vectors @ self.weight.T + self.bias)
+        return softmax(vectors @ self.weight.T + self.bias)
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         """One prediction per input, in order; an input the backbone cannot read, an error."""
@@ -183,6 +135,4 @@ class HeadRunner:
         return predictions
 
     def close(self) -> None:
-        close = getattr(self.backbone, "close", None)
-        if callable(close):
-            close()
+        self.backbone.close()

@@ -136,9 +136,3 @@ def top_prediction(row: np.ndarray, labels: Sequence[str], k: int) -> Prediction
     best = row.argsort()[-k:][::-1]
     pairs = [(labels[i], float(row[i])) for i in best]
     return Prediction(label=pairs[0][0], score=pairs[0][1], top_k=pairs)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)

@@ -31,7 +31,7 @@ from core.config import Settings, get_settings
 from core.inputs.image_decode import decode_image
 from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec, Task
-from engine.runners.base import ModelLoadError, Progress
+from engine.runners.base import ModelLoadError, Progress, Runner
 from engine.runners.image_pipeline import DecodePool
 from engine.runners.keras_image import (
     KERAS_PREFIX,
@@ -40,8 +40,10 @@ from engine.runners.keras_image import (
     keras_application,
     keras_model_file,
     labels_path,
+    preprocess_images,
     square_input_size,
 )
+from engine.threads import configure_tensorflow_threads
 
 log = logging.getLogger(__name__)
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda|gpu)(?::(\d+))?$")
@@ -50,7 +52,7 @@ POOLING_LAYERS = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 Features = tuple[np.ndarray, list[str | None]]
 
 
-class KerasFeatureRunner:
+class KerasFeatureRunner(Runner):
     """A frozen Keras image backbone: ``features(images)`` -> one vector per image."""
 
     def __init__(self, spec: ModelSpec, settings: Settings | None = None) -> None:
@@ -71,6 +73,7 @@ class KerasFeatureRunner:
         """Load the backbone once, trace its forward pass and warm it up."""
         import tensorflow as tf
 
+        configure_tensorflow_threads(tf, self.settings)  # before any op (see keras_image)
         tf_device = _tf_device(tf, device)
         on_cpu = tf_device.startswith("/CPU")
         self.max_batch_size = self.spec.batch_size(self.settings, "cpu" if on_cpu else "cuda")
@@ -140,8 +143,6 @@ class KerasFeatureRunner:
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB images -> the backbone's float input (ResNet50: BGR, mean subtracted)."""
-        from engine.runners.keras_image import preprocess_images
-
         return preprocess_images(images, self.preprocess_mode)
 
     def features(self, batch: Sequence[Any], progress: Progress | None = None) -> Features:

@@ -37,8 +37,10 @@ from core.config import Settings, get_settings
 from core.inputs.image_decode import decode_image
 from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec
-from engine.runners.base import ModelLoadError, Progress
-from engine.runners.image_pipeline import DecodePool, predict_images, softmax
+from engine.runners.activations import softmax
+from engine.runners.base import ModelLoadError, Progress, Runner
+from engine.runners.image_pipeline import DecodePool, predict_images
+from engine.threads import configure_tensorflow_threads
 
 log = logging.getLogger(__name__)
 CLASS_INDEX = "data/imagenet_class_index.json"  # inside core.models (package data)
@@ -128,7 +130,7 @@ def square_input_size(model: Any, spec: ModelSpec) -> int:
     return int(height)
 
 
-class KerasImageRunner:
+class KerasImageRunner(Runner):
     """A runner for ``task = "image-classification"``, ``backend = "keras"`` models."""
 
     def __init__(self, spec: ModelSpec, settings: Settings | None = None) -> None:
@@ -154,6 +156,9 @@ class KerasImageRunner:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
+        # Before any op: TensorFlow fixes its thread pools when its runtime starts, and
+        # its default (every core) oversubscribes a host shared by several workers.
+        configure_tensorflow_threads(tf, self.settings)
         _enable_memory_growth(tf)
         self._tf_device = _tf_device(tf, device)
         on_cpu = self._tf_device.startswith("/CPU")

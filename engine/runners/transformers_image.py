@@ -22,15 +22,12 @@ from core.config import Settings, get_settings
 from core.inputs.image_decode import decode_image
 from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec
-from engine.runners.base import Progress
+from engine.runners.activations import sigmoid, softmax
+from engine.runners.base import Progress, Runner
 from engine.runners.hub import load_pretrained
-from engine.runners.image_pipeline import DecodePool, predict_images, softmax
+from engine.runners.image_pipeline import DecodePool, predict_images
 
 log = logging.getLogger(__name__)
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
 
 
 def decode_edge(processor: Any, fallback: int) -> int:
@@ -57,7 +54,7 @@ def decode_edge(processor: Any, fallback: int) -> int:
     return math.ceil(edge)
 
 
-class TransformersImageRunner:
+class TransformersImageRunner(Runner):
     """A runner for ``task = "image-classification"``, ``backend = "transformers"`` models."""
 
     def __init__(self, spec: ModelSpec, settings: Settings | None = None) -> None:
@@ -100,7 +97,7 @@ class TransformersImageRunner:
         config = self.model.config
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
-        self.activation = _sigmoid if multi else softmax
+        self.activation = sigmoid if multi else softmax
         self.edge = decode_edge(self.processor, self.spec.image_size)
         self.pool = DecodePool(self.settings.image_decode_threads)
         blank = np.zeros((self.edge, self.edge, 3), np.uint8)

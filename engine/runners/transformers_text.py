@@ -10,7 +10,6 @@ Two kinds of model go through here:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -21,24 +20,17 @@ from core.config import Settings, get_settings
 from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec, Task
 from engine.batching import plan_batches
-from engine.runners.base import ModelLoadError, Progress, top_k_pairs
+from engine.runners.activations import sigmoid, softmax
+from engine.runners.base import ModelLoadError, Progress, Runner, top_k_pairs
+from engine.runners.heads import read_head
 from engine.runners.hub import load_pretrained
+from engine.threads import configure_torch_threads
 
 log = logging.getLogger(__name__)
 FALLBACK_MAX_LENGTH = 512
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
-class TransformersTextRunner:
+class TransformersTextRunner(Runner):
     """A runner for ``task = "text-classification"`` (or feature extraction) models."""
 
     def __init__(self, spec: ModelSpec, settings: Settings | None = None) -> None:
@@ -55,7 +47,7 @@ class TransformersTextRunner:
         self.labels: list[str] = []
         self.head: tuple[Any, Any] | None = None
         self.is_classifier = False
-        self.activation = _softmax
+        self.activation = softmax
         self.max_length = FALLBACK_MAX_LENGTH
         self.first_token_only = False
 
@@ -67,8 +59,6 @@ class TransformersTextRunner:
 
         # Our own progress bar covers the job; transformers' weight-loading bar is noise.
         hf_logging.disable_progress_bar()
-
-        from engine.threads import configure_torch_threads
 
         self.threads = configure_torch_threads(torch, self.settings)
         self.device = device
@@ -86,7 +76,7 @@ class TransformersTextRunner:
             config = self.model.config
             self.labels = [config.id2label[i] for i in range(config.num_labels)]
             multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
-            self.activation = _sigmoid if multi else _softmax
+            self.activation = sigmoid if multi else softmax
         self.max_length = self._max_length()
         # Pruned while still fp32 on the CPU, where the check against the full layer is
         # exact; int8 and fp16 then apply to the pruned layer's modules as to any other.
@@ -100,6 +90,7 @@ class TransformersTextRunner:
 
     def _prune_last_layer(self) -> bool:
         """Compute only token 0 in the last layer, if the model checks out (first_token.py)."""
+        # Deferred: it imports torch, which this module imports only in setup().
         from engine.runners import first_token
 
         return first_token.install(self.model, self._probe())
@@ -168,6 +159,7 @@ class TransformersTextRunner:
         if precision in ("int8", "onnx-int8") and self.device != "cpu":
             raise ModelLoadError(f"model {self.name!r}: precision {precision} is for CPU workers")
         if precision == "onnx-int8":
+            # Deferred: ONNX and ONNX Runtime, for this precision only.
             from engine.runners.onnx_int8 import onnx_int8_model
 
             output = "logits" if self.is_classifier else "last_hidden_state"
@@ -175,6 +167,7 @@ class TransformersTextRunner:
         elif precision == "int8":
             # Dynamic quantization: int8 weights for every Linear, activations quantized on
             # the fly; no calibration data needed and the accuracy cost is measured in bench/.
+            # Deferred: it imports torch, which this module imports only in setup().
             from engine.runners.int8 import quantize_int8
 
             self.model = quantize_int8(self.model)
@@ -185,8 +178,6 @@ class TransformersTextRunner:
                 self.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
 
     def _load_head(self, torch: Any) -> tuple[tuple[Any, Any], list[str]]:
-        from safetensors import safe_open
-
         head = self.spec.head
         path = self.spec.local_path(head) if head else None
         if head and path is None:
@@ -195,14 +186,11 @@ class TransformersTextRunner:
             path = (self.spec.base_dir / head).resolve()
         if path is None or not path.exists():
             raise ModelLoadError(f"model {self.name!r}: head file {self.spec.head!r} not found")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            weight = handle.get_tensor("weight").float()
-            bias = handle.get_tensor("bias").float()
-        labels = json.loads(metadata.get("labels", "[]"))
-        if len(labels) != weight.shape[0]:
-            raise ModelLoadError(f"model {self.name!r}: head {path} has no matching label list")
-        return (weight, bias), labels
+        try:
+            weight, bias, labels = read_head(path.read_bytes())
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"model {self.name!r}: head {path}: {exc}") from exc
+        return (torch.from_numpy(weight), torch.from_numpy(bias)), labels
 
     # -- inference -------------------------------------------------------------------------
     def _forward(self, features: dict[str, Any], embeddings: bool) -> np.ndarray:

@@ -28,7 +28,7 @@ from core.models.registry import Registry
 from core.tables import chunks
 from engine.chunk_work import ChunkOutcome, work_on_chunk
 from engine.runners import build_runner
-from engine.runners.base import Progress
+from engine.runners.base import Progress, Runner
 
 HEAD_SCALE = 1000.0
 WORDS = [
@@ -37,7 +37,7 @@ WORDS = [
 ]
 
 
-class CountingRunner:
+class CountingRunner(Runner):
     """A real runner that records how many inputs each ``predict`` call got."""
 
     def __init__(self, runner: Any) -> None:
@@ -46,6 +46,9 @@ class CountingRunner:
         self.revision = runner.revision
         self.max_batch_size = 64
         self.calls: list[int] = []
+
+    def setup(self, device: str = "cpu") -> None:
+        """Nothing to load."""
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Any]:
         self.calls.append(len(batch))

@@ -27,7 +27,6 @@ from worker_support import (
     poll,
     producer,
     running_worker,
-    send_chunks,
     start_worker,
     worker_env,
 )
@@ -42,6 +41,7 @@ from core.jobs.results import iter_results
 from core.jobs.status import JobStatus
 from core.migrate import upgrade
 from core.models.registry import Registry
+from core.queues import send_chunks
 from core.tables import chunks, results
 
 MODEL = "tiny"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import redis
 from models import write_models_file
-from worker_support import producer, run_worker_to_exit, send_chunks, worker_env
+from worker_support import producer, run_worker_to_exit, worker_env
 
-from core.queues import model_queue
+from core.queues import model_queue, send_chunks
 
 # Runs the real `bulkscore worker` command line with an import spy: at the first import of an
 # ML framework it prints the CUDA variables as they are at that moment and exits with 17.

@@ -27,7 +27,7 @@ import cli.client
 from cli.main import app
 from core.config import Settings, reset_settings_cache
 from core.db import get_engine
-from core.models.registry import load_registry
+from core.models.catalog import load_registry
 from core.tables import jobs, metadata, training_runs
 from engine.trainer import run_training_job
 

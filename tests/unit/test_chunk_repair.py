@@ -39,7 +39,7 @@ class Crash(BaseException):
     """Stands for the process dying: not an Exception, so nothing below catches it."""
 
 
-class PoisonRunner:
+class PoisonRunner(Runner):
     """Scores texts; the text ``POISON`` 'kills the process' (raises :class:`Crash`)."""
 
     name: str = "fake"

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from core.jobs.predictions import Prediction
 from core.logs import ContextFilter, JsonFormatter, TextFormatter, job_context
-from engine.runners.base import Progress
+from engine.runners.base import Progress, Runner
 from worker.liveness import StallClock, check_interval_s
 from worker.metrics import InstrumentedRunner
 
@@ -61,10 +61,13 @@ def test_checks_are_frequent_enough_to_catch_a_stall_within_a_minute() -> None:
 # -- worker metrics --------------------------------------------------------------------------
 
 
-class BatchingRunner:
+class BatchingRunner(Runner):
     name = "metered"
     revision = None
     max_batch_size = 3
+
+    def setup(self, device: str = "cpu") -> None:
+        """Nothing to load."""
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         for start in range(0, len(batch), 3):

@@ -17,7 +17,8 @@ from core.models.registry import InputKind, ModelSpec, Registry, Task
 from core.models.trained import TrainedModel, spec_for
 from core.training.data import LabelledExamples
 from engine.runners import build_runner
-from engine.runners.head_runner import HeadRunner, head_bytes
+from engine.runners.head_runner import HeadRunner
+from engine.runners.heads import head_bytes
 from engine.runners.keras_features import KerasFeatureRunner
 from engine.training import train
 

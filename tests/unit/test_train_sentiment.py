@@ -20,7 +20,8 @@ from core.inputs.items import InputItem
 from core.models.registry import Registry
 from core.models.trained import TrainedModel, spec_for
 from core.training.data import LabelledExamples
-from engine.runners.head_runner import HeadRunner, build_backbone, head_bytes
+from engine.runners.head_runner import HeadRunner, build_backbone
+from engine.runners.heads import head_bytes
 from engine.training import train
 
 MIN_TEST_ACCURACY = 0.75  # chance is 0.5 (balanced); the shipped head reaches about 0.81

@@ -35,7 +35,8 @@ from core.tables import trained_models
 from core.training.data import DataFormat, parse_labelled_csv
 from core.training.jobs import create_training_job
 from engine.runners import build_runner
-from engine.runners.head_runner import HeadRunner, head_bytes, read_head
+from engine.runners.head_runner import HeadRunner
+from engine.runners.heads import head_bytes, read_head
 from engine.trainer import run_training_job, train_and_register
 
 MODELS = """

@@ -31,7 +31,7 @@ from core.training.data import (
     read_labelled_folder,
 )
 from engine.runners.base import ModelLoadError
-from engine.runners.head_runner import head_bytes, read_head
+from engine.runners.heads import head_bytes, read_head
 from engine.training import fit_head, split_holdout, train
 
 MB = 1024 * 1024

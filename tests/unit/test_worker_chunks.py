@@ -24,12 +24,12 @@ from core.models.registry import ModelSpec
 from core.tables import chunks, jobs, results
 from engine import chunk_work
 from engine.chunk_work import ChunkAttemptError, ChunkOutcome, Driver, work_on_chunk
-from engine.runners.base import Progress
+from engine.runners.base import Progress, Runner
 
 SPEC = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/nowhere")
 
 
-class FakeRunner:
+class FakeRunner(Runner):
     """Labels every text by its length; ``on_predict`` lets a test act mid-chunk."""
 
     name = "fake"

@@ -21,13 +21,13 @@ from core.models.registry import ModelSpec
 from core.tables import chunks, results
 from engine import chunk_work
 from engine.chunk_work import ChunkAttemptError, ChunkOutcome, work_on_chunk
-from engine.runners.base import Progress
+from engine.runners.base import Progress, Runner
 
 FAKE = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/x")
 OTHER = ModelSpec(name="other", task="text-classification", backend="transformers", source="/x")
 
 
-class FakeRunner:
+class FakeRunner(Runner):
     """Labels each text by its length; records the size of every predict call."""
 
     name = "fake"

@@ -12,6 +12,8 @@ from typing import Any
 from core.config import Settings
 from core.schedules.config import Schedule, SourceKind
 from core.schedules.sources.base import SourceError, Window, scrub
+from core.schedules.sources.files import read_files_window
+from core.schedules.sources.sql import read_sql_window
 
 
 def read_window(
@@ -30,11 +32,7 @@ def read_window(
         SourceError: The source cannot be read; the message is safe to store and show.
     """
     if schedule.source == SourceKind.SQL:
-        from core.schedules.sources.sql import read_sql_window
-
         return read_sql_window(schedule, state, settings)
-    from core.schedules.sources.files import read_files_window
-
     return read_files_window(schedule, known_files, settings)
 
 

@@ -112,6 +112,7 @@ def _read(schedule: Schedule, path: Path, name: str, settings: Settings) -> list
 
 def _read_image(path: Path, name: str, max_bytes: int) -> InputItem:
     # Imported here: Pillow and numpy load only for schedules of image models.
+    # Deferred: Pillow and numpy, for image inputs only.
     from core.inputs.images import checked_image_item
 
     ident = name[:MAX_ID_CHARS]

@@ -175,7 +175,8 @@ def _item(row: Any, content: str, settings: Settings) -> InputItem:
         data = data.tobytes()
     if not isinstance(data, bytes):
         return InputItem(item_id=str(item_id)[:256], error="the image column must hold bytes")
-    from core.inputs.images import checked_image_item  # Pillow only for image models
+    # Deferred: Pillow and numpy, for image inputs only.
+    from core.inputs.images import checked_image_item
 
     return checked_image_item(item_id, data, settings.max_image_bytes)
 
