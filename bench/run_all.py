@@ -1,4 +1,4 @@
-"""Every CPU benchmark of issue 6, one after the other, in one run: the whole table.
+"""Every CPU throughput benchmark, one after the other, in one run: the whole table.
 
     .venv/bin/python bench/run_all.py [--skip-slow]
 

@@ -4,7 +4,7 @@ This is what most "serve a model with Celery" tutorials build, kept deliberately
 write it: the default prefork pool (here ``--concurrency 2``), default prefetch and acks,
 the model loaded lazily by the first task each child runs, and every label sent back
 through the Redis result backend and collected with ``AsyncResult.get()``. It is a
-benchmark baseline, not part of bulkscore (see PITFALLS.md for what it gets wrong).
+benchmark baseline, not part of bulkscore (see docs/promise.md for what it gets wrong).
 
     celery -A tutorial_celery worker --pool prefork --concurrency 2   # from bench/
 

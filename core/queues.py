@@ -27,7 +27,7 @@ def model_queue(model_name: str) -> str:
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
-    """Celery configuration; each reliability choice says why (see PITFALLS.md)."""
+    """Celery configuration; each reliability choice says why (see docs/promise.md)."""
     return {
         "broker_url": settings.broker_url,
         # JSON only: pickle in accept_content turns broker write access into code execution.

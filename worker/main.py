@@ -22,10 +22,9 @@ from core.queues import model_queue
 from engine.threads import compute_threads, cores_given
 from worker import warm
 from worker.celery_app import app
-from worker.health import HEARTBEAT, ConsumingStep
+from worker.health import HEARTBEAT
 from worker.operations import add_consumer_steps
 from worker.pinning import PinningError, pin_device, set_tokenizers_parallelism
-from worker.reconciler import ReconcileStep
 from worker.tasks import score_chunk  # importing it registers the task on the app
 from worker.training_task import train_model  # heads over these models train here
 
@@ -126,9 +125,7 @@ def run_worker(
 
 
 def _consume(loglevel: str, tag: str, names: list[str], pool: str, concurrency: int) -> int:
-    app.steps["consumer"].add(ConsumingStep)
-    app.steps["consumer"].add(ReconcileStep)
-    add_consumer_steps(app)  # liveness, metrics, log context
+    add_consumer_steps(app)  # health, reconciler, liveness, metrics, log context
     queues = [model_queue(name) for name in names]
     log.info(
         "serving %s and %s from %s with the %s pool",

@@ -1,6 +1,6 @@
 """Running a schedule: claim the due time, read the window, create and queue one job.
 
-The rules (issue 5), and where each is kept:
+The rules, and where each is kept:
 
 - **One job per schedule and due time.** The run's row is inserted first; its unique
   ``(schedule, due_at)`` key is the claim (:func:`core.schedules.runs.claim`). A process
