@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import TEXT_MODEL, UnitApi, bearer, free_port, serve
+from api_support import TEXT_MODEL, UnitApi, bearer, free_port, running_api, serve
 from fault_support import PostgresCluster, RedisServer, own_postgres, own_redis
 from ledger import Audit, Ledger, audit
 from poison_worker import POISON
@@ -254,6 +254,60 @@ def test_4_redis_down_at_submit_answers_503_fast_and_leaves_no_job(service: Serv
     job = service.submit(texts(50), chunk_size=25)
     found = service.check("4 redis down at submit", [job])
     assert found.refused_with_rows == 0 and service.ledger.refused
+
+
+def test_4b_a_frozen_broker_never_answers_2xx_for_a_job_that_is_then_deleted(
+    service: Service,
+) -> None:
+    # A real API process; Redis frozen (SIGSTOP): connections open, nothing answers. Clients
+    # give up after 1 s and retry with the same Idempotency-Key while the first request is
+    # still failing its send. Before the fix a retry replayed the committed job (200) that
+    # the failing request deleted seconds later. Now the key is attached only after a send
+    # succeeded, so every answer during the freeze is a 503 or a client time-out.
+    settings = service.api.settings
+    env = {
+        "BULKSCORE_DATABASE_URL": settings.database_url,
+        "BULKSCORE_BROKER_URL": settings.broker_url,
+        "BULKSCORE_MODELS": str(settings.models),
+        "BULKSCORE_CHUNK_SIZE": "25",
+    }
+    key = "frozen-broker-retry"
+    body = {
+        "model": TEXT_MODEL,
+        "inputs": [{"id": f"i{i}", "text": t} for i, t in enumerate(texts(50))],
+    }
+    headers = {**bearer(service.api.key), "Idempotency-Key": key}
+    answers: list[tuple[int, str | None]] = []
+    with running_api(env, service.tmp / "api-4b.log") as server:
+        redis_process = service.redis.process
+        assert redis_process is not None
+        redis_process.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(6):
+                try:
+                    response = httpx.post(
+                        f"{server.url}/v1/jobs", json=body, headers=headers, timeout=1.0
+                    )
+                except httpx.TimeoutException:
+                    answers.append((0, None))  # the client gave up; the API carries on
+                    continue
+                ident = response.json().get("id") if response.status_code < 300 else None
+                answers.append((response.status_code, ident))
+            time.sleep(8)  # every send in flight fails (socket time-outs) and is cleaned up
+        finally:
+            redis_process.send_signal(signal.SIGCONT)
+        assert all(status in (0, 503) for status, _ in answers), answers
+        with service.engine.connect() as conn:
+            leftover = conn.scalar(select(func.count()).where(jobs.c.idempotency_key == key))
+        assert leftover == 0, "no job may hold the key of requests that all failed"
+        # The broker is back: the same key now makes one job, and replays it.
+        first = httpx.post(f"{server.url}/v1/jobs", json=body, headers=headers, timeout=30)
+        again = httpx.post(f"{server.url}/v1/jobs", json=body, headers=headers, timeout=30)
+    assert first.status_code == 202, first.text
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    service.ledger.accepted.append(first.json()["id"])
+    found = service.check("4b frozen broker", [first.json()["id"]])
+    assert found.lost == 0
 
 
 # -- 5: database restart ------------------------------------------------------------------------
