@@ -10,7 +10,16 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -23,7 +32,7 @@ from api.training_dispatch import TrainingQueue
 from api.training_schemas import CatalogModelOut, ModelDetail, VersionOut
 from core.config import Settings
 from core.jobs.lifecycle import Job
-from core.models.registry import Registry, RegistryError, load_registry
+from core.models.registry import NAME_PATTERN, Registry, RegistryError, load_registry
 from core.models.trained import TrainedModelError, check_base, check_new_name, get_trained
 from core.models.trained import list_versions as trained_versions
 from core.training.data import (
@@ -195,7 +204,7 @@ async def train(
     responses={404: {"description": "No such model (or version)."}},
 )
 def read(
-    name: str,
+    name: Annotated[str, Path(pattern=NAME_PATTERN.pattern, description="A model's name.")],
     _key_id: CurrentKey,
     settings: SettingsDep,
     conn: ConnDep,
