@@ -8,7 +8,6 @@ then the two jobs' labels are compared item by item.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import typer
@@ -19,6 +18,7 @@ from cli.console import EXIT_USAGE, err_console, fail, out_console
 from core.config import get_settings
 from core.db import get_engine
 from core.jobs.comparison import Comparison, Difference, compare_jobs
+from core.jobs.export import SpreadsheetSafeWriter
 from core.jobs.lifecycle import Job, create_job, get_job, load_items, mark_failed
 from core.jobs.status import JobStatus
 from core.models.registry import RegistryError, UnknownModelError, load_registry
@@ -156,7 +156,8 @@ def _labelled(label: str, score: float | None) -> str:
 
 def _write_csv(path: Path, job: Job, other: Job, differences: list[Difference]) -> None:
     with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
+        # Ids, texts and labels from outside: no cell may run as a spreadsheet formula.
+        writer = SpreadsheetSafeWriter(handle)
         writer.writerow(
             [
                 "index",
