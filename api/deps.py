@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection, Engine
 
 from api.dispatch import JobQueue
 from core.config import Settings
-from core.jobs.lifecycle import Job, get_job
+from core.jobs.lifecycle import JOB_ID_PATTERN, Job, get_job
 from core.keys import authenticate
 
 
@@ -82,7 +82,14 @@ def job_not_found(job_id: str) -> HTTPException:
     return HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"job {job_id} not found")
 
 
-def owned_job(job_id: str, key_id: CurrentKey, conn: ConnDep) -> Job:
+# Path parameters are text from outside: one that cannot be an id (a NUL, a lone surrogate,
+# any other form) is refused by its pattern with a 422 naming it, before it reaches SQL.
+JobId = Annotated[
+    str, Path(pattern=JOB_ID_PATTERN, description="A job's id, as `POST /v1/jobs` returned it.")
+]
+
+
+def owned_job(job_id: JobId, key_id: CurrentKey, conn: ConnDep) -> Job:
     """The job ``job_id`` if the caller's key owns it; 404 otherwise.
 
     Another key's job answers exactly like a job that does not exist, so ids of other

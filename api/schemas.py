@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.jobs.lifecycle import Job
 from core.jobs.status import JobStatus
@@ -20,7 +20,8 @@ class InputRecord(BaseModel):
 
     id: str | int | None = Field(
         default=None,
-        description="Your id for this input, echoed in its result (default: 1-based position).",
+        description="Your id for this input, echoed in its result (default: 1-based position): "
+        "at most 256 characters, no NUL; an unusable id is that input's error.",
         examples=["r1"],
     )
     # Length and content are checked per item (a bad input becomes that item's error), so
@@ -32,6 +33,14 @@ class InputRecord(BaseModel):
         default=None,
         description="An image file (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded.",
     )
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # pydantic would read true as the integer 1, an id another input may have.
+        if isinstance(value, bool):
+            raise ValueError("an id is a string or an integer, not true or false")
+        return value
 
 
 class JobRequest(BaseModel):

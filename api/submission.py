@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine
 from api.dispatch import JobQueue
 from api.schemas import InputRecord, JobRequest
 from core.config import Settings
-from core.inputs.items import InputItem, checked_text_item
+from core.inputs.items import InputItem, checked_id, checked_text_item
 from core.inputs.text_files import TEXT_SUFFIXES, InputFileError, parse_text_bytes
 from core.jobs.lifecycle import Job, create_job
 from core.jobs.submit import (
@@ -89,15 +89,17 @@ def _record_item(
     position: int, record: InputRecord, max_chars: int, max_image_bytes: int
 ) -> InputItem:
     ident = position if record.id is None else record.id
+    if (record.text is None) == (record.image_base64 is None):
+        stored_id, problem = checked_id(ident)
+        return InputItem(
+            item_id=stored_id,
+            error=problem or (NEITHER_KIND if record.text is None else BOTH_KINDS),
+        )
     if record.image_base64 is not None:
-        if record.text is not None:
-            return InputItem(item_id=str(ident)[:256], error=BOTH_KINDS)
         # Deferred: Pillow stays out of the API's start-up until an image arrives.
         from core.inputs.images import checked_base64_image_item
 
         return checked_base64_image_item(ident, record.image_base64, max_image_bytes)
-    if record.text is None:
-        return InputItem(item_id=str(ident)[:256], error=NEITHER_KIND)
     return checked_text_item(ident, record.text, max_chars)
 
 

@@ -8,7 +8,6 @@ then the two jobs' labels are compared item by item.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import typer
@@ -19,6 +18,7 @@ from cli.in_process import score_here
 from core.config import get_settings
 from core.db import get_engine
 from core.jobs.comparison import Comparison, Difference, compare_jobs
+from core.jobs.export import SpreadsheetSafeWriter
 from core.jobs.lifecycle import Job, get_job, load_items
 from core.jobs.status import JobStatus
 from core.models.catalog import load_registry
@@ -127,7 +127,8 @@ def _labelled(label: str, score: float | None) -> str:
 
 def _write_csv(path: Path, job: Job, other: Job, differences: list[Difference]) -> None:
     with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
+        # Ids, texts and labels from outside: no cell may run as a spreadsheet formula.
+        writer = SpreadsheetSafeWriter(handle)
         writer.writerow(
             [
                 "index",

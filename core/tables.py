@@ -19,6 +19,11 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+# The largest value of an INTEGER column (results.index, trained_models.version...): 32-bit
+# on PostgreSQL, which refuses a larger parameter outright. Numbers from outside compared
+# with such a column are bounded by this first.
+MAX_INTEGER = 2**31 - 1
+
 # Stable constraint names, so migrations can drop and alter them on every backend.
 metadata = MetaData(
     naming_convention={

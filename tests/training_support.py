@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import struct
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -146,3 +147,25 @@ class WordBackbone:
         if progress is not None:
             progress(len(texts))
         return rows
+
+
+def lying_zip(members: dict[str, int], declared: int) -> bytes:
+    """A zip bomb: each member holds ``size`` zero bytes, deflated (about 1000:1), while its
+    local header and its central directory entry both declare ``declared`` bytes."""
+    buffer = io.BytesIO()
+    piece = bytes(1 << 20)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, size in members.items():
+            with archive.open(name, "w") as member:
+                for start in range(0, size, len(piece)):
+                    member.write(piece[: size - start])
+    raw = bytearray(buffer.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as archive:
+        infos, entry = archive.infolist(), archive.start_dir
+    size_field = declared.to_bytes(4, "little")
+    for info in infos:
+        raw[info.header_offset + 22 : info.header_offset + 26] = size_field  # local header
+        raw[entry + 24 : entry + 28] = size_field  # central directory entry
+        name, extra, comment = struct.unpack("<HHH", raw[entry + 28 : entry + 34])
+        entry += 46 + name + extra + comment
+    return bytes(raw)

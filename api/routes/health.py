@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import EngineDep, JobQueueDep, SettingsDep
-from core.models.registry import Registry, RegistryError
+from core.models.registry import NAME_PATTERN, Registry, RegistryError
 
 router = APIRouter(tags=["health"])
 
@@ -35,7 +35,9 @@ def readyz(
     queue: JobQueueDep,
     settings: SettingsDep,
     model: str | None = Query(
-        default=None, max_length=64, description="Ready only if this model has a live worker."
+        default=None,
+        pattern=NAME_PATTERN.pattern,
+        description="Ready only if this model has a live worker.",
     ),
 ) -> JSONResponse:
     """Readiness: database, broker, and a worker with a live heartbeat (503 otherwise)."""

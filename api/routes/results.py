@@ -13,6 +13,7 @@ from api.deps import ConnDep, EngineDep, OwnedJob
 from api.schemas import ResultPage, ResultRow
 from core.jobs.export import export_lines
 from core.jobs.results import iter_results, read_page
+from core.tables import MAX_INTEGER
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"])
 
@@ -36,7 +37,10 @@ def results(
     engine: EngineDep,
     limit: int = Query(default=100, ge=1, le=5000, description="Rows per page."),
     after: int = Query(
-        default=-1, ge=-1, description="Only rows with a larger index (`next_after` of a page)."
+        default=-1,
+        ge=-1,
+        le=MAX_INTEGER,
+        description="Only rows with a larger index (`next_after` of a page).",
     ),
     fmt: Literal["json", "csv", "jsonl"] = Query(
         default="json",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from sqlalchemy import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -24,7 +24,7 @@ from api.training_schemas import CatalogModelOut, ModelDetail, VersionOut
 from core.config import Settings
 from core.jobs.lifecycle import Job
 from core.models.catalog import load_registry
-from core.models.registry import Registry, RegistryError
+from core.models.registry import NAME_PATTERN, Registry, RegistryError
 from core.models.trained import TrainedModelError, check_base, check_new_name, get_trained
 from core.models.trained import list_versions as trained_versions
 from core.training.data import (
@@ -182,7 +182,7 @@ async def train(
     responses={404: {"description": "No such model (or version)."}},
 )
 def read(
-    name: str,
+    name: Annotated[str, Path(pattern=NAME_PATTERN.pattern, description="A model's name.")],
     _key_id: CurrentKey,
     settings: SettingsDep,
     conn: ConnDep,

@@ -14,17 +14,16 @@ from pathlib import Path
 
 from core.config import get_settings
 from core.inputs.image_decode import image_problem
-from core.inputs.items import InputItem
+from core.inputs.items import InputItem, checked_id
 from core.inputs.text_files import InputFileError
-
-MAX_ID_CHARS = 256
 
 
 def checked_image_item(item_id: object, data: bytes, max_bytes: int | None = None) -> InputItem:
     """An :class:`InputItem` for uploaded image bytes, with a per-item error if unusable.
 
-    The content is checked by its signature (magic number), never by a file name, and
-    against ``max_bytes`` (default: the ``max_image_bytes`` setting).
+    The id is checked as :func:`core.inputs.items.checked_id` says; the content by its
+    signature (magic number), never by a file name, and against ``max_bytes`` (default:
+    the ``max_image_bytes`` setting).
 
     Args:
         item_id: The caller's id for the image (a file name, or the JSON ``id``).
@@ -35,8 +34,8 @@ def checked_image_item(item_id: object, data: bytes, max_bytes: int | None = Non
         The item, with ``data`` set, or with ``error`` set and no data.
     """
     limit = get_settings().max_image_bytes if max_bytes is None else max_bytes
-    ident = str(item_id)[:MAX_ID_CHARS]
-    problem = image_problem(data, limit)
+    ident, problem = checked_id(item_id)
+    problem = problem or image_problem(data, limit)
     if problem is not None:
         return InputItem(item_id=ident, error=problem)
     return InputItem(item_id=ident, data=data)
@@ -47,7 +46,9 @@ def checked_base64_image_item(
 ) -> InputItem:
     """Like :func:`checked_image_item`, for a JSON ``image_base64`` string."""
     limit = get_settings().max_image_bytes if max_bytes is None else max_bytes
-    ident = str(item_id)[:MAX_ID_CHARS]
+    ident, problem = checked_id(item_id)
+    if problem is not None:
+        return InputItem(item_id=ident, error=problem)
     if not isinstance(encoded, str):
         return InputItem(item_id=ident, error="image_base64 must be a string")
     if len(encoded) > (limit + 2) // 3 * 4 + 4:  # refuse before decoding a huge string
@@ -128,8 +129,12 @@ def _relative_id(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def _read_one(ident: str, path: Path, limit: int) -> InputItem:
-    ident = ident[:MAX_ID_CHARS]
+def _read_one(name: str, path: Path, limit: int) -> InputItem:
+    # A file name that is not valid UTF-8 reaches Python as lone surrogates: checked like
+    # any other id before the file is read.
+    ident, problem = checked_id(name)
+    if problem is not None:
+        return InputItem(item_id=ident, error=problem)
     try:
         size = path.stat().st_size
         if size > limit:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from core.inputs.items import InputItem, checked_text_item
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv")
+JSON_ID_TYPE = "id must be a string or an integer"
 
 
 class InputFileError(ValueError):
@@ -68,10 +70,23 @@ def _parse_jsonl(content: str, max_chars: int, name: str) -> Iterator[InputItem]
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputFileError(f"{name}: line {number} is not valid JSON ({exc.msg})") from exc
+        except ValueError as exc:  # past int_max_str_digits: refused by the parser itself
+            raise InputFileError(
+                f"{name}: line {number} holds an integer of over "
+                f"{sys.get_int_max_str_digits()} digits"
+            ) from exc
+        except RecursionError as exc:
+            raise InputFileError(f"{name}: line {number} is nested too deeply") from exc
         if not isinstance(record, dict) or "text" not in record:
             raise InputFileError(f'{name}: line {number} must be an object with a "text" field')
         item_id = record.get("id")
-        yield checked_text_item(number if item_id is None else item_id, record["text"], max_chars)
+        if item_id is None:
+            item_id = number
+        elif isinstance(item_id, bool) or not isinstance(item_id, str | int):
+            # The same types as an id in a JSON request (api.schemas.InputRecord).
+            yield InputItem(item_id=str(number), error=JSON_ID_TYPE)
+            continue
+        yield checked_text_item(item_id, record["text"], max_chars)
 
 
 def _parse_csv(content: str, max_chars: int, name: str) -> Iterator[InputItem]:

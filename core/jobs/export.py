@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 EXPORT_FORMATS = ("csv", "jsonl")
 CSV_COLUMNS = ("index", "id", "label", "score", "top_k", "error")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 
 def compact_top_k(top_k: Any) -> str:
@@ -26,22 +29,64 @@ def compact_top_k(top_k: Any) -> str:
     return json.dumps(top_k, separators=(",", ":")) if top_k else ""
 
 
+def spreadsheet_safe(cell: Any) -> Any:
+    """``cell`` as a CSV cell a spreadsheet shows and never runs (OWASP "CSV Injection").
+
+    Spreadsheets run a cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+    return as a formula (``=HYPERLINK(...)``, ``-2+3+cmd|...``); such a text gets a leading
+    ``'``, which they read as "text, do not evaluate" and do not show. A plain number
+    (``-5``, ``+1.5e3``) is left alone: a spreadsheet reads it as a number, never a formula,
+    and an id like ``-5`` keeps its value. Non-strings (the index) pass through.
+    """
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+class SpreadsheetSafeWriter:
+    """A ``csv.writer`` (default dialect) whose every cell goes through
+    :func:`spreadsheet_safe`.
+
+    The default dialect ends lines with ``\\r\\n``, so a cell holding either character is
+    quoted and cannot start a row of its own.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self._writer = csv.writer(handle)
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        self._writer.writerow([spreadsheet_safe(cell) for cell in row])
+
+
 def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """CSV text, a few hundred rows per piece; ``top_k`` may be a list or stored JSON text."""
+    """CSV text, a few hundred rows per piece; ``top_k`` may be a list or stored JSON text.
+
+    Every text cell is made safe to open in a spreadsheet (:func:`spreadsheet_safe`).
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    # The writer quotes a cell holding its line terminator ("\n") but not a lone "\r",
+    # which spreadsheets and CSV readers take as a line break: the rest of the cell would
+    # start a row of its own, its first cell unescaped. A row holding one is fully quoted.
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(CSV_COLUMNS)
+    safe = spreadsheet_safe
     for count, row in enumerate(rows, start=1):
-        writer.writerow(
-            (
-                row["index"],
-                row["id"],
-                row["label"] if row["label"] is not None else "",
-                repr_score(row["score"]),
-                compact_top_k(row.get("top_k")),
-                row["error"] or "",
-            )
+        ident, label, error = row["id"], row["label"] or "", row["error"] or ""
+        # Only the text columns go through spreadsheet_safe: the index is an int, the score
+        # a number's repr, and top_k JSON text that starts with "[".
+        cells = (
+            row["index"],
+            safe(ident),
+            safe(label),
+            repr_score(row["score"]),
+            compact_top_k(row.get("top_k")),
+            safe(error),
         )
+        if "\r" in ident or "\r" in label or "\r" in error:
+            quoted.writerow(cells)
+        else:
+            writer.writerow(cells)
         # Hand out text in pieces of a few hundred rows: one write per row is slow to
         # stream, one write for the whole table holds it all in memory.
         if count % 500 == 0:

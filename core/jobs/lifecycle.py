@@ -64,6 +64,11 @@ class Chunk:
     stop: int
 
 
+# What new_job_id makes: a string from outside that is not of this form names no job, and
+# is refused before it reaches SQL (the API's path parameters say so in their schema).
+JOB_ID_PATTERN = "^[0-9a-f]{32}$"
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from core.config import Settings, get_settings
 from core.queues import model_queue
 
+# Use fullmatch: "$" alone also matches before a final newline. The anchors stay for the
+# API, which hands the same pattern to its parameters' schema.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 PACKAGE_PREFIX = "package:"
 
@@ -168,7 +170,7 @@ class Registry:
     ) -> Registry:
         models: dict[str, ModelSpec] = {}
         for name, entry in (raw.get("models") or {}).items():
-            if not NAME_PATTERN.match(name):
+            if not NAME_PATTERN.fullmatch(name):
                 raise RegistryError(
                     f"model name {name!r} in {path}: use lower-case letters, digits, '.', '_' "
                     "and '-' (at most 64)"
@@ -187,7 +189,7 @@ class Registry:
         """The spec of a registered model; :class:`UnknownModelError` otherwise."""
         spec = self.models.get(name) if isinstance(name, str) else None
         # Only a well-formed name reaches the database: a path or hub id never does.
-        if spec is None and self.trained is not None and NAME_PATTERN.match(str(name)):
+        if spec is None and self.trained is not None and NAME_PATTERN.fullmatch(str(name)):
             spec = self.trained.spec(str(name), self)
         if spec is None:
             known = self.names

@@ -127,7 +127,7 @@ def check_new_name(registry: Registry, name: str) -> str:
     Raises:
         TrainedModelError: The name is malformed or belongs to a models-file model.
     """
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise TrainedModelError(
             f"model name {name!r}: use lower-case letters, digits, '.', '_' and '-' "
             "(at most 64, starting with a letter or digit)"

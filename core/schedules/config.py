@@ -174,7 +174,7 @@ def parse_schedules(
     schedules = []
     for name, entry in sorted(entries.items()):
         prefix = f"schedule {name!r}{where}"
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise ScheduleConfigError(
                 f"{prefix}: use lower-case letters, digits, '.', '_' and '-' (at most 64)"
             )

@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 from core.config import Settings
-from core.inputs.items import InputItem, checked_text_item
+from core.inputs.items import InputItem, checked_text_item, unstorable
 from core.inputs.text_files import InputFileError
 from core.models.registry import InputKind
 
@@ -29,6 +29,8 @@ MIN_EXAMPLES_PER_LABEL = 5
 MAX_LABELS = 1000
 MAX_LABEL_CHARS = 256  # results.label is String(256)
 IGNORED_ZIP_FOLDERS = ("__MACOSX",)
+READABLE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+INFLATE_PIECE_BYTES = 64 * 1024
 
 
 class TrainingDataError(ValueError):
@@ -86,6 +88,9 @@ def check_label(label: object, where: str) -> str:
         raise TrainingDataError(f"{where}: empty label")
     if len(text) > MAX_LABEL_CHARS:
         raise TrainingDataError(f"{where}: label longer than {MAX_LABEL_CHARS} characters")
+    problem = unstorable(text)
+    if problem is not None:
+        raise TrainingDataError(f"{where}: the label {problem}")
     return text
 
 
@@ -179,8 +184,11 @@ def parse_labelled_zip(
 ) -> LabelledExamples:
     """A zip of one folder per label (optionally all inside one top folder).
 
-    Nothing is extracted to disk; sizes are checked from the directory before any file is
-    read, so a zip bomb is refused unread.
+    Nothing is extracted to disk, and the sizes the zip declares are never trusted: each
+    member is inflated a piece at a time under a running count, so a member past
+    ``max_image_bytes`` stops being read at the limit (that image is skipped), and the
+    archive is refused once all it has inflated passes ``max_total_bytes``. A zip bomb
+    costs at most the limits, whatever its directory says.
     """
     # Imported here: the API imports this module, and must not load Pillow for a CSV.
     # Deferred: Pillow and numpy, for image inputs only.
@@ -188,46 +196,92 @@ def parse_labelled_zip(
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, ValueError) as exc:  # ValueError: a name not valid UTF-8
         raise TrainingDataError(f"data is not a valid zip file ({exc})") from exc
     with archive:
-        members = [
-            info
-            for info in archive.infolist()
-            if not info.is_dir() and not _ignored(PurePosixPath(info.filename))
-        ]
-        if not members:
-            raise TrainingDataError("the zip holds no files (expected one folder per label)")
-        if len(members) > max_files:
-            raise TrainingDataError(f"the zip holds {len(members)} files; the limit is {max_files}")
-        total = sum(info.file_size for info in members)
-        if total > max_total_bytes:
-            raise TrainingDataError(
-                f"the zip unpacks to {total} bytes; the limit is {max_total_bytes}"
-            )
-        paths = [PurePosixPath(info.filename).parts for info in members]
-        tops = {parts[0] for parts in paths}
-        # A zipped folder ("photos/cat/1.jpg") holds its label folders one level down.
-        strip = 1 if len(tops) == 1 and all(len(parts) >= 3 for parts in paths) else 0
+        members = _label_members(archive, max_files)
+        budget = _InflateBudget(max_total_bytes)
         examples = LabelledExamples()
-        for info, parts in sorted(zip(members, paths, strict=True), key=lambda p: p[1]):
-            inner = parts[strip:]
-            if len(inner) != 2:
-                raise TrainingDataError(
-                    f"{info.filename}: expected <label>/<image> (one folder per label)"
-                )
-            label = check_label(inner[0], info.filename)
-            ident = "/".join(inner)
-            if info.file_size > max_image_bytes:
-                error = f"image is {info.file_size} bytes; the limit is {max_image_bytes}"
+        for info, label, ident in members:
+            data = _inflate(archive, info, max_image_bytes, budget)
+            if data is None:
+                error = f"image is over the limit of {max_image_bytes} bytes"
                 examples.add(InputItem(item_id=ident, error=error), label)
-                continue
-            try:
-                data = archive.read(info)
-            except (zipfile.BadZipFile, OSError, RuntimeError) as exc:
-                raise TrainingDataError(f"{info.filename}: cannot be read ({exc})") from exc
-            examples.add(checked_image_item(ident, data, max_image_bytes), label)
+            else:
+                examples.add(checked_image_item(ident, data, max_image_bytes), label)
     return examples
+
+
+def _label_members(
+    archive: zipfile.ZipFile, max_files: int
+) -> list[tuple[zipfile.ZipInfo, str, str]]:
+    """``(member, label, id)`` of every file, checked for layout before any is inflated."""
+    members = [
+        info
+        for info in archive.infolist()
+        if not info.is_dir() and not _ignored(PurePosixPath(info.filename))
+    ]
+    if not members:
+        raise TrainingDataError("the zip holds no files (expected one folder per label)")
+    if len(members) > max_files:
+        raise TrainingDataError(f"the zip holds {len(members)} files; the limit is {max_files}")
+    paths = [PurePosixPath(info.filename).parts for info in members]
+    tops = {parts[0] for parts in paths}
+    # A zipped folder ("photos/cat/1.jpg") holds its label folders one level down.
+    strip = 1 if len(tops) == 1 and all(len(parts) >= 3 for parts in paths) else 0
+    checked = []
+    for info, parts in sorted(zip(members, paths, strict=True), key=lambda p: p[1]):
+        inner = parts[strip:]
+        if len(inner) != 2:
+            raise TrainingDataError(
+                f"{info.filename}: expected <label>/<image> (one folder per label)"
+            )
+        if info.compress_type not in READABLE_COMPRESSION:
+            # bzip2 and LZMA members are inflated by zipfile without an output bound.
+            raise TrainingDataError(
+                f"{info.filename}: compressed with method {info.compress_type}; zip the "
+                "images with deflate (the usual) or store them"
+            )
+        checked.append((info, check_label(inner[0], info.filename), "/".join(inner)))
+    return checked
+
+
+@dataclass(slots=True)
+class _InflateBudget:
+    """Bytes the whole archive may still inflate to."""
+
+    limit: int
+    used: int = 0
+
+    def spend(self, size: int) -> None:
+        self.used += size
+        if self.used > self.limit:
+            raise TrainingDataError(
+                f"the zip unpacks to more than {self.limit} bytes; that is the limit"
+            )
+
+
+def _inflate(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int, budget: _InflateBudget
+) -> bytes | None:
+    """The member's bytes, or None once they pass ``max_bytes`` (left unread from there)."""
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        with archive.open(info) as member:
+            # Bounded reads: zipfile inflates at most about one piece per call (the
+            # deflate decompressor is given an output limit), whatever the header claims.
+            while piece := member.read(INFLATE_PIECE_BYTES):
+                size += len(piece)
+                budget.spend(len(piece))
+                if size > max_bytes:
+                    return None
+                pieces.append(piece)
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, ValueError) as exc:
+        # A CRC or size that disagrees with the content, an encrypted member, an
+        # unsupported method, a truncated stream.
+        raise TrainingDataError(f"{info.filename}: cannot be read ({exc})") from exc
+    return b"".join(pieces)
 
 
 def _ignored(path: PurePosixPath) -> bool:

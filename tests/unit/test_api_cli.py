@@ -157,12 +157,19 @@ def test_models(api: UnitApi) -> None:
     assert TEXT_MODEL in result.stdout and "text-classification" in result.stdout
 
 
+UNKNOWN_JOB = "0123456789abcdef0123456789abcdef"  # well formed, but no job has it
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["status", "nope"], "job nope not found (HTTP 404)"),
-        (["cancel", "nope"], "job nope not found (HTTP 404)"),
-        (["results", "nope"], "job nope not found (HTTP 404)"),
+        (["status", UNKNOWN_JOB], f"job {UNKNOWN_JOB} not found (HTTP 404)"),
+        (["cancel", UNKNOWN_JOB], f"job {UNKNOWN_JOB} not found (HTTP 404)"),
+        (["results", UNKNOWN_JOB], f"job {UNKNOWN_JOB} not found (HTTP 404)"),
+        (
+            ["status", "nope"],
+            "path.job_id: String should match pattern '^[0-9a-f]{32}$' (HTTP 422)",
+        ),
         (["submit", "{texts}", "--model", "nope"], "unknown model 'nope'"),
         (["results", "nope", "--format", "xml"], "unknown format 'xml'"),
         (["results", "nope", "--out", "x.parquet"], "must end in .csv or .jsonl"),

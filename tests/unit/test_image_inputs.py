@@ -74,7 +74,10 @@ def test_checked_image_item_goes_by_content_not_name() -> None:
     refused = checked_image_item("x.jpg", b"GIF? no: plain text", max_bytes=10**6)
     assert refused.data is None and "not a supported image" in (refused.error or "")
     assert "limit" in (checked_image_item("x.jpg", JPEG, max_bytes=10).error or "")
-    assert len(checked_image_item("i" * 1000, JPEG, max_bytes=10**6).item_id) == 256
+    long_id = checked_image_item("i" * 1000, JPEG, max_bytes=10**6)
+    assert (long_id.item_id, long_id.data) == ("i" * 256, None)
+    assert long_id.error == "id is 1000 characters; the limit is 256"
+    assert checked_image_item("n\x00.png", JPEG).error == "id contains a NUL character"
 
 
 def test_checked_image_item_reads_the_byte_limit_from_settings(

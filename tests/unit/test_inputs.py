@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from core.inputs.items import text_problem
+from core.inputs.items import checked_id, checked_text_item, text_problem
 from core.inputs.text_files import InputFileError, parse_text_bytes, read_text_file
 
 
@@ -43,6 +43,82 @@ def test_bad_texts_become_per_item_errors_not_file_errors() -> None:
         "text must be a string",
     ]
     assert items[3].text == "ok"
+
+
+@pytest.mark.parametrize(
+    ("given", "stored", "problem"),
+    [
+        ("r1", "r1", None),
+        (7, "7", None),
+        (-5, "-5", None),
+        ("i" * 256, "i" * 256, None),
+        ("a\x00b", "a\ufffdb", "id contains a NUL character"),
+        ("\ud800x\udfff", "\ufffdx\ufffd", "id contains a lone surrogate (not valid Unicode)"),
+        ("i" * 257, "i" * 256, "id is 257 characters; the limit is 256"),
+        # Too long is said first; the stored form is still storable.
+        ("\x00" * 300, "\ufffd" * 256, "id is 300 characters; the limit is 256"),
+        (10**300, "1" + "0" * 255, "id is 301 characters; the limit is 256"),
+        # (A named case: pytest cannot name an integer past 4,300 digits.)
+        pytest.param(
+            10**5000,
+            "(a huge integer)",
+            "id is an integer of over 256 digits",
+            id="a 5001-digit integer",
+        ),
+    ],
+)
+def test_ids_are_checked_as_text_and_an_unusable_one_is_its_items_error(
+    given: object, stored: str, problem: str | None
+) -> None:
+    assert checked_id(given) == (stored, problem)
+    item = checked_text_item(given, "a fine text", 100)
+    assert (item.item_id, item.error, item.text is None) == (stored, problem, problem is not None)
+
+
+def test_an_id_problem_comes_before_a_text_problem() -> None:
+    assert checked_text_item("a\x00", "", 100).error == "id contains a NUL character"
+
+
+def test_jsonl_ids_of_other_json_types_are_per_item_errors() -> None:
+    ids = [b"true", b"1.5", b"[1]", b'{"a": 1}', b"null", b'"a\\u0000"']
+    raw = b"".join(b'{"id": ' + ident + b', "text": "x"}\n' for ident in ids)
+    items = parse_text_bytes(raw, ".jsonl", 100, "x")
+    assert [(i.item_id, i.error) for i in items] == [
+        ("1", "id must be a string or an integer"),
+        ("2", "id must be a string or an integer"),
+        ("3", "id must be a string or an integer"),
+        ("4", "id must be a string or an integer"),
+        ("5", None),  # null: the line number, as for a missing id
+        ("a\ufffd", "id contains a NUL character"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        (
+            b'{"id": ' + b"9" * 5000 + b', "text": "x"}',
+            "line 2 holds an integer of over 4300 digits",
+        ),
+        (
+            b'{"text": "' + b"x" * 10 + b'", "n": ' + b"[" * 100_000 + b"}",
+            "line 2 is nested too deeply",
+        ),
+    ],
+)
+def test_a_jsonl_line_beyond_the_json_parser_is_a_file_error_naming_it(
+    line: bytes, fragment: str
+) -> None:
+    with pytest.raises(InputFileError, match=fragment):
+        parse_text_bytes(b'{"text": "ok"}\n' + line + b"\n", ".jsonl", 100, "x")
+
+
+def test_csv_ids_with_nul_are_per_item_errors() -> None:
+    items = parse_text_bytes(b"id,text\nok,x\nb\x00,y\n", ".csv", 100, "x")
+    assert [(i.item_id, i.error) for i in items] == [
+        ("ok", None),
+        ("b\ufffd", "id contains a NUL character"),
+    ]
 
 
 def test_limits_and_surrogates() -> None:

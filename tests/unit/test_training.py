@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import tracemalloc
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from training_support import (
     WordBackbone,
     intent_rows,
     labelled_csv,
+    lying_zip,
     stripes_and_dots,
     write_label_folders,
     zip_label_folders,
@@ -26,6 +28,7 @@ from core.training.data import (
     LabelledExamples,
     TrainingDataError,
     check_examples,
+    check_label,
     parse_labelled_csv,
     parse_labelled_zip,
     read_labelled_folder,
@@ -220,6 +223,81 @@ def test_malformed_and_oversized_zips_are_refused() -> None:
         archive.writestr("dots/a.png", b"x")
     with pytest.raises(TrainingDataError, match=r"loose.png: expected <label>/<image>"):
         parse_labelled_zip(buffer.getvalue(), max_image_bytes=MB, max_files=9, max_total_bytes=MB)
+
+
+def peak_bytes_while(action: Any) -> int:
+    """The most memory Python held while ``action()`` ran (its exceptions are swallowed)."""
+    tracemalloc.start()
+    try:
+        action()
+    except TrainingDataError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_zip_member_is_inflated_under_a_running_limit_not_its_declared_size() -> None:
+    # 50 MB of zeros (50 KB deflated) declaring 100 bytes: zipfile used to inflate it all.
+    bomb = lying_zip({"photos/cat/a.png": 50 * MB, "photos/dog/b.png": 10}, declared=100)
+    with pytest.raises(TrainingDataError, match=r"photos/cat/a\.png: cannot be read"):
+        parse_labelled_zip(bomb, max_image_bytes=MB, max_files=10, max_total_bytes=10 * MB)
+
+    def parse() -> None:
+        parse_labelled_zip(bomb, max_image_bytes=MB, max_files=10, max_total_bytes=10 * MB)
+
+    assert peak_bytes_while(parse) < MB
+
+
+def test_a_member_over_the_image_limit_is_skipped_after_reading_only_the_limit() -> None:
+    # Declared honestly this time; the limit is what stops the read, not the declaration.
+    honest = lying_zip({"photos/cat/big.png": 20 * MB}, declared=20 * MB)
+    with zipfile.ZipFile(io.BytesIO(honest)) as archive:
+        assert archive.infolist()[0].file_size == 20 * MB
+    parsed: list[LabelledExamples] = []
+
+    def parse() -> None:
+        parsed.append(parse_labelled_zip(honest, 2 * MB, max_files=10, max_total_bytes=100 * MB))
+
+    assert peak_bytes_while(parse) < 4 * MB
+    assert parsed[0].skipped == [("cat/big.png", f"image is over the limit of {2 * MB} bytes")]
+
+
+def test_a_member_declaring_more_than_it_holds_is_read_for_what_it_holds() -> None:
+    small = lying_zip({"photos/cat/a.png": 10, "photos/dog/b.png": 10}, declared=100 * MB)
+    parsed = parse_labelled_zip(small, max_image_bytes=MB, max_files=10, max_total_bytes=MB)
+    # Read, not refused for its declared size: its 10 zero bytes are simply not an image.
+    assert [(ident, error.split(" (")[0]) for ident, error in parsed.skipped] == [
+        ("cat/a.png", "not a supported image"),
+        ("dog/b.png", "not a supported image"),
+    ]
+
+
+def test_what_the_whole_zip_inflates_to_is_counted_as_it_is_read() -> None:
+    members = {f"photos/{label}/{i}.png": 3 * MB for label in ("a", "b") for i in range(3)}
+    # Each member is under the image limit and declared truthfully; 18 MB in all.
+    many = lying_zip(members, declared=3 * MB)
+    with pytest.raises(TrainingDataError, match="unpacks to more than 5242880 bytes"):
+        parse_labelled_zip(many, max_image_bytes=4 * MB, max_files=10, max_total_bytes=5 * MB)
+
+
+def test_only_stored_and_deflated_members_are_read() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_BZIP2) as archive:
+        for label, name, data in stripes_and_dots(2):
+            archive.writestr(f"{label}/{name}", data)
+    with pytest.raises(TrainingDataError, match="zip the images with deflate"):
+        parse_labelled_zip(buffer.getvalue(), max_image_bytes=MB, max_files=9, max_total_bytes=MB)
+
+
+@pytest.mark.parametrize(
+    ("label", "problem"),
+    [("a\x00b", "contains a NUL character"), ("\udcff", "contains a lone surrogate")],
+)
+def test_labels_must_be_storable_text(label: str, problem: str) -> None:
+    with pytest.raises(TrainingDataError, match=f"row 3: the label {problem}"):
+        check_label(label, "row 3")
 
 
 def test_a_folder_holds_one_sub_folder_per_label(tmp_path: Path) -> None:

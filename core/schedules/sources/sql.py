@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core.config import Settings
 from core.db import redact_url
-from core.inputs.items import InputItem, checked_text_item
+from core.inputs.items import InputItem, checked_id, checked_text_item
 from core.models.registry import InputKind
 from core.schedules.config import Schedule
 from core.schedules.sources.base import SourceError, Window, scrub
@@ -174,7 +174,8 @@ def _item(row: Any, content: str, settings: Settings) -> InputItem:
     if isinstance(data, memoryview):
         data = data.tobytes()
     if not isinstance(data, bytes):
-        return InputItem(item_id=str(item_id)[:256], error="the image column must hold bytes")
+        ident, problem = checked_id(item_id)
+        return InputItem(item_id=ident, error=problem or "the image column must hold bytes")
     # Deferred: Pillow and numpy, for image inputs only.
     from core.inputs.images import checked_image_item
 
