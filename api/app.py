@@ -21,7 +21,7 @@ from api.limits import BodySizeLimitMiddleware
 from api.operations import install_operations
 from api.training_dispatch import TrainingQueue, training_queue_for
 from core.config import Settings, get_settings
-from core.db import get_engine
+from core.db import DbRole, get_engine, is_lock_timeout, set_process_role
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Every session this process opens waits briefly for locks (core/db.py).
+    set_process_role(DbRole.API, settings)
     app.state.engine = get_engine(settings.database_url)
     app.state.job_queue = queue
     app.state.training_queue = training
@@ -88,6 +90,18 @@ def create_app(
 
 
 async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    if is_lock_timeout(exc):
+        # A row this request needs is held by a write in progress, or by a frozen process
+        # the server has not ended yet: try again shortly, rather than hold the request.
+        log.warning("lock wait timed out: %s", exc)
+        return JSONResponse(
+            {
+                "detail": "a row this request needs is locked by another process (a write in "
+                "progress); try again shortly"
+            },
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
     # A database that does not answer is an outage (503, try later), not a bug (500).
     log.error("database unavailable: %s", exc)
     return JSONResponse(

@@ -70,6 +70,7 @@ def run_worker(
         raise WorkerStartError(str(exc), EXIT_USAGE) from exc
 
     from core.config import get_settings
+    from core.db import DbRole, set_process_role
     from core.models.registry import RegistryError, UnknownModelError, load_registry
     from engine.threads import compute_threads, cores_given
 
@@ -84,6 +85,8 @@ def run_worker(
     # Decided once, before any framework or tokenizer loads, and passed to every runner.
     compute = compute_threads(settings)
     settings = settings.model_copy(update={"torch_threads": compute})
+    # Before any engine exists: every session of this process gets the worker's limits.
+    set_process_role(DbRole.WORKER, settings)
     set_tokenizers_parallelism(threads=compute)
     log.info(
         "%d compute thread(s) per process (%d core(s) given, %d worker process(es) per host)",

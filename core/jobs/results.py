@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Text, and_, bindparam, case, cast, or_, select, update
+from sqlalchemy import Connection, Engine, Text, and_, bindparam, case, cast, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import utcnow
@@ -307,17 +307,39 @@ def read_page(
     return [_as_dict(row) for row in conn.execute(_page_query(job_id, after, limit, top_k_text))]
 
 
-def iter_results(
-    conn: Connection, job_id: str, page_size: int = 5000, top_k_text: bool = False
+def _keyset_pages(
+    read: Callable[[int], list[dict[str, Any]]], page_size: int
 ) -> Iterator[dict[str, Any]]:
-    """Every result row of a job in index order, read a page at a time (keyset paging)."""
     after = -1
     while True:
-        page = read_page(conn, job_id, after, page_size, top_k_text)
+        page = read(after)
         yield from page
         if len(page) < page_size:
             return
         after = page[-1]["index"]
+
+
+def iter_results(
+    conn: Connection, job_id: str, page_size: int = 5000, top_k_text: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Every result row of a job in index order, read a page at a time (keyset paging)."""
+    return _keyset_pages(
+        lambda after: read_page(conn, job_id, after, page_size, top_k_text), page_size
+    )
+
+
+def stream_results(
+    engine: Engine, job_id: str, page_size: int = 5000, top_k_text: bool = False
+) -> Iterator[dict[str, Any]]:
+    """:func:`iter_results` for a consumer as slow as a download: each page is read in a
+    transaction of its own, so none stays open (idle, and ended by the server after
+    ``db_idle_in_transaction_timeout_s``) while the consumer takes its time."""
+
+    def read(after: int) -> list[dict[str, Any]]:
+        with engine.connect() as conn:
+            return read_page(conn, job_id, after, page_size, top_k_text)
+
+    return _keyset_pages(read, page_size)
 
 
 def label_counts(conn: Connection, job_id: str) -> dict[str, int]:
