@@ -20,7 +20,7 @@ from api.dispatch import CeleryJobQueue, JobQueue
 from api.limits import BodySizeLimitMiddleware
 from api.operations import install_operations
 from core.config import Settings, get_settings
-from core.db import get_engine
+from core.db import DbRole, get_engine, is_lock_timeout, set_process_role
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Every session this process opens waits briefly for locks (core/db.py).
+    set_process_role(DbRole.API, settings)
     app.state.engine = get_engine(settings.database_url)
     app.state.job_queue = queue
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -80,6 +82,18 @@ def create_app(
 
 
 async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    if is_lock_timeout(exc):
+        # A row this request needs is held by a write in progress, or by a frozen process
+        # the server has not ended yet: try again shortly, rather than hold the request.
+        log.warning("lock wait timed out: %s", exc)
+        return JSONResponse(
+            {
+                "detail": "a row this request needs is locked by another process (a write in "
+                "progress); try again shortly"
+            },
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
     # A database that does not answer is an outage (503, try later), not a bug (500).
     log.error("database unavailable: %s", exc)
     return JSONResponse(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS_FILE = Path(__file__).resolve().parent / "models" / "models.toml"
@@ -200,6 +200,50 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Database sessions (PostgreSQL; see core/db.py). Set by every connection the service
+    # opens, because the server's defaults (0: no limit) let a process frozen inside a
+    # transaction hold its row locks, and so every writer of the same job, for ever.
+    db_idle_in_transaction_timeout_s: int = Field(
+        default=60,
+        ge=0,
+        description=(
+            "A session of any bulkscore process idle inside a transaction this long (a frozen "
+            "or paused process) is ended by the server, which releases its locks; 0 = never."
+        ),
+    )
+    api_db_lock_timeout_s: int = Field(
+        default=5,
+        ge=0,
+        description=(
+            "Longest an API request waits for a row lock (a cancel behind a write, a retry "
+            "behind the same Idempotency-Key) before answering 503 with Retry-After; 0 = no limit."
+        ),
+    )
+    worker_db_lock_timeout_s: int = Field(
+        default=120,
+        ge=0,
+        description=(
+            "Longest a worker waits for a row lock before the chunk attempt fails; longer than "
+            "db_idle_in_transaction_timeout_s, so a frozen holder is ended first; 0 = no limit."
+        ),
+    )
+    beat_db_lock_timeout_s: int = Field(
+        default=30,
+        ge=0,
+        description=(
+            "Longest the beat waits for a row lock before the tick gives up (the next tick "
+            "tries again); 0 = no limit."
+        ),
+    )
+    cli_db_lock_timeout_s: int = Field(
+        default=120,
+        ge=0,
+        description=(
+            "Longest a CLI command (embedded scoring, training, keys) waits for a row lock on "
+            "PostgreSQL; 0 = no limit."
+        ),
+    )
+
     # Schedules (``[schedules.NAME]`` in the models file; ``bulkscore beat``).
     schedule_timezone: str = Field(
         default="UTC",
@@ -208,6 +252,19 @@ class Settings(BaseSettings):
     schedule_tick_s: int = Field(
         default=30, ge=1, description="Seconds between two checks for due schedules by the beat."
     )
+
+    @model_validator(mode="after")
+    def _workers_outwait_frozen_sessions(self) -> Settings:
+        # A worker that gives up on a lock fails its chunk attempt; when the holder is a
+        # frozen session, waiting until the server ends it costs no attempt at all.
+        lock, idle = self.worker_db_lock_timeout_s, self.db_idle_in_transaction_timeout_s
+        if lock and idle and lock <= idle:
+            raise ValueError(
+                f"worker_db_lock_timeout_s ({lock}) must be longer than "
+                f"db_idle_in_transaction_timeout_s ({idle}), or 0: a worker must outwait a "
+                "frozen session until the server ends it"
+            )
+        return self
 
     @field_validator("schedule_timezone")
     @classmethod

@@ -119,21 +119,25 @@ def score_jobs(
 
     Args:
         still_active: Given the job ids of a window, the ones that may still be scored
-            (not cancelled); checked before each window. A job that drops out is scored no
-            further.
+            (not cancelled); checked before each window, so that a cancelled job's items
+            are not scored for nothing. A job that drops out is scored no further.
 
     Returns:
-        Totals per job, and the ids of the jobs that were stopped by ``still_active``.
+        Totals per job, and the ids of the jobs that were stopped: by ``still_active``, or
+        by the write itself, which refuses a job that became final (a cancel that landed
+        while its window was being scored; see :func:`core.jobs.results.lock_active_jobs`).
     """
     totals = {unit.job_id: ScoreTotals() for unit in work}
     pending = _without_scored(engine, work, totals, progress)
     stopped: set[str] = set()
     for start in range(0, len(pending), write_batch_size):
-        window = pending[start : start + write_batch_size]
-        if still_active is not None:
-            # A stopped job stays stopped: its later windows are dropped without asking.
-            job_ids = {job_id for job_id, _, _ in window} - stopped
-            active = still_active(job_ids) if job_ids else set()
+        # A stopped job stays stopped: its later windows are dropped without asking.
+        window = [
+            entry for entry in pending[start : start + write_batch_size] if entry[0] not in stopped
+        ]
+        if still_active is not None and window:
+            job_ids = {job_id for job_id, _, _ in window}
+            active = still_active(job_ids)
             stopped |= job_ids - active
             window = [entry for entry in window if entry[0] in active]
         if not window:
@@ -160,7 +164,10 @@ def score_jobs(
         with engine.begin() as conn:
             outcomes = write_job_results(conn, runner.name, runner.revision, scored)
         for job_id, rows in scored.items():
-            totals[job_id].add(outcomes[job_id], len(rows))
+            if outcomes[job_id].refused:
+                stopped.add(job_id)
+            else:
+                totals[job_id].add(outcomes[job_id], len(rows))
     return totals, stopped
 
 

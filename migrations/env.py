@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from core.config import get_settings
+from core.db import bound_sessions, process_limits
 from core.tables import metadata
 
 config = context.config
@@ -20,6 +21,9 @@ def run_offline() -> None:
 
 def run_online() -> None:
     connectable = create_engine(url, poolclass=pool.NullPool)
+    # The migration's DDL waits a bounded time for its locks, as every session does: one
+    # queued forever behind an open transaction would queue every query behind itself.
+    bound_sessions(connectable, process_limits())
     with connectable.connect() as connection:
         # render_as_batch lets later migrations alter columns on SQLite too.
         context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)

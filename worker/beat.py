@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from celery import Celery
 
 from core.config import Settings, get_settings
-from core.db import get_engine
+from core.db import DbRole, get_engine, set_process_role
 from core.jobs.lifecycle import Job
 from core.jobs.submit import SendJob
 from core.queues import send_chunks
@@ -116,6 +116,7 @@ def create_beat_app(settings: Settings | None = None) -> Celery:
 def run_beat(loglevel: str | None = None) -> int:
     """Run the beat process until it is stopped; its exit code."""
     settings = get_settings()
+    set_process_role(DbRole.BEAT, settings)
     level = (loglevel or settings.log_level).upper()
     logging.basicConfig(
         level=level,

@@ -15,6 +15,7 @@ import os
 import socket
 
 from core.config import get_settings
+from core.db import DbRole, set_process_role
 from core.logs import configure
 from core.models.catalog import load_registry
 from core.models.registry import RegistryError, UnknownModelError
@@ -90,6 +91,8 @@ def run_worker(
     # Decided once, before any framework or tokenizer loads, and passed to every runner.
     compute = compute_threads(settings)
     settings = settings.model_copy(update={"torch_threads": compute})
+    # Before any engine exists: every session of this process gets the worker's limits.
+    set_process_role(DbRole.WORKER, settings)
     set_tokenizers_parallelism(threads=compute)
     log.info(
         "%d compute thread(s) per process (%d core(s) given, %d worker process(es) per host)",

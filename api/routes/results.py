@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from api.deps import ConnDep, EngineDep, OwnedJob
 from api.schemas import ResultPage, ResultRow
 from core.jobs.export import export_lines
-from core.jobs.results import iter_results, read_page
+from core.jobs.results import read_page, stream_results
 from core.tables import MAX_INTEGER
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"])
@@ -82,8 +82,7 @@ def contiguous_from(rows: list[dict[str, Any]], after: int) -> list[dict[str, An
 
 
 def _export(engine: Engine, job_id: str, fmt: str) -> Iterator[bytes]:
-    # A connection of its own: the request's connection is released once the handler
-    # returns, while this generator is still being streamed.
-    with engine.connect() as conn:
-        for piece in export_lines(iter_results(conn, job_id, top_k_text=True), fmt):
-            yield piece.encode("utf-8")
+    # Not the request's connection (released once the handler returns, while this is still
+    # streamed), and no transaction held across pages: a slow client must not keep one open.
+    for piece in export_lines(stream_results(engine, job_id, top_k_text=True), fmt):
+        yield piece.encode("utf-8")

@@ -1,26 +1,28 @@
 """Writing and reading the results table.
 
-Each write is one transaction: the batch's rows (``COPY`` on PostgreSQL, a multi-row INSERT
-on SQLite, both skipping rows already present) and the job's counters move together, so a
-retried or duplicated batch can neither write a row twice nor count it twice, and the job
-turns ``completed`` in the very transaction that writes its last row.
+Each write is one transaction: it first takes the job's row and checks that the job is
+still active, then the batch's rows (``COPY`` on PostgreSQL, a multi-row INSERT on SQLite,
+both skipping rows already present) and the job's counters move together. So a retried or
+duplicated batch can neither write a row twice nor count it twice, the job turns
+``completed`` in the very transaction that writes its last row, and once a job is final
+(cancelled, completed, failed) no write moves its numbers again.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Text, and_, bindparam, case, cast, or_, select, update
+from sqlalchemy import Connection, Engine, Text, and_, bindparam, case, cast, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import utcnow
 from core.jobs.bulk_copy import copy_new_rows, is_postgresql
 from core.jobs.predictions import Prediction
-from core.jobs.status import JobStatus
+from core.jobs.status import ACTIVE_JOB_STATES, JobStatus
 from core.tables import jobs, results
 
 
@@ -35,6 +37,9 @@ class ScoredItem:
 class WriteOutcome:
     succeeded: int
     failed: int
+    # The job was no longer active (cancelled, completed, failed, deleted) when the write
+    # took its row: nothing was written for it, and nothing will be.
+    refused: bool = False
 
     @property
     def written(self) -> int:
@@ -101,7 +106,8 @@ def write_results(
     model_revision: str | None,
     scored: Sequence[ScoredItem],
 ) -> WriteOutcome:
-    """Insert ``scored`` rows not yet present and advance the job's counters, atomically.
+    """Insert ``scored`` rows not yet present and advance the job's counters, atomically;
+    nothing at all (a ``refused`` outcome) if the job is no longer active.
 
     Call inside a transaction (``engine.begin()``).
     """
@@ -117,10 +123,15 @@ def write_job_results(
 ) -> dict[str, WriteOutcome]:
     """:func:`write_results` for several jobs of one model in one statement per step.
 
-    Rows not yet present are inserted (``COPY`` on PostgreSQL) and each job's counters
-    advance by exactly the rows inserted for it, in the caller's transaction: a batch that
-    mixes small jobs keeps every job's accounting as if it had been written alone.
+    Each job's row is taken first (:func:`lock_active_jobs`); a job no longer active gets a
+    ``refused`` outcome and nothing written. For the others, rows not yet present are
+    inserted (``COPY`` on PostgreSQL) and each job's counters advance by exactly the rows
+    inserted for it, in the caller's transaction: a batch that mixes small jobs keeps every
+    job's accounting as if it had been written alone.
     """
+    if not any(scored_by_job.values()):
+        return {}
+    active = lock_active_jobs(conn, scored_by_job)
     now = utcnow()
     rows = [
         (
@@ -136,20 +147,58 @@ def write_job_results(
             now,
         )
         for job_id, scored in scored_by_job.items()
+        if job_id in active
         for item in scored
     ]
-    if not rows:
-        return {}
     succeeded: Counter[str] = Counter()
     failed: Counter[str] = Counter()
-    for job_id, error in _insert_new_rows(conn, rows):
+    for job_id, error in _insert_new_rows(conn, rows) if rows else []:
         (failed if error is not None else succeeded)[job_id] += 1
     outcomes = {
-        job_id: WriteOutcome(succeeded=succeeded[job_id], failed=failed[job_id])
+        job_id: WriteOutcome(
+            succeeded=succeeded[job_id], failed=failed[job_id], refused=job_id not in active
+        )
         for job_id in scored_by_job
     }
     _advance_counters(conn, {job: o for job, o in outcomes.items() if o.written}, now)
     return outcomes
+
+
+def lock_active_jobs(conn: Connection, job_ids: Collection[str]) -> set[str]:
+    """Take the rows of ``job_ids`` for this transaction; return the jobs still active.
+
+    A write and every change of a job's status (a cancel, a failure, the write that
+    completes it) then follow one another on the job's row: a write that takes the row
+    after a cancel committed finds ``cancelled`` and writes nothing, and a cancel that
+    takes it after a write committed reports numbers that include that write. Call first
+    in the writing transaction.
+    """
+    if not job_ids:
+        return set()
+    ids = sorted(job_ids)
+    active = [state.value for state in ACTIVE_JOB_STATES]
+    if is_postgresql(conn):
+        # FOR NO KEY UPDATE: the lock the counters' UPDATE takes anyway, taken up front and
+        # in id order (rows are locked as the sort returns them), so two writers sharing
+        # jobs wait for each other instead of deadlocking. After a wait, the row read is
+        # the version the other transaction committed.
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.status)
+            .where(jobs.c.id.in_(ids))
+            .order_by(jobs.c.id)
+            .with_for_update(key_share=True)
+        )
+        return {job_id for job_id, status in rows if status in active}
+    # SQLite locks the whole database, and its driver opens the transaction only at the
+    # first write (a SELECT would read outside it): a no-op UPDATE takes the write lock at
+    # once and holds it to the commit.
+    touched = conn.execute(
+        update(jobs)
+        .where(and_(jobs.c.id.in_(ids), jobs.c.status.in_(active)))
+        .values(status=jobs.c.status)
+        .returning(jobs.c.id)
+    )
+    return set(touched.scalars())
 
 
 def _advance_counters(conn: Connection, outcomes: Mapping[str, WriteOutcome], now: Any) -> None:
@@ -255,17 +304,39 @@ def read_page(
     return [_as_dict(row) for row in conn.execute(_page_query(job_id, after, limit, top_k_text))]
 
 
-def iter_results(
-    conn: Connection, job_id: str, page_size: int = 5000, top_k_text: bool = False
+def _keyset_pages(
+    read: Callable[[int], list[dict[str, Any]]], page_size: int
 ) -> Iterator[dict[str, Any]]:
-    """Every result row of a job in index order, read a page at a time (keyset paging)."""
     after = -1
     while True:
-        page = read_page(conn, job_id, after, page_size, top_k_text)
+        page = read(after)
         yield from page
         if len(page) < page_size:
             return
         after = page[-1]["index"]
+
+
+def iter_results(
+    conn: Connection, job_id: str, page_size: int = 5000, top_k_text: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Every result row of a job in index order, read a page at a time (keyset paging)."""
+    return _keyset_pages(
+        lambda after: read_page(conn, job_id, after, page_size, top_k_text), page_size
+    )
+
+
+def stream_results(
+    engine: Engine, job_id: str, page_size: int = 5000, top_k_text: bool = False
+) -> Iterator[dict[str, Any]]:
+    """:func:`iter_results` for a consumer as slow as a download: each page is read in a
+    transaction of its own, so none stays open (idle, and ended by the server after
+    ``db_idle_in_transaction_timeout_s``) while the consumer takes its time."""
+
+    def read(after: int) -> list[dict[str, Any]]:
+        with engine.connect() as conn:
+            return read_page(conn, job_id, after, page_size, top_k_text)
+
+    return _keyset_pages(read, page_size)
 
 
 def label_counts(conn: Connection, job_id: str) -> dict[str, int]:

@@ -26,7 +26,7 @@ from api_support import TEXT_MODEL, UnitApi, bearer, free_port, running_api, ser
 from fault_support import PostgresCluster, RedisServer, own_postgres, own_redis
 from ledger import Audit, Ledger, audit
 from poison_worker import POISON
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from supervisor import Supervisor
 from worker_support import poll, worker_env
 
@@ -128,6 +128,10 @@ def service(tmp_path_factory: pytest.TempPathFactory, models_file: Path) -> Iter
             BULKSCORE_CHUNK_RESEND_AFTER_S="8",
             BULKSCORE_WRITE_BATCH_SIZE="40",
             BULKSCORE_CROSS_JOB_WAIT_MS="0",
+            # A frozen worker's session is ended 3 s after it stops talking (60 s in
+            # production); a live worker waits up to 20 s for a lock, longer than that.
+            BULKSCORE_DB_IDLE_IN_TRANSACTION_TIMEOUT_S="3",
+            BULKSCORE_WORKER_DB_LOCK_TIMEOUT_S="20",
         )
 
         def env_for(slot: int) -> dict[str, str]:
@@ -409,6 +413,76 @@ def test_7_a_hung_worker_s_chunk_is_requeued_and_its_late_writes_are_no_ops(
     assert service.job(job)["succeeded"] == total
 
 
+def _sessions(service: Service, name: str) -> list[tuple[str, str | None]]:
+    """``(state, wait_event_type)`` of each PostgreSQL session named ``name``."""
+    query = text(
+        "SELECT state, wait_event_type FROM pg_stat_activity WHERE application_name = :name"
+    )
+    with service.engine.connect() as conn:
+        return [(state, wait) for state, wait in conn.execute(query, {"name": name})]
+
+
+def test_7b_a_worker_frozen_inside_its_write_transaction_does_not_halt_the_model(
+    service: Service,
+) -> None:
+    service.workers.wait_consuming()
+    total = 3000
+    before = _received(service)
+    job = service.submit(texts(total), chunk_size=total)
+    slot = _receiver(service, before)
+    frozen_pid = service.workers.pids()[slot]
+    session = f"bulkscore-worker-{frozen_pid}"
+    mid_job(service, job, total)
+    # Freeze the worker inside its write transaction, holding the job's row: hold the row
+    # first, so that its next write waits for it; freeze it while it waits; let go. Its
+    # session then takes the row and sits "idle in transaction", with nobody to finish it.
+    with service.engine.connect() as trap, trap.begin():
+        trap.execute(select(jobs.c.id).where(jobs.c.id == job).with_for_update())
+        poll(
+            lambda: ("active", "Lock") in _sessions(service, session),
+            SETTLE_S,
+            "the worker's write to wait for the job's row",
+            interval=0.01,
+        )
+        service.workers.signal(signal.SIGSTOP, slot)
+    try:
+        poll(
+            lambda: "idle in transaction" in {state for state, _ in _sessions(service, session)},
+            10,
+            "the frozen worker's session to hold the row, idle in its transaction",
+        )
+        assert service.rows(job) < total, "the chunk ended before its worker could be frozen"
+        # Without a limit the session would hold the row until the process wakes: the other
+        # worker, taking the chunk over, would wait on it, and so would every job behind.
+        poll(
+            lambda: "idle in transaction" not in {s for s, _ in _sessions(service, session)},
+            15,
+            "the server to end the frozen session (idle_in_transaction_session_timeout)",
+        )
+        other = service.submit(texts(60), chunk_size=30)  # the model still serves new jobs
+        service.settle([job, other])
+        assert service.job(job)["status"] == JobStatus.COMPLETED.value
+        assert service.job(other)["status"] == JobStatus.COMPLETED.value
+    finally:
+        service.workers.signal(signal.SIGCONT, slot)
+    # It wakes to find its session ended: that write never committed, its attempt fails,
+    # and the retry (taken by either worker) finds the chunk done by the other one.
+    frozen = service.workers.workers[slot]
+    assert frozen.process.pid == frozen_pid
+    frozen.wait_for(rf"chunk 0 of job {job} attempt 1 failed \(OperationalError", SETTLE_S)
+    poll(
+        lambda: re.search(
+            rf"chunk 0 of job {job} skipped by \S+: .*\(chunk already done\)",
+            service.workers.log_text(),
+        ),
+        SETTLE_S,
+        "the retry of the frozen worker's attempt to find the chunk done",
+    )
+    found = service.check("7b frozen writer", [job, other])
+    assert found.extra_attempts >= 1
+    assert service.job(job)["succeeded"] == total
+
+
 # -- 8: cancel -----------------------------------------------------------------------------------
 
 
@@ -422,7 +496,13 @@ def test_8_cancel_while_chunks_are_in_flight(service: Service) -> None:
     time.sleep(3)  # chunks in flight stop at their next write window
     service.check("8 cancel", [job])
     rows = service.chunk_rows(job)
-    assert service.job(job)["status"] == JobStatus.CANCELLED.value
+    final = service.job(job)
+    assert final["status"] == JobStatus.CANCELLED.value
+    # A final status means final numbers: the windows the workers were scoring when the
+    # cancel committed were refused, so the counts are those the cancel answered with.
+    reported = cancelled.json()["counts"]
+    assert (final["succeeded"], final["failed"]) == (reported["succeeded"], reported["failed"])
+    assert service.rows(job) == reported["succeeded"] + reported["failed"]
     assert untouched, "some chunks must not have started when the job was cancelled"
     assert all(row[3] == "cancelled" and row[4] == 0 for row in rows if row[0] in untouched)
     assert all(row[3] in ("done", "cancelled") for row in rows)

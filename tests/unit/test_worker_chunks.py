@@ -192,7 +192,9 @@ def test_a_job_of_a_model_not_loaded_here_is_not_claimed(engine: Engine) -> None
     assert (row.status, row.attempts) == ("queued", 0)
 
 
-def test_a_cancel_during_a_chunk_stops_it_after_the_current_write(engine: Engine) -> None:
+def test_a_cancel_during_a_chunk_refuses_the_window_being_scored(engine: Engine) -> None:
+    # The cancel commits while the first window is in the model: its write finds the job
+    # cancelled and writes nothing, so the numbers the cancel reported stay final.
     job = new_job(engine, count=10, chunk_size=10)
 
     def cancel() -> None:
@@ -203,9 +205,10 @@ def test_a_cancel_during_a_chunk_stops_it_after_the_current_write(engine: Engine
     report = work_on_chunk(engine, settings(write_batch_size=3), job.id, 0, {"fake": runner}.get)
     assert report.outcome == ChunkOutcome.CANCELLED
     assert runner.calls == [3]
-    assert result_count(engine, job.id) == 3
+    assert result_count(engine, job.id) == 0
     assert chunk_row(engine, job.id, 0).status == "cancelled"
-    assert job_of(engine, job.id).status == JobStatus.CANCELLED
+    final = job_of(engine, job.id)
+    assert (final.status, final.succeeded, final.failed) == (JobStatus.CANCELLED, 0, 0)
 
 
 def test_a_stale_delivery_whose_job_another_finished_is_skipped_not_cancelled(
