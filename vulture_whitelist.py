@@ -25,9 +25,6 @@ _.intra_op_num_threads
 _.inter_op_num_threads
 _.LOAD_TRUNCATED_IMAGES
 
-# Registered by decorator with SQLAlchemy's event system.
-_._sqlite_pragmas
-
 # Public helpers the tests and bench/ use (one engine per process, settings re-read).
 _.reset_settings_cache
 _.dispose_engines
