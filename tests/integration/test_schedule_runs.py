@@ -205,7 +205,7 @@ def test_a_run_is_skipped_while_the_previous_job_is_still_going(
     assert job_count(engine, "nightly") == 1
 
     # Once the first job completes, the next run goes ahead from its watermark.
-    scorer(engine, tiny_runner)(_job(engine, first.job_id))
+    scorer(engine, tiny_runner)(_job(engine, first.job_id), [0])
     add_reviews(shop[1], {5: "late review"}, T0 + timedelta(days=1))
     third = run(engine, nightly, due(3), scorer(engine, tiny_runner))
     assert third.status == RunStatus.RUNNING
