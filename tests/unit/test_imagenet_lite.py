@@ -16,14 +16,19 @@ import numpy as np
 import pytest
 import torch
 from imagenet_support import DOMESTIC_CATS, PHOTOS, encode, sample_image, variants
-from PIL import Image
 
 from core.config import DEFAULT_MODELS_FILE, Settings
 from core.models.imagenet import imagenet_labels
 from core.models.registry import Backend, InputKind, ModelSpec, Registry, Task
-from engine.runners import build_runner
+from engine.runners import build_runner, efficientnet_lite
 from engine.runners.base import ModelLoadError
-from engine.runners.efficientnet_lite import EfficientNetLiteRunner, centre_crop
+from engine.runners.efficientnet_lite import (
+    EfficientNetLiteRunner,
+    build_model,
+    centre_crop,
+    normalised,
+    read_state_dict,
+)
 from engine.runners.head_runner import build_backbone
 from engine.runners.keras_image import KerasImageRunner
 
@@ -138,6 +143,35 @@ def test_features_are_what_the_classifier_reads(
     assert np.abs(from_features - direct).max() < 1e-5
 
 
+def test_onnx_runtime_on_cpu_gives_the_torch_models_outputs(
+    runner: EfficientNetLiteRunner,
+) -> None:
+    assert runner.session is not None  # on CPU the exported graph runs
+    images = np.stack([runner.decode(encode(photo.image(), "PNG")) for photo in PHOTOS])
+    torch_logits, torch_features = runner.torch_outputs(images)
+    onnx_logits, onnx_features = runner.session(normalised(images))
+    assert np.abs(onnx_logits - torch_logits).max() < 1e-4
+    assert np.abs(onnx_features - torch_features).max() < 1e-4
+    assert (onnx_logits.argmax(axis=1) == torch_logits.argmax(axis=1)).all()
+
+
+def test_an_export_that_differs_from_torch_is_not_used(
+    spec: ModelSpec, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(efficientnet_lite, "EXPORT_TOLERANCE", -1.0)  # nothing is close enough
+    fallback = EfficientNetLiteRunner(spec, SETTINGS)
+    fallback.setup("cpu")
+    try:
+        assert fallback.session is None and "running torch" in caplog.text
+        # The torch path (the one GPUs take) labels the photos as well.
+        predictions = fallback.predict([encode(photo.image(), "PNG") for photo in PHOTOS])
+        assert [p.label in photo.top1 for p, photo in zip(predictions, PHOTOS, strict=True)] == [
+            True
+        ] * len(PHOTOS)
+    finally:
+        fallback.close()
+
+
 def test_the_centre_crop_keeps_the_middle_of_the_shorter_side() -> None:
     image = np.zeros((256, 300, 3), np.uint8)
     image[16:240, 38:262] = 200  # the centre 224 x 224 (87.5% of 256)
@@ -202,11 +236,7 @@ def test_the_variant_and_its_input_size_come_from_the_weights(tmp_path: Path) ->
     torch.manual_seed(0)
     weights = tmp_path / "lite1.pth"
     torch.save(EfficientNet.from_name("efficientnet-lite1").state_dict(), weights)
-    runner = EfficientNetLiteRunner(lite_spec(weights), SETTINGS)
-    runner.setup("cpu")
-    try:
-        assert runner.image_size == 240  # Lite1's resolution, not the spec's 224
-        assert runner.decode(encode(Image.new("RGB", (640, 480)), "PNG")).shape == (240, 240, 3)
-        assert len(runner.predict([encode(sample_image("coffee"), "JPEG")])[0].top_k) == 5
-    finally:
-        runner.close()
+    spec = lite_spec(weights)
+    model, size = build_model(spec, read_state_dict(spec))
+    assert size == 240  # Lite1's resolution, not the spec's 224
+    assert len(model._blocks) == 21 and model._global_params.depth_coefficient == 1.1
