@@ -33,6 +33,7 @@ import numpy as np
 from common import SHARED_BENCH, Row, print_table, timed
 
 from core.inputs.items import InputItem
+from core.models.registry import ModelSpec, Registry
 
 BATCH = 32
 
@@ -63,31 +64,17 @@ def tutorial_loop(model: object, files: list[Path]) -> None:
 
 
 class Embedded:
-    """(b): ``bulkscore score``'s code path, with the model set up once (as the CLI does)."""
+    """(b): ``bulkscore score``'s code path for ``spec``, set up once (as the CLI does)."""
 
-    def __init__(self, model_file: Path, folder: Path, workdir: Path) -> None:
+    def __init__(self, spec: ModelSpec, folder: Path, workdir: Path) -> None:
         from core.config import get_settings
         from core.db import get_engine
         from core.migrate import upgrade
-        from core.models.registry import Registry
         from engine.runners import build_runner
 
         self.settings = get_settings()
         self.folder = folder
-        registry = Registry.from_mapping(
-            {
-                "models": {
-                    "resnet50-random": {
-                        "task": "image-classification",
-                        "backend": "keras",
-                        "source": str(model_file),
-                        "max_batch_size": BATCH,
-                    }
-                }
-            },
-            base_dir=workdir,
-        )
-        self.spec = registry.get("resnet50-random")
+        self.spec = spec
         url = f"sqlite:///{workdir / 'bench.db'}"
         upgrade(url)
         self.engine = get_engine(url)
@@ -170,7 +157,20 @@ def main() -> None:
             model.predict_on_batch(inputs[:rows])
         model.predict(inputs[:1], verbose=0)
 
-        embedded = Embedded(model_file, folder, workdir)
+        registry = Registry.from_mapping(
+            {
+                "models": {
+                    "resnet50-random": {
+                        "task": "image-classification",
+                        "backend": "keras",
+                        "source": str(model_file),
+                        "max_batch_size": BATCH,
+                    }
+                }
+            },
+            base_dir=workdir,
+        )
+        embedded = Embedded(registry.get("resnet50-random"), folder, workdir)
         names = {
             "a": "(a) model alone, decoded arrays, batch 32",
             "b": "(b) bulkscore score: scoring (decode + model + writes)",

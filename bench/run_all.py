@@ -3,10 +3,10 @@
     .venv/bin/python bench/run_all.py [--skip-slow]
 
 Runs ``text_throughput.py`` (text rows and the int8 quality table), then
-``service_throughput.py`` (database, API, many small jobs, threads) and then
-``image_throughput.py`` (two interleaved runs of each image row), each in its own
-process so that one's threads and caches cannot colour the other's figures. Prints the
-load average before each, because other work on a shared machine slows every row.
+``service_throughput.py`` (database, API, many small jobs, threads), then
+``image_throughput.py`` and ``imagenet_lite.py`` (two interleaved runs of each image row),
+each in its own process so that one's threads and caches cannot colour the other's figures.
+Prints the load average before each, because other work on a shared machine slows every row.
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ def main() -> None:
     for script in ("text_throughput.py", "service_throughput.py"):
         subprocess.run([sys.executable, str(HERE / script), *extra], check=True)
     repeats = "1" if args.skip_slow else "2"
-    subprocess.run(
-        [sys.executable, str(HERE / "image_throughput.py"), "--repeats", repeats], check=True
-    )
+    for script in ("image_throughput.py", "imagenet_lite.py"):
+        subprocess.run([sys.executable, str(HERE / script), "--repeats", repeats], check=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ class Task(StrEnum):
 class Backend(StrEnum):
     TRANSFORMERS = "transformers"
     KERAS = "keras"
+    # A state dict for the efficientnet-lite-pytorch architecture (imagenet-lite).
+    EFFICIENTNET_LITE = "efficientnet-lite"
+
+
+# Backends whose models take images whatever their task (a feature extractor included).
+IMAGE_BACKENDS = frozenset({Backend.KERAS, Backend.EFFICIENTNET_LITE})
 
 
 class InputKind(StrEnum):
@@ -89,8 +95,8 @@ class ModelSpec(BaseModel):
     def input_kind(self) -> InputKind:
         if self.task == Task.IMAGE_CLASSIFICATION:
             return InputKind.IMAGE
-        if self.task == Task.FEATURE_EXTRACTION and self.backend == Backend.KERAS:
-            return InputKind.IMAGE  # a Keras backbone (ResNet50 without its top) takes images
+        if self.task == Task.FEATURE_EXTRACTION and self.backend in IMAGE_BACKENDS:
+            return InputKind.IMAGE  # an image backbone (ResNet50 without its top) takes images
         return InputKind.TEXT
 
     @property

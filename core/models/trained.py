@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from core.clock import utcnow
 from core.db import get_engine
 from core.models.registry import (
+    IMAGE_BACKENDS,
     NAME_PATTERN,
     Backend,
     InputKind,
@@ -112,11 +113,11 @@ def check_base(registry: Registry, base: str) -> ModelSpec:
             f"{', '.join(registry.names) or '(none)'}"
         )
     text_encoder = spec.backend == Backend.TRANSFORMERS and spec.input_kind == InputKind.TEXT
-    if not (text_encoder or spec.backend == Backend.KERAS):
+    if not (text_encoder or spec.backend in IMAGE_BACKENDS):
         raise TrainedModelError(
             f"base model {base!r} ({spec.backend.value}, {spec.input_kind.value}) cannot be "
-            "used as a backbone: use a transformers text model (e.g. minilm) or a Keras "
-            "image model (e.g. resnet50)"
+            "used as a backbone: use a transformers text model (e.g. minilm) or a Keras or "
+            "EfficientNet-Lite image model (e.g. imagenet-lite, resnet50)"
         )
     return spec
 

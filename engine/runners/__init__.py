@@ -24,6 +24,12 @@ def build_runner(spec: ModelSpec, settings: Settings | None = None) -> Runner:
         from engine.runners.head_runner import HeadRunner
 
         return HeadRunner(spec, settings)
+    if spec.backend == Backend.EFFICIENTNET_LITE:
+        # Deferred: torch and ONNX Runtime. Both tasks: ImageNet labels, or the pooled
+        # features (a backbone).
+        from engine.runners.efficientnet_lite import EfficientNetLiteRunner
+
+        return EfficientNetLiteRunner(spec, settings)
     if spec.backend == Backend.TRANSFORMERS and spec.task in (
         Task.TEXT_CLASSIFICATION,
         Task.FEATURE_EXTRACTION,

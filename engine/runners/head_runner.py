@@ -2,7 +2,8 @@
 
 ``build_runner`` gives a :class:`HeadRunner` for a :class:`core.models.trained.TrainedSpec`.
 It wraps the backbone's own batched runner (the text runner's mean-pooled embeddings, or
-:class:`engine.runners.keras_features.KerasFeatureRunner` for images), built from the base's
+for images :class:`engine.runners.keras_features.KerasFeatureRunner` or
+:class:`engine.runners.efficientnet_lite.EfficientNetLiteRunner`), built from the base's
 spec, and applies the head read from the spec's bytes: ``softmax(features @ W.T + b)``. The
 head never touches disk, so every worker loads a version straight from SQL.
 
@@ -34,13 +35,18 @@ def feature_spec(base: ModelSpec) -> ModelSpec:
 
 
 def build_backbone(base: ModelSpec, settings: Settings | None = None) -> Runner:
-    """An un-set-up feature runner for ``base`` (text embeddings or Keras image features)."""
+    """An un-set-up feature runner for ``base`` (text embeddings or pooled image features)."""
     spec = feature_spec(base)
     if base.backend == Backend.KERAS:
         # Deferred: TensorFlow, for Keras bases only.
         from engine.runners.keras_features import KerasFeatureRunner
 
         return KerasFeatureRunner(spec, settings)
+    if base.backend == Backend.EFFICIENTNET_LITE:
+        # Deferred: torch and ONNX Runtime, for imagenet-lite bases only.
+        from engine.runners.efficientnet_lite import EfficientNetLiteRunner
+
+        return EfficientNetLiteRunner(spec, settings)
     if base.backend == Backend.TRANSFORMERS and base.task != Task.IMAGE_CLASSIFICATION:
         # Deferred: transformers, for text bases only.
         from engine.runners.transformers_text import TransformersTextRunner

@@ -130,6 +130,37 @@ def predict_images(
     return predictions
 
 
+def image_features(
+    pool: DecodePool,
+    batch: Sequence[Any],
+    *,
+    max_batch_size: int,
+    decode: Callable[[bytes], Any],
+    forward: Callable[[np.ndarray], np.ndarray],
+    dim: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[str | None]]:
+    """``(vectors, errors)``: a ``dim``-wide feature row per image, and per image its error.
+
+    The frozen-backbone counterpart of :func:`predict_images` (training and trained heads):
+    ``forward`` maps a batch of stacked decoded images to one feature row each. The row of
+    an image that cannot be decoded is zeros, and its error says why.
+    """
+    vectors = np.zeros((len(batch), dim), dtype=np.float32)
+    errors: list[str | None] = [None] * len(batch)
+    offset = 0
+    for decoded in pool.batches(batch, max_batch_size, decode):
+        errors[offset : offset + len(decoded)] = decoded.errors
+        ok = decoded.ok_positions
+        if ok:
+            rows = forward(np.stack([decoded.values[i] for i in ok]))
+            vectors[[offset + i for i in ok]] = rows
+        offset += len(decoded)
+        if progress is not None:
+            progress(len(decoded))
+    return vectors, errors
+
+
 def top_prediction(row: np.ndarray, labels: Sequence[str], k: int) -> Prediction:
     """Top-1 as label/score and top-k, ordered as ``decode_predictions`` orders them."""
     k = min(k, len(labels))

@@ -32,7 +32,7 @@ from core.inputs.image_decode import decode_image
 from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec, Task
 from engine.runners.base import ModelLoadError, Progress, Runner
-from engine.runners.image_pipeline import DecodePool
+from engine.runners.image_pipeline import DecodePool, image_features
 from engine.runners.keras_image import (
     KERAS_PREFIX,
     PREPROCESS_MODES,
@@ -152,22 +152,16 @@ class KerasFeatureRunner(Runner):
         """
         if self.pool is None or self._forward is None:
             raise RuntimeError(f"model {self.name!r}: call setup() before features()")
-        vectors = np.zeros((len(batch), self.dim), dtype=np.float32)
-        errors: list[str | None] = [None] * len(batch)
-        offset = 0
-        for decoded in self.pool.batches(batch, self.max_batch_size, self.decode):
-            for position, error in enumerate(decoded.errors):
-                errors[offset + position] = error
-            ok = decoded.ok_positions
-            if ok:
-                images = np.stack([decoded.values[i] for i in ok])
-                rows = self._forward(self.preprocess(images))
-                for position, row in zip(ok, rows, strict=True):
-                    vectors[offset + position] = row
-            offset += len(decoded)
-            if progress is not None:
-                progress(len(decoded))
-        return vectors, errors
+        forward = self._forward
+        return image_features(
+            self.pool,
+            batch,
+            max_batch_size=self.max_batch_size,
+            decode=self.decode,
+            forward=lambda images: forward(self.preprocess(images)),
+            dim=self.dim,
+            progress=progress,
+        )
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         raise ValueError(

@@ -26,8 +26,6 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import numpy as np
 from core.config import Settings, get_settings
 from core.inputs.image_decode import decode_image
 from core.jobs.predictions import Prediction
+from core.models.imagenet import imagenet_labels
 from core.models.registry import ModelSpec
 from engine.runners.activations import softmax
 from engine.runners.base import ModelLoadError, Progress, Runner
@@ -43,21 +42,11 @@ from engine.runners.image_pipeline import DecodePool, predict_images
 from engine.threads import configure_tensorflow_threads
 
 log = logging.getLogger(__name__)
-CLASS_INDEX = "data/imagenet_class_index.json"  # inside core.models (package data)
 KERAS_PREFIX = "keras:"
 APPLICATIONS = ("ResNet50", "ResNet101", "ResNet152")  # all share the resnet preprocessing
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda|gpu)(?::(\d+))?$")
-
-
-@lru_cache(maxsize=1)
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names, as Keras' ``decode_predictions`` names them."""
-    index = json.loads(
-        resources.files("core.models").joinpath(CLASS_INDEX).read_text(encoding="utf-8")
-    )
-    return [index[str(i)][1] for i in range(len(index))]
 
 
 def offline_message(spec: ModelSpec, reason: object) -> str:

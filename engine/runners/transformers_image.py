@@ -11,7 +11,6 @@ Decoding *and* the processor run in the decode pool, one batch ahead of the forw
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -26,8 +25,7 @@ from engine.runners.activations import sigmoid, softmax
 from engine.runners.base import Progress, Runner
 from engine.runners.hub import load_pretrained
 from engine.runners.image_pipeline import DecodePool, predict_images
-
-log = logging.getLogger(__name__)
+from engine.runners.torch_images import image_batch, place_image_model
 
 
 def decode_edge(processor: Any, fallback: int) -> int:
@@ -85,15 +83,7 @@ class TransformersImageRunner(Runner):
         self.model = load_pretrained(
             self.spec, AutoModelForImageClassification.from_pretrained, use_safetensors=True
         )
-        self.model.eval().to(device)
-        if device != "cpu":
-            # Convolutions on tensor cores want NHWC; NCHW makes cuDNN transpose every layer.
-            self.model.to(memory_format=torch.channels_last)
-        if self.spec.precision in ("fp16", "bf16") and device != "cpu":
-            self.model.to(torch.float16 if self.spec.precision == "fp16" else torch.bfloat16)
-        elif self.spec.precision != "fp32":
-            precision = self.spec.precision
-            log.warning("model %s: %s is not used on %s; fp32", self.name, precision, device)
+        place_image_model(self.model, device, self.spec.precision, self.name)
         config = self.model.config
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
@@ -123,9 +113,7 @@ class TransformersImageRunner(Runner):
     def _forward(self, pixel_values: np.ndarray) -> np.ndarray:
         import torch
 
-        tensor = torch.from_numpy(pixel_values).to(self.device, dtype=self.model.dtype)
-        if self.device != "cpu":
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        tensor = image_batch(torch.from_numpy(pixel_values), self.device, self.model.dtype)
         with torch.inference_mode():
             return self.model(pixel_values=tensor).logits.float().cpu().numpy()
 

@@ -187,6 +187,7 @@ def test_classifiers_of_either_kind_are_bases() -> None:
         registry.models[spec.name] = spec
     assert check_base(registry, "minilm").input_kind == InputKind.TEXT
     assert check_base(registry, "resnet50").input_kind == InputKind.IMAGE
+    assert check_base(registry, "imagenet-lite").input_kind == InputKind.IMAGE
     assert check_base(registry, "sentiment").name == "sentiment"
 
 
