@@ -172,13 +172,14 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def resolve_model(name: str, settings: Settings) -> ModelSpec:
-    """The registered model the job names (422 for an unknown or unsuitable one)."""
+def resolve_model(name: str, settings: Settings, key_id: int) -> ModelSpec:
+    """The registered model the job names (422 for an unknown or unsuitable one, and for
+    another key's trained model: the caller's key sees its own and the operator's)."""
     try:
         # Read per request (a small TOML file): a model added to the file is usable
         # without restarting the API. Trained models (SQL) are looked up only for names
         # the file does not have.
-        spec = load_registry(settings).get(name)
+        spec = load_registry(settings, visible_to=key_id).get(name)
     except UnknownModelError as exc:
         raise unprocessable(str(exc)) from exc
     except RegistryError as exc:
@@ -242,7 +243,7 @@ def submit(
             key was used with another request), 503 (the broker is unreachable; no job
             is left behind).
     """
-    spec = resolve_model(submission.model, settings)
+    spec = resolve_model(submission.model, settings, key_id)
     check_size(submission, settings)
     submission = match_input_kind(submission, spec)
     idempotency = (

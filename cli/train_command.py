@@ -22,7 +22,13 @@ from core.jobs.status import JobDriver, JobStatus
 from core.migrate import upgrade
 from core.models.catalog import load_registry
 from core.models.registry import InputKind, RegistryError
-from core.models.trained import TrainedModelError, check_base, check_new_name
+from core.models.trained import (
+    NameTakenError,
+    TrainedModelError,
+    check_base,
+    check_new_name,
+    may_train,
+)
 from core.training.data import (
     DataFormat,
     DataLimits,
@@ -91,6 +97,8 @@ def train(
     upgrade(settings.database_url)
     engine = get_engine(settings.database_url)
     with engine.begin() as conn:
+        if not may_train(conn, name, None):
+            fail(str(NameTakenError(name)), EXIT_USAGE)
         job = create_training_job(
             conn,
             name=name,
@@ -135,7 +143,7 @@ def train(
                 seed=seed,
                 progress=lambda count: bar.update(task, advance=count),
             )
-    except TrainingDataError as exc:
+    except (TrainingDataError, TrainedModelError) as exc:
         with engine.begin() as conn:
             mark_failed(conn, job.id, str(exc))
         fail(str(exc), EXIT_USAGE)

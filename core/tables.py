@@ -179,6 +179,10 @@ trained_models = Table(
     # a second version for the same job.
     Column("job_id", String(36), ForeignKey("jobs.id", ondelete="SET NULL"), unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The API key whose training job registered this version; NULL: the operator's
+    # (``bulkscore train``). A name belongs to the owner of its first version: only that
+    # owner registers more, and other keys neither see nor score it (core.models.trained).
+    Column("owner_key_id", Integer, ForeignKey("api_keys.id")),
     UniqueConstraint("name", "version", name="uq_trained_models_name_version"),
 )
 

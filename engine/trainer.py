@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from core.config import Settings
@@ -27,6 +27,7 @@ from core.models.trained import (
     register_trained_model,
     trained_by_job,
 )
+from core.tables import jobs
 from core.training.data import DataLimits, LabelledExamples, TrainingDataError, parse_upload
 from core.training.jobs import claim_training_job, complete_training_job, get_training_run
 from engine.runners.base import ModelLoadError, Progress
@@ -57,8 +58,13 @@ def train_and_register(
 ) -> TrainedModel | None:
     """Train ``name`` on ``base`` and register it as its next version; None if cancelled.
 
+    The version belongs to the training job's owner (its API key; None: the operator), read
+    in the registering transaction, where :func:`register_trained_model` refuses a name that
+    belongs to another owner.
+
     Raises:
         TrainingDataError: Too few usable examples of a label, or a single label.
+        NameTakenError: ``name`` belongs to another owner (possibly since training began).
     """
     outcome = train(
         backbone, examples, holdout_fraction=holdout_fraction, seed=seed, progress=progress
@@ -87,6 +93,9 @@ def train_and_register(
                     metrics=metrics,
                     head=data,
                     job_id=job_id,
+                    owner_key_id=conn.scalar(
+                        select(jobs.c.owner_key_id).where(jobs.c.id == job_id)
+                    ),
                 )
                 if not complete_training_job(
                     conn, job_id, model.version, outcome.used, outcome.skipped

@@ -16,9 +16,11 @@ from core.config import Settings
 from core.db import dispose_engines, get_engine
 from core.jobs.lifecycle import cancel_job, get_job
 from core.jobs.status import JobStatus
+from core.keys import create_key
 from core.migrate import upgrade
 from core.models.registry import InputKind, Registry, RegistryError, Task, UnknownModelError
 from core.models.trained import (
+    NameTakenError,
     SqlTrainedModels,
     TrainedModelError,
     TrainedSpec,
@@ -87,7 +89,9 @@ def fake_head(labels: list[str], dim: int = 3) -> bytes:
     return head_bytes(weight, np.zeros(len(labels), np.float32), labels, {})
 
 
-def register(engine: Engine, settings: Settings, name: str, labels: list[str]) -> Any:
+def register(
+    engine: Engine, settings: Settings, name: str, labels: list[str], owner: int | None = None
+) -> Any:
     base = Registry.load(settings.models).get("encoder")
     with engine.begin() as conn:
         return register_trained_model(
@@ -98,7 +102,44 @@ def register(engine: Engine, settings: Settings, name: str, labels: list[str]) -
             metrics={"accuracy": 0.5 + len(labels) / 10},
             head=fake_head(labels),
             job_id=None,
+            owner_key_id=owner,
         )
+
+
+def key_id(engine: Engine, name: str) -> int:
+    with engine.begin() as conn:
+        return create_key(conn, name)[0]
+
+
+def test_a_name_belongs_to_its_first_owner_and_other_keys_do_not_see_it(
+    engine: Engine, settings: Settings
+) -> None:
+    alice, bob = key_id(engine, "alice"), key_id(engine, "bob")
+    register(engine, settings, "alice-model", ["a", "b"], owner=alice)
+    register(engine, settings, "shipped", ["x", "y"], owner=None)  # the operator's
+    register(engine, settings, "alice-model", ["a", "b", "c"], owner=alice)
+    for intruder in (bob, None):  # another key, and the operator, add no version
+        with pytest.raises(NameTakenError, match="belongs to another API key"):
+            register(engine, settings, "alice-model", ["bob"], owner=intruder)
+    with pytest.raises(NameTakenError):
+        register(engine, settings, "shipped", ["bob"], owner=bob)
+    with engine.connect() as conn:
+        assert [m.version for m in list_versions(conn, "alice-model")] == [2, 1]
+        assert get_trained(conn, "alice-model", visible_to=bob) is None
+        assert get_trained(conn, "alice-model", 1, visible_to=bob) is None
+        assert list_versions(conn, "alice-model", visible_to=bob) == []
+        assert [m.name for m in list_trained(conn, visible_to=bob)] == ["shipped"]
+        assert [m.name for m in list_trained(conn, visible_to=alice)] == ["alice-model", "shipped"]
+        assert [m.name for m in list_trained(conn)] == ["alice-model", "shipped"]
+        assert get_trained(conn, "alice-model", visible_to=alice).version == 2  # type: ignore[union-attr]
+    as_bob = Registry.load(settings.models).with_trained(
+        SqlTrainedModels(settings.database_url, visible_to=bob)
+    )
+    with pytest.raises(UnknownModelError) as refused:
+        as_bob.get("alice-model")
+    assert "alice-model" not in str(refused.value).split("known models:")[1]
+    assert as_bob.get("shipped").name == "shipped"
+    assert registry_of(settings).get("alice-model").revision == "v2"  # workers: unscoped
 
 
 def test_retraining_a_name_adds_versions_and_listings_show_the_latest(
