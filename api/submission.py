@@ -263,7 +263,7 @@ def submit(
         )
 
     def send(job: Job, chunk_indexes: Sequence[int]) -> None:
-        queue.enqueue_chunks(job.id, job.model, chunk_indexes)
+        queue.enqueue_chunks(job.id, job.runs_on, chunk_indexes)
 
     submitted = submit_or_answer(engine, create, send, idempotency)
     return submitted.job, submitted.created

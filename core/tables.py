@@ -63,6 +63,10 @@ jobs = Table(
     # Who claims the job's chunks (core.jobs.status.JobDriver): the service's workers, or
     # the one `bulkscore score` process that made it. The service never touches the latter.
     Column("driver", String(16), nullable=False, server_default="service"),
+    # The model whose workers run the job's chunks, and so the queue they are sent to: the
+    # job's own model for scoring, the base for a training job (which trains `model`).
+    # Everything that routes or sweeps chunks by model reads this column.
+    Column("runs_on", String(64), nullable=False),
     UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
     Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
     Index("ix_jobs_status", "status"),

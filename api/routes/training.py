@@ -144,8 +144,9 @@ def submit_training(
             owner_key_id=key_id,
         )
 
-    def send(job: Job, _chunks: Sequence[int]) -> None:
-        queue.enqueue_training(job.id, base_spec.name)
+    def send(job: Job, chunk_indexes: Sequence[int]) -> None:
+        # Its one chunk, to the base's queue (job.runs_on), like any job's chunks.
+        queue.enqueue_chunks(job.id, job.runs_on, chunk_indexes)
 
     return submit_or_answer(engine, create, send).job
 

@@ -71,6 +71,23 @@ def test_0005_gives_each_trained_version_its_training_jobs_owner(pg_url: str) ->
                     ),
                     {"id": job_id, "owner": owner, "now": now},
                 )
+            # A training job still running on its base: it gets a queued chunk to resume.
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, model, input_kind, status, total, succeeded, "
+                    "failed, created_at) VALUES ('training', 'm', 'text', 'running', 9, 0, 0, "
+                    ":now)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO training_runs (job_id, name, base, data_format, "
+                    "holdout_fraction, seed, created_at) VALUES ('training', 'm', 'base', "
+                    "'csv', 0.2, 0, :now)"
+                ),
+                {"now": now},
+            )
             for version, job_id in ((1, "by-alice"), (2, "by-operator"), (3, None)):
                 conn.execute(
                     text(
@@ -85,7 +102,19 @@ def test_0005_gives_each_trained_version_its_training_jobs_owner(pg_url: str) ->
             owners = conn.execute(
                 text("SELECT version, owner_key_id FROM trained_models ORDER BY version")
             ).all()
+            runs_on = conn.execute(text("SELECT id, runs_on FROM jobs ORDER BY id")).all()
         assert [tuple(row) for row in owners] == [(1, 7), (2, None), (3, None)]
+        # Scoring jobs (no training run) run on their own model.
+        assert [tuple(row) for row in runs_on] == [
+            ("by-alice", "m"),
+            ("by-operator", "m"),
+            ("training", "base"),
+        ]
+        with engine.connect() as conn:
+            added = conn.execute(
+                text('SELECT job_id, "index", start, stop, status FROM chunks')
+            ).all()
+        assert [tuple(row) for row in added] == [("training", 0, 0, 1, "queued")]
         downgrade(pg_url, "0004")
         with engine.connect() as conn:
             assert "owner_key_id" not in {
