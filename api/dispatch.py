@@ -1,4 +1,4 @@
-"""The API's broker: a producer-only Celery app that sends chunk and training tasks.
+"""The API's broker: a producer-only Celery app that sends chunk tasks (training jobs too).
 
 The API sends tasks by name (:func:`core.queues.send_chunks`) and never imports the
 worker, so it starts without any ML framework. Publishing fails fast when the broker is
@@ -18,7 +18,6 @@ from core.heartbeats import queue_depth, redis_client, workers_by_model
 from core.queues import (
     CONNECT_TIMEOUT_S,
     PUBLISH_RETRY_POLICY,
-    TRAIN_MODEL_TASK,
     BrokerUnavailable,
     model_queue,
     producer_settings,
@@ -30,10 +29,8 @@ class JobQueue(Protocol):
     """What the API needs from the broker (a fake replaces it in unit tests)."""
 
     def enqueue_chunks(self, job_id: str, model: str, chunk_indexes: Iterable[int]) -> None:
-        """Send one task per chunk; raise :class:`BrokerUnavailable` if that fails."""
-
-    def enqueue_training(self, job_id: str, base: str) -> None:
-        """Send the training task; raise :class:`BrokerUnavailable` if that fails."""
+        """Send one task per chunk to ``model``'s queue (the job's ``runs_on``); raise
+        :class:`BrokerUnavailable` if that fails."""
 
     def ping(self) -> None:
         """Return if the broker answers; raise :class:`BrokerUnavailable` otherwise."""
@@ -58,7 +55,7 @@ def producer_app(settings: Settings, name: str = "bulkscore-producer") -> Celery
 
 
 class CeleryJobQueue:
-    """Publishes ``bulkscore.score_chunk`` and ``bulkscore.train_model`` tasks by name."""
+    """Publishes ``bulkscore.score_chunk`` tasks by name."""
 
     def __init__(self, settings: Settings) -> None:
         self.app = producer_app(settings, "bulkscore-api")
@@ -69,18 +66,6 @@ class CeleryJobQueue:
         send_chunks(
             self.app, job_id, model, chunk_indexes, retry=True, retry_policy=PUBLISH_RETRY_POLICY
         )
-
-    def enqueue_training(self, job_id: str, base: str) -> None:
-        try:
-            self.app.send_task(
-                TRAIN_MODEL_TASK,
-                args=[job_id],
-                queue=model_queue(base),
-                retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
-            )
-        except Exception as exc:  # kombu and redis-py raise their own errors
-            raise BrokerUnavailable(str(exc)) from exc
 
     def ping(self) -> None:
         try:

@@ -174,13 +174,14 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def resolve_model(name: str, settings: Settings) -> ModelSpec:
-    """The registered model the job names (422 for an unknown or unsuitable one)."""
+def resolve_model(name: str, settings: Settings, key_id: int) -> ModelSpec:
+    """The registered model the job names (422 for an unknown or unsuitable one, and for
+    another key's trained model: the caller's key sees its own and the operator's)."""
     try:
         # Read per request (a small TOML file): a model added to the file is usable
         # without restarting the API. Trained models (SQL) are looked up only for names
         # the file does not have.
-        spec = load_registry(settings).get(name)
+        spec = load_registry(settings, visible_to=key_id).get(name)
     except UnknownModelError as exc:
         raise unprocessable(str(exc)) from exc
     except RegistryError as exc:
@@ -244,7 +245,7 @@ def submit(
             key was used with another request), 503 (the broker is unreachable; no job
             is left behind).
     """
-    spec = resolve_model(submission.model, settings)
+    spec = resolve_model(submission.model, settings, key_id)
     check_size(submission, settings)
     submission = match_input_kind(submission, spec)
     idempotency = (
@@ -264,7 +265,7 @@ def submit(
         )
 
     def send(job: Job, chunk_indexes: Sequence[int]) -> None:
-        queue.enqueue_chunks(job.id, job.model, chunk_indexes)
+        queue.enqueue_chunks(job.id, job.runs_on, chunk_indexes)
 
     submitted = submit_or_answer(engine, create, send, idempotency)
     return submitted.job, submitted.created

@@ -1,13 +1,16 @@
 """``bulkscore train``: train a classifier on a base model's frozen features, in-process.
 
 The embedded counterpart of ``POST /v1/models``: the same readers, the same training and
-registration code (``engine.trainer``), on the configured database; the model is usable by
-name at once (jobs, ``bulkscore score``, schedules; workers load it when they start).
+registration code (``engine.trainer``), reached the same way (its job's one chunk claimed,
+leased and finished by :func:`engine.chunk_work.work_on_chunk`), on the configured database;
+the model is usable by name at once (jobs, ``bulkscore score``, schedules; workers load it
+when they start).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -17,12 +20,17 @@ from cli.console import EXIT_USAGE, err_console, fail
 from cli.evaluation_view import print_evaluation
 from core.config import get_settings
 from core.db import get_engine
-from core.jobs.lifecycle import mark_failed
-from core.jobs.status import JobDriver, JobStatus
+from core.jobs.status import JobDriver
 from core.migrate import upgrade
 from core.models.catalog import load_registry
 from core.models.registry import InputKind, RegistryError
-from core.models.trained import TrainedModelError, check_base, check_new_name
+from core.models.trained import (
+    NameTakenError,
+    TrainedModelError,
+    check_base,
+    check_new_name,
+    may_train,
+)
 from core.training.data import (
     DataFormat,
     DataLimits,
@@ -30,10 +38,16 @@ from core.training.data import (
     check_examples,
     read_local_data,
 )
-from core.training.jobs import DEFAULT_HOLDOUT_FRACTION, DEFAULT_SEED, create_training_job
+from core.training.jobs import (
+    DEFAULT_HOLDOUT_FRACTION,
+    DEFAULT_SEED,
+    TRAINING_CHUNK,
+    create_training_job,
+    fail_training_job,
+)
+from engine.chunk_work import ChunkAttemptError, ChunkOutcome, Driver, work_on_chunk
 from engine.runners.base import ModelLoadError
 from engine.runners.head_runner import build_backbone
-from engine.trainer import train_and_register
 
 
 def train(
@@ -91,6 +105,8 @@ def train(
     upgrade(settings.database_url)
     engine = get_engine(settings.database_url)
     with engine.begin() as conn:
+        if not may_train(conn, name, None):
+            fail(str(NameTakenError(name)), EXIT_USAGE)
         job = create_training_job(
             conn,
             name=name,
@@ -100,7 +116,6 @@ def train(
             data=None,
             holdout_fraction=holdout,
             seed=seed,
-            status=JobStatus.RUNNING,
             driver=JobDriver.EMBEDDED,
         )
 
@@ -112,35 +127,38 @@ def train(
         backbone.setup(device)
     except ModelLoadError as exc:
         with engine.begin() as conn:
-            mark_failed(conn, job.id, str(exc))
+            fail_training_job(conn, job.id, str(exc))
         fail(str(exc))
     started = time.perf_counter()
-    try:
-        with Progress(
-            TextColumn("[bold]features[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-        ) as bar:
-            task = bar.add_task("features", total=len(examples.usable))
-            model = train_and_register(
-                engine,
-                job_id=job.id,
-                name=name,
-                base=base_spec,
-                examples=examples,
-                backbone=backbone,
-                holdout_fraction=holdout,
-                seed=seed,
-                progress=lambda count: bar.update(task, advance=count),
-            )
-    except TrainingDataError as exc:
-        with engine.begin() as conn:
-            mark_failed(conn, job.id, str(exc))
-        fail(str(exc), EXIT_USAGE)
+    with Progress(
+        TextColumn("[bold]features[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    ) as bar:
+        task = bar.add_task("features", total=len(examples.usable))
+        # The job's chunk is claimed, leased and finished here as a worker would, so no
+        # chunk is left queued and the service never touches it. One attempt: a crash
+        # fails the job with its reason (there is no `--job-id` to resume a training).
+        driver = Driver(
+            runner_for=lambda _model: backbone,
+            kind=JobDriver.EMBEDDED,
+            progress=lambda count: bar.update(task, advance=count),
+            max_attempts=1,
+            cross_job=False,
+            backbone_for=lambda _base: nullcontext(backbone),
+            training_examples=lambda _run: examples,
+        )
+        try:
+            report = work_on_chunk(engine, settings, job.id, TRAINING_CHUNK, driver)
+        except ChunkAttemptError as exc:
+            fail(f"training job {job.id} failed: {exc}")
+    if report.outcome == ChunkOutcome.FAILED:
+        fail(report.reason, EXIT_USAGE)
+    model = report.trained
     if model is None:
-        fail(f"training job {job.id} was cancelled; nothing was registered")
+        fail(f"training job {job.id}: {report.reason or report.outcome.value}; nothing registered")
     err_console.print(
         f"trained {model.name} {model.revision} in {time.perf_counter() - started:.1f}s "
         f"(training job {job.id}); score with: bulkscore score FILE --model {model.name}",

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from core.config import Settings
 
 SCORE_CHUNK_TASK = "bulkscore.score_chunk"
-# Trains a head on a base model; sent to the base model's queue (worker.training_task).
+# The training message before training jobs had a chunk: still consumed (worker.training_task)
+# for queues that hold old ones, and never sent any more.
 TRAIN_MODEL_TASK = "bulkscore.train_model"
 DEFAULT_QUEUE = "bulkscore.default"
 MODEL_QUEUE_PREFIX = "bulkscore.model."

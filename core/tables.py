@@ -68,6 +68,10 @@ jobs = Table(
     # Who claims the job's chunks (core.jobs.status.JobDriver): the service's workers, or
     # the one `bulkscore score` process that made it. The service never touches the latter.
     Column("driver", String(16), nullable=False, server_default="service"),
+    # The model whose workers run the job's chunks, and so the queue they are sent to: the
+    # job's own model for scoring, the base for a training job (which trains `model`).
+    # Everything that routes or sweeps chunks by model reads this column.
+    Column("runs_on", String(64), nullable=False),
     UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
     Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
     Index("ix_jobs_status", "status"),
@@ -184,6 +188,10 @@ trained_models = Table(
     # a second version for the same job.
     Column("job_id", String(36), ForeignKey("jobs.id", ondelete="SET NULL"), unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The API key whose training job registered this version; NULL: the operator's
+    # (``bulkscore train``). A name belongs to the owner of its first version: only that
+    # owner registers more, and other keys neither see nor score it (core.models.trained).
+    Column("owner_key_id", Integer, ForeignKey("api_keys.id")),
     UniqueConstraint("name", "version", name="uq_trained_models_name_version"),
 )
 

@@ -5,6 +5,13 @@ the :class:`ChunkReport` into messaging (retry later, re-route, nothing), and ``
 score`` in-process (:mod:`engine.in_process`). Everything that touches SQL is here, so it
 is tested with fakes and SQLite as well as through a real worker, and both drivers claim,
 lease and finish a chunk the same way: no chunk of either is left ``queued``.
+
+A training job's one chunk goes the same way (claim, lease, attempts, renewals from the
+training's progress), routed by ``jobs.runs_on`` to the workers of its base; instead of
+scoring items, the delivery trains (:func:`engine.trainer.train_job`) with the driver's
+backbone. A failed attempt is released for a retry like a chunk's; out of attempts, or on
+a failure no retry can mend (unusable data, a name of another owner), the job ends
+``failed`` with the reason: there is nothing to bisect.
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, scored_indexes, write_results
 from core.jobs.status import ChunkStatus, JobDriver, JobStatus
+from core.models.trained import TrainedModel
 from core.queues import ChunkSend
+from core.training.jobs import fail_training_job
 from engine.cross_job import gather_siblings
 from engine.runners.base import Progress, Runner
 from engine.scoring import JobItems, score_jobs
+from engine.trainer import FINAL_ERRORS, BackboneFor, ExamplesFor, train_job
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,11 @@ class Driver:
     max_attempts: int | None = None
     # Claim other jobs' queued chunks to score with a small one (the service only).
     cross_job: bool = True
+    # The feature extractor a training job's base is trained on; None: this driver trains
+    # nothing (it leaves training chunks to one that does).
+    backbone_for: BackboneFor | None = None
+    # A training run's examples; None: its stored upload (bulkscore train: local files).
+    training_examples: ExamplesFor | None = None
 
     @classmethod
     def embedded(cls, runner: Runner, progress: Progress | None = None) -> Driver:
@@ -90,6 +105,7 @@ class ChunkOutcome(StrEnum):
     SKIPPED = "skipped"  # nothing to do: the chunk is done, or the job is final or gone
     BUSY = "busy"  # another delivery holds the chunk: deliver again after retry_in_s
     WRONG_MODEL = "wrong_model"  # this process has not loaded the job's model
+    FAILED = "failed"  # a training job that cannot succeed: failed with the reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +130,7 @@ class ChunkReport:
     attempts: int = 0
     retry_in_s: float = 0.0
     batched: tuple[BatchedChunk, ...] = ()
+    trained: TrainedModel | None = None  # the version a training chunk registered
 
 
 class ChunkAttemptError(RuntimeError):
@@ -152,10 +169,12 @@ def work_on_chunk(
         # The common case for small jobs' chunks batched by another delivery: one read.
         return ChunkReport(ChunkOutcome.SKIPPED, "chunk already done", attempts=state.attempts)
     model, revision = state.model, state.model_revision
-    runner = driver.runner_for(model)
+    runner = driver.runner_for(state.runs_on)
     if runner is None:
         # Checked before claiming, so a stray message costs the chunk no attempt.
-        return ChunkReport(ChunkOutcome.WRONG_MODEL, "model not loaded here", model=model)
+        return ChunkReport(ChunkOutcome.WRONG_MODEL, "model not loaded here", model=state.runs_on)
+    if state.training and driver.backbone_for is None:
+        return ChunkReport(ChunkOutcome.SKIPPED, "this driver does not train")
     with engine.begin() as conn:
         claim = claim_chunk(
             conn,
@@ -170,6 +189,8 @@ def work_on_chunk(
     if not claim.claimed:
         return _unclaimed(engine, claim, driver.send)
     assert claim.chunk is not None
+    if state.training:
+        return _train_claimed(engine, settings, claim, driver, max_attempts)
     siblings = gather_siblings(engine, settings, runner, model, claim) if driver.cross_job else []
     try:
         return _score_claimed(engine, settings, [claim, *siblings], runner, driver.progress)
@@ -198,6 +219,10 @@ def _split(engine: Engine, claim: Claim, send: ChunkSend | None) -> ChunkReport:
     )
     if outcome is None:
         return ChunkReport(ChunkOutcome.SKIPPED, "already split", attempts=claim.attempts)
+    if outcome.failed_job:
+        return ChunkReport(
+            ChunkOutcome.FAILED, "training out of attempts: failed", attempts=claim.attempts
+        )
     if outcome.children:
         reason = "out of attempts: split into chunks " + ", ".join(map(str, outcome.children))
     else:
@@ -210,6 +235,72 @@ def _split(engine: Engine, claim: Claim, send: ChunkSend | None) -> ChunkReport:
 def _key(claim: Claim) -> ChunkKey:
     assert claim.chunk is not None
     return (claim.chunk.job_id, claim.chunk.index)
+
+
+def _lease_keeper(
+    engine: Engine, settings: Settings, keys: list[ChunkKey], on_progress: Progress | None
+) -> Progress:
+    """A progress callback that also renews the leases of ``keys`` every third of a lease.
+
+    Chunks that make progress keep their leases, so only a stalled or dead worker's chunks
+    are taken over by a later delivery.
+    """
+    renew_every = settings.chunk_lease_s / 3
+    last_renewal = monotonic()
+
+    def progress(count: int) -> None:
+        nonlocal last_renewal
+        if on_progress is not None:
+            on_progress(count)
+        if monotonic() - last_renewal >= renew_every:
+            with engine.begin() as conn:
+                renew_leases(conn, keys, settings.chunk_lease_s)
+            last_renewal = monotonic()
+
+    return progress
+
+
+def _train_claimed(
+    engine: Engine, settings: Settings, claim: Claim, driver: Driver, max_attempts: int
+) -> ChunkReport:
+    """One attempt at a claimed training chunk: train, register, complete (one transaction
+    finishes the job and its chunk), or fail/release it."""
+    assert claim.chunk is not None and driver.backbone_for is not None
+    job_id, key = claim.chunk.job_id, _key(claim)
+    progress = _lease_keeper(engine, settings, [key], driver.progress)
+    try:
+        model = train_job(
+            engine, settings, job_id, driver.backbone_for, driver.training_examples, progress
+        )
+    except FINAL_ERRORS as exc:
+        with engine.begin() as conn:
+            fail_training_job(conn, job_id, str(exc))
+        return ChunkReport(ChunkOutcome.FAILED, str(exc), attempts=claim.attempts)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.exception("training job %s: attempt %d failed", job_id, claim.attempts)
+        if claim.attempts >= max_attempts:
+            with engine.begin() as conn:
+                fail_training_job(
+                    conn, job_id, f"out of attempts ({claim.attempts}); last: {reason}"
+                )
+            raise ChunkAttemptError(reason, attempts=claim.attempts, retry=False) from exc
+        with engine.begin() as conn:
+            release_chunks(conn, [key])
+        raise ChunkAttemptError(reason, attempts=claim.attempts, retry=True) from exc
+    if model is None:
+        with engine.begin() as conn:
+            finish_chunks(conn, [key], ChunkStatus.CANCELLED)
+        return ChunkReport(
+            ChunkOutcome.CANCELLED, "job cancelled during the training", attempts=claim.attempts
+        )
+    accuracy = model.accuracy or 0.0
+    return ChunkReport(
+        ChunkOutcome.DONE,
+        f"trained {model.name} {model.revision}, held-out accuracy {accuracy:.3f}",
+        attempts=claim.attempts,
+        trained=model,
+    )
 
 
 def _unclaimed(engine: Engine, claim: Claim, send: ChunkSend | None) -> ChunkReport:
@@ -249,23 +340,11 @@ def _score_claimed(
     """
     batch = [claim.chunk for claim in claims if claim.chunk is not None]
     keys = [(chunk.job_id, chunk.index) for chunk in batch]
-    renew_every = settings.chunk_lease_s / 3
-    last_renewal = monotonic()
+    progress = _lease_keeper(engine, settings, keys, on_progress)
 
     def still_active(job_ids: set[str]) -> set[str]:
         with engine.connect() as conn:
             return active_jobs(conn, job_ids)
-
-    def progress(count: int) -> None:
-        # Chunks that make progress keep their leases, so only a stalled or dead worker's
-        # chunks are taken over by a later delivery.
-        nonlocal last_renewal
-        if on_progress is not None:
-            on_progress(count)
-        if monotonic() - last_renewal >= renew_every:
-            with engine.begin() as conn:
-                renew_leases(conn, keys, settings.chunk_lease_s)
-            last_renewal = monotonic()
 
     with engine.connect() as conn:
         loaded = load_chunk_items(conn, batch)

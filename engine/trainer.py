@@ -1,9 +1,11 @@
 """Training a model and registering it: one code path for ``bulkscore train`` and the workers.
 
 :func:`train_and_register` fits a head on a backbone's features, writes it to SQL as the next
-version of its name and completes the training job, in one transaction. ``bulkscore train``
-calls it in-process; the Celery task (``worker.training_task``) calls it through
-:func:`run_training_job`, which claims the job and reads its stored upload first.
+version of its name and completes the training job (and finishes its chunk), in one
+transaction. :func:`train_job` is one attempt at a training job whose chunk the caller has
+claimed: both drivers reach it through :func:`engine.chunk_work.work_on_chunk` (a worker's
+chunk task, and ``bulkscore train`` in-process), under the same lease, attempts and sweeps
+as a scoring chunk.
 """
 
 from __future__ import annotations
@@ -11,14 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from core.config import Settings
-from core.jobs.lifecycle import mark_failed
 from core.models.registry import ModelSpec, Registry
 from core.models.trained import (
     TrainedModel,
@@ -27,8 +27,9 @@ from core.models.trained import (
     register_trained_model,
     trained_by_job,
 )
+from core.tables import jobs
 from core.training.data import DataLimits, LabelledExamples, TrainingDataError, parse_upload
-from core.training.jobs import claim_training_job, complete_training_job, get_training_run
+from core.training.jobs import TrainingRun, complete_training_job, get_training_run
 from engine.runners.base import ModelLoadError, Progress
 from engine.runners.heads import head_bytes
 from engine.training import train
@@ -36,7 +37,10 @@ from engine.training import train
 log = logging.getLogger(__name__)
 
 REGISTER_ATTEMPTS = 3  # two trainings of one name may race for a version number
+# A set-up feature extractor of a base, held for one training (the driver's).
 BackboneFor = Callable[[ModelSpec], AbstractContextManager[Any]]
+# The labelled examples of a training run.
+ExamplesFor = Callable[[TrainingRun], LabelledExamples]
 
 
 class _JobNotRunning(Exception):
@@ -57,8 +61,13 @@ def train_and_register(
 ) -> TrainedModel | None:
     """Train ``name`` on ``base`` and register it as its next version; None if cancelled.
 
+    The version belongs to the training job's owner (its API key; None: the operator), read
+    in the registering transaction, where :func:`register_trained_model` refuses a name that
+    belongs to another owner.
+
     Raises:
         TrainingDataError: Too few usable examples of a label, or a single label.
+        NameTakenError: ``name`` belongs to another owner (possibly since training began).
     """
     outcome = train(
         backbone, examples, holdout_fraction=holdout_fraction, seed=seed, progress=progress
@@ -87,6 +96,9 @@ def train_and_register(
                     metrics=metrics,
                     head=data,
                     job_id=job_id,
+                    owner_key_id=conn.scalar(
+                        select(jobs.c.owner_key_id).where(jobs.c.id == job_id)
+                    ),
                 )
                 if not complete_training_job(
                     conn, job_id, model.version, outcome.used, outcome.skipped
@@ -107,66 +119,56 @@ def train_and_register(
     raise AssertionError("unreachable")
 
 
-@dataclass(frozen=True, slots=True)
-class TrainingReport:
-    """What one delivery of a training task did."""
-
-    outcome: str  # completed, failed, cancelled, skipped
-    detail: str = ""
-    model: TrainedModel | None = None
+# Failures that another attempt would meet again: the job fails at once with the reason.
+FINAL_ERRORS = (TrainingDataError, TrainedModelError, ModelLoadError)
 
 
-def run_training_job(
-    engine: Engine,
-    settings: Settings,
-    registry: Registry,
-    job_id: str,
-    backbone_for: BackboneFor,
-    progress: Progress | None = None,
-) -> TrainingReport:
-    """Claim training job ``job_id``, train it from its stored upload, register the model.
+def stored_examples(settings: Settings) -> ExamplesFor:
+    """The examples of a run from its stored upload (what jobs of the service train on)."""
 
-    Errors before the claim (the database unreachable) propagate, for the task to retry.
-    After it, every error fails the job with its message: training the same data again
-    would fail the same way.
-    """
-    with engine.begin() as conn:
-        run = get_training_run(conn, job_id)
-        if run is None:
-            return TrainingReport("skipped", "no such training job")
-        if not claim_training_job(conn, job_id):
-            return TrainingReport("skipped", "the job is already final")
-    try:
-        base = check_base(registry, run.base)
+    def read(run: TrainingRun) -> LabelledExamples:
         if run.data is None:
             raise TrainingDataError("the job holds no data to train on")
-        examples = parse_upload(run.data, run.data_format, DataLimits.from_settings(settings))
-        with backbone_for(base) as backbone:
-            model = train_and_register(
-                engine,
-                job_id=job_id,
-                name=run.name,
-                base=base,
-                examples=examples,
-                backbone=backbone,
-                holdout_fraction=run.holdout_fraction,
-                seed=run.seed,
-                progress=progress,
-            )
-    except (TrainingDataError, TrainedModelError, ModelLoadError) as exc:
-        return _fail(engine, job_id, str(exc))
-    except Exception as exc:
-        log.exception("training job %s failed", job_id)
-        return _fail(engine, job_id, f"{type(exc).__name__}: {exc}")
-    if model is None:
-        return TrainingReport("cancelled", "the job was cancelled while it trained")
-    accuracy = model.accuracy or 0.0
-    return TrainingReport(
-        "completed", f"{model.name} {model.revision}, held-out accuracy {accuracy:.3f}", model
-    )
+        return parse_upload(run.data, run.data_format, DataLimits.from_settings(settings))
+
+    return read
 
 
-def _fail(engine: Engine, job_id: str, reason: str) -> TrainingReport:
-    with engine.begin() as conn:
-        mark_failed(conn, job_id, reason)
-    return TrainingReport("failed", reason)
+def train_job(
+    engine: Engine,
+    settings: Settings,
+    job_id: str,
+    backbone_for: BackboneFor,
+    examples_for: ExamplesFor | None = None,
+    progress: Progress | None = None,
+) -> TrainedModel | None:
+    """Train the model of claimed training job ``job_id`` and register it; None if cancelled.
+
+    The caller holds the job's chunk (:func:`engine.chunk_work.work_on_chunk`): this is the
+    work of one attempt. ``examples_for`` reads the run's examples (default: its stored
+    upload; ``bulkscore train`` reads its local files).
+
+    Raises:
+        TrainingDataError, TrainedModelError, ModelLoadError: (:data:`FINAL_ERRORS`) the
+            job cannot succeed: unusable data, a base that is no feature extractor, a name
+            of another owner, a base that does not load.
+        Exception: Anything else fails this attempt only.
+    """
+    with engine.connect() as conn:
+        run = get_training_run(conn, job_id)
+    if run is None:
+        raise TrainingDataError(f"job {job_id} is no training job")
+    base = check_base(Registry.load(settings.models), run.base)
+    examples = (examples_for or stored_examples(settings))(run)
+    with backbone_for(base) as backbone:
+        return train_and_register(
+            engine,
+            job_id=job_id,
+            name=run.name,
+            base=base,
+            examples=examples,
+            backbone=backbone,
+            holdout_fraction=run.holdout_fraction,
+            seed=run.seed,
+            progress=progress,
+        )

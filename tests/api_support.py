@@ -63,7 +63,6 @@ class FakeJobQueue:
 
     down: bool = False
     sent: list[tuple[str, str, list[int]]] = field(default_factory=list)
-    trainings: list[tuple[str, str]] = field(default_factory=list)
     closed: bool = False
     # Live worker heartbeats by model (what /readyz and /metrics read from Redis).
     live_workers: dict[str, int] = field(default_factory=lambda: {TEXT_MODEL: 1})
@@ -72,11 +71,6 @@ class FakeJobQueue:
         if self.down:
             raise BrokerUnavailable("Error 111 connecting to 127.0.0.1:1. Connection refused.")
         self.sent.append((job_id, model, list(chunk_indexes)))
-
-    def enqueue_training(self, job_id: str, base: str) -> None:
-        if self.down:
-            raise BrokerUnavailable("Error 111 connecting to 127.0.0.1:1. Connection refused.")
-        self.trainings.append((job_id, base))
 
     def ping(self) -> None:
         if self.down:

@@ -50,7 +50,7 @@ def job_sender(app: Celery) -> SendJob:
     """Sends a schedule's new job: one ``bulkscore.score_chunk`` task per chunk, by name."""
 
     def send(job: Job, chunk_indexes: Sequence[int]) -> None:
-        send_chunks(app, job.id, job.model, chunk_indexes)
+        send_chunks(app, job.id, job.runs_on, chunk_indexes)
 
     return send
 

@@ -20,6 +20,7 @@ from engine.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport, Driv
 from worker import warm
 from worker.celery_app import app
 from worker.health import HEARTBEAT
+from worker.training_task import training_backbone
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,13 @@ log = logging.getLogger(__name__)
 INFRA_RETRIES = 10
 MAX_BACKOFF_S = 60
 
-# This process's warm models, its liveness heartbeat, and its app for the split chunks.
+# This process's warm models, its liveness heartbeat, its app for the split chunks, and the
+# backbones it trains heads on (training chunks of the bases it serves).
 DRIVER = Driver(
     runner_for=warm.get_runner,
     progress=lambda _count: HEARTBEAT.touch(),
     send=chunk_sender(app),
+    backbone_for=lambda base: training_backbone(base, get_settings()),
 )
 
 

@@ -1,13 +1,13 @@
-"""The training task: ``bulkscore.train_model(job_id)``, sent to the base model's queue.
+"""The worker's training backbone, and the old training task name kept as an alias.
 
-So a worker that serves ``minilm`` trains the heads over ``minilm``: it uses its own warm
-runner when the base is a feature extractor (``task = "feature-extraction"``), or otherwise
-builds the base's feature extractor once (e.g. ResNet50 without its top, for heads over the
-``resnet50`` classifier) and keeps it for later trainings. Only the job id travels through
-Redis; the data and the result live in SQL (:mod:`engine.trainer`).
-
-A training task runs in the worker's pool like a chunk: with ``--concurrency 1`` the worker
-scores no chunk while it trains.
+A training job is one chunk sent to its base model's queue (``jobs.runs_on``), so a worker
+that serves ``minilm`` trains the heads over ``minilm`` through the chunk task
+(:mod:`worker.tasks`, :func:`engine.chunk_work.work_on_chunk`). Its backbone is
+:func:`training_backbone`: the worker's own warm runner when the base is a feature extractor
+(``task = "feature-extraction"``), or otherwise the base's feature extractor built once (e.g.
+ResNet50 without its top, for heads over the ``resnet50`` classifier) and kept for later
+trainings. A training runs in the worker's pool like a chunk: with ``--concurrency 1`` the
+worker scores no chunk while it trains.
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ from typing import Any
 
 from celery import Task
 
+from core.chunks.claim import delivery_state
 from core.config import Settings, get_settings
 from core.db import get_engine
-from core.models.catalog import load_registry
 from core.models.registry import ModelSpec
 from core.models.registry import Task as ModelTask
-from core.queues import TRAIN_MODEL_TASK
+from core.queues import TRAIN_MODEL_TASK, send_chunks
+from core.training.jobs import TRAINING_CHUNK
 from engine.runners.head_runner import build_backbone
-from engine.trainer import run_training_job
 from worker import warm
 from worker.celery_app import app
-from worker.health import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +64,22 @@ def training_backbone(base: ModelSpec, settings: Settings) -> Iterator[Any]:
 
 @app.task(name=TRAIN_MODEL_TASK, bind=True, max_retries=None, ignore_result=True)
 def train_model(self: Task, job_id: str) -> None:
-    """Train the model of training job ``job_id`` and register its new version."""
+    """The old training message (before training jobs had a chunk): hand the job's chunk to
+    the chunk task, the one path every training now takes.
+
+    A queue deployed before the change may still hold such messages. The chunk message goes
+    to the queue the job runs on; the SQL claim makes it harmless if the sweep sends one too.
+    """
     settings = get_settings()
-    engine = get_engine(settings.database_url)
     try:
-        registry = load_registry(settings)
-        report = run_training_job(
-            engine,
-            settings,
-            registry,
-            job_id,
-            lambda base: training_backbone(base, settings),
-            progress=lambda _count: HEARTBEAT.touch(),
-        )
+        with get_engine(settings.database_url).connect() as conn:
+            state = delivery_state(conn, job_id, TRAINING_CHUNK)
+        if state is None or not state.training:
+            log.info("old training message for %s: no such training job; dropped", job_id)
+            return
+        send_chunks(app, job_id, state.runs_on, [TRAINING_CHUNK])
     except Exception as exc:
-        # Before the job was claimed (database or models file unreachable): retry, bounded.
         countdown = int(min(2**self.request.retries, MAX_BACKOFF_S))
-        log.warning("training job %s: %s; retrying in %ds", job_id, exc, countdown)
+        log.warning("old training message for %s: %s; retrying in %ds", job_id, exc, countdown)
         raise self.retry(exc=exc, countdown=countdown, max_retries=INFRA_RETRIES) from exc
-    detail = f": {report.detail}" if report.detail else ""
-    log.info("training job %s %s by %s%s", job_id, report.outcome, self.request.hostname, detail)
+    log.info("old training message for %s handed to chunk %d", job_id, TRAINING_CHUNK)

@@ -15,9 +15,9 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 # exclude_unset: the trained-model fields (version, base, accuracy, labels) appear on
 # trained models only, so a models-file model reads as it always did.
 @router.get("", response_model=CatalogList, response_model_exclude_unset=True)
-def models(_key_id: CurrentKey, settings: SettingsDep, conn: ConnDep) -> CatalogList:
-    """Every registered model, by name: the models file's and the trained ones (latest
-    version, with its held-out accuracy)."""
+def models(key_id: CurrentKey, settings: SettingsDep, conn: ConnDep) -> CatalogList:
+    """Every model the caller may name, by name: the models file's and the trained ones
+    (latest version, with its held-out accuracy) of the caller's key and the operator."""
     try:
         registry = Registry.load(settings.models)
     except RegistryError as exc:
@@ -26,7 +26,7 @@ def models(_key_id: CurrentKey, settings: SettingsDep, conn: ConnDep) -> Catalog
             detail="the server's models file cannot be read; ask its operator",
         ) from exc
     listed = {name: CatalogModelOut.from_spec(spec) for name, spec in registry.models.items()}
-    for model in list_trained(conn):
+    for model in list_trained(conn, visible_to=key_id):
         # A models-file entry of the same name wins, as it does when a job names it.
         listed.setdefault(
             model.name, CatalogModelOut.from_trained(model, registry.models.get(model.base))

@@ -3,6 +3,10 @@
 Training answers 202 with a training job, polled at ``/v1/jobs/{id}`` like any other: the
 data is checked here (so a single label or too few examples is a 422 at once), stored with
 the job, and trained by a worker that serves the base model.
+
+A trained name belongs to the key that trained its first version (or the operator): another
+key's POST of that name is a 409 and never a new version, and its GET is a 404, exactly as
+for a name that does not exist (``core.models.trained``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from core.config import Settings
 from core.jobs.lifecycle import Job
 from core.models.catalog import load_registry
 from core.models.registry import NAME_PATTERN, Registry, RegistryError
-from core.models.trained import TrainedModelError, check_base, check_new_name, get_trained
+from core.models.trained import (
+    NameTakenError,
+    TrainedModelError,
+    check_base,
+    check_new_name,
+    get_trained,
+    may_train,
+)
 from core.models.trained import list_versions as trained_versions
 from core.training.data import (
     DataLimits,
@@ -99,12 +110,22 @@ def submit_training(
     """Check the request and its data, store the training job and send its task.
 
     Raises:
-        HTTPException: 422 (name, base or data unusable), 503 (models file unreadable, or
-            the broker unreachable: then no job is left behind).
+        HTTPException: 422 (name, base or data unusable), 409 (the name belongs to another
+            key; the registration refuses it as well, should the check here race),
+            503 (models file unreadable, or the broker unreachable: then no job is left
+            behind).
     """
     registry = _registry(settings)
     try:
         check_new_name(registry, name)
+    except TrainedModelError as exc:
+        raise unprocessable(str(exc)) from exc
+    with engine.connect() as conn:
+        if not may_train(conn, name, key_id):
+            raise HTTPException(
+                status_code=status.HTTP_409_CONFLICT, detail=str(NameTakenError(name))
+            )
+    try:
         base_spec = check_base(registry, base)
         data_format = upload_format(filename, base_spec.input_kind)
         examples = parse_upload(raw, data_format, DataLimits.from_settings(settings), filename)
@@ -123,8 +144,9 @@ def submit_training(
             owner_key_id=key_id,
         )
 
-    def send(job: Job, _chunks: Sequence[int]) -> None:
-        queue.enqueue_training(job.id, base_spec.name)
+    def send(job: Job, chunk_indexes: Sequence[int]) -> None:
+        # Its one chunk, to the base's queue (job.runs_on), like any job's chunks.
+        queue.enqueue_chunks(job.id, job.runs_on, chunk_indexes)
 
     return submit_or_answer(engine, create, send).job
 
@@ -137,6 +159,7 @@ def submit_training(
     responses={
         413: {"description": "Body too large."},
         415: {"description": "Not a multipart form."},
+        409: {"description": "The name belongs to another key's trained model."},
         422: {"description": "Bad name or base; malformed data, one label or too few examples."},
         503: {"description": "The broker is unreachable; no job was created."},
     },
@@ -183,7 +206,7 @@ async def train(
 )
 def read(
     name: Annotated[str, Path(pattern=NAME_PATTERN.pattern, description="A model's name.")],
-    _key_id: CurrentKey,
+    key_id: CurrentKey,
     settings: SettingsDep,
     conn: ConnDep,
     version: int | None = Query(
@@ -195,7 +218,7 @@ def read(
     spec = registry.models.get(name)
     if spec is not None:
         return ModelDetail(**CatalogModelOut.from_spec(spec).model_dump(exclude_unset=True))
-    model = get_trained(conn, name, version, with_head=False)
+    model = get_trained(conn, name, version, with_head=False, visible_to=key_id)
     if model is None:
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
         raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"{what} not found")
@@ -209,6 +232,6 @@ def read(
             VersionOut(
                 version=v.revision, accuracy=v.accuracy, created_at=v.created_at, job_id=v.job_id
             )
-            for v in trained_versions(conn, name)
+            for v in trained_versions(conn, name, visible_to=key_id)
         ],
     )

@@ -66,6 +66,9 @@ def claim_siblings(
         chunks.c.attempts == 0,
         size <= min(max_items, max_chunk_items or max_items),
         service_jobs([model]),
+        # Scoring chunks of the same model only: a training job of a base runs on the
+        # base's workers too, and is never batched into a scoring forward pass.
+        jobs.c.model == model,
     ]
     if exclude_jobs:
         conditions.append(chunks.c.job_id.not_in(list(exclude_jobs)))

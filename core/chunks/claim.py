@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, Connection, Exists, Select, and_, exists, 
 from core.clock import utcnow
 from core.jobs.lifecycle import Chunk
 from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus, JobDriver, JobStatus
-from core.tables import chunks, jobs
+from core.tables import chunks, jobs, training_runs
 
 
 class ClaimOutcome(StrEnum):
@@ -54,6 +54,9 @@ class Delivery:
 
     model: str
     model_revision: str | None
+    # The model whose workers run the chunk (``model``, or a training job's base).
+    runs_on: str
+    training: bool  # a training job's chunk: train ``model`` on ``runs_on``
     job_status: JobStatus
     chunk_status: ChunkStatus | None  # None: the job has no such chunk
     attempts: int
@@ -69,12 +72,16 @@ def delivery_state(conn: Connection, job_id: str, index: int) -> Delivery | None
         select(
             jobs.c.model,
             jobs.c.model_revision,
+            jobs.c.runs_on,
             jobs.c.status,
             chunks.c.status.label("chunk_status"),
             chunks.c.attempts,
+            training_runs.c.job_id.label("training_job"),
         )
         .select_from(
-            jobs.outerjoin(chunks, and_(chunks.c.job_id == jobs.c.id, chunks.c.index == index))
+            jobs.outerjoin(
+                chunks, and_(chunks.c.job_id == jobs.c.id, chunks.c.index == index)
+            ).outerjoin(training_runs, training_runs.c.job_id == jobs.c.id)
         )
         .where(jobs.c.id == job_id)
     ).first()
@@ -83,6 +90,8 @@ def delivery_state(conn: Connection, job_id: str, index: int) -> Delivery | None
     return Delivery(
         model=row.model,
         model_revision=row.model_revision,
+        runs_on=row.runs_on,
+        training=row.training_job is not None,
         job_status=JobStatus(row.status),
         chunk_status=ChunkStatus(row.chunk_status) if row.chunk_status is not None else None,
         attempts=row.attempts or 0,
@@ -107,15 +116,17 @@ def _active_job(job_id: str, driver: JobDriver) -> Exists:
 
 
 def service_jobs(models: list[str]) -> ColumnElement[bool]:
-    """Active jobs of ``models`` driven by the service: all a worker's sweeps may touch.
+    """Active jobs that run on ``models``, driven by the service: all a worker's sweeps may
+    touch.
 
     Every query by which a worker finds work it was not sent (cross-job siblings, expired
     leases, exhausted chunks, lost messages) goes through this condition, so an embedded
     job (:attr:`JobDriver.EMBEDDED`) on the same database is never taken over, however long
-    its process pauses.
+    its process pauses. By ``jobs.runs_on``: a training job's chunk is the work of its
+    base's workers, swept and re-sent to the base's queue like a scoring chunk.
     """
     return and_(
-        jobs.c.model.in_(models),
+        jobs.c.runs_on.in_(models),
         jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
         jobs.c.driver == JobDriver.SERVICE.value,
     )
@@ -213,10 +224,11 @@ def chunk_status(conn: Connection, job_id: str, index: int) -> ChunkStatus | Non
 
 
 def chunks_of_active_jobs(models: list[str], *conditions: ColumnElement[bool]) -> Select[Any]:
-    """``(job_id, index, model)`` of the chunks of the service's active jobs of ``models``
-    that meet ``conditions``: what the lease and lost-message sweeps look for."""
+    """``(job_id, index, runs_on)`` of the chunks of the service's active jobs that run on
+    ``models`` and meet ``conditions``: what the lease and lost-message sweeps look for (and
+    ``runs_on`` names the queue to send them to)."""
     return (
-        select(chunks.c.job_id, chunks.c.index, jobs.c.model)
+        select(chunks.c.job_id, chunks.c.index, jobs.c.runs_on)
         .join(jobs, jobs.c.id == chunks.c.job_id)
         .where(and_(*conditions, service_jobs(models)))
     )

@@ -16,6 +16,9 @@ that claims a chunk already given back with no attempt left (:func:`split_exhaus
 split in SQL and then send one message per new chunk through the ``send`` they are given;
 without one (a process with no broker) the new chunks wait for a worker's lost-message
 sweep (:mod:`core.chunks.sweep`) to send them.
+
+A training job's one chunk has nothing to split: out of attempts, the job fails with the
+reason (:func:`core.training.jobs.fail_training_job`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from core.jobs.results import ScoredItem, scored_indexes, write_results
 from core.jobs.status import ChunkStatus
 from core.queues import ChunkSend
 from core.tables import chunks, jobs
+from core.training.jobs import fail_training_job, is_training_job
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ class SplitOutcome:
     children: tuple[int, ...] = ()
     # Items written as per-item errors (a single unscored item that failed alone).
     failed_items: int = 0
+    # A training job's chunk: the job failed (nothing to split).
+    failed_job: bool = False
 
 
 def _exhausted(max_attempts: int, now: datetime) -> ColumnElement[bool]:
@@ -116,6 +122,10 @@ def split_chunk(
     ).first()
     if taken is None:
         return None
+    if is_training_job(conn, job_id):
+        # One chunk, no items: nothing to bisect. The job fails with the reason.
+        fail_training_job(conn, job_id, f"out of attempts: {reason}")
+        return SplitOutcome(job_id, index, "", failed_job=True)
     job = conn.execute(select(jobs.c.model, jobs.c.model_revision).where(jobs.c.id == job_id)).one()
     done = scored_indexes(conn, job_id, taken.start, taken.stop)
     unscored = [i for i in range(taken.start, taken.stop) if i not in done]
@@ -196,6 +206,8 @@ def split_exhausted(
             ", ".join(str(child) for child in outcome.children),
         )
         _send_children(outcome, send)
+    elif outcome.failed_job:
+        log.error("training job %s used up its attempts; failed", job_id)
     elif outcome.failed_items:
         log.error(
             "chunk %d of job %s: its last unscored item stopped the worker on every attempt; "

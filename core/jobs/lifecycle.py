@@ -43,6 +43,8 @@ class Job:
     idempotency_key: str | None = None
     request_hash: str | None = None
     driver: JobDriver = JobDriver.SERVICE
+    # The model whose workers run its chunks: ``model``, or a training job's base.
+    runs_on: str = ""
 
     @property
     def done(self) -> int:
@@ -107,6 +109,7 @@ def create_job(
             schedule=schedule,
             created_at=now,
             driver=driver.value,
+            runs_on=spec.name,
         )
     )
     _insert_items(conn, job_id, inputs)

@@ -6,6 +6,13 @@ live in the row, so every worker can load it without a shared disk; re-training 
 the next version. A trained name resolves like a models-file name everywhere (jobs, the API,
 ``bulkscore score``, schedules) through :class:`SqlTrainedModels`, to a :class:`TrainedSpec`
 of its latest version. No ML library here: the head stays bytes until a worker reads it.
+
+A trained name belongs to whoever registered its first version: an API key, or the operator
+(``bulkscore train``, owner NULL). Only that owner registers more versions
+(:func:`register_trained_model` refuses anyone else, in the registering transaction), and an
+API key sees, and scores with, only its own trained models and the operator's: every read
+here takes ``visible_to`` (a key id; None: unscoped, for the operator and the workers), so
+another key's model reads exactly as one that does not exist.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import Connection, func, insert, inspect, select
+from sqlalchemy import ColumnElement, Connection, func, insert, inspect, or_, select
 from sqlalchemy.engine import make_url
 
 from core.clock import utcnow
@@ -38,6 +45,17 @@ from core.tables import trained_models
 
 class TrainedModelError(ValueError):
     """A training request names an unusable model name or base; the message says why."""
+
+
+class NameTakenError(TrainedModelError):
+    """The trained name belongs to another owner: only its owner registers versions."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the model name {name!r} belongs to another API key (whoever trained its first "
+            "version); choose another name"
+        )
+        self.name = name
 
 
 class TrainedSpec(ModelSpec):
@@ -69,6 +87,7 @@ class TrainedModel:
     job_id: str | None
     created_at: datetime
     head: bytes | None = None
+    owner_key_id: int | None = None  # None: the operator's (bulkscore train)
 
     @property
     def revision(self) -> str:
@@ -86,6 +105,42 @@ def version_label(version: int) -> str:
 
 
 _LISTED = [c for c in trained_models.c if c.name != "head"]
+
+
+def name_owner(conn: Connection, name: str) -> tuple[bool, int | None]:
+    """Whether ``name`` has a version, and its owner: the first version's (None: operator)."""
+    row = conn.execute(
+        select(trained_models.c.owner_key_id)
+        .where(trained_models.c.name == name)
+        .order_by(trained_models.c.version)
+        .limit(1)
+    ).first()
+    return (row is not None, row.owner_key_id if row is not None else None)
+
+
+def may_train(conn: Connection, name: str, owner_key_id: int | None) -> bool:
+    """Whether ``owner_key_id`` (None: the operator) may register a version of ``name``."""
+    exists, owner = name_owner(conn, name)
+    return not exists or owner == owner_key_id
+
+
+def _visible(visible_to: int | None) -> ColumnElement[bool] | None:
+    """The rows of names that key ``visible_to`` may see: its own and the operator's.
+
+    By the owner of each name's first version, so a version some other key registered
+    before names had owners cannot make the name visible to it (or hide it from its owner).
+    """
+    if visible_to is None:
+        return None
+    first = trained_models.alias("first_version")
+    owner = (
+        select(first.c.owner_key_id)
+        .where(first.c.name == trained_models.c.name)
+        .order_by(first.c.version)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return or_(owner.is_(None), owner == visible_to)
 
 
 def _from_row(row: Any) -> TrainedModel:
@@ -149,12 +204,20 @@ def register_trained_model(
     metrics: dict[str, Any],
     head: bytes,
     job_id: str | None,
+    owner_key_id: int | None = None,
 ) -> TrainedModel:
-    """Insert the next version of ``name`` in the caller's transaction and return it.
+    """Insert the next version of ``name`` for ``owner_key_id`` (None: the operator) in the
+    caller's transaction and return it.
 
     Two trainings of one name racing for the same version: the loser's insert fails on the
-    ``(name, version)`` key and its transaction rolls back; the caller retries.
+    ``(name, version)`` key and its transaction rolls back; the caller retries, and then
+    meets the winner's version (and, if the winner was another owner, this refusal).
+
+    Raises:
+        NameTakenError: ``name`` belongs to another owner.
     """
+    if not may_train(conn, name, owner_key_id):
+        raise NameTakenError(name)
     version = (
         conn.scalar(select(func.max(trained_models.c.version)).where(trained_models.c.name == name))
         or 0
@@ -172,6 +235,7 @@ def register_trained_model(
         job_id=job_id,
         created_at=utcnow(),
         head=head,
+        owner_key_id=owner_key_id,
     )
     values = {field: getattr(model, field) for field in TrainedModel.__slots__ if field != "id"}
     key = conn.execute(insert(trained_models).values(**values)).inserted_primary_key
@@ -180,11 +244,17 @@ def register_trained_model(
 
 
 def get_trained(
-    conn: Connection, name: str, version: int | None = None, *, with_head: bool = True
+    conn: Connection,
+    name: str,
+    version: int | None = None,
+    *,
+    with_head: bool = True,
+    visible_to: int | None = None,
 ) -> TrainedModel | None:
-    """Version ``version`` (default: the latest) of trained model ``name``, or None."""
+    """Version ``version`` (default: the latest) of trained model ``name``, or None (also
+    when key ``visible_to`` may not see it)."""
     columns = list(trained_models.c) if with_head else _LISTED
-    query = select(*columns).where(trained_models.c.name == name)
+    query = _where_visible(select(*columns).where(trained_models.c.name == name), visible_to)
     if version is None:
         query = query.order_by(trained_models.c.version.desc()).limit(1)
     else:
@@ -199,8 +269,13 @@ def trained_by_job(conn: Connection, job_id: str) -> TrainedModel | None:
     return _from_row(row) if row is not None else None
 
 
-def list_trained(conn: Connection) -> list[TrainedModel]:
-    """The latest version of every trained model (without heads), by name."""
+def _where_visible(query: Any, visible_to: int | None) -> Any:
+    condition = _visible(visible_to)
+    return query if condition is None else query.where(condition)
+
+
+def list_trained(conn: Connection, *, visible_to: int | None = None) -> list[TrainedModel]:
+    """The latest version of every trained model (without heads) ``visible_to`` sees, by name."""
     latest = (
         select(trained_models.c.name, func.max(trained_models.c.version).label("version"))
         .group_by(trained_models.c.name)
@@ -215,15 +290,18 @@ def list_trained(conn: Connection) -> list[TrainedModel]:
         )
         .order_by(trained_models.c.name)
     )
-    return [_from_row(row) for row in conn.execute(query)]
+    return [_from_row(row) for row in conn.execute(_where_visible(query, visible_to))]
 
 
-def list_versions(conn: Connection, name: str) -> list[TrainedModel]:
+def list_versions(
+    conn: Connection, name: str, *, visible_to: int | None = None
+) -> list[TrainedModel]:
     """Every version of trained model ``name`` (without heads), newest first."""
-    query = (
+    query = _where_visible(
         select(*_LISTED)
         .where(trained_models.c.name == name)
-        .order_by(trained_models.c.version.desc())
+        .order_by(trained_models.c.version.desc()),
+        visible_to,
     )
     return [_from_row(row) for row in conn.execute(query)]
 
@@ -268,10 +346,15 @@ def spec_for(model: TrainedModel, registry: Registry) -> TrainedSpec:
 
 
 def trained_spec(
-    conn: Connection, name: str, registry: Registry, version: int | None = None
+    conn: Connection,
+    name: str,
+    registry: Registry,
+    version: int | None = None,
+    *,
+    visible_to: int | None = None,
 ) -> TrainedSpec | None:
     """The spec of trained model ``name`` (its latest version by default), or None."""
-    model = get_trained(conn, name, version)
+    model = get_trained(conn, name, version, visible_to=visible_to)
     return spec_for(model, registry) if model is not None else None
 
 
@@ -291,20 +374,25 @@ def trained_table_exists(database_url: str) -> bool:
 
 class SqlTrainedModels:
     """The :class:`core.models.registry.TrainedModels` of one database (see
-    :func:`trained_table_exists` for a database without trained models)."""
+    :func:`trained_table_exists` for a database without trained models), as key
+    ``visible_to`` sees them (None: all of them)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, visible_to: int | None = None) -> None:
         self.database_url = database_url
+        self.visible_to = visible_to
 
     def spec(self, name: str, registry: Registry) -> ModelSpec | None:
         if not trained_table_exists(self.database_url):
             return None
         with get_engine(self.database_url).connect() as conn:
-            return trained_spec(conn, name, registry)
+            return trained_spec(conn, name, registry, visible_to=self.visible_to)
 
     def names(self) -> list[str]:
         if not trained_table_exists(self.database_url):
             return []
         with get_engine(self.database_url).connect() as conn:
-            query = select(trained_models.c.name).distinct().order_by(trained_models.c.name)
+            query = _where_visible(
+                select(trained_models.c.name).distinct().order_by(trained_models.c.name),
+                self.visible_to,
+            )
             return list(conn.scalars(query))

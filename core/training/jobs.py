@@ -1,25 +1,30 @@
 """Training jobs in SQL: a ``jobs`` row polled like any other, plus its ``training_runs`` row.
 
-A training job is a job without items or chunks: ``jobs.model`` is the name being trained,
-``total`` the number of examples, and on completion ``succeeded``/``failed`` count the
+A training job is a job without items and with one chunk (index 0, ``[0, 1)``): ``jobs.model``
+is the name being trained, ``jobs.runs_on`` its base (whose workers train it, from the base's
+queue), ``total`` the number of examples, and on completion ``succeeded``/``failed`` count the
 examples used and skipped and ``model_revision`` the version it registered ("v2"). Its
 ``training_runs`` row marks it as a training job and holds the request (the uploaded data
-for jobs that run on the workers).
+for jobs that run on the workers). The chunk is claimed, leased, renewed, released, swept
+and re-sent exactly as a scoring job's (:mod:`engine.chunk_work`), so a killed worker's or a
+lost message's training is taken up again like any chunk.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, exists, insert, select, update
 
 from core.clock import utcnow
-from core.jobs.lifecycle import Job, get_job, new_job_id
-from core.jobs.status import JobDriver, JobStatus
+from core.jobs.lifecycle import Job, get_job, mark_failed, new_job_id
+from core.jobs.status import ChunkStatus, JobDriver, JobStatus
 from core.models.registry import ModelSpec
 from core.models.trained import version_label
-from core.tables import jobs, training_runs
+from core.tables import chunks, jobs, training_runs
 from core.training.data import DataFormat
+
+TRAINING_CHUNK = 0  # a training job's one chunk
 
 DEFAULT_HOLDOUT_FRACTION = 0.2
 DEFAULT_SEED = 0
@@ -49,10 +54,9 @@ def create_training_job(
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     seed: int = DEFAULT_SEED,
     owner_key_id: int | None = None,
-    status: JobStatus = JobStatus.QUEUED,
     driver: JobDriver = JobDriver.SERVICE,
 ) -> Job:
-    """Insert a training job and its run in the caller's transaction."""
+    """Insert a queued training job, its run and its chunk in the caller's transaction."""
     now = utcnow()
     job_id = new_job_id()
     conn.execute(
@@ -61,14 +65,25 @@ def create_training_job(
             model=name,
             model_revision=None,
             input_kind=base.input_kind.value,
-            status=status.value,
+            status=JobStatus.QUEUED.value,
             total=total,
             succeeded=0,
             failed=0,
             owner_key_id=owner_key_id,
             created_at=now,
-            started_at=now if status == JobStatus.RUNNING else None,
             driver=driver.value,
+            runs_on=base.name,
+        )
+    )
+    conn.execute(
+        insert(chunks).values(
+            job_id=job_id,
+            index=TRAINING_CHUNK,
+            start=0,
+            stop=1,
+            status=ChunkStatus.QUEUED.value,
+            attempts=0,
+            updated_at=now,
         )
     )
     conn.execute(
@@ -104,31 +119,31 @@ def get_training_run(conn: Connection, job_id: str) -> TrainingRun | None:
     )
 
 
-def claim_training_job(conn: Connection, job_id: str) -> bool:
-    """queued -> running; False if the job is final (cancelled, done) or gone.
+def is_training_job(conn: Connection, job_id: str) -> bool:
+    return bool(conn.scalar(select(exists().where(training_runs.c.job_id == job_id))))
 
-    A job already ``running`` is taken over: Redis only delivers a training message again
-    when the worker that had it died before acknowledging it. Should both still run, the
-    unique ``trained_models.job_id`` lets only one of them register a version.
-    """
-    now = utcnow()
-    claimed = conn.execute(
-        update(jobs)
-        .where(
-            and_(
-                jobs.c.id == job_id,
-                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-            )
-        )
-        .values(status=JobStatus.RUNNING.value, started_at=now)
-    ).rowcount
-    return bool(claimed)
+
+def _finish_chunk(conn: Connection, job_id: str) -> None:
+    conn.execute(
+        update(chunks)
+        .where(chunks.c.job_id == job_id)
+        .values(status=ChunkStatus.DONE.value, leased_until=None, updated_at=utcnow())
+    )
+
+
+def fail_training_job(conn: Connection, job_id: str, reason: str) -> None:
+    """The job ``failed`` with ``reason`` and its chunk finished: there is nothing to retry
+    (the data is unusable, the name taken) or no attempt left. No bisection: one chunk,
+    nothing to split."""
+    mark_failed(conn, job_id, reason)
+    _finish_chunk(conn, job_id)
 
 
 def complete_training_job(
     conn: Connection, job_id: str, version: int, used: int, skipped: int
 ) -> bool:
-    """running -> completed with the version it registered; False if it was cancelled."""
+    """running -> completed with the version it registered, its chunk done; False if it was
+    cancelled (or completed by another delivery)."""
     done = conn.execute(
         update(jobs)
         .where(and_(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value))
@@ -140,4 +155,6 @@ def complete_training_job(
             finished_at=utcnow(),
         )
     ).rowcount
+    if done:
+        _finish_chunk(conn, job_id)
     return bool(done)

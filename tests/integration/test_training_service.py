@@ -105,7 +105,7 @@ def test_train_poll_score_retrain_and_compare(
         job = stack.wait(created.json()["id"])
         assert job["status"] == "completed", job
         assert job["counts"] == {"total": 24, "succeeded": 24, "failed": 0}
-        worker.wait_for(rf"training job {job['id']} completed by \S+: intents v1")
+        worker.wait_for(rf"chunk 0 of job {job['id']} done by \S+: .*\(trained intents v1,")
     detail = stack.api.get("/v1/models/intents").json()
     assert detail["version"] == "v1" and detail["evaluation"]["accuracy"] == 1.0
 

@@ -27,9 +27,8 @@ import cli.client
 from cli.main import app
 from core.config import Settings, reset_settings_cache
 from core.db import get_engine
-from core.models.catalog import load_registry
 from core.tables import jobs, metadata, training_runs
-from engine.trainer import run_training_job
+from engine.chunk_work import Driver, work_on_chunk
 
 MODELS = """
 [models.encoder]
@@ -76,10 +75,11 @@ def fake_backbone(_base: Any) -> Iterator[WordBackbone]:
 
 
 def work(api: UnitApi) -> None:
-    """Run every queued training as a worker would."""
-    for job_id, _base in api.queue.trainings:
-        registry = load_registry(api.settings)
-        run_training_job(api.engine, api.settings, registry, job_id, fake_backbone)
+    """Deliver every sent chunk (the trainings') as a worker serving the bases would."""
+    driver = Driver(runner_for=lambda _model: WordBackbone([]), backbone_for=fake_backbone)
+    for job_id, _model, indexes in api.queue.sent:
+        for index in indexes:
+            work_on_chunk(api.engine, api.settings, job_id, index, driver)
 
 
 def test_training_answers_202_with_a_job_that_trains_on_the_bases_queue(
@@ -91,7 +91,8 @@ def test_training_answers_202_with_a_job_that_trains_on_the_bases_queue(
     job = response.json()
     assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert (job["model"], job["status"], job["counts"]["total"]) == ("intents", "queued", 24)
-    assert api.queue.trainings == [(job["id"], "encoder")] and api.queue.sent == []
+    # One chunk, sent to the base's queue like any job's.
+    assert api.queue.sent == [(job["id"], "encoder", [0])]
     with api.engine.connect() as conn:
         run = conn.execute(select(training_runs)).one()
     assert (run.name, run.base, run.data_format, run.data) == ("intents", "encoder", "csv", raw)
@@ -170,7 +171,7 @@ def test_unusable_requests_are_422_and_leave_no_job(
     response = post_training(api, name, base, filename, raw)
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"]
-    assert api.queue.trainings == []
+    assert api.queue.sent == []
     with api.engine.connect() as conn:
         assert conn.execute(select(jobs.c.id)).all() == []
 
@@ -180,7 +181,7 @@ def test_an_image_base_takes_a_zip_of_label_folders(api: UnitApi) -> None:
     response = post_training(api, "patterns", "pictures", "photos.zip", raw)
     assert response.status_code == 202, response.text
     assert response.json()["counts"]["total"] == 10
-    assert api.queue.trainings == [(response.json()["id"], "pictures")]
+    assert api.queue.sent == [(response.json()["id"], "pictures", [0])]
 
 
 def test_form_and_broker_failures(api: UnitApi, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from core.inputs.items import InputItem
 from core.jobs.lifecycle import create_job
 from core.models.registry import Registry
 from core.models.trained import trained_table_exists
-from core.tables import jobs, results, trained_models
+from core.tables import chunks, jobs, results, trained_models
 
 SWAPPED = {"complaint": "praise", "praise": "complaint", "question": "question"}
 
@@ -107,6 +107,20 @@ def test_train_score_retrain_and_show(env: Path) -> None:
     assert first.exit_code == 0, first.output
     assert "intents v1" in first.output and "held-out accuracy" in first.output
     assert "complaint, praise, question" in first.output
+    # Its job's one chunk was claimed and finished in-process, like a worker's: an embedded
+    # training job, run on its base, with no chunk left for the service.
+    ((driver, runs_on, status, chunk_status, attempts),) = rows_of(
+        select(jobs.c.driver, jobs.c.runs_on, jobs.c.status, chunks.c.status, chunks.c.attempts)
+        .join(chunks, chunks.c.job_id == jobs.c.id)
+        .where(jobs.c.model == "intents")
+    )
+    assert (driver, runs_on, status, chunk_status, attempts) == (
+        "embedded",
+        "tinybase",
+        "completed",
+        "done",
+        1,
+    )
 
     scored = run("score", texts, "--model", "intents", "--out", env / "out.csv")
     assert scored.exit_code == 0, scored.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,19 @@ import pytest
 from sqlalchemy import Engine, create_engine, select
 from training_support import WordBackbone, intent_rows, labelled_csv
 
+from core.chunks.claim import chunk_status, claim_chunk, release_expired
+from core.chunks.split import split_all_exhausted
+from core.chunks.sweep import stale_queued_chunks
+from core.clock import utcnow
 from core.config import Settings
 from core.db import dispose_engines, get_engine
-from core.jobs.lifecycle import cancel_job, get_job
-from core.jobs.status import JobStatus
+from core.jobs.lifecycle import cancel_job, get_job, list_chunks, mark_running
+from core.jobs.status import ChunkStatus, JobStatus
+from core.keys import create_key
 from core.migrate import upgrade
 from core.models.registry import InputKind, Registry, RegistryError, Task, UnknownModelError
 from core.models.trained import (
+    NameTakenError,
     SqlTrainedModels,
     TrainedModelError,
     TrainedSpec,
@@ -33,11 +40,12 @@ from core.models.trained import (
 from core.schedules.config import load_schedules
 from core.tables import trained_models
 from core.training.data import DataFormat, parse_labelled_csv
-from core.training.jobs import create_training_job
+from core.training.jobs import TRAINING_CHUNK, create_training_job
+from engine.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport, Driver, work_on_chunk
 from engine.runners import build_runner
 from engine.runners.head_runner import HeadRunner
 from engine.runners.heads import head_bytes, read_head
-from engine.trainer import run_training_job, train_and_register
+from engine.trainer import train_and_register
 
 MODELS = """
 [models.encoder]
@@ -87,7 +95,9 @@ def fake_head(labels: list[str], dim: int = 3) -> bytes:
     return head_bytes(weight, np.zeros(len(labels), np.float32), labels, {})
 
 
-def register(engine: Engine, settings: Settings, name: str, labels: list[str]) -> Any:
+def register(
+    engine: Engine, settings: Settings, name: str, labels: list[str], owner: int | None = None
+) -> Any:
     base = Registry.load(settings.models).get("encoder")
     with engine.begin() as conn:
         return register_trained_model(
@@ -98,7 +108,44 @@ def register(engine: Engine, settings: Settings, name: str, labels: list[str]) -
             metrics={"accuracy": 0.5 + len(labels) / 10},
             head=fake_head(labels),
             job_id=None,
+            owner_key_id=owner,
         )
+
+
+def key_id(engine: Engine, name: str) -> int:
+    with engine.begin() as conn:
+        return create_key(conn, name)[0]
+
+
+def test_a_name_belongs_to_its_first_owner_and_other_keys_do_not_see_it(
+    engine: Engine, settings: Settings
+) -> None:
+    alice, bob = key_id(engine, "alice"), key_id(engine, "bob")
+    register(engine, settings, "alice-model", ["a", "b"], owner=alice)
+    register(engine, settings, "shipped", ["x", "y"], owner=None)  # the operator's
+    register(engine, settings, "alice-model", ["a", "b", "c"], owner=alice)
+    for intruder in (bob, None):  # another key, and the operator, add no version
+        with pytest.raises(NameTakenError, match="belongs to another API key"):
+            register(engine, settings, "alice-model", ["bob"], owner=intruder)
+    with pytest.raises(NameTakenError):
+        register(engine, settings, "shipped", ["bob"], owner=bob)
+    with engine.connect() as conn:
+        assert [m.version for m in list_versions(conn, "alice-model")] == [2, 1]
+        assert get_trained(conn, "alice-model", visible_to=bob) is None
+        assert get_trained(conn, "alice-model", 1, visible_to=bob) is None
+        assert list_versions(conn, "alice-model", visible_to=bob) == []
+        assert [m.name for m in list_trained(conn, visible_to=bob)] == ["shipped"]
+        assert [m.name for m in list_trained(conn, visible_to=alice)] == ["alice-model", "shipped"]
+        assert [m.name for m in list_trained(conn)] == ["alice-model", "shipped"]
+        assert get_trained(conn, "alice-model", visible_to=alice).version == 2  # type: ignore[union-attr]
+    as_bob = Registry.load(settings.models).with_trained(
+        SqlTrainedModels(settings.database_url, visible_to=bob)
+    )
+    with pytest.raises(UnknownModelError) as refused:
+        as_bob.get("alice-model")
+    assert "alice-model" not in str(refused.value).split("known models:")[1]
+    assert as_bob.get("shipped").name == "shipped"
+    assert registry_of(settings).get("alice-model").revision == "v2"  # workers: unscoped
 
 
 def test_retraining_a_name_adds_versions_and_listings_show_the_latest(
@@ -192,19 +239,14 @@ def test_classifiers_of_either_kind_are_bases() -> None:
 
 
 def training_job(engine: Engine, settings: Settings, name: str, data: bytes | None) -> str:
-    """A training job: queued for the workers with ``data``, else running in-process."""
+    """A training job: queued for the workers with ``data``, else as claimed in-process."""
     base = Registry.load(settings.models).get("encoder")
-    status = JobStatus.QUEUED if data is not None else JobStatus.RUNNING
     with engine.begin() as conn:
         job = create_training_job(
-            conn,
-            name=name,
-            base=base,
-            total=24,
-            data_format=DataFormat.CSV,
-            data=data,
-            status=status,
+            conn, name=name, base=base, total=24, data_format=DataFormat.CSV, data=data
         )
+        if data is None:
+            mark_running(conn, job.id)
     return job.id
 
 
@@ -273,32 +315,70 @@ def fake_backbone(_base: Any) -> Iterator[WordBackbone]:
     yield WordBackbone(intent_rows(8))
 
 
-def test_the_task_body_trains_from_the_stored_upload(
+def run_training(
+    engine: Engine, settings: Settings, job_id: str, backbone_for: Any = fake_backbone
+) -> ChunkReport:
+    """One delivery of the training job's chunk, as a worker serving the base makes it."""
+    driver = Driver(runner_for=lambda _model: WordBackbone([]), backbone_for=backbone_for)
+    return work_on_chunk(engine, settings, job_id, TRAINING_CHUNK, driver)
+
+
+def test_a_training_job_is_one_chunk_that_runs_on_its_base(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
     data = labelled_csv(tmp_path / "i.csv", intent_rows(8)).read_bytes()
     job_id = training_job(engine, settings, "intent", data)
-    report = run_training_job(engine, settings, registry_of(settings), job_id, fake_backbone)
-    assert report.outcome == "completed" and report.model is not None
-    assert "intent v1, held-out accuracy 1.000" in report.detail
-    # A second delivery of the same message finds the job final and does nothing.
-    again = run_training_job(engine, settings, registry_of(settings), job_id, fake_backbone)
-    assert again.outcome == "skipped"
+    with engine.connect() as conn:
+        job = get_job(conn, job_id)
+        assert job is not None and (job.model, job.runs_on) == ("intent", "encoder")
+        assert [(c.index, c.start, c.stop) for c in list_chunks(conn, job_id)] == [(0, 0, 1)]
+        # A worker serving the base finds it lost (queued, empty queue) and re-sends it there.
+        later = utcnow() + timedelta(seconds=120)
+        assert stale_queued_chunks(conn, ["encoder"], older_than_s=60, now=later) == [
+            (job_id, 0, "encoder")
+        ]
+        assert stale_queued_chunks(conn, ["intent"], older_than_s=60, now=later) == []
+    # A worker that does not serve the base declines it before claiming: no attempt spent.
+    declined = work_on_chunk(
+        engine, settings, job_id, TRAINING_CHUNK, Driver(runner_for=lambda _model: None)
+    )
+    assert (declined.outcome, declined.model) == (ChunkOutcome.WRONG_MODEL, "encoder")
+    with engine.begin() as conn:
+        claim = claim_chunk(conn, job_id, 0, lease_s=1, max_attempts=3, now=utcnow())
+        assert claim.claimed
+        # Its worker died: the lease sweep releases it for the base's queue.
+        assert release_expired(conn, ["encoder"], now=later) == [(job_id, 0, "encoder")]
+
+
+def test_the_chunk_trains_from_the_stored_upload_and_finishes(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    data = labelled_csv(tmp_path / "i.csv", intent_rows(8)).read_bytes()
+    job_id = training_job(engine, settings, "intent", data)
+    report = run_training(engine, settings, job_id)
+    assert report.outcome == ChunkOutcome.DONE and report.trained is not None
+    assert "intent v1, held-out accuracy 1.000" in report.reason and report.attempts == 1
+    with engine.connect() as conn:
+        assert chunk_status(conn, job_id, 0) == ChunkStatus.DONE
+    # A second delivery of the same message finds the chunk done and does nothing.
+    again = run_training(engine, settings, job_id)
+    assert (again.outcome, again.reason) == (ChunkOutcome.SKIPPED, "chunk already done")
     with engine.connect() as conn:
         assert [m.version for m in list_versions(conn, "intent")] == [1]
-    missing = run_training_job(engine, settings, registry_of(settings), "nope", fake_backbone)
-    assert (missing.outcome, missing.detail) == ("skipped", "no such training job")
+    missing = run_training(engine, settings, "nope")
+    assert (missing.outcome, missing.reason) == (ChunkOutcome.SKIPPED, "no such job")
 
 
-def test_the_task_body_fails_the_job_with_the_reason(
+def test_unusable_data_fails_the_job_at_once_and_a_crash_is_retried_until_out_of_attempts(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
     one_label = labelled_csv(tmp_path / "one.csv", [(f"text {i}", "same") for i in range(9)])
     job_id = training_job(engine, settings, "intent", one_label.read_bytes())
-    report = run_training_job(engine, settings, registry_of(settings), job_id, fake_backbone)
-    assert report.outcome == "failed"
+    report = run_training(engine, settings, job_id)
+    assert (report.outcome, report.attempts) == (ChunkOutcome.FAILED, 1)
     with engine.connect() as conn:
         job = get_job(conn, job_id)
+        assert chunk_status(conn, job_id, 0) == ChunkStatus.DONE
     assert job is not None and job.status == JobStatus.FAILED
     assert job.error is not None and "only one label ('same')" in job.error
 
@@ -309,8 +389,35 @@ def test_the_task_body_fails_the_job_with_the_reason(
 
     ok = labelled_csv(tmp_path / "ok.csv", intent_rows(8)).read_bytes()
     job_id = training_job(engine, settings, "intent", ok)
-    report = run_training_job(engine, settings, registry_of(settings), job_id, broken)
-    assert report.outcome == "failed" and report.detail == "RuntimeError: the backbone exploded"
+    for attempt in range(1, settings.chunk_max_attempts + 1):
+        with pytest.raises(ChunkAttemptError) as failed:
+            run_training(engine, settings, job_id, broken)
+        assert failed.value.attempts == attempt
+        assert failed.value.retry == (attempt < settings.chunk_max_attempts)
+        with engine.connect() as conn:
+            job = get_job(conn, job_id)
+        assert job is not None
+        assert job.status == (JobStatus.FAILED if not failed.value.retry else JobStatus.RUNNING)
+    assert job.error == f"out of attempts ({attempt}); last: RuntimeError: the backbone exploded"
+
+
+def test_an_exhausted_training_chunk_fails_its_job_without_bisection(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    data = labelled_csv(tmp_path / "i.csv", intent_rows(8)).read_bytes()
+    job_id = training_job(engine, settings, "intent", data)
+    now = utcnow()
+    for _ in range(2):  # two workers killed mid-training: each lease ran out
+        with engine.begin() as conn:
+            assert claim_chunk(conn, job_id, 0, lease_s=1, max_attempts=2, now=now).claimed
+            release_expired(conn, ["encoder"], now=now + timedelta(seconds=5))
+    assert split_all_exhausted(engine, ["encoder"], max_attempts=2, send=None) == 1
+    with engine.connect() as conn:
+        job = get_job(conn, job_id)
+        assert [c.index for c in list_chunks(conn, job_id)] == [0]
+        assert chunk_status(conn, job_id, 0) == ChunkStatus.DONE
+    assert job is not None and job.status == JobStatus.FAILED
+    assert job.error is not None and job.error.startswith("out of attempts: every attempt")
 
 
 def test_schedules_may_name_a_trained_model(
