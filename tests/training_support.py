@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from image_support import encode
+from models import write_models_file
 from PIL import Image, ImageDraw
 
 
@@ -78,6 +79,17 @@ def zip_label_folders(examples: Iterable[tuple[str, str, bytes]], top: str = "ph
         for label, name, data in examples:
             archive.writestr(f"{top}/{label}/{name}", data)
     return buffer.getvalue()
+
+
+def feature_base_models(path: Path, encoder: Path, base: str = "tinybase") -> Path:
+    """A models file whose one model, ``base``, is the tiny text encoder as a backbone."""
+    entry = {
+        "task": "feature-extraction",
+        "backend": "transformers",
+        "source": str(encoder),
+        "max_batch_size": 8,
+    }
+    return write_models_file(path, {base: entry})
 
 
 def labelled_csv(path: Path, rows: Sequence[tuple[str, str]]) -> Path:

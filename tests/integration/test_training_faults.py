@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 from api_support import UnitApi, bearer, serve
-from models import write_models_file
 from sqlalchemy import func, select
-from training_support import intent_rows, labelled_csv
+from training_support import feature_base_models, intent_rows, labelled_csv
 from worker_support import poll, producer, running_worker, start_worker, worker_env
 
 from core.config import Settings
@@ -89,17 +88,7 @@ class Stack:
 
 @pytest.fixture()
 def stack(pg_url: str, redis_url: str, tmp_path: Path, tiny_text_model: Path) -> Iterator[Stack]:
-    models = write_models_file(
-        tmp_path / "models.toml",
-        {
-            BASE: {
-                "task": "feature-extraction",
-                "backend": "transformers",
-                "source": str(tiny_text_model),
-                "max_batch_size": 8,
-            }
-        },
-    )
+    models = feature_base_models(tmp_path / "models.toml", tiny_text_model, BASE)
     upgrade(pg_url)
     settings = Settings(database_url=pg_url, broker_url=redis_url, models=models)
     # 3,000 examples: a training that takes the tiny backbone several seconds of features.
