@@ -13,14 +13,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InternalError, OperationalError
 
 from api import routes
 from api.dispatch import CeleryJobQueue, JobQueue
 from api.limits import BodySizeLimitMiddleware
 from api.operations import install_operations
 from core.config import Settings, get_settings
-from core.db import DbRole, get_engine, is_lock_timeout, set_process_role
+from core.db import DbRole, get_engine, is_lock_timeout, is_session_ended, set_process_role
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ def create_app(
     app.state.job_queue = queue
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    # psycopg reports a session the server ended (idle in transaction) as an InternalError.
+    app.add_exception_handler(InternalError, _session_ended)
     for module in (
         routes.health,
         routes.jobs,
@@ -79,6 +81,25 @@ def create_app(
         app.include_router(module.router)
     install_operations(app, settings, queue)  # /metrics, request metrics, log context
     return app
+
+
+async def _session_ended(request: Request, exc: Exception) -> JSONResponse:
+    if not is_session_ended(exc):
+        log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"detail": "internal error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
+        )
+    # This process stalled inside a transaction (frozen, swapped out) long enough for the
+    # server to end its session and free its rows: nothing it did there was committed.
+    log.warning("the database ended this request's session: %s", exc)
+    return JSONResponse(
+        {
+            "detail": "this request's database session was ended after it stalled inside a "
+            "transaction; nothing was changed; try again"
+        },
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
 
 
 async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:

@@ -23,6 +23,9 @@ from core.config import Settings, get_settings
 
 # SQLSTATE of a lock wait that ran past ``lock_timeout``.
 LOCK_NOT_AVAILABLE = "55P03"
+# SQLSTATE of a statement on a session the server ended for idling in its transaction past
+# ``idle_in_transaction_session_timeout`` (a process that was frozen, then woke up).
+IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
 
 
 def redact_url(url: str) -> str:
@@ -153,10 +156,19 @@ def set_session_limits(dbapi_connection: Any, limits: SessionLimits) -> None:
     dbapi_connection.commit()
 
 
+def _sqlstate(exc: BaseException) -> str | None:
+    cause = getattr(exc, "orig", exc)
+    return getattr(cause, "sqlstate", None)
+
+
 def is_lock_timeout(exc: BaseException) -> bool:
     """Whether ``exc`` (a SQLAlchemy or driver error) is a lock wait past ``lock_timeout``."""
-    cause = getattr(exc, "orig", exc)
-    return getattr(cause, "sqlstate", None) == LOCK_NOT_AVAILABLE
+    return _sqlstate(exc) == LOCK_NOT_AVAILABLE
+
+
+def is_session_ended(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server ended this session for idling in its transaction."""
+    return _sqlstate(exc) == IDLE_IN_TRANSACTION_TIMEOUT
 
 
 def dispose_engines() -> None:

@@ -159,3 +159,34 @@ def test_a_migration_waits_a_bounded_time_for_its_locks(
         with pytest.raises(DBAPIError, match="lock timeout"):
             upgrade(pg_url)
         assert time.monotonic() - started < 5
+
+
+def test_an_api_process_that_stalled_in_a_transaction_answers_503_not_500(
+    pg_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The API process froze inside a request's transaction and the server ended its session
+    # (idle_in_transaction_session_timeout). When it wakes, the driver raises 25P03, which
+    # SQLAlchemy reports as an InternalError: the client gets a 503 to retry, never a 500.
+    upgrade(pg_url)
+    settings = Settings(
+        database_url=pg_url,
+        models=write_api_models_file(tmp_path_factory.mktemp("models") / "models.toml"),
+        db_idle_in_transaction_timeout_s=1,
+    )
+    with serve(settings, FakeJobQueue()) as api:
+        app = api.client.app
+        engine = app.state.engine  # type: ignore[attr-defined]
+
+        @app.get("/test/stall")  # type: ignore[attr-defined,untyped-decorator]
+        def stall() -> dict[str, int]:
+            with engine.connect() as conn:
+                conn.begin()
+                conn.execute(text("SELECT 1"))
+                time.sleep(2.5)  # longer than the idle-in-transaction timeout
+                conn.execute(text("SELECT 1"))
+            return {"ok": 1}
+
+        answer = api.client.get("/test/stall")
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"] == "1"
+        assert "session was ended" in answer.json()["detail"]
