@@ -45,7 +45,8 @@ from core.training.jobs import (
     create_training_job,
     fail_training_job,
 )
-from engine.chunk_work import ChunkAttemptError, ChunkOutcome, Driver, work_on_chunk
+from engine.chunk_work import work_on_chunk
+from engine.delivery import ChunkAttemptError, ChunkOutcome, Driver
 from engine.runners.base import ModelLoadError
 from engine.runners.head_runner import build_backbone
 

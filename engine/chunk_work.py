@@ -6,21 +6,14 @@ score`` in-process (:mod:`engine.in_process`). Everything that touches SQL is he
 is tested with fakes and SQLite as well as through a real worker, and both drivers claim,
 lease and finish a chunk the same way: no chunk of either is left ``queued``.
 
-A training job's one chunk goes the same way (claim, lease, attempts, renewals from the
-training's progress), routed by ``jobs.runs_on`` to the workers of its base; instead of
-scoring items, the delivery trains (:func:`engine.trainer.train_job`) with the driver's
-backbone. A failed attempt is released for a retry like a chunk's; out of attempts, or on
-a failure no retry can mend (unusable data, a name of another owner), the job ends
-``failed`` with the reason: there is nothing to bisect.
+A training job's one chunk goes the same way (claim, lease, attempts), routed by
+``jobs.runs_on`` to the workers of its base; once claimed, it is trained rather than scored
+(:mod:`engine.training_chunk`). The driver and the report are :mod:`engine.delivery`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
-from time import monotonic
 
 from sqlalchemy import Engine
 
@@ -31,7 +24,6 @@ from core.chunks.batches import (
     job_statuses,
     load_chunk_items,
     release_chunks,
-    renew_leases,
 )
 from core.chunks.claim import (
     Claim,
@@ -44,102 +36,23 @@ from core.config import Settings
 from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, scored_indexes, write_results
-from core.jobs.status import ChunkStatus, JobDriver, JobStatus
-from core.models.trained import TrainedModel
+from core.jobs.status import ChunkStatus, JobStatus
 from core.queues import ChunkSend
-from core.training.jobs import fail_training_job
 from engine.cross_job import gather_siblings
+from engine.delivery import (
+    BatchedChunk,
+    ChunkAttemptError,
+    ChunkOutcome,
+    ChunkReport,
+    Driver,
+    RunnerLookup,
+    lease_keeper,
+)
 from engine.runners.base import Progress, Runner
 from engine.scoring import JobItems, score_jobs
-from engine.trainer import FINAL_ERRORS, BackboneFor, ExamplesFor, train_job
+from engine.training_chunk import train_claimed
 
 log = logging.getLogger(__name__)
-
-RunnerLookup = Callable[[str], Runner | None]
-
-
-@dataclass(frozen=True, slots=True)
-class Driver:
-    """Who is working on a chunk, and what that driver may do besides scoring it."""
-
-    # The runner of a model this process has loaded, or None.
-    runner_for: RunnerLookup
-    kind: JobDriver = JobDriver.SERVICE
-    # Called with a count as items are scored (a worker's liveness heartbeat, a progress
-    # bar), including items found already scored.
-    progress: Progress | None = None
-    # Sends the new chunks of a split; None: the lost-message sweep sends them later.
-    send: ChunkSend | None = None
-    # None: settings.chunk_max_attempts. An embedded run is retried by hand, never split.
-    max_attempts: int | None = None
-    # Claim other jobs' queued chunks to score with a small one (the service only).
-    cross_job: bool = True
-    # The feature extractor a training job's base is trained on; None: this driver trains
-    # nothing (it leaves training chunks to one that does).
-    backbone_for: BackboneFor | None = None
-    # A training run's examples; None: its stored upload (bulkscore train: local files).
-    training_examples: ExamplesFor | None = None
-
-    @classmethod
-    def embedded(cls, runner: Runner, progress: Progress | None = None) -> Driver:
-        """The in-process driver of ``bulkscore score``: its own job, its own runner."""
-        return cls(
-            runner_for=lambda _model: runner,
-            kind=JobDriver.EMBEDDED,
-            progress=progress,
-            max_attempts=EMBEDDED_MAX_ATTEMPTS,
-            cross_job=False,
-        )
-
-
-# A person re-runs `bulkscore score --job-id` after a crash; no attempt limit applies, and
-# the column is a 32-bit integer.
-EMBEDDED_MAX_ATTEMPTS = 2**31 - 1
-
-
-class ChunkOutcome(StrEnum):
-    """What one delivery did."""
-
-    DONE = "done"  # scored (items already scored by an earlier attempt were skipped)
-    CANCELLED = "cancelled"  # the job was cancelled: stopped before or during the chunk
-    SKIPPED = "skipped"  # nothing to do: the chunk is done, or the job is final or gone
-    BUSY = "busy"  # another delivery holds the chunk: deliver again after retry_in_s
-    WRONG_MODEL = "wrong_model"  # this process has not loaded the job's model
-    FAILED = "failed"  # a training job that cannot succeed: failed with the reason
-
-
-@dataclass(frozen=True, slots=True)
-class BatchedChunk:
-    """Another job's chunk this delivery claimed and scored with its own (cross-job)."""
-
-    job_id: str
-    index: int
-    outcome: ChunkOutcome
-    scored: int
-    already_scored: int
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkReport:
-    outcome: ChunkOutcome
-    reason: str = ""
-    model: str | None = None
-    scored: int = 0
-    already_scored: int = 0
-    attempts: int = 0
-    retry_in_s: float = 0.0
-    batched: tuple[BatchedChunk, ...] = ()
-    trained: TrainedModel | None = None  # the version a training chunk registered
-
-
-class ChunkAttemptError(RuntimeError):
-    """A claimed attempt failed; ``retry`` says whether another attempt may follow."""
-
-    def __init__(self, message: str, *, attempts: int, retry: bool) -> None:
-        super().__init__(message)
-        self.attempts = attempts
-        self.retry = retry
 
 
 def work_on_chunk(
@@ -190,7 +103,7 @@ def work_on_chunk(
         return _unclaimed(engine, claim, driver.send)
     assert claim.chunk is not None
     if state.training:
-        return _train_claimed(engine, settings, claim, driver, max_attempts)
+        return train_claimed(engine, settings, claim, driver, max_attempts)
     siblings = gather_siblings(engine, settings, runner, model, claim) if driver.cross_job else []
     try:
         return _score_claimed(engine, settings, [claim, *siblings], runner, driver.progress)
@@ -237,72 +150,6 @@ def _key(claim: Claim) -> ChunkKey:
     return (claim.chunk.job_id, claim.chunk.index)
 
 
-def _lease_keeper(
-    engine: Engine, settings: Settings, keys: list[ChunkKey], on_progress: Progress | None
-) -> Progress:
-    """A progress callback that also renews the leases of ``keys`` every third of a lease.
-
-    Chunks that make progress keep their leases, so only a stalled or dead worker's chunks
-    are taken over by a later delivery.
-    """
-    renew_every = settings.chunk_lease_s / 3
-    last_renewal = monotonic()
-
-    def progress(count: int) -> None:
-        nonlocal last_renewal
-        if on_progress is not None:
-            on_progress(count)
-        if monotonic() - last_renewal >= renew_every:
-            with engine.begin() as conn:
-                renew_leases(conn, keys, settings.chunk_lease_s)
-            last_renewal = monotonic()
-
-    return progress
-
-
-def _train_claimed(
-    engine: Engine, settings: Settings, claim: Claim, driver: Driver, max_attempts: int
-) -> ChunkReport:
-    """One attempt at a claimed training chunk: train, register, complete (one transaction
-    finishes the job and its chunk), or fail/release it."""
-    assert claim.chunk is not None and driver.backbone_for is not None
-    job_id, key = claim.chunk.job_id, _key(claim)
-    progress = _lease_keeper(engine, settings, [key], driver.progress)
-    try:
-        model = train_job(
-            engine, settings, job_id, driver.backbone_for, driver.training_examples, progress
-        )
-    except FINAL_ERRORS as exc:
-        with engine.begin() as conn:
-            fail_training_job(conn, job_id, str(exc))
-        return ChunkReport(ChunkOutcome.FAILED, str(exc), attempts=claim.attempts)
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        log.exception("training job %s: attempt %d failed", job_id, claim.attempts)
-        if claim.attempts >= max_attempts:
-            with engine.begin() as conn:
-                fail_training_job(
-                    conn, job_id, f"out of attempts ({claim.attempts}); last: {reason}"
-                )
-            raise ChunkAttemptError(reason, attempts=claim.attempts, retry=False) from exc
-        with engine.begin() as conn:
-            release_chunks(conn, [key])
-        raise ChunkAttemptError(reason, attempts=claim.attempts, retry=True) from exc
-    if model is None:
-        with engine.begin() as conn:
-            finish_chunks(conn, [key], ChunkStatus.CANCELLED)
-        return ChunkReport(
-            ChunkOutcome.CANCELLED, "job cancelled during the training", attempts=claim.attempts
-        )
-    accuracy = model.accuracy or 0.0
-    return ChunkReport(
-        ChunkOutcome.DONE,
-        f"trained {model.name} {model.revision}, held-out accuracy {accuracy:.3f}",
-        attempts=claim.attempts,
-        trained=model,
-    )
-
-
 def _unclaimed(engine: Engine, claim: Claim, send: ChunkSend | None) -> ChunkReport:
     outcome = claim.outcome
     if outcome == ClaimOutcome.BUSY:
@@ -340,7 +187,7 @@ def _score_claimed(
     """
     batch = [claim.chunk for claim in claims if claim.chunk is not None]
     keys = [(chunk.job_id, chunk.index) for chunk in batch]
-    progress = _lease_keeper(engine, settings, keys, on_progress)
+    progress = lease_keeper(engine, settings, keys, on_progress)
 
     def still_active(job_ids: set[str]) -> set[str]:
         with engine.connect() as conn:

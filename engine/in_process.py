@@ -21,7 +21,8 @@ from core.jobs.lifecycle import Job, create_job, list_chunks
 from core.jobs.status import JobDriver
 from core.jobs.submit import submit_job
 from core.models.registry import ModelSpec
-from engine.chunk_work import ChunkOutcome, ChunkReport, Driver, work_on_chunk
+from engine.chunk_work import work_on_chunk
+from engine.delivery import ChunkOutcome, ChunkReport, Driver
 from engine.runners.base import Progress, Runner
 
 
@@ -63,7 +64,7 @@ def score_in_process(
     """Claim and score every unfinished chunk of embedded job ``job_id`` with ``runner``.
 
     Raises:
-        engine.chunk_work.ChunkAttemptError: The runner failed outside any one item; the
+        engine.delivery.ChunkAttemptError: The runner failed outside any one item; the
             chunk was given back, so a re-run takes it up again.
     """
     with engine.connect() as conn:

@@ -16,7 +16,8 @@ from celery.signals import worker_init
 from core.config import get_settings
 from core.db import get_engine
 from core.queues import SCORE_CHUNK_TASK, chunk_sender, send_chunks
-from engine.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport, Driver, work_on_chunk
+from engine.chunk_work import work_on_chunk
+from engine.delivery import ChunkAttemptError, ChunkOutcome, ChunkReport, Driver
 from worker import warm
 from worker.celery_app import app
 from worker.health import HEARTBEAT

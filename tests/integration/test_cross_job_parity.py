@@ -26,7 +26,8 @@ from core.jobs.status import JobStatus
 from core.migrate import upgrade
 from core.models.registry import Registry
 from core.tables import chunks
-from engine.chunk_work import ChunkOutcome, work_on_chunk
+from engine.chunk_work import work_on_chunk
+from engine.delivery import ChunkOutcome
 from engine.runners import build_runner
 from engine.runners.base import Progress, Runner
 

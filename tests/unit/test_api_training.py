@@ -28,7 +28,8 @@ from cli.main import app
 from core.config import Settings, reset_settings_cache
 from core.db import get_engine
 from core.tables import jobs, metadata, training_runs
-from engine.chunk_work import Driver, work_on_chunk
+from engine.chunk_work import work_on_chunk
+from engine.delivery import Driver
 
 MODELS = """
 [models.encoder]

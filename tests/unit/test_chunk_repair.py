@@ -26,7 +26,8 @@ from core.jobs.predictions import Prediction
 from core.migrate import upgrade
 from core.models.registry import Backend, ModelSpec, Task
 from core.tables import chunks, results
-from engine.chunk_work import ChunkOutcome, work_on_chunk
+from engine.chunk_work import work_on_chunk
+from engine.delivery import ChunkOutcome
 from engine.runners.base import Progress, Runner
 
 SPEC = ModelSpec(

@@ -41,7 +41,8 @@ from core.schedules.config import load_schedules
 from core.tables import trained_models
 from core.training.data import DataFormat, parse_labelled_csv
 from core.training.jobs import TRAINING_CHUNK, create_training_job
-from engine.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport, Driver, work_on_chunk
+from engine.chunk_work import work_on_chunk
+from engine.delivery import ChunkAttemptError, ChunkOutcome, ChunkReport, Driver
 from engine.runners import build_runner
 from engine.runners.head_runner import HeadRunner
 from engine.runners.heads import head_bytes, read_head

@@ -22,8 +22,9 @@ from core.jobs.status import ChunkStatus, JobStatus
 from core.migrate import upgrade
 from core.models.registry import ModelSpec
 from core.tables import chunks, jobs, results
-from engine import chunk_work
-from engine.chunk_work import ChunkAttemptError, ChunkOutcome, Driver, work_on_chunk
+from engine import chunk_work, delivery
+from engine.chunk_work import work_on_chunk
+from engine.delivery import ChunkAttemptError, ChunkOutcome, Driver
 from engine.runners.base import Progress, Runner
 
 SPEC = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/nowhere")
@@ -235,7 +236,7 @@ def test_progress_renews_the_lease(engine: Engine, monkeypatch: pytest.MonkeyPat
     job = new_job(engine)
     # Every reading of the chunk's clock is 1000 s after the last: each batch renews.
     clock = iter(range(0, 100_000, 1000))
-    monkeypatch.setattr(chunk_work, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(delivery, "monotonic", lambda: float(next(clock)))
     seen: list[Any] = []
 
     def look() -> None:

@@ -20,7 +20,8 @@ from core.migrate import upgrade
 from core.models.registry import ModelSpec
 from core.tables import chunks, results
 from engine import chunk_work
-from engine.chunk_work import ChunkAttemptError, ChunkOutcome, work_on_chunk
+from engine.chunk_work import work_on_chunk
+from engine.delivery import ChunkAttemptError, ChunkOutcome
 from engine.runners.base import Progress, Runner
 
 FAKE = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/x")

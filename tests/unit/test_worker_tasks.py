@@ -9,7 +9,7 @@ import pytest
 from celery.exceptions import Retry
 
 from core.queues import SCORE_CHUNK_TASK
-from engine.chunk_work import ChunkAttemptError, ChunkOutcome, ChunkReport
+from engine.delivery import ChunkAttemptError, ChunkOutcome, ChunkReport
 from worker import tasks
 from worker.main import WorkerStartError, parse_model_names, pool_for
 
