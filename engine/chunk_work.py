@@ -97,11 +97,15 @@ class Driver:
 EMBEDDED_MAX_ATTEMPTS = 2**31 - 1
 
 
+# A job that stops its chunks midway by its own request: cancelled, or past its deadline.
+STOPPED_JOB_STATES = frozenset({JobStatus.CANCELLED, JobStatus.EXPIRED})
+
+
 class ChunkOutcome(StrEnum):
     """What one delivery did."""
 
     DONE = "done"  # scored (items already scored by an earlier attempt were skipped)
-    CANCELLED = "cancelled"  # the job was cancelled: stopped before or during the chunk
+    CANCELLED = "cancelled"  # the job was cancelled or expired: stopped before or during the chunk
     SKIPPED = "skipped"  # nothing to do: the chunk is done, or the job is final or gone
     BUSY = "busy"  # another delivery holds the chunk: deliver again after retry_in_s
     WRONG_MODEL = "wrong_model"  # this process has not loaded the job's model
@@ -317,6 +321,10 @@ def _unclaimed(engine: Engine, claim: Claim, send: ChunkSend | None) -> ChunkRep
         return _split(engine, claim, send)
     if outcome == ClaimOutcome.CANCELLED:
         return ChunkReport(ChunkOutcome.CANCELLED, "job cancelled", attempts=claim.attempts)
+    if outcome == ClaimOutcome.EXPIRED:
+        return ChunkReport(
+            ChunkOutcome.CANCELLED, "job expired (past its deadline)", attempts=claim.attempts
+        )
     reasons = {
         ClaimOutcome.DONE: "chunk already done",
         ClaimOutcome.JOB_FINAL: "job already final",
@@ -362,10 +370,11 @@ def _score_claimed(
         # A job stops being active when it is cancelled, but also when another delivery of
         # a chunk (this one's, re-sent after this worker hung) finished it: that is no
         # cancellation, and the log must not say so.
+        stopped_statuses = job_statuses(conn, stopped)
         finished_elsewhere = {
             job_id: status
-            for job_id, status in job_statuses(conn, stopped).items()
-            if status != JobStatus.CANCELLED
+            for job_id, status in stopped_statuses.items()
+            if status not in STOPPED_JOB_STATES
         }
 
     def outcome(job_id: str) -> ChunkOutcome:
@@ -376,7 +385,10 @@ def _score_claimed(
     def reason(job_id: str) -> str:
         if job_id in finished_elsewhere:
             return f"job {finished_elsewhere[job_id].value} by another delivery during the chunk"
-        return "job cancelled during the chunk" if job_id in stopped else ""
+        if job_id not in stopped:
+            return ""
+        status = stopped_statuses.get(job_id, JobStatus.CANCELLED)
+        return f"job {status.value} during the chunk"
 
     first, others = claims[0], claims[1:]
     assert first.chunk is not None
