@@ -219,15 +219,25 @@ def test_submit_and_watch_print_the_unserved_model_warning(api: UnitApi, texts: 
     api.queue.live_workers = {}
     submitted = run("submit", str(texts), "-m", TEXT_MODEL, "--expires-after", "60")
     assert submitted.exit_code == 0, submitted.output
-    assert f"warning: no live worker serves model {TEXT_MODEL!r}" in submitted.stderr
-    assert f"bulkscore worker --models {TEXT_MODEL}" in submitted.stderr
+    warning = f"warning: no live worker serves model {TEXT_MODEL!r}"
+    assert warning in " ".join(submitted.stderr.split())
+    assert f"bulkscore worker --models {TEXT_MODEL}" in " ".join(submitted.stderr.split())
     job_id = submitted.stdout.strip()
-    # The job ends expired: the watch prints the warning, then ends with a failure status.
-    with api.engine.begin() as conn:
-        conn.execute(
-            update(jobs).where(jobs.c.id == job_id).values(expires_at=utcnow() - timedelta(1))
-        )
-        assert expire_overdue(conn) == [job_id]
+    asked = api.queue.workers
+
+    def workers_then_deadline() -> dict[str, int]:
+        # The watch's first read still finds the job queued; its deadline passes just after.
+        live = asked()
+        with api.engine.begin() as conn:
+            conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(expires_at=utcnow() - timedelta(1))
+            )
+            assert expire_overdue(conn) == [job_id]
+        return live
+
+    api.queue.workers = workers_then_deadline  # type: ignore[method-assign]
     watched = run("status", job_id, "--watch", "--interval", "0.1")
+    assert warning in " ".join(watched.stderr.split())
+    # Expired is final: the watch ends, with a failure status.
     assert watched.exit_code != 0
     assert "expired" in watched.stdout
