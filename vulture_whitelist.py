@@ -9,6 +9,7 @@ file as code that uses these names. Add a name only with the reason it is used.
 # pydantic reads these class attributes and fields (settings, schemas, dataclass fields).
 _.model_config
 _.evaluation  # api/training_schemas.py: a response field
+_.worker_live  # api/schemas.py: QueueInfo, a response field
 _.head_sha256  # core/models/trained.py: a stored column, shown by `models show`
 _.window_start  # core/schedules/runs.py: a column of the run view
 _.JSONL  # core/schedules/config.py: an enum member, chosen by value from the models file

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from core.jobs.lifecycle import Job
 from core.jobs.status import JobStatus
 
@@ -52,6 +53,14 @@ class JobRequest(BaseModel):
     inputs: list[InputRecord] = Field(
         description="The inputs to score, in order: texts, or base64 images for image models."
     )
+    expires_after_s: float | None = Field(
+        default=None,
+        ge=MIN_EXPIRES_AFTER_S,
+        le=MAX_EXPIRES_AFTER_S,
+        description="A deadline, in seconds from now (1 s to 30 days): a job not finished "
+        "by then ends `expired`, keeping the results written so far. Default: none.",
+        examples=[3600],
+    )
 
 
 class Counts(BaseModel):
@@ -60,20 +69,55 @@ class Counts(BaseModel):
     failed: int
 
 
+STATUS_DESCRIPTION = (
+    "`queued`: waiting for a worker of its model (see `queue`); `running`: being scored; "
+    "then one final state: `completed` (every item has a result row: a label or a per-item "
+    "error), `failed` (the job itself could not run; see `error`), `cancelled` (cancelled "
+    "by its owner), `expired` (not finished by its `expires_after_s` deadline). A cancelled "
+    "or expired job keeps the results written so far; its remaining items are never scored."
+)
+
+
+class QueueInfo(BaseModel):
+    """Where an active job stands in its model's queue."""
+
+    runs_on: str = Field(description="The model whose workers run the job.")
+    chunks_ahead: int = Field(
+        description="Queued chunks of earlier jobs of the same model, to be run before this "
+        "job's next chunk."
+    )
+    worker_live: bool | None = Field(
+        description="Whether a worker serving the model has a live heartbeat (null: the "
+        "broker could not be asked)."
+    )
+
+
 class JobOut(BaseModel):
     """A job as the API shows it."""
 
     id: str
     model: str
-    status: JobStatus
+    status: JobStatus = Field(description=STATUS_DESCRIPTION)
     counts: Counts
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    expires_at: datetime | None = Field(
+        default=None, description="The job's deadline (`expires_after_s`), if it has one."
+    )
+    queue: QueueInfo | None = Field(
+        default=None, description="While the job is queued or running: what it waits for."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why the job may not advance (no live worker serves its model).",
+    )
 
     @classmethod
-    def from_job(cls, job: Job) -> JobOut:
+    def from_job(
+        cls, job: Job, queue: QueueInfo | None = None, warnings: list[str] | None = None
+    ) -> JobOut:
         return cls(
             id=job.id,
             model=job.model,
@@ -83,6 +127,9 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             error=job.error,
+            expires_at=job.expires_at,
+            queue=queue,
+            warnings=warnings or [],
         )
 
 

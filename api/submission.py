@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 
 from fastapi import HTTPException, status
@@ -24,6 +24,7 @@ from api.schemas import InputRecord, JobRequest
 from core.config import Settings
 from core.inputs.items import InputItem, checked_id, checked_text_item
 from core.inputs.text_files import TEXT_SUFFIXES, InputFileError, parse_text_bytes
+from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from core.jobs.lifecycle import Job, create_job
 from core.jobs.submit import (
     CreateJob,
@@ -52,6 +53,8 @@ class Submission:
     # What each input was sent as ("text", "image", or "" for neither): an input refused at
     # intake has no text or data left to tell.
     kinds: list[str] | None = None
+    # Seconds until the job expires (``expires_after_s``); None: no deadline.
+    expires_after_s: float | None = None
 
 
 BOTH_KINDS = 'send either "text" or "image_base64" in one input, not both'
@@ -75,7 +78,35 @@ def parse_json_body(body: bytes, max_chars: int, max_image_bytes: int) -> Submis
         for position, record in enumerate(request.inputs, start=1)
     ]
     kinds = [_kind(record) for record in request.inputs]
-    return Submission(request.model, inputs, _sha256(b"json\0", canonical.encode()), kinds)
+    digest = _sha256(b"json\0", canonical.encode())
+    return with_deadline(Submission(request.model, inputs, digest, kinds), request.expires_after_s)
+
+
+def parse_expires_after_s(value: str | None) -> float | None:
+    """A multipart ``expires_after_s`` field: seconds within bounds, or a 422."""
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not MIN_EXPIRES_AFTER_S <= seconds <= MAX_EXPIRES_AFTER_S:  # also refuses nan
+        raise unprocessable(
+            f"expires_after_s must be a number of seconds from {MIN_EXPIRES_AFTER_S:g} to "
+            f"{MAX_EXPIRES_AFTER_S:g} (30 days)"
+        )
+    return seconds
+
+
+def with_deadline(submission: Submission, expires_after_s: float | None) -> Submission:
+    """``submission`` with its deadline, which is part of what its request hash stands for
+    (a retry with the same Idempotency-Key and another deadline is another request)."""
+    if expires_after_s is None:
+        return submission
+    digest = _sha256(
+        submission.request_hash.encode(), b"\0expires\0", repr(expires_after_s).encode()
+    )
+    return replace(submission, request_hash=digest, expires_after_s=expires_after_s)
 
 
 def _kind(record: InputRecord) -> str:
@@ -213,7 +244,7 @@ def match_input_kind(submission: Submission, spec: ModelSpec) -> Submission:
         inputs.append(item)
     if inputs and mismatched == len(inputs):
         raise unprocessable(wrong)
-    return Submission(submission.model, inputs, submission.request_hash, kinds)
+    return replace(submission, inputs=inputs, kinds=kinds)
 
 
 def check_size(submission: Submission, settings: Settings) -> None:
@@ -262,6 +293,7 @@ def submit(
             chunk_size=settings.chunk_size,
             owner_key_id=key_id,
             request_hash=submission.request_hash,
+            expires_after_s=submission.expires_after_s,
         )
 
     def send(job: Job, chunk_indexes: Sequence[int]) -> None:

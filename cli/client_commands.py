@@ -36,6 +36,11 @@ def submit(
         None, "--idempotency-key", help="Resubmitting with the same key returns the same job."
     ),
     interval: float = typer.Option(POLL_INTERVAL_S, min=0.1, help="Seconds between polls."),
+    expires_after: float | None = typer.Option(
+        None,
+        "--expires-after",
+        help="Seconds (1 to 30 days): not finished by then, the job ends expired.",
+    ),
 ) -> None:
     """Upload SOURCE as a job for MODEL and print the job id.
 
@@ -43,6 +48,9 @@ def submit(
     """
     client = client_from_settings()
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    form = {"model": model}
+    if expires_after is not None:
+        form["expires_after_s"] = repr(expires_after)
     if source.suffix.lower() in TEXT_SUFFIXES:
         if not source.is_file():
             fail(f"{source}: no such file", EXIT_USAGE)
@@ -50,7 +58,7 @@ def submit(
             response = client.request(
                 "POST",
                 "/v1/jobs",
-                data={"model": model},
+                data=form,
                 files={"file": (source.name, handle, "application/octet-stream")},
                 headers=headers,
             )
@@ -65,9 +73,7 @@ def submit(
             ("images", (ident, path.read_bytes(), "application/octet-stream"))
             for ident, path in found
         ]
-        response = client.request(
-            "POST", "/v1/jobs", data={"model": model}, files=parts, headers=headers
-        )
+        response = client.request("POST", "/v1/jobs", data=form, files=parts, headers=headers)
     job = response.json()
     again = " (already submitted with this idempotency key)" if response.status_code == 200 else ""
     err_console.print(
@@ -76,6 +82,7 @@ def submit(
         highlight=False,
         soft_wrap=True,
     )
+    _print_warnings(job)
     typer.echo(job["id"])
     if wait:
         _finish(_follow(client, job["id"], interval))
@@ -184,9 +191,31 @@ def models() -> None:
     out_console.print(table)
 
 
+def _print_warnings(job: dict[str, Any], shown: set[str] | None = None) -> None:
+    """The job's warnings (no live worker serves its model), each once, on stderr."""
+    for warning in job.get("warnings") or []:
+        if shown is None or warning not in shown:
+            err_console.print(
+                f"warning: {warning}", highlight=False, soft_wrap=True, style="yellow"
+            )
+            if shown is not None:
+                shown.add(warning)
+
+
+def _state(job: dict[str, Any]) -> str:
+    """The status, with what a queued job waits for rather than a bare "queued"."""
+    queue = job.get("queue")
+    if job["status"] != JobStatus.QUEUED or not queue:
+        return str(job["status"])
+    if queue.get("worker_live") is False:
+        return f"queued: no live worker for {queue['runs_on']}"
+    return f"queued: {queue['chunks_ahead']} chunks ahead"
+
+
 def _follow(client: ApiClient, job_id: str, interval: float) -> dict[str, Any]:
     """Poll the job with a progress bar until it is final; return its last state."""
     job = client.json("GET", f"/v1/jobs/{job_id}")
+    shown: set[str] = set()
     with Progress(
         TextColumn("[bold]{task.fields[state]}[/]"),
         BarColumn(),
@@ -198,10 +227,11 @@ def _follow(client: ApiClient, job_id: str, interval: float) -> dict[str, Any]:
         task = bar.add_task("job", total=job["counts"]["total"], state="", failed="")
         while True:
             counts = job["counts"]
+            _print_warnings(job, shown)
             bar.update(
                 task,
                 completed=counts["succeeded"] + counts["failed"],
-                state=job["status"],
+                state=_state(job),
                 failed=f"{counts['failed']} failed" if counts["failed"] else "",
             )
             if JobStatus(job["status"]).is_final:

@@ -72,6 +72,8 @@ jobs = Table(
     # job's own model for scoring, the base for a training job (which trains `model`).
     # Everything that routes or sweeps chunks by model reads this column.
     Column("runs_on", String(64), nullable=False),
+    # Not finished by then, the job ends ``expired`` (core.jobs.expiry); NULL: no deadline.
+    Column("expires_at", DateTime(timezone=True)),
     UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
     Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
     Index("ix_jobs_status", "status"),

@@ -54,6 +54,9 @@ from engine.training_chunk import train_claimed
 
 log = logging.getLogger(__name__)
 
+# A job that stops its chunks midway by its own request: cancelled, or past its deadline.
+STOPPED_JOB_STATES = frozenset({JobStatus.CANCELLED, JobStatus.EXPIRED})
+
 
 def work_on_chunk(
     engine: Engine,
@@ -164,6 +167,10 @@ def _unclaimed(engine: Engine, claim: Claim, send: ChunkSend | None) -> ChunkRep
         return _split(engine, claim, send)
     if outcome == ClaimOutcome.CANCELLED:
         return ChunkReport(ChunkOutcome.CANCELLED, "job cancelled", attempts=claim.attempts)
+    if outcome == ClaimOutcome.EXPIRED:
+        return ChunkReport(
+            ChunkOutcome.CANCELLED, "job expired (past its deadline)", attempts=claim.attempts
+        )
     reasons = {
         ClaimOutcome.DONE: "chunk already done",
         ClaimOutcome.JOB_FINAL: "job already final",
@@ -209,10 +216,11 @@ def _score_claimed(
         # A job stops being active when it is cancelled, but also when another delivery of
         # a chunk (this one's, re-sent after this worker hung) finished it: that is no
         # cancellation, and the log must not say so.
+        stopped_statuses = job_statuses(conn, stopped)
         finished_elsewhere = {
             job_id: status
-            for job_id, status in job_statuses(conn, stopped).items()
-            if status != JobStatus.CANCELLED
+            for job_id, status in stopped_statuses.items()
+            if status not in STOPPED_JOB_STATES
         }
 
     def outcome(job_id: str) -> ChunkOutcome:
@@ -223,7 +231,10 @@ def _score_claimed(
     def reason(job_id: str) -> str:
         if job_id in finished_elsewhere:
             return f"job {finished_elsewhere[job_id].value} by another delivery during the chunk"
-        return "job cancelled during the chunk" if job_id in stopped else ""
+        if job_id not in stopped:
+            return ""
+        status = stopped_statuses.get(job_id, JobStatus.CANCELLED)
+        return f"job {status.value} during the chunk"
 
     first, others = claims[0], claims[1:]
     assert first.chunk is not None

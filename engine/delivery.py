@@ -67,7 +67,8 @@ class ChunkOutcome(StrEnum):
     """What one delivery did."""
 
     DONE = "done"  # scored (items already scored by an earlier attempt were skipped)
-    CANCELLED = "cancelled"  # the job was cancelled: stopped before or during the chunk
+    # The job was cancelled or expired: stopped before or during the chunk.
+    CANCELLED = "cancelled"
     SKIPPED = "skipped"  # nothing to do: the chunk is done, or the job is final or gone
     BUSY = "busy"  # another delivery holds the chunk: deliver again after retry_in_s
     WRONG_MODEL = "wrong_model"  # this process has not loaded the job's model

@@ -7,9 +7,12 @@ Every worker runs this from its consumer's timer, for the models it serves, in t
 2. chunks left ``running`` past their lease are released in SQL (only one worker wins each)
    and sent again (:func:`core.chunks.claim.release_expired`);
 3. chunks queued for long with an empty queue lost their message and are sent again
-   (:func:`core.chunks.sweep.resend_lost`).
+   (:func:`core.chunks.sweep.resend_lost`);
+4. jobs past their ``expires_after_s`` deadline end ``expired``, whatever model they run
+   on (:func:`core.jobs.expiry.expire_overdue`): a job no worker claims (its model is
+   served by none) still ends.
 
-Each finds only the service's own jobs (:func:`core.chunks.claim.service_jobs`), never an
+Each of 1-3 finds only the service's own jobs (:func:`core.chunks.claim.service_jobs`), never an
 embedded ``bulkscore score`` job on the same database.
 """
 
@@ -27,6 +30,7 @@ from core.chunks.sweep import resend_lost
 from core.config import Settings, get_settings
 from core.db import get_engine
 from core.heartbeats import redis_client
+from core.jobs.expiry import expire_overdue
 from core.queues import ChunkSend, chunk_sender
 from worker import warm
 
@@ -61,7 +65,7 @@ def resend_expired(send: ChunkSend, settings: Settings) -> int:
 
 
 def reconcile(send: ChunkSend, client: redis.Redis, settings: Settings) -> None:
-    """One timer tick: the three checks of the module docstring, each on its own."""
+    """One timer tick: the four checks of the module docstring, each on its own."""
     try:
         resend_expired(send, settings)
     except Exception:  # a database hiccup must not stop the consumer
@@ -76,6 +80,19 @@ def reconcile(send: ChunkSend, client: redis.Redis, settings: Settings) -> None:
         )
     except Exception:
         log.exception("could not check for chunks whose message was lost")
+    try:
+        expire_jobs(settings)
+    except Exception:
+        log.exception("could not check for jobs past their deadline")
+
+
+def expire_jobs(settings: Settings) -> list[str]:
+    """Expire the service's jobs past their deadline; their ids."""
+    with get_engine(settings.database_url).begin() as conn:
+        expired = expire_overdue(conn)
+    for job_id in expired:
+        log.warning("job %s: not finished by its deadline (expires_after_s); expired", job_id)
+    return expired
 
 
 class ReconcileStep(bootsteps.StartStopStep):

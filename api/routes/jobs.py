@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -17,18 +18,23 @@ from api.deps import (
     SettingsDep,
     job_not_found,
 )
+from api.dispatch import JobQueue
 from api.schemas import JobList, JobOut, JobRequest, inline_schema
 from api.submission import (
     Submission,
     check_idempotency_key,
+    parse_expires_after_s,
     parse_file_upload,
     parse_image_uploads,
     parse_json_body,
     submit,
     unprocessable,
+    with_deadline,
 )
+from api.waiting import job_view
 from core.config import Settings
-from core.jobs.lifecycle import cancel_job, get_job, list_jobs
+from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
+from core.jobs.lifecycle import Job, cancel_job, get_job, list_jobs
 from core.jobs.status import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -46,6 +52,13 @@ _SUBMIT_BODY: dict[str, Any] = {
                     "required": ["model"],
                     "properties": {
                         "model": {"type": "string", "description": "A registered model name."},
+                        "expires_after_s": {
+                            "type": "number",
+                            "minimum": MIN_EXPIRES_AFTER_S,
+                            "maximum": MAX_EXPIRES_AFTER_S,
+                            "description": "A deadline in seconds (1 s to 30 days): not "
+                            "finished by then, the job ends `expired`.",
+                        },
                         "file": {
                             "type": "string",
                             "format": "binary",
@@ -94,10 +107,12 @@ async def create(
         ),
     ] = None,
 ) -> JobOut:
-    """Submit texts or images to score; answers 202 with the queued job.
+    """Submit texts or images to score; answers 202 with the queued job, its place in
+    its model's queue, and a warning if no live worker serves the model.
 
     Send JSON (`{"model", "inputs": [{"id", "text"}]}`, or `[{"id", "image_base64"}]` for an
-    image model) or multipart (`model` plus a `file` of texts, or many `images` files).
+    image model) or multipart (`model` plus a `file` of texts, or many `images` files),
+    with an optional `expires_after_s` deadline in either form.
     An input that cannot be scored (empty or too long text, NUL, an image that is not one)
     does not refuse the job: it becomes that item's error in the results.
     """
@@ -107,7 +122,12 @@ async def create(
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
-    return JobOut.from_job(job)
+    return await run_in_threadpool(_view, engine, queue, job)
+
+
+def _view(engine: Engine, queue: JobQueue, job: Job) -> JobOut:
+    with engine.connect() as conn:
+        return job_view(conn, queue, job)
 
 
 async def _read_submission(request: Request, settings: Settings) -> Submission:
@@ -119,22 +139,26 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
             model = form.get("model")
             if not isinstance(model, str) or not model:
                 raise unprocessable("the multipart form needs a 'model' field")
+            expires = form.get("expires_after_s")
+            expires_after_s = parse_expires_after_s(expires if isinstance(expires, str) else None)
             images = [part for part in form.getlist("images") if isinstance(part, UploadFile)]
             upload = form.get("file")
             if images:
                 uploads = [(part.filename or "", await part.read()) for part in images]
-                return await run_in_threadpool(
+                parsed = await run_in_threadpool(
                     parse_image_uploads, model, uploads, settings.max_image_bytes
                 )
+                return with_deadline(parsed, expires_after_s)
             if not isinstance(upload, UploadFile):
                 raise unprocessable(
                     "the multipart form needs a 'file' part (texts) or 'images' parts"
                 )
             raw = await upload.read()
             filename = upload.filename or ""
-        return await run_in_threadpool(
+        parsed = await run_in_threadpool(
             parse_file_upload, model, filename, raw, settings.max_text_chars
         )
+        return with_deadline(parsed, expires_after_s)
     if content_type in ("application/json", ""):
         body = await request.body()
         return await run_in_threadpool(
@@ -161,9 +185,10 @@ def list_(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "No such job."}})
-def read(job: OwnedJob) -> JobOut:
-    """A job's status and counts."""
-    return JobOut.from_job(job)
+def read(job: OwnedJob, conn: ConnDep, queue: JobQueueDep) -> JobOut:
+    """A job's status and counts; while it is active, its place in its model's queue and
+    whether a worker serves that model (a warning when none does)."""
+    return job_view(conn, queue, job)
 
 
 @router.post(

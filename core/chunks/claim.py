@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Exists, Select, and_, exists, or_, select, update
 
 from core.clock import utcnow
+from core.jobs.expiry import expire_job, within_deadline
 from core.jobs.lifecycle import Chunk
 from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus, JobDriver, JobStatus
 from core.tables import chunks, jobs, training_runs
@@ -30,6 +31,7 @@ class ClaimOutcome(StrEnum):
     DONE = "done"  # already scored by an earlier delivery
     CANCELLED = "cancelled"  # the chunk or its job was cancelled
     JOB_FINAL = "job_final"  # the job is completed or failed: nothing left to do
+    EXPIRED = "expired"  # the job is past its deadline: this claim expired it (or one before)
     BUSY = "busy"  # another delivery holds a live lease: try again when it runs out
     EXHAUSTED = "exhausted"  # every attempt was used up (a poison chunk)
     MISSING = "missing"  # no such job or chunk (deleted, or a stray message)
@@ -103,13 +105,14 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def _active_job(job_id: str, driver: JobDriver) -> Exists:
+def _active_job(job_id: str, driver: JobDriver, now: datetime) -> Exists:
     return exists(
         select(jobs.c.id).where(
             and_(
                 jobs.c.id == job_id,
                 jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
                 jobs.c.driver == driver.value,
+                within_deadline(now),
             )
         )
     )
@@ -123,12 +126,14 @@ def service_jobs(models: list[str]) -> ColumnElement[bool]:
     leases, exhausted chunks, lost messages) goes through this condition, so an embedded
     job (:attr:`JobDriver.EMBEDDED`) on the same database is never taken over, however long
     its process pauses. By ``jobs.runs_on``: a training job's chunk is the work of its
-    base's workers, swept and re-sent to the base's queue like a scoring chunk.
+    base's workers, swept and re-sent to the base's queue like a scoring chunk. A job past
+    its deadline is no work either: it is only waiting to be expired.
     """
     return and_(
         jobs.c.runs_on.in_(models),
         jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
         jobs.c.driver == JobDriver.SERVICE.value,
+        within_deadline(utcnow()),
     )
 
 
@@ -146,7 +151,8 @@ def claim_chunk(
 
     A chunk is claimable when its job is active and driven by ``driver``, it has attempts
     left, and it is queued or its last holder's lease has run out. Claiming sets it
-    ``running``, counts the attempt and leases it until ``now + lease_s``. Call inside a
+    ``running``, counts the attempt and leases it until ``now + lease_s``. A job past its
+    deadline is expired by the refused claim, in the same transaction. Call inside a
     transaction.
     """
     now = now or utcnow()
@@ -161,7 +167,7 @@ def claim_chunk(
                 or_(chunks.c.leased_until.is_(None), chunks.c.leased_until <= now),
             ),
         ),
-        _active_job(job_id, driver),
+        _active_job(job_id, driver, now),
     )
     row = conn.execute(
         update(chunks)
@@ -201,6 +207,9 @@ def _why_not(
     # SPLIT: its items moved to new chunks (core.chunks.split); this one is finished too.
     if status in (ChunkStatus.DONE, ChunkStatus.SPLIT):
         return Claim(ClaimOutcome.DONE, chunk, row.attempts)
+    # Before the chunk's own status: expiring a job cancels its queued chunks.
+    if job_status == JobStatus.EXPIRED.value or expire_job(conn, job_id, now=now):
+        return Claim(ClaimOutcome.EXPIRED, chunk, row.attempts)
     if status == ChunkStatus.CANCELLED or job_status == JobStatus.CANCELLED.value:
         return Claim(ClaimOutcome.CANCELLED, chunk, row.attempts)
     if JobStatus(job_status).is_final:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
@@ -45,6 +45,8 @@ class Job:
     driver: JobDriver = JobDriver.SERVICE
     # The model whose workers run its chunks: ``model``, or a training job's base.
     runs_on: str = ""
+    # Not finished by then, it ends ``expired`` (core.jobs.expiry); None: no deadline.
+    expires_at: datetime | None = None
 
     @property
     def done(self) -> int:
@@ -86,8 +88,11 @@ def create_job(
     request_hash: str | None = None,
     schedule: str | None = None,
     driver: JobDriver = JobDriver.SERVICE,
+    expires_after_s: float | None = None,
 ) -> Job:
     """Insert a queued job, its items and its chunks in the caller's transaction.
+
+    With ``expires_after_s``, a job not finished that long after now ends ``expired``.
 
     Its idempotency key, if any, is attached only once its tasks are sent
     (:func:`attach_idempotency_key`, called by :func:`core.jobs.submit.submit_job`).
@@ -110,6 +115,9 @@ def create_job(
             created_at=now,
             driver=driver.value,
             runs_on=spec.name,
+            expires_at=now + timedelta(seconds=expires_after_s)
+            if expires_after_s is not None
+            else None,
         )
     )
     _insert_items(conn, job_id, inputs)

@@ -5,7 +5,8 @@ still active, then the batch's rows (``COPY`` on PostgreSQL, a multi-row INSERT 
 both skipping rows already present) and the job's counters move together. So a retried or
 duplicated batch can neither write a row twice nor count it twice, the job turns
 ``completed`` in the very transaction that writes its last row, and once a job is final
-(cancelled, completed, failed) no write moves its numbers again.
+(cancelled, expired, completed, failed) no write moves its numbers again; a write that
+finds its job past its deadline expires it instead of writing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import utcnow
 from core.jobs.bulk_copy import copy_new_rows, is_postgresql
+from core.jobs.expiry import expire_job
 from core.jobs.predictions import Prediction
 from core.jobs.status import ACTIVE_JOB_STATES, JobStatus
 from core.tables import jobs, results
@@ -183,12 +185,13 @@ def lock_active_jobs(conn: Connection, job_ids: Collection[str]) -> set[str]:
         # jobs wait for each other instead of deadlocking. After a wait, the row read is
         # the version the other transaction committed.
         rows = conn.execute(
-            select(jobs.c.id, jobs.c.status)
+            select(jobs.c.id, jobs.c.status, jobs.c.expires_at)
             .where(jobs.c.id.in_(ids))
             .order_by(jobs.c.id)
             .with_for_update(key_share=True)
         )
-        return {job_id for job_id, status in rows if status in active}
+        locked = {job_id: expires_at for job_id, status, expires_at in rows if status in active}
+        return set(locked) - _expire_overdue_among(conn, locked)
     # SQLite locks the whole database, and its driver opens the transaction only at the
     # first write (a SELECT would read outside it): a no-op UPDATE takes the write lock at
     # once and holds it to the commit.
@@ -196,9 +199,25 @@ def lock_active_jobs(conn: Connection, job_ids: Collection[str]) -> set[str]:
         update(jobs)
         .where(and_(jobs.c.id.in_(ids), jobs.c.status.in_(active)))
         .values(status=jobs.c.status)
-        .returning(jobs.c.id)
+        .returning(jobs.c.id, jobs.c.expires_at)
     )
-    return set(touched.scalars())
+    locked = {job_id: expires_at for job_id, expires_at in touched}
+    return set(locked) - _expire_overdue_among(conn, locked)
+
+
+def _expire_overdue_among(conn: Connection, deadlines: Mapping[str, Any]) -> set[str]:
+    """Expire those of the locked jobs (id -> ``expires_at``) past their deadline; return
+    them.
+
+    So no row is written after a job's deadline, even by a worker that claimed its chunk
+    before it: the write that would have come after expires the job instead.
+    """
+    now = utcnow()
+    return {
+        job_id
+        for job_id, expires_at in deadlines.items()
+        if expires_at is not None and expire_job(conn, job_id, now=now)
+    }
 
 
 def _advance_counters(conn: Connection, outcomes: Mapping[str, WriteOutcome], now: Any) -> None:

@@ -11,13 +11,18 @@ class JobStatus(StrEnum):
     COMPLETED = "completed"  # every item has a result row (a label or a per-item error)
     FAILED = "failed"  # the job itself could not run; see the job's ``error``
     CANCELLED = "cancelled"
+    # Not finished by its ``expires_after_s`` deadline: results so far are kept, the chunks
+    # not yet run never run (``core.jobs.expiry``).
+    EXPIRED = "expired"
 
     @property
     def is_final(self) -> bool:
         return self in FINAL_JOB_STATES
 
 
-FINAL_JOB_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+FINAL_JOB_STATES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
+)
 ACTIVE_JOB_STATES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 

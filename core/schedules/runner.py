@@ -52,6 +52,8 @@ _JOB_TO_RUN = {
     JobStatus.COMPLETED: RunStatus.COMPLETED,
     JobStatus.FAILED: RunStatus.FAILED,
     JobStatus.CANCELLED: RunStatus.CANCELLED,
+    # Past its deadline: the window was not all scored, so the next run reads it again.
+    JobStatus.EXPIRED: RunStatus.FAILED,
 }
 
 
@@ -284,7 +286,9 @@ def _ending(run: RunView, now: datetime) -> tuple[RunStatus, str | None] | None:
         return None
     status = _JOB_TO_RUN[job_status]
     if status == RunStatus.FAILED:
-        return status, f"job {run.job_id} failed; the next run reads the same window again"
+        return status, (
+            f"job {run.job_id} {job_status.value}; the next run reads the same window again"
+        )
     if status == RunStatus.CANCELLED:
         return status, f"job {run.job_id} was cancelled; the next run reads the same window again"
     return status, None

@@ -122,3 +122,28 @@ def test_0005_gives_each_trained_version_its_training_jobs_owner(pg_url: str) ->
             }
     finally:
         engine.dispose()
+
+
+def test_0006_down_turns_expired_jobs_into_cancelled_ones(pg_url: str) -> None:
+    upgrade(pg_url, "0006")
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            for job_id, status in (("a" * 32, "expired"), ("b" * 32, "queued")):
+                conn.execute(
+                    text(
+                        "INSERT INTO jobs (id, model, input_kind, status, total, succeeded, "
+                        "failed, created_at, driver, runs_on, expires_at) VALUES (:id, 'm', "
+                        "'text', :status, 1, 0, 0, now(), 'service', 'm', now())"
+                    ),
+                    {"id": job_id, "status": status},
+                )
+        downgrade(pg_url, "0005")
+        assert "expires_at" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+        with engine.connect() as conn:
+            statuses = dict(conn.execute(text("SELECT id, status FROM jobs ORDER BY id")).all())
+        # Versions before 0006 know no "expired": the final state with the same meaning.
+        assert statuses == {"a" * 32: "cancelled", "b" * 32: "queued"}
+        upgrade(pg_url)
+    finally:
+        engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +11,18 @@ import pytest
 from api_support import TEXT_MODEL, FakeJobQueue, UnitApi, fake_scores, free_port, unit_api
 from click.testing import Result
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from typer.testing import CliRunner
 
 import cli.client
 from cli.main import app
+from core.clock import utcnow
 from core.config import reset_settings_cache
+from core.jobs.expiry import expire_overdue
 from core.jobs.export import export_lines
 from core.jobs.lifecycle import get_job, mark_failed
 from core.jobs.results import iter_results
+from core.tables import jobs
 
 
 class ScoringQueue(FakeJobQueue):
@@ -209,3 +213,31 @@ def test_an_unreachable_server_is_reported_without_a_traceback(
     reset_settings_cache()
     assert result.exit_code == 1
     assert f"cannot reach the bulkscore API at {url}" in " ".join(result.stderr.split())
+
+
+def test_submit_and_watch_print_the_unserved_model_warning(api: UnitApi, texts: Path) -> None:
+    api.queue.live_workers = {}
+    submitted = run("submit", str(texts), "-m", TEXT_MODEL, "--expires-after", "60")
+    assert submitted.exit_code == 0, submitted.output
+    warning = f"warning: no live worker serves model {TEXT_MODEL!r}"
+    assert warning in " ".join(submitted.stderr.split())
+    assert f"bulkscore worker --models {TEXT_MODEL}" in " ".join(submitted.stderr.split())
+    job_id = submitted.stdout.strip()
+    asked = api.queue.workers
+
+    def workers_then_deadline() -> dict[str, int]:
+        # The watch's first read still finds the job queued; its deadline passes just after.
+        live = asked()
+        with api.engine.begin() as conn:
+            conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(expires_at=utcnow() - timedelta(1))
+            )
+            assert expire_overdue(conn) == [job_id]
+        return live
+
+    api.queue.workers = workers_then_deadline  # type: ignore[method-assign]
+    watched = run("status", job_id, "--watch", "--interval", "0.1")
+    assert warning in " ".join(watched.stderr.split())
+    # Expired is final: the watch ends, with a failure status.
+    assert watched.exit_code != 0
+    assert "expired" in watched.stdout

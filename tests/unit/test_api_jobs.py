@@ -304,6 +304,9 @@ def test_job_status_follows_the_results(api: UnitApi) -> None:
         "started_at",
         "finished_at",
         "error",
+        "expires_at",
+        "queue",
+        "warnings",
     }
 
 
