@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Connection, and_, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Connection, and_, exists, or_, select, tuple_, update
 
 from core.chunks.claim import Claim, ClaimOutcome, service_jobs
 from core.clock import utcnow
@@ -214,11 +214,31 @@ def finish_chunks(conn: Connection, keys: Sequence[ChunkKey], status: ChunkStatu
 
 def release_chunks(conn: Connection, keys: Sequence[ChunkKey]) -> None:
     """Give running chunks back (their attempt failed), so that a retry can claim them at
-    once; their attempt counts are kept."""
+    once; their attempt counts are kept.
+
+    A chunk whose job became final meanwhile (cancelled or expired while the attempt ran)
+    is not given back but finished as ``cancelled``: no retry may run it, and a final job
+    keeps no chunk waiting.
+    """
     if not keys:
         return
+    running = and_(_keys_match(keys), chunks.c.status == ChunkStatus.RUNNING.value)
+    job_active = exists(
+        select(jobs.c.id).where(
+            and_(
+                jobs.c.id == chunks.c.job_id,
+                jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
+            )
+        )
+    )
+    now = utcnow()
     conn.execute(
         update(chunks)
-        .where(and_(_keys_match(keys), chunks.c.status == ChunkStatus.RUNNING.value))
-        .values(status=ChunkStatus.QUEUED.value, leased_until=None, updated_at=utcnow())
+        .where(and_(running, job_active))
+        .values(status=ChunkStatus.QUEUED.value, leased_until=None, updated_at=now)
+    )
+    conn.execute(
+        update(chunks)
+        .where(and_(running, ~job_active))
+        .values(status=ChunkStatus.CANCELLED.value, leased_until=None, updated_at=now)
     )

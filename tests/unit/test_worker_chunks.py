@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from core.chunks.batches import finish_chunks
+from core.chunks.batches import finish_chunks, release_chunks
 from core.chunks.claim import ClaimOutcome, as_utc, claim_chunk
 from core.clock import utcnow
 from core.config import Settings
@@ -338,3 +338,16 @@ def test_expired_chunks_of_served_models_are_released_once(engine: Engine) -> No
         cancel_job(conn, job.id)
         later = now + timedelta(seconds=3600)
         assert release_expired(conn, ["fake"], now=later) == [], "not for a cancelled job"
+
+
+def test_a_failed_attempt_of_a_job_made_final_meanwhile_is_cancelled_not_requeued(
+    engine: Engine,
+) -> None:
+    # A cancel (or a deadline) lands while an attempt runs, then the attempt fails: giving
+    # the chunk back would leave a queued chunk under a final job, never to run.
+    job = new_job(engine)
+    with engine.begin() as conn:
+        assert claim_chunk(conn, job.id, 0, lease_s=60, max_attempts=3).claimed
+        cancel_job(conn, job.id)
+        release_chunks(conn, [(job.id, 0)])
+    assert chunk_row(engine, job.id, 0).status == ChunkStatus.CANCELLED.value
