@@ -74,6 +74,11 @@ jobs = Table(
     Column("runs_on", String(64), nullable=False),
     # Not finished by then, the job ends ``expired`` (core.jobs.expiry); NULL: no deadline.
     Column("expires_at", DateTime(timezone=True)),
+    # high, normal or low (core.jobs.priority): higher levels are claimed first.
+    Column("priority", String(8), nullable=False, server_default="normal"),
+    # When a worker last claimed one of the job's chunks: the round-robin clock of fair
+    # claiming (core.chunks.fair). NULL: never served, so first in line within its level.
+    Column("last_served_at", DateTime(timezone=True)),
     UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
     Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
     Index("ix_jobs_status", "status"),
