@@ -202,7 +202,7 @@ def _score_claimed(
 
     with engine.connect() as conn:
         loaded = load_chunk_items(conn, batch)
-    totals, stopped = score_jobs(
+    run = score_jobs(
         engine,
         runner,
         [JobItems(chunk.job_id, loaded[(chunk.job_id, chunk.index)]) for chunk in batch],
@@ -210,6 +210,7 @@ def _score_claimed(
         progress=progress,
         still_active=still_active,
     )
+    totals, stopped = run.totals, run.stopped
     with engine.begin() as conn:
         finish_chunks(conn, [k for k in keys if k[0] not in stopped], ChunkStatus.DONE)
         finish_chunks(conn, [k for k in keys if k[0] in stopped], ChunkStatus.CANCELLED)

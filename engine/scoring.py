@@ -91,7 +91,7 @@ def score_items(
     per-item error rows without reaching the model.
     """
     stop_check = None if should_stop is None else (lambda ids: set() if should_stop() else ids)
-    totals, _ = score_jobs(
+    run = score_jobs(
         engine,
         runner,
         [JobItems(job_id, indexed_items)],
@@ -99,7 +99,20 @@ def score_items(
         progress=progress,
         still_active=stop_check,
     )
-    return totals.get(job_id, ScoreTotals())
+    return run.totals.get(job_id, ScoreTotals())
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRun:
+    """What :func:`score_jobs` did."""
+
+    totals: dict[str, ScoreTotals]
+    # Jobs stopped midway: cancelled or expired (checked before each window), or refused
+    # by the write itself because they became final meanwhile.
+    stopped: set[str]
+    # Jobs whose remaining items were left unscored because ``should_yield`` asked for the
+    # worker: job id -> the first index not scored (every item before it has its row).
+    yielded_at: dict[str, int]
 
 
 def score_jobs(
@@ -110,7 +123,8 @@ def score_jobs(
     write_batch_size: int = 512,
     progress: Progress | None = None,
     still_active: Callable[[set[str]], set[str]] | None = None,
-) -> tuple[dict[str, ScoreTotals], set[str]]:
+    should_yield: Callable[[], bool] | None = None,
+) -> ScoreRun:
     """:func:`score_items` for the items of several jobs of one model, scored together.
 
     The items of every job go through ``runner.predict`` in shared calls (so many small
@@ -121,16 +135,26 @@ def score_jobs(
         still_active: Given the job ids of a window, the ones that may still be scored
             (not cancelled); checked before each window, so that a cancelled job's items
             are not scored for nothing. A job that drops out is scored no further.
+        should_yield: Asked between write windows (never before the first): True stops
+            here, leaving the rest unscored (:attr:`ScoreRun.yielded_at`), so that the
+            caller can hand it back and let more urgent work run first.
 
     Returns:
-        Totals per job, and the ids of the jobs that were stopped: by ``still_active``, or
-        by the write itself, which refuses a job that became final (a cancel that landed
-        while its window was being scored; see :func:`core.jobs.results.lock_active_jobs`).
+        Totals per job, the jobs stopped by ``still_active`` or by the write itself (which
+        refuses a job that became final: a cancel that landed while its window was being
+        scored; see :func:`core.jobs.results.lock_active_jobs`), and where each job yielded.
     """
     totals = {unit.job_id: ScoreTotals() for unit in work}
     pending = _without_scored(engine, work, totals, progress)
     stopped: set[str] = set()
     for start in range(0, len(pending), write_batch_size):
+        if start and should_yield is not None and should_yield():
+            rest = [entry for entry in pending[start:] if entry[0] not in stopped]
+            yielded_at: dict[str, int] = {}
+            for job_id, index, _ in rest:
+                yielded_at.setdefault(job_id, index)
+            if yielded_at:
+                return ScoreRun(totals, stopped, yielded_at)
         # A stopped job stays stopped: its later windows are dropped without asking.
         window = [
             entry for entry in pending[start : start + write_batch_size] if entry[0] not in stopped
@@ -168,7 +192,7 @@ def score_jobs(
                 stopped.add(job_id)
             else:
                 totals[job_id].add(outcomes[job_id], len(rows))
-    return totals, stopped
+    return ScoreRun(totals, stopped, {})
 
 
 def _without_scored(

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 from core.clock import utcnow
 from core.inputs.items import InputItem
 from core.jobs.bulk_copy import copy_rows, is_postgresql
+from core.jobs.priority import Priority
 from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus, JobDriver, JobStatus
 from core.models.registry import ModelSpec
 from core.tables import chunks, items, jobs, results, training_runs
@@ -47,6 +48,9 @@ class Job:
     runs_on: str = ""
     # Not finished by then, it ends ``expired`` (core.jobs.expiry); None: no deadline.
     expires_at: datetime | None = None
+    priority: Priority = Priority.NORMAL
+    # When a worker last claimed one of its chunks (fair claiming's round-robin clock).
+    last_served_at: datetime | None = None
 
     @property
     def done(self) -> int:
@@ -57,6 +61,7 @@ class Job:
         data = dict(row._mapping)
         data["status"] = JobStatus(data["status"])
         data["driver"] = JobDriver(data["driver"])
+        data["priority"] = Priority(data["priority"])
         return cls(**data)
 
 
@@ -89,6 +94,7 @@ def create_job(
     schedule: str | None = None,
     driver: JobDriver = JobDriver.SERVICE,
     expires_after_s: float | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> Job:
     """Insert a queued job, its items and its chunks in the caller's transaction.
 
@@ -118,6 +124,7 @@ def create_job(
             expires_at=now + timedelta(seconds=expires_after_s)
             if expires_after_s is not None
             else None,
+            priority=priority.value,
         )
     )
     _insert_items(conn, job_id, inputs)
