@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.chunks.fair import QueueStats, queue_stats
 from core.config import Settings
 from core.jobs.status import JobStatus
 from core.models.registry import Registry, RegistryError
@@ -136,9 +137,11 @@ class ServiceCollector(Collector):
                 counts: dict[str, int] = dict(
                     conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all()
                 )
+                stats = queue_stats(conn)
             for status in JobStatus:
                 by_status.add_metric([status.value], counts.get(status.value, 0))
             yield by_status
+            yield from _fairness_metrics(stats)
         except Exception as exc:
             log.warning("metrics: cannot count jobs: %s", str(exc).splitlines()[0][:200])
         try:
@@ -162,6 +165,28 @@ class ServiceCollector(Collector):
             workers.add_metric([model], live.get(model, 0))
         yield depth
         yield workers
+
+
+def _fairness_metrics(stats: QueueStats) -> Iterator[GaugeMetricFamily]:
+    """Fair claiming, visible: queued work per priority, and per model how long the
+    longest-waiting job has gone without a worker."""
+    depth = GaugeMetricFamily(
+        "bulkscore_queued_chunks",
+        "Queued chunks of active jobs, by job priority.",
+        labels=["priority"],
+    )
+    for level, count in stats.queued_by_priority.items():
+        depth.add_metric([level], count)
+    yield depth
+    oldest = GaugeMetricFamily(
+        "bulkscore_oldest_waiting_seconds",
+        "Per model: seconds the longest-waiting job with queued chunks has gone since its "
+        "last chunk was claimed (or since it was created).",
+        labels=["model"],
+    )
+    for model, seconds in sorted(stats.oldest_wait_s.items()):
+        oldest.add_metric([model], seconds)
+    yield oldest
 
 
 @router.get("/metrics", include_in_schema=False)

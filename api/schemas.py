@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from core.jobs.lifecycle import Job
+from core.jobs.priority import Priority
 from core.jobs.status import JobStatus
 
 
@@ -44,6 +45,14 @@ class InputRecord(BaseModel):
         return value
 
 
+PRIORITY_DESCRIPTION = (
+    "`high`, `normal` (default) or `low`: workers take higher levels first, and share each "
+    "level round-robin across API keys and their jobs. A job waiting `priority_aging_s` "
+    "(default 10 min) climbs a level, so low jobs never starve. Schedules' jobs default to "
+    "`low`."
+)
+
+
 class JobRequest(BaseModel):
     """``POST /v1/jobs`` as JSON."""
 
@@ -61,6 +70,7 @@ class JobRequest(BaseModel):
         "by then ends `expired`, keeping the results written so far. Default: none.",
         examples=[3600],
     )
+    priority: Priority = Field(default=Priority.NORMAL, description=PRIORITY_DESCRIPTION)
 
 
 class Counts(BaseModel):
@@ -83,8 +93,9 @@ class QueueInfo(BaseModel):
 
     runs_on: str = Field(description="The model whose workers run the job.")
     chunks_ahead: int = Field(
-        description="Queued chunks of earlier jobs of the same model, to be run before this "
-        "job's next chunk."
+        description="Chunks of other jobs of the same model to be run before this job's next "
+        "chunk, in the fair order (higher priority first, then round-robin across keys and "
+        "jobs), if nothing more urgent arrives."
     )
     worker_live: bool | None = Field(
         description="Whether a worker serving the model has a live heartbeat (null: the "
@@ -106,6 +117,7 @@ class JobOut(BaseModel):
     expires_at: datetime | None = Field(
         default=None, description="The job's deadline (`expires_after_s`), if it has one."
     )
+    priority: Priority = Field(default=Priority.NORMAL, description=PRIORITY_DESCRIPTION)
     queue: QueueInfo | None = Field(
         default=None, description="While the job is queued or running: what it waits for."
     )
@@ -128,6 +140,7 @@ class JobOut(BaseModel):
             finished_at=job.finished_at,
             error=job.error,
             expires_at=job.expires_at,
+            priority=job.priority,
             queue=queue,
             warnings=warnings or [],
         )

@@ -26,6 +26,7 @@ from core.inputs.items import InputItem, checked_id, checked_text_item
 from core.inputs.text_files import TEXT_SUFFIXES, InputFileError, parse_text_bytes
 from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from core.jobs.lifecycle import Job, create_job
+from core.jobs.priority import Priority
 from core.jobs.submit import (
     CreateJob,
     Idempotency,
@@ -55,6 +56,7 @@ class Submission:
     kinds: list[str] | None = None
     # Seconds until the job expires (``expires_after_s``); None: no deadline.
     expires_after_s: float | None = None
+    priority: Priority = Priority.NORMAL
 
 
 BOTH_KINDS = 'send either "text" or "image_base64" in one input, not both'
@@ -79,7 +81,11 @@ def parse_json_body(body: bytes, max_chars: int, max_image_bytes: int) -> Submis
     ]
     kinds = [_kind(record) for record in request.inputs]
     digest = _sha256(b"json\0", canonical.encode())
-    return with_deadline(Submission(request.model, inputs, digest, kinds), request.expires_after_s)
+    return with_options(
+        Submission(request.model, inputs, digest, kinds),
+        request.expires_after_s,
+        request.priority,
+    )
 
 
 def parse_expires_after_s(value: str | None) -> float | None:
@@ -98,15 +104,31 @@ def parse_expires_after_s(value: str | None) -> float | None:
     return seconds
 
 
-def with_deadline(submission: Submission, expires_after_s: float | None) -> Submission:
-    """``submission`` with its deadline, which is part of what its request hash stands for
-    (a retry with the same Idempotency-Key and another deadline is another request)."""
-    if expires_after_s is None:
-        return submission
-    digest = _sha256(
-        submission.request_hash.encode(), b"\0expires\0", repr(expires_after_s).encode()
+def parse_priority(value: str | None) -> Priority:
+    """A multipart ``priority`` field: high, normal (default) or low, or a 422."""
+    if value is None or value == "":
+        return Priority.NORMAL
+    try:
+        return Priority(value)
+    except ValueError:
+        choices = ", ".join(level.value for level in Priority)
+        raise unprocessable(f"priority must be one of {choices}, not {value[:40]!r}") from None
+
+
+def with_options(
+    submission: Submission, expires_after_s: float | None, priority: Priority
+) -> Submission:
+    """``submission`` with its deadline and priority, which are part of what its request
+    hash stands for (a retry with the same Idempotency-Key and another deadline or
+    priority is another request). Defaults leave the hash as it was."""
+    digest = submission.request_hash
+    if expires_after_s is not None:
+        digest = _sha256(digest.encode(), b"\0expires\0", repr(expires_after_s).encode())
+    if priority != Priority.NORMAL:
+        digest = _sha256(digest.encode(), b"\0priority\0", priority.value.encode())
+    return replace(
+        submission, request_hash=digest, expires_after_s=expires_after_s, priority=priority
     )
-    return replace(submission, request_hash=digest, expires_after_s=expires_after_s)
 
 
 def _kind(record: InputRecord) -> str:
@@ -294,6 +316,7 @@ def submit(
             owner_key_id=key_id,
             request_hash=submission.request_hash,
             expires_after_s=submission.expires_after_s,
+            priority=submission.priority,
         )
 
     def send(job: Job, chunk_indexes: Sequence[int]) -> None:

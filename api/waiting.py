@@ -13,8 +13,9 @@ from sqlalchemy import Connection
 
 from api.dispatch import JobQueue
 from api.schemas import JobOut, QueueInfo
+from core.chunks.fair import Fairness, chunks_ahead
+from core.config import Settings
 from core.jobs.lifecycle import Job
-from core.jobs.waiting import chunks_ahead
 from core.queues import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,12 @@ def live_worker(queue: JobQueue, model: str) -> bool | None:
         return None
 
 
-def job_view(conn: Connection, queue: JobQueue, job: Job) -> JobOut:
+def job_view(conn: Connection, queue: JobQueue, job: Job, settings: Settings) -> JobOut:
     """``job`` as the API shows it; an active one with its queue information."""
     if job.status.is_final:
         return JobOut.from_job(job)
     live = live_worker(queue, job.runs_on)
-    info = QueueInfo(runs_on=job.runs_on, chunks_ahead=chunks_ahead(conn, job), worker_live=live)
+    ahead = chunks_ahead(conn, job.id, job.runs_on, Fairness(settings.priority_aging_s))
+    info = QueueInfo(runs_on=job.runs_on, chunks_ahead=ahead, worker_live=live)
     warnings = [unserved_warning(job.runs_on)] if live is False else []
     return JobOut.from_job(job, info, warnings)

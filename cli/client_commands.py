@@ -19,6 +19,7 @@ from cli.console import EXIT_FAILURE, EXIT_USAGE, err_console, fail, out_console
 from core.inputs.images import list_image_files
 from core.inputs.text_files import TEXT_SUFFIXES, InputFileError
 from core.jobs.export import EXPORT_FORMATS, format_for_path
+from core.jobs.priority import Priority
 from core.jobs.status import JobStatus
 
 POLL_INTERVAL_S = 1.0
@@ -41,6 +42,12 @@ def submit(
         "--expires-after",
         help="Seconds (1 to 30 days): not finished by then, the job ends expired.",
     ),
+    priority: Priority = typer.Option(
+        Priority.NORMAL,
+        "--priority",
+        help="high, normal or low: workers take higher levels first, and share a level "
+        "round-robin across keys and jobs.",
+    ),
 ) -> None:
     """Upload SOURCE as a job for MODEL and print the job id.
 
@@ -51,6 +58,8 @@ def submit(
     form = {"model": model}
     if expires_after is not None:
         form["expires_after_s"] = repr(expires_after)
+    if priority != Priority.NORMAL:
+        form["priority"] = priority.value
     if source.suffix.lower() in TEXT_SUFFIXES:
         if not source.is_file():
             fail(f"{source}: no such file", EXIT_USAGE)

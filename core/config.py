@@ -58,8 +58,15 @@ class Settings(BaseSettings):
             "only one their head reads; checked against the full layer when a model loads)."
         ),
     )
+    # Small windows cost nothing in padding (a call's texts are windowed in length order)
+    # and bound how long a cancel, a deadline or a more urgent job waits for a worker.
     write_batch_size: int = Field(
-        default=512, ge=1, description="Results written per database transaction (embedded)."
+        default=128,
+        ge=1,
+        description=(
+            "Items scored and written per database transaction; between two, a worker checks "
+            "for cancellation and for more urgent work."
+        ),
     )
     torch_threads: int = Field(
         default=0,
@@ -104,6 +111,30 @@ class Settings(BaseSettings):
         description=(
             "When a cross-job batch does not fill one forward pass, wait this long once for "
             "more small jobs to queue."
+        ),
+    )
+    fair_claiming: bool = Field(
+        default=True,
+        description=(
+            "A delivered chunk message claims the fairest queued chunk of its model "
+            "(priority, then round-robin across keys and jobs) instead of the one it names; "
+            "false: first in, first out."
+        ),
+    )
+    fair_time_slice_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "A chunk runs at least this long before it hands its unscored rest back to a "
+            "job that ranks before it (a new or higher-priority job)."
+        ),
+    )
+    priority_aging_s: float = Field(
+        default=600.0,
+        ge=0,
+        description=(
+            "A job waiting this long since its last chunk ran climbs one priority level "
+            "(low -> normal -> high), so no job starves; 0 = no aging."
         ),
     )
     max_items_per_job: int = Field(

@@ -14,8 +14,11 @@ A training job's one chunk goes the same way (claim, lease, attempts), routed by
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import replace
+from time import monotonic
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from core.chunks.batches import (
     ChunkKey,
@@ -28,16 +31,19 @@ from core.chunks.batches import (
 from core.chunks.claim import (
     Claim,
     ClaimOutcome,
+    Delivery,
     claim_chunk,
     delivery_state,
 )
-from core.chunks.split import split_exhausted
+from core.chunks.fair import Fairness, claim_fairest, outranked, stamp_served
+from core.chunks.split import hand_back, split_exhausted
 from core.config import Settings
 from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, scored_indexes, write_results
-from core.jobs.status import ChunkStatus, JobStatus
+from core.jobs.status import ChunkStatus, JobDriver, JobStatus
 from core.queues import ChunkSend
+from core.tables import jobs
 from engine.cross_job import gather_siblings
 from engine.delivery import (
     BatchedChunk,
@@ -48,8 +54,8 @@ from engine.delivery import (
     RunnerLookup,
     lease_keeper,
 )
-from engine.runners.base import Progress, Runner
-from engine.scoring import JobItems, score_jobs
+from engine.runners.base import Runner
+from engine.scoring import JobItems, ScoreTotals, score_jobs
 from engine.training_chunk import train_claimed
 
 log = logging.getLogger(__name__)
@@ -81,35 +87,79 @@ def work_on_chunk(
         state = delivery_state(conn, job_id, chunk_index)
     if state is None:
         return ChunkReport(ChunkOutcome.SKIPPED, "no such job")
-    if state.chunk_status == ChunkStatus.DONE:
+    fair = driver.kind == JobDriver.SERVICE and settings.fair_claiming
+    if state.chunk_status == ChunkStatus.DONE and not fair:
         # The common case for small jobs' chunks batched by another delivery: one read.
         return ChunkReport(ChunkOutcome.SKIPPED, "chunk already done", attempts=state.attempts)
-    model, revision = state.model, state.model_revision
     runner = driver.runner_for(state.runs_on)
     if runner is None:
         # Checked before claiming, so a stray message costs the chunk no attempt.
         return ChunkReport(ChunkOutcome.WRONG_MODEL, "model not loaded here", model=state.runs_on)
-    if state.training and driver.backbone_for is None:
-        return ChunkReport(ChunkOutcome.SKIPPED, "this driver does not train")
     with engine.begin() as conn:
-        claim = claim_chunk(
-            conn,
-            job_id,
-            chunk_index,
-            lease_s=settings.chunk_lease_s,
-            max_attempts=max_attempts,
-            driver=driver.kind,
-        )
+        claim = None
+        if fair:
+            # The message is a token for "a chunk of this model waits": take the fairest.
+            claim = claim_fairest(
+                conn,
+                state.runs_on,
+                Fairness(settings.priority_aging_s),
+                lease_s=settings.chunk_lease_s,
+                max_attempts=max_attempts,
+                training=driver.backbone_for is not None,
+            )
+        if claim is None:
+            if state.chunk_status == ChunkStatus.DONE:
+                return ChunkReport(
+                    ChunkOutcome.SKIPPED, "chunk already done", attempts=state.attempts
+                )
+            if state.training and driver.backbone_for is None:
+                return ChunkReport(ChunkOutcome.SKIPPED, "this driver does not train")
+            claim = claim_chunk(
+                conn,
+                job_id,
+                chunk_index,
+                lease_s=settings.chunk_lease_s,
+                max_attempts=max_attempts,
+                driver=driver.kind,
+            )
+            if claim.claimed and fair:
+                stamp_served(conn, [job_id])
         if claim.claimed:
-            mark_running(conn, job_id)
+            assert claim.chunk is not None
+            mark_running(conn, claim.chunk.job_id)
+            if claim.chunk.job_id != job_id:
+                state = delivery_state(conn, claim.chunk.job_id, claim.chunk.index)
+                assert state is not None  # claimed in this transaction
     if not claim.claimed:
         return _unclaimed(engine, claim, driver.send)
     assert claim.chunk is not None
+    report = _work_on_claimed(engine, settings, claim, state, runner, driver, max_attempts, fair)
+    if (claim.chunk.job_id, claim.chunk.index) != (job_id, chunk_index):
+        return replace(report, worked_on=(claim.chunk.job_id, claim.chunk.index))
+    return report
+
+
+def _work_on_claimed(
+    engine: Engine,
+    settings: Settings,
+    claim: Claim,
+    state: Delivery,
+    runner: Runner,
+    driver: Driver,
+    max_attempts: int,
+    fair: bool,
+) -> ChunkReport:
+    """Train or score a claimed chunk (with cross-job siblings), or give it back on failure."""
+    assert claim.chunk is not None
+    job_id, chunk_index = claim.chunk.job_id, claim.chunk.index
+    model, revision = state.model, state.model_revision
     if state.training:
         return train_claimed(engine, settings, claim, driver, max_attempts)
     siblings = gather_siblings(engine, settings, runner, model, claim) if driver.cross_job else []
     try:
-        return _score_claimed(engine, settings, [claim, *siblings], runner, driver.progress)
+        return _score_claimed(
+            engine, settings, [claim, *siblings], runner, driver, fair and not siblings
+        )
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         if siblings:
@@ -184,22 +234,29 @@ def _score_claimed(
     settings: Settings,
     claims: list[Claim],
     runner: Runner,
-    on_progress: Progress | None,
+    driver: Driver,
+    may_yield: bool,
 ) -> ChunkReport:
     """Score the claimed chunks (this delivery's first, then its cross-job siblings).
 
     Every chunk belongs to a different job, so per-job totals are per-chunk totals. Rows are
     committed before the chunks are marked done, and both before the task returns (and so
-    before its message is acked).
+    before its message is acked). ``may_yield`` (fair claiming, one chunk): between write
+    windows, once the chunk has run ``fair_time_slice_s``, a job ranked before this one
+    that is waiting takes the worker: the unscored rest goes back to the queue as a new
+    chunk (:func:`core.chunks.split.hand_back`).
     """
     batch = [claim.chunk for claim in claims if claim.chunk is not None]
     keys = [(chunk.job_id, chunk.index) for chunk in batch]
-    progress = lease_keeper(engine, settings, keys, on_progress)
+    progress = lease_keeper(engine, settings, keys, driver.progress)
 
     def still_active(job_ids: set[str]) -> set[str]:
         with engine.connect() as conn:
             return active_jobs(conn, job_ids)
 
+    first = claims[0]
+    assert first.chunk is not None
+    should_yield = _yield_check(engine, settings, first.chunk.job_id, driver) if may_yield else None
     with engine.connect() as conn:
         loaded = load_chunk_items(conn, batch)
     run = score_jobs(
@@ -209,8 +266,11 @@ def _score_claimed(
         write_batch_size=settings.write_batch_size,
         progress=progress,
         still_active=still_active,
+        should_yield=should_yield,
     )
     totals, stopped = run.totals, run.stopped
+    if run.yielded:
+        return _hand_back(engine, first, run.yielded[first.chunk.job_id], totals, driver.send)
     with engine.begin() as conn:
         finish_chunks(conn, [k for k in keys if k[0] not in stopped], ChunkStatus.DONE)
         finish_chunks(conn, [k for k in keys if k[0] in stopped], ChunkStatus.CANCELLED)
@@ -237,8 +297,7 @@ def _score_claimed(
         status = stopped_statuses.get(job_id, JobStatus.CANCELLED)
         return f"job {status.value} during the chunk"
 
-    first, others = claims[0], claims[1:]
-    assert first.chunk is not None
+    others = claims[1:]
     own = totals[first.chunk.job_id]
     batched = tuple(
         BatchedChunk(
@@ -259,6 +318,64 @@ def _score_claimed(
         already_scored=own.skipped,
         attempts=first.attempts,
         batched=batched,
+    )
+
+
+def _yield_check(
+    engine: Engine, settings: Settings, job_id: str, driver: Driver
+) -> Callable[[], bool]:
+    """``should_yield`` for a chunk of ``job_id``: True once the chunk has had its time
+    slice and a queued chunk of a job ranked before it waits (one indexed query per write
+    window, none during the slice)."""
+    started = monotonic()
+    fairness = Fairness(settings.priority_aging_s)
+
+    def should_yield() -> bool:
+        if monotonic() - started < settings.fair_time_slice_s:
+            return False
+        try:
+            with engine.connect() as conn:
+                model = conn.scalar(select(jobs.c.runs_on).where(jobs.c.id == job_id))
+                return model is not None and outranked(conn, job_id, model, fairness)
+        except Exception:
+            # Only a scheduling hint: a failed look must not cost the chunk its work.
+            log.warning("could not check for more urgent work", exc_info=True)
+            return False
+
+    return should_yield
+
+
+def _hand_back(
+    engine: Engine,
+    claim: Claim,
+    rest: tuple[int, int],
+    totals: dict[str, ScoreTotals],
+    send: ChunkSend | None,
+) -> ChunkReport:
+    """Give the unscored ``rest`` of ``claim``'s chunk back as a new queued chunk, and send
+    its message (a token: the next delivery claims the fairest chunk, the waiting one)."""
+    assert claim.chunk is not None
+    chunk = claim.chunk
+    own = totals[chunk.job_id]
+    with engine.begin() as conn:
+        child = hand_back(conn, chunk.job_id, chunk.index, attempts=claim.attempts, rest=rest)
+        runs_on = conn.scalar(select(jobs.c.runs_on).where(jobs.c.id == chunk.job_id))
+    if child is None:
+        reason = "lease taken over before the hand-back; left to its new holder"
+    else:
+        reason = f"items {rest[0]}..{rest[1] - 1} handed back as chunk {child} (a job ranks first)"
+        if send is not None:
+            try:
+                send(chunk.job_id, child, str(runs_on))
+            except Exception:
+                # The chunk stays queued; the lost-message sweep sends it later.
+                log.exception("could not send chunk %d of job %s", child, chunk.job_id)
+    return ChunkReport(
+        ChunkOutcome.YIELDED,
+        reason,
+        scored=own.succeeded + own.failed,
+        already_scored=own.skipped,
+        attempts=claim.attempts,
     )
 
 

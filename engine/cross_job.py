@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from core.chunks.batches import claim_siblings, mark_jobs_running
 from core.chunks.claim import Claim
+from core.chunks.fair import Fairness
 from core.config import Settings
 from engine.runners.base import Runner
 
@@ -79,6 +80,9 @@ def gather_siblings(
                     max_chunks=room,
                     lease_s=settings.chunk_lease_s,
                     max_chunk_items=small - 1,
+                    fairness=Fairness(settings.priority_aging_s)
+                    if settings.fair_claiming
+                    else None,
                 )
                 mark_jobs_running(conn, {c.chunk.job_id for c in found if c.chunk is not None})
         except Exception:

@@ -73,6 +73,9 @@ class ChunkOutcome(StrEnum):
     BUSY = "busy"  # another delivery holds the chunk: deliver again after retry_in_s
     WRONG_MODEL = "wrong_model"  # this process has not loaded the job's model
     FAILED = "failed"  # a training job that cannot succeed: failed with the reason
+    # Part-scored, then its unscored rest was handed back as a new chunk so that a job
+    # ranked before it (fair claiming) runs first.
+    YIELDED = "yielded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,8 @@ class ChunkReport:
     retry_in_s: float = 0.0
     batched: tuple[BatchedChunk, ...] = ()
     trained: TrainedModel | None = None  # the version a training chunk registered
+    # Fair claiming: the chunk this delivery worked on, when not the one its message named.
+    worked_on: tuple[str, int] | None = None
 
 
 class ChunkAttemptError(RuntimeError):

@@ -85,6 +85,10 @@ def score_chunk(self: Task, job_id: str, chunk_index: int) -> None:
 
 def _log_report(job_id: str, chunk_index: int, report: ChunkReport, hostname: str | None) -> None:
     detail = f" ({report.reason})" if report.reason else ""
+    if report.worked_on is not None:
+        # Fair claiming: the message was a token; the log names the chunk that ran.
+        detail += f" (for a message naming chunk {chunk_index} of job {job_id})"
+        job_id, chunk_index = report.worked_on
     if report.batched:
         detail += f" (with {len(report.batched)} other jobs' chunks)"
     log.info(

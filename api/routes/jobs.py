@@ -19,7 +19,7 @@ from api.deps import (
     job_not_found,
 )
 from api.dispatch import JobQueue
-from api.schemas import JobList, JobOut, JobRequest, inline_schema
+from api.schemas import PRIORITY_DESCRIPTION, JobList, JobOut, JobRequest, inline_schema
 from api.submission import (
     Submission,
     check_idempotency_key,
@@ -27,14 +27,16 @@ from api.submission import (
     parse_file_upload,
     parse_image_uploads,
     parse_json_body,
+    parse_priority,
     submit,
     unprocessable,
-    with_deadline,
+    with_options,
 )
 from api.waiting import job_view
 from core.config import Settings
 from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from core.jobs.lifecycle import Job, cancel_job, get_job, list_jobs
+from core.jobs.priority import Priority
 from core.jobs.status import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -58,6 +60,12 @@ _SUBMIT_BODY: dict[str, Any] = {
                             "maximum": MAX_EXPIRES_AFTER_S,
                             "description": "A deadline in seconds (1 s to 30 days): not "
                             "finished by then, the job ends `expired`.",
+                        },
+                        "priority": {
+                            "type": "string",
+                            "enum": [level.value for level in Priority],
+                            "default": Priority.NORMAL.value,
+                            "description": PRIORITY_DESCRIPTION,
                         },
                         "file": {
                             "type": "string",
@@ -122,12 +130,12 @@ async def create(
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
-    return await run_in_threadpool(_view, engine, queue, job)
+    return await run_in_threadpool(_view, engine, queue, job, settings)
 
 
-def _view(engine: Engine, queue: JobQueue, job: Job) -> JobOut:
+def _view(engine: Engine, queue: JobQueue, job: Job, settings: Settings) -> JobOut:
     with engine.connect() as conn:
-        return job_view(conn, queue, job)
+        return job_view(conn, queue, job, settings)
 
 
 async def _read_submission(request: Request, settings: Settings) -> Submission:
@@ -141,6 +149,8 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
                 raise unprocessable("the multipart form needs a 'model' field")
             expires = form.get("expires_after_s")
             expires_after_s = parse_expires_after_s(expires if isinstance(expires, str) else None)
+            level = form.get("priority")
+            priority = parse_priority(level if isinstance(level, str) else None)
             images = [part for part in form.getlist("images") if isinstance(part, UploadFile)]
             upload = form.get("file")
             if images:
@@ -148,7 +158,7 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
                 parsed = await run_in_threadpool(
                     parse_image_uploads, model, uploads, settings.max_image_bytes
                 )
-                return with_deadline(parsed, expires_after_s)
+                return with_options(parsed, expires_after_s, priority)
             if not isinstance(upload, UploadFile):
                 raise unprocessable(
                     "the multipart form needs a 'file' part (texts) or 'images' parts"
@@ -158,7 +168,7 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
         parsed = await run_in_threadpool(
             parse_file_upload, model, filename, raw, settings.max_text_chars
         )
-        return with_deadline(parsed, expires_after_s)
+        return with_options(parsed, expires_after_s, priority)
     if content_type in ("application/json", ""):
         body = await request.body()
         return await run_in_threadpool(
@@ -185,10 +195,10 @@ def list_(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "No such job."}})
-def read(job: OwnedJob, conn: ConnDep, queue: JobQueueDep) -> JobOut:
+def read(job: OwnedJob, conn: ConnDep, queue: JobQueueDep, settings: SettingsDep) -> JobOut:
     """A job's status and counts; while it is active, its place in its model's queue and
     whether a worker serves that model (a warning when none does)."""
-    return job_view(conn, queue, job)
+    return job_view(conn, queue, job, settings)
 
 
 @router.post(

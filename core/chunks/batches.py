@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Connection, and_, exists, or_, select, tuple_, update
 
 from core.chunks.claim import Claim, ClaimOutcome, service_jobs
+from core.chunks.fair import Fairness, ranked, stamp_served
 from core.clock import utcnow
 from core.inputs.items import InputItem
 from core.jobs.lifecycle import Chunk
@@ -43,9 +44,12 @@ def claim_siblings(
     max_chunks: int,
     lease_s: float,
     max_chunk_items: int | None = None,
+    fairness: Fairness | None = None,
     now: datetime | None = None,
 ) -> list[Claim]:
-    """Claim queued first-attempt chunks of other active jobs of ``model``, oldest first.
+    """Claim queued first-attempt chunks of other active jobs of ``model``, fairest first
+    (:mod:`core.chunks.fair`; oldest first without ``fairness``), and stamp their jobs
+    served.
 
     At most ``max_chunks`` chunks holding at most ``max_items`` items in all, each of at
     most ``max_chunk_items`` items (small jobs' chunks; a big job's chunks keep their own
@@ -72,12 +76,18 @@ def claim_siblings(
     ]
     if exclude_jobs:
         conditions.append(chunks.c.job_id.not_in(list(exclude_jobs)))
+    columns = (chunks.c.job_id, chunks.c.index, chunks.c.start, chunks.c.stop)
+    if fairness is not None:
+        query = ranked(model, fairness, now, *columns, training=False)
+    else:
+        query = (
+            select(*columns)
+            .join(jobs, jobs.c.id == chunks.c.job_id)
+            # FIFO: chunks queued first are batched first.
+            .order_by(chunks.c.updated_at, chunks.c.job_id, chunks.c.index)
+        )
     candidates = conn.execute(
-        select(chunks.c.job_id, chunks.c.index, chunks.c.start, chunks.c.stop)
-        .join(jobs, jobs.c.id == chunks.c.job_id)
-        .where(and_(*conditions))
-        # FIFO: chunks queued first are batched first, so no small job waits behind others.
-        .order_by(chunks.c.updated_at, chunks.c.job_id, chunks.c.index)
+        query.where(and_(*conditions))
         .limit(max_chunks * SCAN_FACTOR)
         .with_for_update(of=chunks, skip_locked=True)
     ).all()
@@ -115,6 +125,8 @@ def claim_siblings(
     ).all()
     order = {key: position for position, key in enumerate(picked)}
     rows = sorted(claimed, key=lambda row: order[(row[0], row[1])])
+    if fairness is not None:
+        stamp_served(conn, {row[0] for row in rows}, now)
     return [
         Claim(ClaimOutcome.CLAIMED, Chunk(job_id, index, start, stop), attempts)
         for job_id, index, start, stop, attempts in rows

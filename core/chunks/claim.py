@@ -15,7 +15,18 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Exists, Select, and_, exists, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Exists,
+    Select,
+    and_,
+    exists,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from core.clock import utcnow
 from core.jobs.expiry import expire_job, within_deadline
@@ -118,7 +129,7 @@ def _active_job(job_id: str, driver: JobDriver, now: datetime) -> Exists:
     )
 
 
-def service_jobs(models: list[str]) -> ColumnElement[bool]:
+def service_jobs(models: list[str] | None, now: datetime | None = None) -> ColumnElement[bool]:
     """Active jobs that run on ``models``, driven by the service: all a worker's sweeps may
     touch.
 
@@ -127,13 +138,13 @@ def service_jobs(models: list[str]) -> ColumnElement[bool]:
     job (:attr:`JobDriver.EMBEDDED`) on the same database is never taken over, however long
     its process pauses. By ``jobs.runs_on``: a training job's chunk is the work of its
     base's workers, swept and re-sent to the base's queue like a scoring chunk. A job past
-    its deadline is no work either: it is only waiting to be expired.
+    its deadline is no work either: it is only waiting to be expired. ``models`` None: any.
     """
     return and_(
-        jobs.c.runs_on.in_(models),
+        jobs.c.runs_on.in_(models) if models is not None else true(),
         jobs.c.status.in_([s.value for s in ACTIVE_JOB_STATES]),
         jobs.c.driver == JobDriver.SERVICE.value,
-        within_deadline(utcnow()),
+        within_deadline(now or utcnow()),
     )
 
 

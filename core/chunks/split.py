@@ -156,6 +156,58 @@ def split_chunk(
     return SplitOutcome(job_id, index, job.model, children=(first, first + 1))
 
 
+def hand_back(
+    conn: Connection,
+    job_id: str,
+    index: int,
+    *,
+    attempts: int,
+    rest: tuple[int, int],
+    now: datetime | None = None,
+) -> int | None:
+    """Give the unscored ``rest`` (``[lo, hi)``) of running chunk ``index`` back to the
+    queue as a new chunk, so that a more urgent job's chunk runs first; its index.
+
+    The same move as a bisection: the parent is marked ``split`` (by this holder only: it
+    must still be running on attempt ``attempts``, so a holder whose lease was taken over
+    hands nothing back) and the new chunk covers the rest. Items of ``rest`` that were
+    scored already have rows, which the new chunk's delivery skips, so nothing is lost or
+    written twice. The new chunk keeps the parent's earlier failed attempts (this one did
+    not fail), so a poison item behind the hand-back is still bisected in time. Returns
+    None when the chunk was no longer this holder's. Call inside a transaction.
+    """
+    now = now or utcnow()
+    taken = conn.execute(
+        update(chunks)
+        .where(
+            and_(
+                chunks.c.job_id == job_id,
+                chunks.c.index == index,
+                chunks.c.status == ChunkStatus.RUNNING.value,
+                chunks.c.attempts == attempts,
+            )
+        )
+        .values(status=ChunkStatus.SPLIT.value, leased_until=None, updated_at=now)
+    ).rowcount
+    if not taken:
+        return None
+    child = (
+        conn.scalar(select(func.max(chunks.c.index)).where(chunks.c.job_id == job_id)) or 0
+    ) + 1
+    conn.execute(
+        insert(chunks).values(
+            job_id=job_id,
+            index=child,
+            start=rest[0],
+            stop=rest[1],
+            status=ChunkStatus.QUEUED.value,
+            attempts=max(attempts - 1, 0),
+            updated_at=now,
+        )
+    )
+    return child
+
+
 def _fail_items(
     conn: Connection,
     job_id: str,

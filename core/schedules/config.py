@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from core.config import Settings, get_settings
+from core.jobs.priority import SCHEDULE_PRIORITY, Priority
 from core.models.registry import (
     NAME_PATTERN,
     InputKind,
@@ -77,6 +78,8 @@ class Schedule(BaseModel):
     watermark: str | None = None
     path: str | None = None
     owner_key: str | None = None
+    # Unattended nightly work yields to people waiting on a result, unless told otherwise.
+    priority: Priority = SCHEDULE_PRIORITY
     # Filled in by the loader from the registry (never written in the file).
     spec: ModelSpec
 

@@ -173,6 +173,7 @@ def _run_claimed(
             chunk_size=settings.chunk_size,
             owner_key_id=_owner_key_id(conn, schedule),
             schedule=name,
+            priority=schedule.priority,
         )
         set_run(
             conn,

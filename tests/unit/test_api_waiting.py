@@ -31,13 +31,18 @@ def test_a_served_models_job_shows_its_place_without_warnings(api: UnitApi) -> N
     first = post(api, ["a", "b", "c"])  # two chunks
     second = post(api, ["d"])
     assert first["queue"] == {"runs_on": TEXT_MODEL, "chunks_ahead": 0, "worker_live": True}
-    assert second["queue"]["chunks_ahead"] == 2
+    # Round-robin: one chunk of the older job runs, then this job's.
+    assert second["queue"]["chunks_ahead"] == 1
     assert second["warnings"] == []
     read = api.get(f"/v1/jobs/{second['id']}").json()
-    assert read["queue"]["chunks_ahead"] == 2
-    # Cancelling the first job takes its chunks out of the way.
+    assert read["queue"]["chunks_ahead"] == 1
+    # A high-priority job goes before every chunk of the normal ones.
+    urgent = post(api, ["e"], priority="high")
+    assert (urgent["priority"], urgent["queue"]["chunks_ahead"]) == ("high", 0)
+    assert api.get(f"/v1/jobs/{second['id']}").json()["queue"]["chunks_ahead"] == 2
+    # Cancelling the first job takes its chunks out of the way; the urgent one stays.
     api.client.post(f"/v1/jobs/{first['id']}/cancel", headers=bearer(api.key))
-    assert api.get(f"/v1/jobs/{second['id']}").json()["queue"]["chunks_ahead"] == 0
+    assert api.get(f"/v1/jobs/{second['id']}").json()["queue"]["chunks_ahead"] == 1
     # A final job has no queue.
     cancelled = api.get(f"/v1/jobs/{first['id']}").json()
     assert cancelled["queue"] is None and cancelled["warnings"] == []

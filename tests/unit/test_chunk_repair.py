@@ -184,10 +184,11 @@ def test_a_delivery_of_a_split_chunk_does_nothing(engine: Engine) -> None:
     # A delivery meets the exhausted chunk before any reconciler: it splits it itself.
     report = deliver(engine, job.id, 0)
     assert report.outcome == ChunkOutcome.SKIPPED and "split into chunks 1, 2" in report.reason
-    # The original message, redelivered later, finds the chunk finished.
+    # The original message, redelivered later, is a token: its chunk is finished, so it
+    # takes the first half (the fairest chunk waiting).
     late = deliver(engine, job.id, 0)
-    assert late.outcome == ChunkOutcome.SKIPPED and late.reason == "chunk already done"
-    assert deliver(engine, job.id, 1).outcome == ChunkOutcome.DONE
+    assert (late.outcome, late.worked_on) == (ChunkOutcome.DONE, (job.id, 1))
+    assert chunk_table(engine, job.id)[1][3] == "done"
 
 
 def test_a_cancelled_job_is_neither_split_nor_resent(engine: Engine) -> None:

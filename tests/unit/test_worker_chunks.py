@@ -162,7 +162,9 @@ def test_finish_refuses_a_non_final_status(engine: Engine) -> None:
 # -- one delivery ---------------------------------------------------------------------------
 
 
-def test_a_delivery_scores_its_chunk_and_a_second_one_is_skipped(engine: Engine) -> None:
+def test_a_delivery_scores_its_chunk_and_a_second_one_is_a_token_for_the_next(
+    engine: Engine,
+) -> None:
     job = new_job(engine)
     runner = FakeRunner()
     lookup = {"fake": runner}.get
@@ -170,19 +172,37 @@ def test_a_delivery_scores_its_chunk_and_a_second_one_is_skipped(engine: Engine)
     driver = Driver(runner_for=lookup, progress=beats.append)
     report = work_on_chunk(engine, settings(), job.id, 0, driver)
     assert (report.outcome, report.scored, report.attempts) == (ChunkOutcome.DONE, 5, 1)
+    assert report.worked_on is None, "nothing ranks before the chunk it names"
     assert sum(beats) == 5, "progress must count every scored item"
     assert chunk_row(engine, job.id, 0).status == "done"
     assert job_of(engine, job.id).status == JobStatus.RUNNING
 
+    # Fair claiming: a message is a token for its model, so a second delivery of chunk 0
+    # (done) takes the chunk still waiting.
     again = work_on_chunk(engine, settings(), job.id, 0, lookup)
-    assert again.outcome == ChunkOutcome.SKIPPED and again.reason == "chunk already done"
-    assert runner.calls == [5], "the second delivery must not run the model"
+    assert (again.outcome, again.worked_on) == (ChunkOutcome.DONE, (job.id, 1))
+    assert runner.calls == [5, 5]
     assert chunk_row(engine, job.id, 0).attempts == 1
 
-    work_on_chunk(engine, settings(), job.id, 1, lookup)
+    # Chunk 1's own message then finds nothing waiting and its chunk done: a no-op.
+    last = work_on_chunk(engine, settings(), job.id, 1, lookup)
+    assert last.outcome == ChunkOutcome.SKIPPED and last.reason == "chunk already done"
+    assert runner.calls == [5, 5], "a no-op delivery must not run the model"
     final = job_of(engine, job.id)
     assert (final.status, final.succeeded, final.failed) == (JobStatus.COMPLETED, 10, 0)
     assert result_count(engine, job.id) == 10
+
+
+def test_first_in_first_out_when_fair_claiming_is_off(engine: Engine) -> None:
+    job = new_job(engine)
+    runner = FakeRunner()
+    lookup = {"fake": runner}.get
+    fifo = settings(fair_claiming=False)
+    work_on_chunk(engine, fifo, job.id, 0, lookup)
+    again = work_on_chunk(engine, fifo, job.id, 0, lookup)
+    assert again.outcome == ChunkOutcome.SKIPPED and again.reason == "chunk already done"
+    assert runner.calls == [5], "the second delivery must not run the model"
+    assert chunk_row(engine, job.id, 1).status == "queued"
 
 
 def test_a_job_of_a_model_not_loaded_here_is_not_claimed(engine: Engine) -> None:

@@ -73,7 +73,8 @@ def small_jobs(engine: Engine, count: int, size: int = 1, spec: ModelSpec = FAKE
     made = []
     with engine.begin() as conn:
         for number in range(count):
-            texts = ["x" * (number + 1 + k) for k in range(size)]
+            # Lengths grow job by job: scored in length order, the jobs' items stay apart.
+            texts = ["x" * (10 * number + 1 + k) for k in range(size)]
             inputs = [InputItem(item_id=f"j{number}-{k}", text=t) for k, t in enumerate(texts)]
             made.append(create_job(conn, spec, inputs, chunk_size=size))
     return made
@@ -116,7 +117,7 @@ def test_one_delivery_scores_queued_small_jobs_in_one_predict(engine: Engine) ->
         assert (final.status, final.succeeded, final.failed) == (JobStatus.COMPLETED, 1, 0)
         assert chunk_state(engine, job.id) == ("done", 1)
         [row] = result_rows(engine, job.id)
-        assert (row.item_id, row.label) == (f"j{number}-0", f"len{number + 1}")
+        assert (row.item_id, row.label) == (f"j{number}-0", f"len{10 * number + 1}")
 
     # The siblings' own messages arrive later: each is a no-op that never runs the model.
     for job in jobs[1:]:

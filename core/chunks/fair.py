@@ -1,0 +1,353 @@
+"""Fair claiming: which queued chunk of a model runs next, decided in SQL.
+
+A chunk message is a token that says "one chunk of model M is waiting", not an order to
+run that chunk: whatever chunk a delivered message names, the worker claims the chunk that
+is fairest to run next for M (:func:`claim_fairest`). Redis delivers messages first in,
+first out, so without this a 5-text job waits for every chunk of a 5,000-text job sent
+before it, and one key's nightly export blocks every other key's work.
+
+The order, one ``ORDER BY`` over the queued chunks of the service's active jobs on M:
+
+1. **Effective priority level**: ``high`` before ``normal`` before ``low``
+   (:class:`core.jobs.priority.Priority`). A job's level rises by one for each
+   ``priority_aging_s`` it has waited since it was last served (or created), so a ``low``
+   job behind a steady stream of ``normal`` work still gets a chunk now and then.
+2. **Round-robin across owner keys**: the key served least recently first (a key's clock
+   is the latest ``jobs.last_served_at`` of its active jobs on M; a key never served comes
+   first).
+3. **Round-robin across a key's jobs**: the job served least recently first.
+4. **Oldest first within a job**: the job's created order, then the chunk's index.
+
+Claiming stamps the job's ``last_served_at``, which moves it (and its key) to the back of
+its level. Message counts still balance: each delivery claims at most one queued chunk, and
+a queued chunk always has at least one message that will come for some chunk of M; a
+delivery that finds nothing queued falls back to its own chunk (a lease to take over, or a
+no-op), and the lost-message sweep and redelivery are unchanged.
+
+Two workers never take the same chunk: the candidate row is locked ``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL (a second worker skips to the next fairest chunk instead of waiting)
+and the claim itself is the same conditional ``UPDATE`` as :func:`core.chunks.claim.claim_chunk`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    case,
+    exists,
+    func,
+    literal_column,
+    select,
+    update,
+)
+
+from core.chunks.claim import Claim, ClaimOutcome, as_utc, service_jobs
+from core.clock import utcnow
+from core.jobs.lifecycle import Chunk
+from core.jobs.priority import Priority
+from core.jobs.status import ChunkStatus
+from core.tables import chunks, jobs, training_runs
+
+# Levels an aging job may climb (low -> normal -> high).
+_MAX_BOOST = Priority.LOW.level - Priority.HIGH.level
+
+
+def _owner() -> ColumnElement[Any]:
+    # Jobs without an owner key (a service run without auth) share one round-robin slot.
+    # Inline 0, not a bound parameter: PostgreSQL must see GROUP BY and SELECT as one expression.
+    return func.coalesce(jobs.c.owner_key_id, literal_column("0"))
+
+
+def effective_level(now: datetime, aging_s: float) -> ColumnElement[int]:
+    """A job's priority level (0 = high) less one per ``aging_s`` waited, never below 0.
+
+    Waiting counts from the job's last claim, or its creation: a job being served keeps its
+    level; only one left waiting climbs.
+    """
+    level = case(
+        (jobs.c.priority == Priority.HIGH.value, Priority.HIGH.level),
+        (jobs.c.priority == Priority.LOW.value, Priority.LOW.level),
+        else_=Priority.NORMAL.level,
+    )
+    if aging_s <= 0:
+        return level
+    waiting_since = func.coalesce(jobs.c.last_served_at, jobs.c.created_at)
+    boost = case(
+        *[
+            (waiting_since <= now - timedelta(seconds=aging_s * steps), steps)
+            for steps in range(_MAX_BOOST, 0, -1)
+        ],
+        else_=0,
+    )
+    return case((level - boost < 0, 0), else_=level - boost)
+
+
+def _key_clock(model: str, now: datetime) -> Any:
+    """Per owner key, over its active service jobs on ``model``: the chunks it has running
+    now and the latest claim of any of its jobs."""
+    running = (
+        select(func.count())
+        .where(and_(chunks.c.job_id == jobs.c.id, chunks.c.status == ChunkStatus.RUNNING.value))
+        .scalar_subquery()
+    )
+    return (
+        select(
+            _owner().label("owner"),
+            func.sum(running).label("key_running"),
+            func.max(jobs.c.last_served_at).label("key_last"),
+        )
+        .where(service_jobs([model], now))
+        .group_by(_owner())
+        .subquery("key_clock")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Fairness:
+    """The settings of the order: see :mod:`core.chunks.fair`."""
+
+    aging_s: float
+
+
+def ranked(
+    model: str, fairness: Fairness, now: datetime, *columns: Any, training: bool = True
+) -> Select[Any]:
+    """``columns`` of the service's active jobs on ``model`` joined with their chunks and
+    their rank columns, in fair order (chunks filtered by the caller)."""
+    clock = _key_clock(model, now)
+    level = effective_level(now, fairness.aging_s)
+    query = (
+        select(*columns)
+        .select_from(
+            chunks.join(jobs, jobs.c.id == chunks.c.job_id).join(clock, clock.c.owner == _owner())
+        )
+        .where(service_jobs([model], now))
+        .order_by(
+            level,
+            clock.c.key_running,
+            clock.c.key_last.asc().nulls_first(),
+            jobs.c.last_served_at.asc().nulls_first(),
+            jobs.c.created_at,
+            jobs.c.id,
+            chunks.c.index,
+        )
+    )
+    if not training:
+        query = query.where(~exists().where(training_runs.c.job_id == jobs.c.id))
+    return query
+
+
+def claim_fairest(
+    conn: Connection,
+    model: str,
+    fairness: Fairness,
+    *,
+    lease_s: float,
+    max_attempts: int,
+    training: bool = True,
+    now: datetime | None = None,
+) -> Claim | None:
+    """Claim the fairest queued chunk of ``model`` for one attempt; None if none waits.
+
+    Only chunks with attempts left qualify (an exhausted one is bisected by the reconciler
+    or by a delivery of its own message). ``training``: whether this driver can also run a
+    training job's chunk. Call inside a transaction.
+    """
+    now = now or utcnow()
+    # A few tries: under READ COMMITTED a candidate may be claimed and committed by another
+    # worker between this snapshot and the lock; the conditional UPDATE then takes nothing.
+    for _ in range(3):
+        candidate = conn.execute(
+            ranked(model, fairness, now, chunks.c.job_id, chunks.c.index, training=training)
+            .where(chunks.c.status == ChunkStatus.QUEUED.value, chunks.c.attempts < max_attempts)
+            .limit(1)
+            .with_for_update(of=chunks, skip_locked=True)
+        ).first()
+        if candidate is None:
+            return None
+        job_id, index = str(candidate[0]), int(candidate[1])
+        row = conn.execute(
+            update(chunks)
+            .where(
+                and_(
+                    chunks.c.job_id == job_id,
+                    chunks.c.index == index,
+                    chunks.c.status == ChunkStatus.QUEUED.value,
+                    chunks.c.attempts < max_attempts,
+                )
+            )
+            .values(
+                status=ChunkStatus.RUNNING.value,
+                attempts=chunks.c.attempts + 1,
+                leased_until=now + timedelta(seconds=lease_s),
+                updated_at=now,
+            )
+            .returning(chunks.c.start, chunks.c.stop, chunks.c.attempts)
+        ).first()
+        if row is not None:
+            stamp_served(conn, [job_id], now)
+            return Claim(
+                ClaimOutcome.CLAIMED, Chunk(job_id, index, row.start, row.stop), row.attempts
+            )
+    return None
+
+
+def stamp_served(conn: Connection, job_ids: Collection[str], now: datetime | None = None) -> None:
+    """Move ``job_ids`` (and so their keys) to the back of their level's round-robin."""
+    if job_ids:
+        conn.execute(
+            update(jobs).where(jobs.c.id.in_(list(job_ids))).values(last_served_at=now or utcnow())
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobRank:
+    """One active job's place in the fair order, with what it has waiting."""
+
+    level: int
+    key_running: int
+    key_last: datetime | None
+    job_last: datetime | None
+    created_at: datetime
+    job_id: str
+    owner: int
+    queued: int
+
+    def sort_key(self, running_delta: int = 0) -> tuple[Any, ...]:
+        """The ``ORDER BY`` of :func:`ranked` as a tuple (never-served clocks first)."""
+        return (
+            self.level,
+            self.key_running + running_delta,
+            self.key_last is not None,
+            self.key_last or self.created_at,
+            self.job_last is not None,
+            self.job_last or self.created_at,
+            self.created_at,
+            self.job_id,
+        )
+
+
+def job_ranks(
+    conn: Connection, model: str, fairness: Fairness, now: datetime | None = None
+) -> list[JobRank]:
+    """Every active service job on ``model`` with its rank and queued chunk count, fairest
+    first."""
+    now = now or utcnow()
+    clock = _key_clock(model, now)
+    queued = (
+        select(func.count())
+        .where(and_(chunks.c.job_id == jobs.c.id, chunks.c.status == ChunkStatus.QUEUED.value))
+        .scalar_subquery()
+    )
+    rows = conn.execute(
+        select(
+            effective_level(now, fairness.aging_s).label("level"),
+            clock.c.key_running,
+            clock.c.key_last,
+            jobs.c.last_served_at,
+            jobs.c.created_at,
+            jobs.c.id,
+            clock.c.owner,
+            queued.label("queued"),
+        )
+        .select_from(jobs.join(clock, clock.c.owner == _owner()))
+        .where(service_jobs([model], now))
+    ).all()
+    found = [
+        JobRank(
+            level=int(row.level),
+            key_running=int(row.key_running or 0),
+            key_last=row.key_last,
+            job_last=row.last_served_at,
+            created_at=row.created_at,
+            job_id=str(row.id),
+            owner=int(row.owner),
+            queued=int(row.queued or 0),
+        )
+        for row in rows
+    ]
+    return sorted(found, key=JobRank.sort_key)
+
+
+def outranked(
+    conn: Connection, job_id: str, model: str, fairness: Fairness, now: datetime | None = None
+) -> bool:
+    """Whether handing back a running chunk of ``job_id`` would let another job's queued
+    chunk of ``model`` go first: the question a worker holding the chunk asks between write
+    windows. Asked as if the chunk were already handed back (its key runs one chunk fewer),
+    so two workers on two jobs do not keep trading places."""
+    ranks = job_ranks(conn, model, fairness, now)
+    own = next((rank for rank in ranks if rank.job_id == job_id), None)
+    if own is None:
+        return False  # no longer active: the write finds out and stops
+    mine = own.sort_key(-1)
+    return any(
+        rank.queued and rank.sort_key(-1 if rank.owner == own.owner else 0) < mine
+        for rank in ranks
+        if rank.job_id != job_id
+    )
+
+
+def chunks_ahead(conn: Connection, job_id: str, model: str, fairness: Fairness) -> int:
+    """How many chunks of other jobs on ``model`` run before ``job_id``'s next chunk if
+    nothing more urgent arrives: every queued chunk of a job at a higher effective level,
+    and one per job ranked before it at its own level (round-robin)."""
+    ranks = job_ranks(conn, model, fairness)
+    own = next((rank for rank in ranks if rank.job_id == job_id), None)
+    if own is None:
+        return 0
+    ahead = 0
+    for rank in ranks:
+        if rank.job_id == job_id:
+            break
+        if rank.queued:
+            ahead += rank.queued if rank.level < own.level else 1
+    return ahead
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What ``/metrics`` shows of the fair order."""
+
+    # Queued chunks of the service's active jobs, by the jobs' (declared) priority.
+    queued_by_priority: dict[str, int]
+    # Per model (``runs_on``): seconds the longest-waiting job with queued chunks has gone
+    # since its last chunk was claimed (or since it was created): starvation shows here.
+    oldest_wait_s: dict[str, float]
+
+
+def queue_stats(conn: Connection, now: datetime | None = None) -> QueueStats:
+    now = now or utcnow()
+    active = service_jobs(None, now)
+    queued = and_(active, chunks.c.status == ChunkStatus.QUEUED.value)
+    joined = chunks.join(jobs, jobs.c.id == chunks.c.job_id)
+    by_priority: dict[str, int] = dict(
+        conn.execute(
+            select(jobs.c.priority, func.count())
+            .select_from(joined)
+            .where(queued)
+            .group_by(jobs.c.priority)
+        ).all()
+    )
+    waiting_since = func.min(func.coalesce(jobs.c.last_served_at, jobs.c.created_at))
+    oldest = {
+        str(model): max((now - as_utc(since)).total_seconds(), 0.0)
+        for model, since in conn.execute(
+            select(jobs.c.runs_on, waiting_since)
+            .select_from(joined)
+            .where(queued)
+            .group_by(jobs.c.runs_on)
+        ).all()
+        if since is not None
+    }
+    return QueueStats(
+        {level.value: int(by_priority.get(level.value, 0)) for level in Priority}, oldest
+    )
