@@ -88,11 +88,19 @@ def resume_job(conn: Connection, job_id: str, *, chunk_size: int) -> Requeued:
 
     Raises:
         LookupError: No such job.
-        RequeueRefused: The job is neither cancelled nor expired, is a training job, or
-            has nothing left to score.
+        RequeueRefused: The job is neither cancelled nor expired, is a training job or a
+            schedule's job (its next run reads the same window again), or has nothing left
+            to score.
     """
     job = _lock_job(conn, job_id)
     _refuse_training(conn, job, "resumed")
+    if job.schedule is not None:
+        # Its run ended with the job, and the schedule's next run reads the same window
+        # again (core.schedules.runner): resuming would score those items in two jobs.
+        raise RequeueRefused(
+            f"job {job_id} was made by schedule {job.schedule!r}: its next run scores the "
+            "same window again, so it is not resumed (that would score its items twice)"
+        )
     if job.status not in (JobStatus.CANCELLED, JobStatus.EXPIRED):
         raise RequeueRefused(
             f"job {job_id} is {job.status.value}: only a cancelled or expired job can be "

@@ -331,3 +331,14 @@ def test_retry_chunks_span_at_most_chunk_size_indexes(engine: Engine) -> None:
             (c.start, c.stop) for c in list_chunks(conn, job.id) if c.index in queued.chunk_indexes
         ]
     assert spans == [(0, 2), (17, 18), (39, 40)]
+
+
+def test_a_schedules_job_is_not_resumed(engine: Engine) -> None:
+    # The schedule's next run reads a cancelled run's window again: resuming the job too
+    # would score its items in two jobs.
+    job = new_job(engine, TEXTS)
+    with engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(schedule="nightly"))
+        cancel_job(conn, job.id)
+    with engine.begin() as conn, pytest.raises(RequeueRefused, match="schedule 'nightly'"):
+        resume_job(conn, job.id, chunk_size=4)
