@@ -10,6 +10,7 @@ file as code that uses these names. Add a name only with the reason it is used.
 _.model_config
 _.evaluation  # api/training_schemas.py: a response field
 _.worker_live  # api/schemas.py: QueueInfo, a response field
+_.requeued  # api/schemas.py: RequeuedJobOut, a response field
 _.head_sha256  # core/models/trained.py: a stored column, shown by `models show`
 _.window_start  # core/schedules/runs.py: a column of the run view
 _.JSONL  # core/schedules/config.py: an enum member, chosen by value from the models file
@@ -30,5 +31,6 @@ _.LOAD_TRUNCATED_IMAGES
 _.reset_settings_cache
 _.dispose_engines
 _.score_items  # engine/scoring.py: the one-job form of score_jobs
+_.write_results  # core/jobs/results.py: the one-job form of write_job_results
 _.get_run  # core/schedules/runs.py: one run by id
 _.first_token_only  # engine/runners/transformers_text.py: whether the pruning applied

@@ -146,6 +146,30 @@ class JobOut(BaseModel):
         )
 
 
+class RetryRequest(BaseModel):
+    """Which error rows ``POST /v1/jobs/{id}/retry`` scores again (the body is optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    errors_matching: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="Only error rows whose error contains this text (case-sensitive); "
+        "default: every error row.",
+        examples=["out of memory"],
+    )
+
+
+class RequeuedJobOut(JobOut):
+    """A job put back to work by a retry or a resume."""
+
+    requeued: int = Field(
+        description="Items queued by this call: error rows to score again (retry), or "
+        "unscored items (resume)."
+    )
+
+
 class JobList(BaseModel):
     data: list[JobOut]
 

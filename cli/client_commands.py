@@ -1,4 +1,5 @@
-"""The client commands: ``submit``, ``status``, ``results``, ``cancel``, ``models``.
+"""The client commands: ``submit``, ``status``, ``results``, ``cancel``, ``retry``, ``resume``,
+``models``.
 
 They talk to a running ``bulkscore api`` at BULKSCORE_API_URL with BULKSCORE_API_KEY.
 """
@@ -170,6 +171,47 @@ def cancel(job_id: str = typer.Argument(..., help="The job id.")) -> None:
         typer.echo(f"job {job_id}: cancelled")
     else:
         typer.echo(f"job {job_id} was already {job['status']}; nothing to cancel")
+
+
+def retry(
+    job_id: str = typer.Argument(..., help="The job id (a completed job)."),
+    errors_matching: str | None = typer.Option(
+        None,
+        "--errors-matching",
+        help="Only error rows whose error contains this text (case-sensitive).",
+    ),
+    wait: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
+    interval: float = typer.Option(POLL_INTERVAL_S, min=0.1, help="Seconds between polls."),
+) -> None:
+    """Score a completed job's error rows again, in the same job.
+
+    Each error row is replaced by one new row. Inputs refused at intake (empty text, not
+    an image) are not retried. With --wait, the exit status is 0 only if the job completed.
+    """
+    client = client_from_settings()
+    body = {"errors_matching": errors_matching} if errors_matching is not None else None
+    job = client.json("POST", f"/v1/jobs/{job_id}/retry", json=body)
+    _print_warnings(job)
+    err_console.print(f"job {job_id}: {job['requeued']} error row(s) queued for retry")
+    if wait:
+        _finish(_follow(client, job_id, interval))
+
+
+def resume(
+    job_id: str = typer.Argument(..., help="The job id (a cancelled or expired job)."),
+    wait: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
+    interval: float = typer.Option(POLL_INTERVAL_S, min=0.1, help="Seconds between polls."),
+) -> None:
+    """Score the rest of a cancelled or expired job; results already written stay.
+
+    The job's deadline is cleared. With --wait, the exit status is 0 only if it completed.
+    """
+    client = client_from_settings()
+    job = client.json("POST", f"/v1/jobs/{job_id}/resume")
+    _print_warnings(job)
+    err_console.print(f"job {job_id}: {job['requeued']} unscored item(s) queued again")
+    if wait:
+        _finish(_follow(client, job_id, interval))
 
 
 def models() -> None:

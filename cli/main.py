@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.api_command import api
-from cli.client_commands import cancel, results, status, submit
+from cli.client_commands import cancel, results, resume, retry, status, submit
 from cli.compare_command import compare
 from cli.db_commands import db_app
 from cli.keys_commands import keys_app
@@ -37,7 +37,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")
 app.command("beat")(beat)
 # Client commands: talk to a running API at BULKSCORE_API_URL with BULKSCORE_API_KEY.
-for _client_command in (submit, status, results, cancel):
+for _client_command in (submit, status, results, cancel, retry, resume):
     app.command()(_client_command)
 # `bulkscore models` lists (a client command); `bulkscore models show NAME` reads SQL.
 app.add_typer(models_app, name="models")

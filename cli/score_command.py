@@ -6,21 +6,25 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from sqlalchemy import Engine
 
 from cli.console import EXIT_USAGE, err_console, fail, out_console
 from cli.in_process import score_here
-from core.config import get_settings
+from core.config import Settings, get_settings
 from core.db import get_engine, redact_url
 from core.inputs.items import InputItem
 from core.inputs.text_files import InputFileError, read_text_file
 from core.jobs.export import export_lines, format_for_path
+from core.jobs.inputs_hash import inputs_difference, inputs_hash, stored_inputs_hash
 from core.jobs.lifecycle import get_job
+from core.jobs.requeue import RequeueRefused
+from core.jobs.requeue import retry_errors as retry_errors_of
 from core.jobs.results import iter_results, label_counts
-from core.jobs.status import JobDriver
+from core.jobs.status import JobDriver, JobStatus
 from core.migrate import upgrade
 from core.models.catalog import load_registry
-from core.models.registry import InputKind, RegistryError, UnknownModelError
-from engine.in_process import create_embedded_job
+from core.models.registry import InputKind, ModelSpec, RegistryError, UnknownModelError
+from engine.in_process import InProcessRun, create_embedded_job
 
 
 def read_inputs(source: Path, kind: InputKind, max_chars: int) -> list[InputItem]:
@@ -44,7 +48,14 @@ def score(
     job_id: str | None = typer.Option(
         None,
         "--job-id",
-        help="Job id to use; re-running an existing id scores only what is missing.",
+        help="Job id to use; re-running an existing id with the same inputs scores only what "
+        "is missing (other inputs are refused).",
+    ),
+    retry_errors: bool = typer.Option(
+        False,
+        "--retry-errors",
+        help="With the --job-id of an existing job: score its error rows again, each "
+        "replaced by one new row (inputs refused at intake are not retried).",
     ),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
 ) -> None:
@@ -79,17 +90,27 @@ def score(
         fail(
             f"job {job_id} was scored with model {existing.model!r}, not {spec.name!r}", EXIT_USAGE
         )
+    if retry_errors and existing is None:
+        fail("--retry-errors needs the --job-id of an existing job", EXIT_USAGE)
+    try:
+        inputs = read_inputs(source, spec.input_kind, settings.max_text_chars)
+    except InputFileError as exc:
+        fail(str(exc), EXIT_USAGE)
     if existing is None:
-        try:
-            inputs = read_inputs(source, spec.input_kind, settings.max_text_chars)
-        except InputFileError as exc:
-            fail(str(exc), EXIT_USAGE)
         job = create_embedded_job(engine, spec, inputs, job_id)
     else:
+        with engine.connect() as conn:
+            same = stored_inputs_hash(conn, existing.id) == inputs_hash(inputs)
+        if not same:
+            fail(
+                inputs_difference(existing.id, existing.total, len(inputs), str(source)), EXIT_USAGE
+            )
         job = existing
         err_console.print(f"resuming job {job.id}: {job.done} of {job.total} already scored")
 
     run, elapsed = score_here(engine, settings, spec, job, device)
+    if retry_errors:
+        run, elapsed = _retry_here(engine, settings, spec, job.id, device, (run, elapsed))
 
     with engine.connect() as conn:
         final = get_job(conn, job.id)
@@ -116,3 +137,30 @@ def score(
     if out is not None:
         summary.add_row("exported to", str(out))
     out_console.print(summary)
+
+
+def _retry_here(
+    engine: Engine,
+    settings: Settings,
+    spec: ModelSpec,
+    job_id: str,
+    device: str,
+    before: tuple[InProcessRun, float],
+) -> tuple[InProcessRun, float]:
+    """``--retry-errors``: mark the completed job's error rows and score them again here.
+
+    A job with nothing to retry is reported and left as it is; a job that did not
+    complete (its model failed to load, say) exits with status 2 and the reason.
+    """
+    try:
+        with engine.begin() as conn:
+            queued = retry_errors_of(conn, job_id, chunk_size=settings.chunk_size)
+    except RequeueRefused as exc:
+        with engine.connect() as conn:
+            job = get_job(conn, job_id)
+        if job is not None and job.status == JobStatus.COMPLETED:
+            err_console.print(f"nothing to retry: {exc}", highlight=False, soft_wrap=True)
+            return before
+        fail(str(exc), EXIT_USAGE)
+    err_console.print(f"job {job_id}: retrying {queued.items} error row(s)")
+    return score_here(engine, settings, spec, queued.job, device)

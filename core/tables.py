@@ -79,6 +79,9 @@ jobs = Table(
     # When a worker last claimed one of the job's chunks: the round-robin clock of fair
     # claiming (core.chunks.fair). NULL: never served, so first in line within its level.
     Column("last_served_at", DateTime(timezone=True)),
+    # SHA-256 of an embedded job's inputs (core.jobs.inputs_hash): a re-run of the same
+    # ``--job-id`` with other inputs is refused. NULL for service jobs.
+    Column("inputs_hash", String(64)),
     UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
     Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
     Index("ix_jobs_status", "status"),
@@ -126,6 +129,16 @@ results = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+# Error rows waiting to be replaced by a retry (core.jobs.retry_marks): the mark is deleted
+# in the very transaction that replaces its row, so a redelivered chunk finds no mark and
+# writes nothing, and a job completes only once no mark of it is left.
+retry_items = Table(
+    "retry_items",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("index", Integer, primary_key=True, autoincrement=False),
+)
+
 # Schedules (``[schedules.NAME]`` in the models file). One row per schedule and due time:
 # inserting it is the claim, so two beats (or a beat and ``schedules run``) cannot both
 # create a job for the same due time.
@@ -170,6 +183,10 @@ schedule_files = Table(
     Column("size", BigInteger, nullable=False),
     Column("mtime_ns", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # SHA-256 of the bytes read and how many inputs they held: a file that grew by appended
+    # lines (its first ``size`` bytes unchanged) has only its inputs past ``rows`` scored.
+    Column("sha256", String(64)),
+    Column("rows", Integer),
 )
 
 # Models trained with ``bulkscore train`` / ``POST /v1/models``: a small head over a frozen

@@ -40,7 +40,8 @@ from core.chunks.split import hand_back, split_exhausted
 from core.config import Settings
 from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
-from core.jobs.results import ScoredItem, scored_indexes, write_results
+from core.jobs.results import ScoredItem, scored_indexes
+from core.jobs.retry_marks import pending_retries, write_scored
 from core.jobs.status import ChunkStatus, JobDriver, JobStatus
 from core.queues import ChunkSend
 from core.tables import jobs
@@ -389,13 +390,17 @@ def abandon_chunk(
     """
     message = f"not scored: chunk {chunk.index} failed {attempts} attempt(s): {reason}"[:2000]
     with engine.begin() as conn:
-        done = scored_indexes(conn, chunk.job_id, chunk.start, chunk.stop)
+        # Error rows marked for a retry are unscored too: their new error replaces them.
+        retrying = pending_retries(conn, chunk.job_id, chunk.start, chunk.stop)
+        done = scored_indexes(conn, chunk.job_id, chunk.start, chunk.stop) - retrying
         missing = [
             ScoredItem(index=index, item_id=item.item_id, prediction=Prediction.failure(message))
             for index, item in load_items(conn, chunk.job_id, chunk.start, chunk.stop)
             if index not in done
         ]
-        outcome = write_results(conn, chunk.job_id, model, revision, missing)
+        outcome = write_scored(
+            conn, model, revision, {chunk.job_id: missing}, {chunk.job_id: retrying}
+        )[chunk.job_id]
         finish_chunks(conn, [(chunk.job_id, chunk.index)], ChunkStatus.DONE)
     log.error("chunk %d of job %s abandoned: %s", chunk.index, chunk.job_id, message)
     return outcome.written

@@ -11,12 +11,13 @@ never claim or re-send its work (they only look at service jobs).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, Engine
 
 from core.config import Settings
 from core.inputs.items import InputItem
+from core.jobs.inputs_hash import inputs_hash, store_inputs_hash
 from core.jobs.lifecycle import Job, create_job, list_chunks
 from core.jobs.status import JobDriver
 from core.jobs.submit import submit_job
@@ -29,11 +30,13 @@ from engine.runners.base import Progress, Runner
 def create_embedded_job(
     engine: Engine, spec: ModelSpec, inputs: Sequence[InputItem], job_id: str | None = None
 ) -> Job:
-    """A queued job of ``inputs`` in one chunk, for this process alone to score."""
+    """A queued job of ``inputs`` in one chunk, for this process alone to score, with the
+    hash of its inputs."""
+    digest = inputs_hash(inputs)
 
     def create(conn: Connection) -> Job:
         # One chunk: the write windows inside it already make a crashed run resumable.
-        return create_job(
+        job = create_job(
             conn,
             spec,
             inputs,
@@ -41,6 +44,9 @@ def create_embedded_job(
             job_id=job_id,
             driver=JobDriver.EMBEDDED,
         )
+        # So that a re-run of the same id with other inputs is refused (cli.score_command).
+        store_inputs_hash(conn, job.id, digest)
+        return replace(job, inputs_hash=digest)
 
     return submit_job(engine, create, send=None).job
 

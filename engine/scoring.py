@@ -15,7 +15,8 @@ from sqlalchemy import Engine
 
 from core.inputs.items import InputItem
 from core.jobs.predictions import Prediction
-from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes_many, write_job_results
+from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes_many
+from core.jobs.retry_marks import pending_retries_many, write_scored
 from engine.runners.base import Progress, Runner
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def score_jobs(
         scored; see :func:`core.jobs.results.lock_active_jobs`), and where each job yielded.
     """
     totals = {unit.job_id: ScoreTotals() for unit in work}
-    pending = _without_scored(engine, work, totals, progress)
+    pending, retrying = _without_scored(engine, work, totals, progress)
     # Stable: images (no length) and equal lengths keep index order.
     pending.sort(key=lambda entry: len(entry[2].text) if entry[2].text is not None else 0)
     stopped: set[str] = set()
@@ -190,7 +191,7 @@ def score_jobs(
         if progress is not None and refused:
             progress(refused)
         with engine.begin() as conn:
-            outcomes = write_job_results(conn, runner.name, runner.revision, scored)
+            outcomes = write_scored(conn, runner.name, runner.revision, scored, retrying)
         for job_id, rows in scored.items():
             if outcomes[job_id].refused:
                 stopped.add(job_id)
@@ -213,15 +214,18 @@ def _without_scored(
     work: Sequence[JobItems],
     totals: dict[str, ScoreTotals],
     progress: Progress | None,
-) -> list[tuple[str, int, InputItem]]:
-    """Every ``(job_id, index, item)`` of ``work`` without a result row yet, in order."""
+) -> tuple[list[tuple[str, int, InputItem]], dict[str, set[int]]]:
+    """Every ``(job_id, index, item)`` of ``work`` without a result row yet, in order, or
+    whose error row is marked for a retry (those indexes, by job: their rows replace the
+    error rows, :mod:`core.jobs.retry_marks`)."""
     ranges = [(unit.job_id, unit.items[0][0], unit.items[-1][0] + 1) for unit in work if unit.items]
     with engine.connect() as conn:
         done = scored_indexes_many(conn, ranges)
+        retrying = pending_retries_many(conn, ranges)
     pending = []
     skipped = 0
     for unit in work:
-        already = done.get(unit.job_id, set())
+        already = done.get(unit.job_id, set()) - retrying.get(unit.job_id, set())
         for index, item in unit.items:
             if index in already:
                 totals[unit.job_id].skipped += 1
@@ -230,4 +234,4 @@ def _without_scored(
                 pending.append((unit.job_id, index, item))
     if progress is not None and skipped:
         progress(skipped)
-    return pending
+    return pending, retrying

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select
 
 from core.jobs.status import FINAL_JOB_STATES, ChunkStatus, JobStatus
-from core.tables import chunks, items, jobs, results
+from core.tables import chunks, items, jobs, results, retry_items
 
 
 @dataclass
@@ -50,6 +50,8 @@ class Audit:
     counter_mismatches: int  # jobs whose succeeded + failed differs from their rows
     refused_with_rows: int  # refused requests that left a job anyway
     unknown_jobs: int  # jobs the ledger never saw accepted
+    # Error rows still marked for a retry in a completed job: a retry left unfinished.
+    retry_marks_left: int = 0
     # Allowed, and counted: attempts beyond the first, and chunks bisected.
     extra_attempts: int = 0
     split_chunks: int = 0
@@ -115,6 +117,7 @@ def audit(engine: Engine, ledger: Ledger, scope: list[str] | None = None) -> Aud
             if ledger.refused
             else 0
         )
+        marks_left = conn.scalar(select(func.count()).where(retry_items.c.job_id.in_(completed)))
         all_ids = set(conn.scalars(select(jobs.c.id)))
         attempts = conn.execute(
             select(
@@ -142,6 +145,7 @@ def audit(engine: Engine, ledger: Ledger, scope: list[str] | None = None) -> Aud
         ),
         refused_with_rows=int(refused or 0),
         unknown_jobs=len(all_ids - set(ledger.accepted)),
+        retry_marks_left=int(marks_left or 0),
         extra_attempts=int(attempts or 0),
         split_chunks=int(splits or 0),
     )

@@ -1,11 +1,12 @@
-"""``/v1/jobs``: submit, list, read and cancel jobs."""
+"""``/v1/jobs``: submit, list, read, cancel, retry and resume jobs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
-from sqlalchemy import Engine
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
+from sqlalchemy import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -19,7 +20,15 @@ from api.deps import (
     job_not_found,
 )
 from api.dispatch import JobQueue
-from api.schemas import PRIORITY_DESCRIPTION, JobList, JobOut, JobRequest, inline_schema
+from api.schemas import (
+    PRIORITY_DESCRIPTION,
+    JobList,
+    JobOut,
+    JobRequest,
+    RequeuedJobOut,
+    RetryRequest,
+    inline_schema,
+)
 from api.submission import (
     Submission,
     check_idempotency_key,
@@ -37,7 +46,9 @@ from core.config import Settings
 from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from core.jobs.lifecycle import Job, cancel_job, get_job, list_jobs
 from core.jobs.priority import Priority
+from core.jobs.requeue import Requeued, RequeueRefused, resume_job, retry_errors
 from core.jobs.status import JobStatus
+from core.queues import BrokerUnavailable
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -215,3 +226,82 @@ def cancel(job: OwnedJob, key_id: CurrentKey, engine: EngineDep) -> JobOut:
     if after is None:  # deleted between the two reads
         raise job_not_found(job.id)
     return JobOut.from_job(after)
+
+
+_REQUEUE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such job."},
+    409: {"description": "The job is not in a state this applies to, or has nothing to do."},
+}
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RequeuedJobOut,
+    responses=_REQUEUE_RESPONSES,
+)
+def retry(
+    job: OwnedJob,
+    engine: EngineDep,
+    queue: JobQueueDep,
+    settings: SettingsDep,
+    body: Annotated[RetryRequest | None, Body()] = None,
+) -> RequeuedJobOut:
+    """Score a completed job's error rows again, in the same job (all of them, or those
+    whose error contains `errors_matching`).
+
+    Each error row is replaced by exactly one new row (a label, or a new error) in one
+    transaction; the job is `running` until the last one is replaced. Inputs refused at
+    intake (empty text, not an image) are not retried. The job's deadline is cleared.
+    """
+    matching = body.errors_matching if body is not None else None
+    return _requeue(
+        engine,
+        queue,
+        job,
+        lambda conn: retry_errors(
+            conn, job.id, chunk_size=settings.chunk_size, errors_matching=matching
+        ),
+    )
+
+
+@router.post(
+    "/{job_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RequeuedJobOut,
+    responses=_REQUEUE_RESPONSES,
+)
+def resume(
+    job: OwnedJob, engine: EngineDep, queue: JobQueueDep, settings: SettingsDep
+) -> RequeuedJobOut:
+    """Score the rest of a cancelled or expired job: its items with no result yet are
+    queued again, with fresh attempts, and the job goes on to completion. Results already
+    written stay. The job's deadline is cleared (not armed again).
+    """
+    return _requeue(
+        engine, queue, job, lambda conn: resume_job(conn, job.id, chunk_size=settings.chunk_size)
+    )
+
+
+def _requeue(
+    engine: Engine, queue: JobQueue, job: Job, change: Callable[[Connection], Requeued]
+) -> RequeuedJobOut:
+    try:
+        with engine.begin() as conn:
+            done = change(conn)
+    except LookupError as exc:  # deleted since the ownership check
+        raise job_not_found(job.id) from exc
+    except RequeueRefused as exc:
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    warnings = []
+    try:
+        queue.enqueue_chunks(done.job.id, done.job.runs_on, done.chunk_indexes)
+    except BrokerUnavailable:
+        # Committed: the chunks are queued in SQL, and the workers' lost-message sweep sends
+        # them once the broker answers again. Nothing is lost; it only starts later.
+        warnings.append(
+            "the job queue (broker) is unreachable: the work is recorded and starts once "
+            "the broker is back"
+        )
+    view = JobOut.from_job(done.job, warnings=warnings)
+    return RequeuedJobOut(**view.model_dump(), requeued=done.items)

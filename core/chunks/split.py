@@ -33,7 +33,8 @@ from core.chunks.claim import service_jobs
 from core.clock import utcnow
 from core.jobs.lifecycle import load_items
 from core.jobs.predictions import Prediction
-from core.jobs.results import ScoredItem, scored_indexes, write_results
+from core.jobs.results import ScoredItem, scored_indexes
+from core.jobs.retry_marks import pending_retries, write_scored
 from core.jobs.status import ChunkStatus
 from core.queues import ChunkSend
 from core.tables import chunks, jobs
@@ -127,10 +128,14 @@ def split_chunk(
         fail_training_job(conn, job_id, f"out of attempts: {reason}")
         return SplitOutcome(job_id, index, "", failed_job=True)
     job = conn.execute(select(jobs.c.model, jobs.c.model_revision).where(jobs.c.id == job_id)).one()
-    done = scored_indexes(conn, job_id, taken.start, taken.stop)
+    # An error row marked for a retry is not scored yet: it is bisected like any other.
+    retrying = pending_retries(conn, job_id, taken.start, taken.stop)
+    done = scored_indexes(conn, job_id, taken.start, taken.stop) - retrying
     unscored = [i for i in range(taken.start, taken.stop) if i not in done]
     if len(unscored) <= 1:
-        failed = _fail_items(conn, job_id, job.model, job.model_revision, unscored, reason)
+        failed = _fail_items(
+            conn, job_id, job.model, job.model_revision, unscored, reason, retrying
+        )
         _finish(conn, job_id, index, now)
         return SplitOutcome(job_id, index, job.model, failed_items=failed)
     middle = unscored[len(unscored) // 2]
@@ -215,6 +220,7 @@ def _fail_items(
     revision: str | None,
     unscored: list[int],
     reason: str,
+    retrying: set[int],
 ) -> int:
     if not unscored:
         return 0
@@ -223,7 +229,9 @@ def _fail_items(
         ScoredItem(index=i, item_id=item.item_id, prediction=Prediction.failure(message))
         for i, item in load_items(conn, job_id, unscored[0], unscored[-1] + 1)
     ]
-    return write_results(conn, job_id, model, revision, failures).written
+    # A retried item that stopped the worker again: its new error row replaces the old one.
+    written = write_scored(conn, model, revision, {job_id: failures}, {job_id: retrying})
+    return written[job_id].written
 
 
 def _finish(conn: Connection, job_id: str, index: int, now: datetime) -> None:

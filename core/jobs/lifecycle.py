@@ -20,7 +20,7 @@ from core.jobs.bulk_copy import copy_rows, is_postgresql
 from core.jobs.priority import Priority
 from core.jobs.status import ACTIVE_JOB_STATES, ChunkStatus, JobDriver, JobStatus
 from core.models.registry import ModelSpec
-from core.tables import chunks, items, jobs, results, training_runs
+from core.tables import chunks, items, jobs, results, retry_items, training_runs
 
 ITEM_INSERT_BATCH = 2000
 
@@ -51,6 +51,8 @@ class Job:
     priority: Priority = Priority.NORMAL
     # When a worker last claimed one of its chunks (fair claiming's round-robin clock).
     last_served_at: datetime | None = None
+    # SHA-256 of an embedded job's inputs (core.jobs.inputs_hash); None for service jobs.
+    inputs_hash: str | None = None
 
     @property
     def done(self) -> int:
@@ -267,7 +269,7 @@ def delete_job(conn: Connection, job_id: str) -> bool:
     are deleted explicitly rather than left to ``ON DELETE CASCADE``, which SQLite only
     honours with its foreign-key pragma on.
     """
-    for table in (results, chunks, items, training_runs):
+    for table in (results, retry_items, chunks, items, training_runs):
         conn.execute(delete(table).where(table.c.job_id == job_id))
     return bool(conn.execute(delete(jobs).where(jobs.c.id == job_id)).rowcount)
 

@@ -17,7 +17,19 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, and_, bindparam, case, cast, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import utcnow
@@ -25,7 +37,7 @@ from core.jobs.bulk_copy import copy_new_rows, is_postgresql
 from core.jobs.expiry import expire_job
 from core.jobs.predictions import Prediction
 from core.jobs.status import ACTIVE_JOB_STATES, JobStatus
-from core.tables import jobs, results
+from core.tables import jobs, results, retry_items
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +240,9 @@ def _advance_counters(conn: Connection, outcomes: Mapping[str, WriteOutcome], no
     finishes = and_(
         done_after >= jobs.c.total,
         or_(jobs.c.status == JobStatus.QUEUED.value, jobs.c.status == JobStatus.RUNNING.value),
+        # Every item has a row, but an error row still waiting for its retry is not done
+        # (core.jobs.retry_marks): the write that replaces the last one completes the job.
+        ~exists(select(retry_items.c.index).where(retry_items.c.job_id == jobs.c.id)),
     )
     statement = (
         update(jobs)

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import utcnow
 from core.schedules.config import Schedule, SourceKind
+from core.schedules.sources.base import KnownFile
 from core.tables import schedule_files, schedule_state
 
 # Rows per INSERT when a run commits many files.
@@ -27,12 +28,19 @@ def load_watermark(conn: Connection, schedule: str) -> Any:
     )
 
 
-def load_files(conn: Connection, schedule: str) -> dict[str, tuple[int, int]]:
-    """``path -> (size, mtime_ns)`` of the files the schedule has scored."""
-    query = select(schedule_files.c.path, schedule_files.c.size, schedule_files.c.mtime_ns).where(
-        schedule_files.c.schedule == schedule
-    )
-    return {row.path: (row.size, row.mtime_ns) for row in conn.execute(query)}
+def load_files(conn: Connection, schedule: str) -> dict[str, KnownFile]:
+    """The files the schedule has scored, by path."""
+    query = select(
+        schedule_files.c.path,
+        schedule_files.c.size,
+        schedule_files.c.mtime_ns,
+        schedule_files.c.sha256,
+        schedule_files.c.rows,
+    ).where(schedule_files.c.schedule == schedule)
+    return {
+        path: KnownFile(size, mtime_ns, sha256, rows)
+        for path, size, mtime_ns, sha256, rows in conn.execute(query)
+    }
 
 
 def _upsert(conn: Connection, table: Any, keys: list[str], update: list[str]) -> Any:
@@ -55,7 +63,8 @@ def commit_window(conn: Connection, schedule: Schedule, end: Any) -> None:
     Args:
         conn: A connection inside the transaction that also finishes the run.
         schedule: The schedule (its source kind says what ``end`` holds).
-        end: ``Window.end`` of the run: a watermark, or ``[[path, size, mtime_ns], ...]``.
+        end: ``Window.end`` of the run: a watermark, or ``[[path, size, mtime_ns, sha256,
+            rows], ...]`` (runs made before 0009 hold ``[path, size, mtime_ns]``).
     """
     now = utcnow()
     if schedule.source == SourceKind.SQL:
@@ -66,18 +75,25 @@ def commit_window(conn: Connection, schedule: Schedule, end: Any) -> None:
             [{"schedule": schedule.name, "watermark": end, "updated_at": now}],
         )
         return
-    rows = [
-        {
-            "schedule": schedule.name,
-            "path": path,
-            "size": size,
-            "mtime_ns": mtime_ns,
-            "updated_at": now,
-        }
-        for path, size, mtime_ns in end or []
-    ]
+    rows = []
+    for entry in end or []:
+        known = KnownFile(*entry[1:])
+        rows.append(
+            {
+                "schedule": schedule.name,
+                "path": entry[0],
+                "size": known.size,
+                "mtime_ns": known.mtime_ns,
+                "sha256": known.sha256,
+                "rows": known.rows,
+                "updated_at": now,
+            }
+        )
     statement = _upsert(
-        conn, schedule_files, ["schedule", "path"], ["size", "mtime_ns", "updated_at"]
+        conn,
+        schedule_files,
+        ["schedule", "path"],
+        ["size", "mtime_ns", "sha256", "rows", "updated_at"],
     )
     for start in range(0, len(rows), FILES_BATCH):
         conn.execute(statement, rows[start : start + FILES_BATCH])

@@ -26,7 +26,7 @@ from api_support import TEXT_MODEL, UnitApi, bearer, free_port, running_api, ser
 from fault_support import PostgresCluster, RedisServer, own_postgres, own_redis
 from ledger import Audit, Ledger, audit
 from poison_worker import POISON
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, and_, func, select, text, update
 from supervisor import Supervisor
 from worker_support import poll, worker_env
 
@@ -37,7 +37,7 @@ from core.jobs.lifecycle import create_job
 from core.jobs.status import FINAL_JOB_STATES, JobStatus
 from core.migrate import upgrade
 from core.models.registry import Registry
-from core.tables import chunks, jobs, results
+from core.tables import chunks, jobs, results, retry_items
 
 SETTLE_S = 60.0  # the most any scenario may take to reach final states
 AUDITS: dict[str, Audit] = {}  # scenario -> audit, written to the report at the end
@@ -509,6 +509,132 @@ def test_8_cancel_while_chunks_are_in_flight(service: Service) -> None:
     assert untouched, "some chunks must not have started when the job was cancelled"
     assert all(row[3] == "cancelled" and row[4] == 0 for row in rows if row[0] in untouched)
     assert all(row[3] in ("done", "cancelled") for row in rows)
+
+
+# -- 10, 11, 12: retry and resume under kill -9 ---------------------------------------------------
+
+
+def _use_chunk_size(service: Service, chunk_size: int) -> None:
+    """The chunk size the API cuts retry and resume chunks with (as submit does)."""
+    service.api.client.app.state.settings = service.api.settings.model_copy(  # type: ignore[attr-defined]
+        update={"chunk_size": chunk_size}
+    )
+
+
+def _fail_rows(service: Service, job_id: str, indexes: list[int], error: str) -> None:
+    """Turn rows into error rows, counters included: what a transient failure leaves."""
+    with service.engine.begin() as conn:
+        conn.execute(
+            update(results)
+            .where(and_(results.c.job_id == job_id, results.c.index.in_(indexes)))
+            .values(label=None, score=None, top_k=None, error=error)
+        )
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(succeeded=jobs.c.succeeded - len(indexes), failed=jobs.c.failed + len(indexes))
+        )
+
+
+def _marks(service: Service, job_id: str) -> int:
+    with service.engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).where(retry_items.c.job_id == job_id)) or 0)
+
+
+def _labels(service: Service, job_id: str) -> dict[int, tuple[str | None, float | None]]:
+    with service.engine.connect() as conn:
+        rows = conn.execute(
+            select(results.c.index, results.c.label, results.c.score).where(
+                results.c.job_id == job_id
+            )
+        ).all()
+    return {index: (label, score) for index, label, score in rows}
+
+
+def test_10_a_retry_killed_mid_chunk_replaces_each_error_row_once(service: Service) -> None:
+    service.workers.wait_consuming()
+    job = service.submit(texts(1200), chunk_size=300)
+    service.settle([job])
+    assert service.job(job)["status"] == JobStatus.COMPLETED.value
+    fresh = _labels(service, job)
+    failed = list(range(0, 1200, 2))
+    _fail_rows(service, job, failed, "RuntimeError: CUDA out of memory")
+    _use_chunk_size(service, 300)
+    response = service.api.client.post(f"/v1/jobs/{job}/retry", headers=bearer(service.api.key))
+    assert response.status_code == 202, response.text
+    assert response.json()["requeued"] == 600
+    # Some error rows replaced, not all: the workers are inside the retry chunks.
+    poll(
+        lambda: 0 < _marks(service, job) < 600,
+        SETTLE_S,
+        "the retry to be part-way",
+        interval=0.02,
+    )
+    service.workers.signal(signal.SIGKILL)
+    found = service.check("10 retry kill -9", [job])
+    final = service.job(job)
+    assert final["status"] == JobStatus.COMPLETED.value
+    assert (final["succeeded"], final["failed"]) == (1200, 0)
+    assert found.extra_attempts >= 1, "a retry chunk must have been taken over after the crash"
+    after = _labels(service, job)
+    assert {i: after[i][0] for i in after} == {i: fresh[i][0] for i in fresh}
+    assert all(abs(after[i][1] - fresh[i][1]) < 1e-6 for i in after)  # type: ignore[operator]
+
+
+def test_11_a_retried_item_that_kills_again_is_bisected_to_one_new_error(
+    service: Service,
+) -> None:
+    service.workers.wait_consuming()
+    items = texts(20)
+    items[6] = POISON
+    job = service.submit(items, chunk_size=4)
+    service.settle([job])
+    _fail_rows(service, job, [5, 9], "RuntimeError: CUDA out of memory")
+    exits_before = len(service.workers.exits)
+    _use_chunk_size(service, 4)
+    response = service.api.client.post(f"/v1/jobs/{job}/retry", headers=bearer(service.api.key))
+    assert response.status_code == 202 and response.json()["requeued"] == 3, response.text
+    service.check("11 retried poison", [job])
+    final = service.job(job)
+    assert final["status"] == JobStatus.COMPLETED.value
+    assert (final["succeeded"], final["failed"]) == (19, 1)
+    with service.engine.connect() as conn:
+        errors = dict(
+            conn.execute(
+                select(results.c.index, results.c.error).where(results.c.job_id == job)
+            ).all()
+        )
+    assert errors[6] is not None and "stopped the worker on every attempt" in errors[6]
+    assert errors[5] is None and errors[9] is None
+    kills = [code for _slot, code in service.workers.exits[exits_before:] if code == -9]
+    # 2 attempts of the retry chunk [5, 7), then one for its half [6, 7).
+    assert len(kills) == 3, service.workers.exits[exits_before:]
+
+
+def test_12_a_cancelled_job_resumed_and_killed_mid_chunk_completes(service: Service) -> None:
+    service.workers.wait_consuming()
+    job = service.submit(texts(2400), chunk_size=200)
+    mid_job(service, job, 2400)
+    cancelled = service.api.client.post(f"/v1/jobs/{job}/cancel", headers=bearer(service.api.key))
+    assert cancelled.json()["status"] == JobStatus.CANCELLED.value
+    time.sleep(2)  # chunks in flight stop at their next write window
+    before = service.rows(job)
+    _use_chunk_size(service, 200)
+    response = service.api.client.post(f"/v1/jobs/{job}/resume", headers=bearer(service.api.key))
+    assert response.status_code == 202, response.text
+    # A cancel refuses every later write, so the rows stayed as they were.
+    assert response.json()["requeued"] == 2400 - before == 2400 - service.rows(job)
+    poll(
+        lambda: (n := service.rows(job)) > before + 50 and n < 2400 and n,
+        SETTLE_S,
+        "the resumed job to be part-way",
+        interval=0.02,
+    )
+    service.workers.signal(signal.SIGKILL)
+    service.check("12 resume kill -9", [job])
+    final = service.job(job)
+    assert final["status"] == JobStatus.COMPLETED.value
+    assert (final["succeeded"], final["failed"]) == (2400, 0)
 
 
 # -- lost messages, serialization, operations ------------------------------------------------------

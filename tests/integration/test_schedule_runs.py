@@ -307,7 +307,7 @@ def test_source_errors_are_recorded_and_the_other_schedules_still_run(
     assert tick(engine, schedules, leave_queued, now=later, settings=SETTINGS) == []
 
 
-def test_files_schedule_scores_only_new_and_changed_files(
+def test_files_schedule_scores_only_new_files_and_the_new_rows_of_grown_ones(
     tmp_path: Path, registry: Registry, tiny_runner: Runner
 ) -> None:
     # On SQLite, the embedded database: the same rules hold there.
@@ -336,10 +336,17 @@ def test_files_schedule_scores_only_new_and_changed_files(
         assert run(engine, drop, due(2), score_here).status == RunStatus.EMPTY
 
         (inbox / "c.csv").write_text("id,text\nc1,fourth\n")
-        (inbox / "a.txt").write_text("first\nsecond\nthird line\n")
+        with (inbox / "a.txt").open("a") as grown:  # appended: only the new line is scored
+            grown.write("third line\n")
         third = run(engine, drop, due(3), score_here)
-        assert scored_ids(engine, third.job_id) == ["a.txt:1", "a.txt:2", "a.txt:3", "c.csv:c1"]
+        assert scored_ids(engine, third.job_id) == ["a.txt:3", "c.csv:c1"]
         assert run(engine, drop, due(4), score_here).status == RunStatus.EMPTY
+
+        # Rewritten (its first lines changed): read again whole; the result cache is what
+        # spares the unchanged lines a forward pass.
+        (inbox / "a.txt").write_text("FIRST\nsecond\nthird line\nfourth\n")
+        fifth = run(engine, drop, due(5), score_here)
+        assert scored_ids(engine, fifth.job_id) == ["a.txt:1", "a.txt:2", "a.txt:3", "a.txt:4"]
     finally:
         engine.dispose()
 

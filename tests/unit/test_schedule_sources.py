@@ -15,7 +15,7 @@ import pytest
 from core.config import Settings
 from core.models.registry import Registry
 from core.schedules.config import Schedule, parse_schedules
-from core.schedules.sources import SourceError, read_window, scrub
+from core.schedules.sources import KnownFile, SourceError, read_window, scrub
 from core.schedules.sources.files import fixed_folder
 from core.schedules.sources.sql import decode_watermark, encode_watermark, read_only_url
 
@@ -174,12 +174,12 @@ def test_files_window_holds_only_new_or_changed_files(registry: Registry, tmp_pa
     drop = schedule(registry, source="files", path=str(inbox / "**" / "*.*"))
     first = read_window(drop, None, SETTINGS, {})
     assert [item.item_id for item in first.items] == ["a.jsonl:r1", "a.jsonl:2", "sub/b.txt:1"]
-    known = {path: (size, mtime) for path, size, mtime in first.end}
+    known = {path: KnownFile(*state) for path, *state in first.end}
     assert set(known) == {str(inbox / "a.jsonl"), str(inbox / "sub" / "b.txt")}
     assert read_window(drop, None, SETTINGS, known).items == []
 
     (inbox / "c.csv").write_text("id,text\nx,nice\n")
-    (inbox / "sub" / "b.txt").write_text("fine\nand more\n")  # changed: size and mtime
+    (inbox / "sub" / "b.txt").write_text("fine\nand more\n")  # grew: only its new line
     touched = inbox / "a.jsonl"
     stat = touched.stat()
     os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # changed: mtime only
@@ -188,9 +188,71 @@ def test_files_window_holds_only_new_or_changed_files(registry: Registry, tmp_pa
         "a.jsonl:r1",
         "a.jsonl:2",
         "c.csv:x",
-        "sub/b.txt:1",
         "sub/b.txt:2",
     ]
+
+
+def committed(window: Any) -> dict[str, KnownFile]:
+    """What commit_window stores for a run's window, as load_files reads it back."""
+    return {path: KnownFile(*state) for path, *state in window.end}
+
+
+@pytest.mark.parametrize(
+    "name, head, tail, new_ids",
+    [
+        ("a.txt", "good\n\nbad\n", "fine\nawful\n", ["a.txt:4", "a.txt:5"]),
+        (
+            "a.jsonl",
+            '{"id": "r1", "text": "good"}\n',
+            '{"id": "r2", "text": "bad"}\n',
+            ["a.jsonl:r2"],
+        ),
+        ("a.csv", "id,text\nx,good\n", "y,bad\nz,fine\n", ["a.csv:y", "a.csv:z"]),
+    ],
+)
+def test_a_grown_file_has_only_its_new_rows_scored(
+    registry: Registry, tmp_path: Path, name: str, head: str, tail: str, new_ids: list[str]
+) -> None:
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / name
+    path.write_text(head)
+    drop = schedule(registry, source="files", path=str(tmp_path / "in" / "*.*"))
+    first = read_window(drop, None, SETTINGS, {})
+    known = committed(first)
+    assert known[str(path)].rows == len(first.items) and known[str(path)].sha256
+    with path.open("a") as handle:
+        handle.write(tail)
+    grown = read_window(drop, None, SETTINGS, known)
+    assert [item.item_id for item in grown.items] == new_ids
+    # The next run knows the whole grown file: nothing more to score.
+    assert read_window(drop, None, SETTINGS, committed(grown)).items == []
+
+
+def test_a_rewritten_or_unterminated_file_is_read_again_whole(
+    registry: Registry, tmp_path: Path
+) -> None:
+    path = tmp_path / "a.txt"
+    drop = schedule(registry, source="files", path=str(tmp_path / "*.txt"))
+    path.write_text("good\nbad\n")
+    known = committed(read_window(drop, None, SETTINGS, {}))
+    path.write_text("GOOD\nbad\nfine\n")  # grew, but its first bytes changed
+    rewritten = read_window(drop, None, SETTINGS, known)
+    assert [item.text for item in rewritten.items] == ["GOOD", "bad", "fine"]
+
+    path.write_text("good\nbad")  # no line break at the end: the last line may go on
+    known = committed(read_window(drop, None, SETTINGS, {}))
+    path.write_text("good\nbad and worse\n")
+    continued = read_window(drop, None, SETTINGS, known)
+    assert [item.text for item in continued.items] == ["good", "bad and worse"]
+
+    # A row committed before the content was recorded (no sha256): read whole, as before.
+    path.write_text("one\n")
+    old = {
+        p: KnownFile(k.size, k.mtime_ns)
+        for p, k in committed(read_window(drop, None, SETTINGS, {})).items()
+    }
+    path.write_text("one\ntwo\n")
+    assert [item.text for item in read_window(drop, None, SETTINGS, old).items] == ["one", "two"]
 
 
 def test_a_malformed_file_is_a_per_item_error(registry: Registry, tmp_path: Path) -> None:

@@ -11,13 +11,13 @@ from typing import Any
 
 from core.config import Settings
 from core.schedules.config import Schedule, SourceKind
-from core.schedules.sources.base import SourceError, Window, scrub
+from core.schedules.sources.base import KnownFile, SourceError, Window, scrub
 from core.schedules.sources.files import read_files_window
 from core.schedules.sources.sql import read_sql_window
 
 
 def read_window(
-    schedule: Schedule, state: Any, settings: Settings, known_files: dict[str, tuple[int, int]]
+    schedule: Schedule, state: Any, settings: Settings, known_files: dict[str, KnownFile]
 ) -> Window:
     """The new inputs of ``schedule`` since its committed state.
 
@@ -26,7 +26,7 @@ def read_window(
         state: The committed watermark of a sql source (JSON, see
             ``core.schedules.sources.sql``), or None before the first successful run.
         settings: Limits (text length, image size).
-        known_files: For file sources, ``path -> (size, mtime_ns)`` of the files scored.
+        known_files: For file sources, the files scored (``core.schedules.state.load_files``).
 
     Raises:
         SourceError: The source cannot be read; the message is safe to store and show.
@@ -36,4 +36,4 @@ def read_window(
     return read_files_window(schedule, known_files, settings)
 
 
-__all__ = ["SourceError", "Window", "read_window", "scrub"]
+__all__ = ["KnownFile", "SourceError", "Window", "read_window", "scrub"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import make_url
 
@@ -18,6 +18,17 @@ class SourceError(Exception):
     """A source cannot be read (bad query, missing folder, unreachable database)."""
 
 
+class KnownFile(NamedTuple):
+    """A file as a files source last scored it (a ``schedule_files`` row)."""
+
+    size: int  # bytes read
+    mtime_ns: int
+    # SHA-256 of those bytes and how many inputs they held; None for an image, a file that
+    # could not be read, or a row committed before they were recorded.
+    sha256: str | None = None
+    rows: int | None = None
+
+
 @dataclass(slots=True)
 class Window:
     """New inputs of one run.
@@ -26,7 +37,8 @@ class Window:
         items: The inputs, in source order.
         start: What the run started from (the watermark it bound to ``:since``), as JSON.
         end: The state to commit when the run's job completes, as JSON: the new watermark
-            of a sql source, or ``[[path, size, mtime_ns], ...]`` of the files read.
+            of a sql source, or ``[[path, size, mtime_ns, sha256, rows], ...]`` of the
+            files read (:class:`KnownFile`).
     """
 
     items: list[InputItem] = field(default_factory=list)

@@ -1,8 +1,12 @@
 """The ``files``, ``jsonl`` and ``csv`` sources: files matching a glob, new or changed.
 
 A file is new to a run when its path has no committed row, or its size or modification
-time differ from that row (``schedule_files``). A changed file is read again whole: its
-inputs are scored again, in a new job, under the same ids.
+time differ from that row (``schedule_files``). A text file that **grew** by appended
+lines (its first ``size`` bytes are the ones scored, byte for byte, ending at a line
+break) has only its new inputs scored: the row's SHA-256 and input count say which. Any
+other change (a rewritten, truncated or edited file) reads the file again whole: its
+inputs are scored again, in a new job, under the same ids; the result cache is what
+keeps unchanged rows from costing a forward pass again.
 
 - ``files`` with a text model: ``.txt``, ``.jsonl`` and ``.csv`` files, by suffix.
 - ``files`` with an image model: every matching file is one image.
@@ -15,14 +19,21 @@ malformed file is reported in the job's results instead of failing every night.
 from __future__ import annotations
 
 import glob
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Settings
 from core.inputs.items import InputItem
-from core.inputs.text_files import InputFileError, parse_text_bytes, read_text_file
+from core.inputs.text_files import (
+    TEXT_SUFFIXES,
+    InputFileError,
+    parse_text_bytes,
+    read_text_file,
+)
 from core.models.registry import InputKind
 from core.schedules.config import Schedule, SourceKind
-from core.schedules.sources.base import SourceError, Window, scrub
+from core.schedules.sources.base import KnownFile, SourceError, Window, scrub
 
 MAX_ID_CHARS = 256
 
@@ -55,9 +66,10 @@ def list_files(pattern: str) -> dict[str, FileState]:
 
 
 def read_files_window(
-    schedule: Schedule, known: dict[str, FileState], settings: Settings
+    schedule: Schedule, known: dict[str, KnownFile], settings: Settings
 ) -> Window:
-    """The inputs of the files that are new or changed since the committed state.
+    """The inputs of the files that are new or changed since the committed state (of a
+    file that only grew, its new inputs only).
 
     Raises:
         SourceError: The glob's folder does not exist (a missing mount, a typo).
@@ -73,15 +85,45 @@ def read_files_window(
     current = list_files(pattern)
     # Stats are taken before reading: a file still being written when it is read looks
     # changed to the next run and is read again then.
-    new = sorted(path for path, state in current.items() if known.get(path) != state)
+    new = sorted(path for path, state in current.items() if _state(known.get(path)) != state)
     items: list[InputItem] = []
+    end: list[list[object]] = []
     for path in new:
-        items.extend(_read(schedule, Path(path), _relative(Path(path), base), settings))
-    return Window(
-        items=items,
-        start=None,
-        end=[[path, *current[path]] for path in new],
+        read = _read(schedule, Path(path), _relative(Path(path), base), settings)
+        items.extend(_new_rows(read, known.get(path)))
+        if read.content is None:
+            end.append([path, *current[path], None, None])
+        else:
+            digest = hashlib.sha256(read.content).hexdigest()
+            end.append([path, len(read.content), current[path][1], digest, len(read.items)])
+    return Window(items=items, start=None, end=end)
+
+
+def _state(known: KnownFile | None) -> FileState | None:
+    return None if known is None else (known.size, known.mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """A file's inputs, and the bytes they were parsed from (None: an image, or unread)."""
+
+    items: list[InputItem]
+    content: bytes | None = None
+
+
+def _new_rows(read: FileRead, known: KnownFile | None) -> list[InputItem]:
+    """The inputs of ``read`` not scored yet: those past the known rows of a file that only
+    grew by whole lines since; every input of any other file."""
+    if known is None or known.sha256 is None or known.rows is None or read.content is None:
+        return read.items
+    size = known.size
+    grown = (
+        0 < size < len(read.content)
+        and read.content[size - 1 : size] == b"\n"
+        and hashlib.sha256(read.content[:size]).hexdigest() == known.sha256
     )
+    # The same bytes up to a line break parse to the same first inputs: skip those.
+    return read.items[known.rows :] if grown else read.items
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -91,23 +133,41 @@ def _relative(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def _read(schedule: Schedule, path: Path, name: str, settings: Settings) -> list[InputItem]:
+def _read(schedule: Schedule, path: Path, name: str, settings: Settings) -> FileRead:
     if schedule.spec.input_kind == InputKind.IMAGE:
-        return [_read_image(path, name, settings.max_image_bytes)]
+        return FileRead([_read_image(path, name, settings.max_image_bytes)])
     try:
         if schedule.source == SourceKind.FILES:
-            inputs = read_text_file(path, settings.max_text_chars)
+            suffix = path.suffix.lower()
+            if suffix not in TEXT_SUFFIXES:
+                read_text_file(path, settings.max_text_chars)  # raises: says which types
+            raw = _read_bytes(path)
+            inputs = parse_text_bytes(raw, suffix, settings.max_text_chars, str(path))
         else:
+            raw = path.read_bytes()
             suffix = "." + schedule.source.value
-            inputs = parse_text_bytes(path.read_bytes(), suffix, settings.max_text_chars, name)
+            inputs = parse_text_bytes(raw, suffix, settings.max_text_chars, name)
     except InputFileError as exc:
-        return [InputItem(item_id=name[:MAX_ID_CHARS], error=str(exc))]
+        return FileRead([InputItem(item_id=name[:MAX_ID_CHARS], error=str(exc))])
     except OSError as exc:
-        return [InputItem(item_id=name[:MAX_ID_CHARS], error=f"{name}: cannot be read ({exc})")]
+        error = f"{name}: cannot be read ({exc})"
+        return FileRead([InputItem(item_id=name[:MAX_ID_CHARS], error=error)])
     # Ids say which file an input came from: "reviews/2024-05-01.jsonl:17".
     for item in inputs:
         item.item_id = f"{name}:{item.item_id}"[:MAX_ID_CHARS]
-    return inputs
+    return FileRead(inputs, raw)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, with ``read_text_file``'s messages for the usual failures."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise InputFileError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise InputFileError(f"{path}: is a folder, not a file") from exc
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror})") from exc
 
 
 def _read_image(path: Path, name: str, max_bytes: int) -> InputItem:
