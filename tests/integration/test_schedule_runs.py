@@ -20,6 +20,7 @@ from sqlalchemy import Engine, create_engine, func, select, text
 
 from core.config import Settings
 from core.jobs.lifecycle import Job, cancel_job, get_job, load_items, mark_failed
+from core.jobs.priority import Priority
 from core.keys import create_key
 from core.migrate import upgrade
 from core.models.registry import Registry
@@ -210,6 +211,17 @@ def test_a_run_is_skipped_while_the_previous_job_is_still_going(
     third = run(engine, nightly, due(3), scorer(engine, tiny_runner))
     assert third.status == RunStatus.RUNNING
     assert scored_ids(engine, third.job_id) == ["5"]
+
+
+def test_a_schedules_job_is_low_priority_unless_the_schedule_says_otherwise(
+    engine: Engine, shop: tuple[str, Engine], registry: Registry
+) -> None:
+    nightly = sql_schedule(registry, shop[0])
+    urgent = sql_schedule(registry, shop[0], name="urgent", priority="high")
+    first = run(engine, nightly, due(1), leave_queued)
+    second = run(engine, urgent, due(1), leave_queued)
+    assert _job(engine, first.job_id).priority == Priority.LOW
+    assert _job(engine, second.job_id).priority == Priority.HIGH
 
 
 def _job(engine: Engine, job_id: str | None) -> Job:

@@ -80,6 +80,15 @@ def test_submit_prints_the_job_id(api: UnitApi, texts: Path) -> None:
     assert "5 inputs for model tiny" in result.stderr
 
 
+def test_submit_sends_the_priority(api: UnitApi, texts: Path) -> None:
+    result = run("submit", str(texts), "--model", TEXT_MODEL, "--priority", "high")
+    assert result.exit_code == 0, result.output
+    job = api.get(f"/v1/jobs/{result.stdout.strip()}").json()
+    assert job["priority"] == "high"
+    refused = run("submit", str(texts), "--model", TEXT_MODEL, "--priority", "soon")
+    assert refused.exit_code == 2 and "soon" in refused.output
+
+
 def test_submit_wait_follows_the_job_to_its_end(api: UnitApi, texts: Path) -> None:
     api.queue.engine = api.engine  # type: ignore[attr-defined]
     result = run("submit", str(texts), "--model", TEXT_MODEL, "--wait", "--interval", "0.1")

@@ -104,6 +104,34 @@ def test_the_deadline_is_part_of_the_idempotent_request(api: UnitApi) -> None:
     assert api.client.post("/v1/jobs", json=other, headers=headers).status_code == 409
 
 
+@pytest.mark.parametrize(
+    ("value", "status"), [("high", 202), ("low", 202), ("", 202), ("urgent", 422)]
+)
+def test_the_multipart_form_takes_priority(api: UnitApi, value: str, status: int) -> None:
+    response = api.client.post(
+        "/v1/jobs",
+        data={"model": TEXT_MODEL, "priority": value},
+        files={"file": ("in.txt", b"one\ntwo\n", "text/plain")},
+        headers=bearer(api.key),
+    )
+    assert response.status_code == status, response.text
+    if status == 202:
+        assert response.json()["priority"] == (value or "normal")
+    else:
+        assert "priority must be one of high, normal, low" in response.text
+
+
+def test_priority_is_part_of_the_idempotent_request_and_checked(api: UnitApi) -> None:
+    body = {"model": TEXT_MODEL, "inputs": [{"text": "a"}], "priority": "low"}
+    headers = {**bearer(api.key), "Idempotency-Key": "k2"}
+    assert api.client.post("/v1/jobs", json=body, headers=headers).status_code == 202
+    assert api.client.post("/v1/jobs", json=body, headers=headers).status_code == 200
+    other = {**body, "priority": "high"}
+    assert api.client.post("/v1/jobs", json=other, headers=headers).status_code == 409
+    wrong = {**body, "priority": "soon"}
+    assert api.client.post("/v1/jobs", json=wrong, headers=bearer(api.key)).status_code == 422
+
+
 def test_the_schema_documents_every_status() -> None:
     for state in JobStatus:
         assert f"`{state.value}`" in STATUS_DESCRIPTION
