@@ -322,6 +322,8 @@ def test_a_chunk_of_a_killed_worker_is_re_sent_and_finished(
     with running_worker(["--models", "tiny-kill"], env, log) as rescuer:
         final = service.wait_status(job.id, JobStatus.COMPLETED)
         rescuer.wait_for(rf"chunk 0 of job {job.id}: its worker stopped renewing the lease")
+        # The task logs its outcome after the commit that completed the job: wait for it.
+        rescuer.wait_for(rf"chunk 0 of job {job.id} done by ")
         rescued = done_chunks(rescuer.log, job.id)
     assert rescued == [0]
     assert (final.succeeded + final.failed, service.result_count(job.id)) == (3000, 3000)
