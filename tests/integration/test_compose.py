@@ -22,12 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 
-def compose_config(path: Path) -> subprocess.CompletedProcess[str]:
+def compose_config(path: Path, password: str | None = "s3cret") -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.fail("docker-compose is not installed: `apt-get install docker-compose` (Debian)")
     env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     env.pop("BULKSCORE_DB_PASSWORD", None)
+    if password is not None:
+        env["BULKSCORE_DB_PASSWORD"] = password
     return subprocess.run(
         [binary, "-f", str(path), "config"],
         cwd=path.parent,
@@ -55,20 +57,38 @@ def test_the_parser_rejects_an_invalid_file(tmp_path: Path) -> None:
     assert "condition" in done.stderr
 
 
+def test_without_a_database_password_compose_refuses_to_start(tmp_path: Path) -> None:
+    copy = tmp_path / "docker-compose.yml"
+    copy.write_text(COMPOSE_FILE.read_text())  # no .env beside it
+    done = compose_config(copy, password=None)
+    assert done.returncode != 0
+    assert "set BULKSCORE_DB_PASSWORD" in done.stderr
+
+
+def test_the_password_reaches_postgres_and_every_client(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    for name in ("migrate", "api", "worker", "beat"):
+        url = services[name]["environment"]["BULKSCORE_DATABASE_URL"]
+        assert url.startswith("postgresql+psycopg://bulkscore:s3cret@postgres:5432/"), name
+
+
 def test_services_and_their_start_order(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert set(services) >= {"redis", "postgres", "migrate", "api", "worker"}
+    assert set(services) >= {"redis", "postgres", "migrate", "api", "worker", "beat"}
     conditions = {
         name: {dep: spec["condition"] for dep, spec in service.get("depends_on", {}).items()}
         for name, service in services.items()
     }
     assert conditions["migrate"] == {"postgres": "service_healthy"}
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "beat"):
         assert conditions[name]["migrate"] == "service_completed_successfully"
         assert conditions[name]["redis"] == "service_healthy"
         assert conditions[name]["postgres"] == "service_healthy"
     assert services["migrate"]["command"] == ["bulkscore", "db", "upgrade"]
     assert services["migrate"]["restart"] == "no"
+    assert services["beat"]["command"] == ["bulkscore", "beat"]
+    assert services["beat"]["restart"] == "unless-stopped"
 
 
 def test_every_long_running_service_has_a_healthcheck(config: dict[str, Any]) -> None:
@@ -117,7 +137,7 @@ def test_the_worker_owns_gpu_0(config: dict[str, Any]) -> None:
 
 
 def test_application_config_is_only_bulkscore_variables(config: dict[str, Any]) -> None:
-    for name in ("migrate", "api", "worker"):
+    for name in ("migrate", "api", "worker", "beat"):
         env = config["services"][name]["environment"]
         assert env and all(key.startswith("BULKSCORE_") for key in env), name
         assert env["BULKSCORE_DATABASE_URL"].startswith("postgresql+psycopg://")
