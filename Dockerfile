@@ -27,7 +27,7 @@ COPY api ./api
 COPY worker ./worker
 COPY cli ./cli
 COPY migrations ./migrations
-RUN pip install -e .
+RUN pip install -e ".[worker,keras]"
 
 # Never run as root: a Celery worker warns about it, and nothing here needs it.
 RUN useradd --create-home --uid 1000 bulkscore \

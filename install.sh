@@ -25,5 +25,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,worker,keras]"
 echo "installed: $(.venv/bin/bulkscore --help >/dev/null && echo 'bulkscore CLI ready in .venv/bin')"

@@ -11,11 +11,31 @@ from core.models.registry import Backend, ModelSpec, Task
 from core.models.trained import TrainedSpec
 from engine.runners.base import ModelLoadError, Runner
 
+# The install profile that brings each framework (pyproject.toml's optional dependencies).
+EXTRA_OF_MODULE = {"tensorflow": "keras", "keras": "keras"}
+
 
 def build_runner(spec: ModelSpec, settings: Settings | None = None) -> Runner:
     """An un-set-up runner for ``spec`` (call ``setup(device)`` next).
 
-    Each backend module is imported only here, when a model needs it: a text-only worker
+    Raises:
+        ModelLoadError: Also when the framework of the model's backend is not installed
+            (the base install is the API and the CLI client): the message names the
+            install profile that brings it.
+    """
+    try:
+        return _runner_for(spec, settings)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        extra = EXTRA_OF_MODULE.get(top, "worker")
+        raise ModelLoadError(
+            f"model {spec.name!r} needs {top or 'a framework'}, which is not installed: "
+            f"pip install 'bulkscore[{extra}]' (or ./install.sh, which installs everything)"
+        ) from exc
+
+
+def _runner_for(spec: ModelSpec, settings: Settings | None) -> Runner:
+    """Each backend module is imported only here, when a model needs it: a text-only worker
     never loads TensorFlow, and an image-only one never loads transformers.
     """
     if isinstance(spec, TrainedSpec):
