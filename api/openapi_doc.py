@@ -21,7 +21,7 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 PROBLEM_REF = {"$ref": REF_TEMPLATE.format(model="Problem")}
 UNAUTHORIZED = "Missing, unknown or revoked API key (`Authorization: Bearer <key>`)."
 # Answers that are reports, not errors: /readyz's 503 lists what is not ready.
-NOT_PROBLEMS = {("/readyz", "get")}
+NOT_PROBLEMS = {("/readyz", "get", "503")}
 # FastAPI's own validation-error schemas, replaced by Problem.
 FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
@@ -76,12 +76,12 @@ def finish(
         components[model.__name__] = body
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
-            if (path, method) in NOT_PROBLEMS:
-                continue
             responses = operation.setdefault("responses", {})
             if "security" in operation:
                 responses.setdefault("401", {"description": UNAUTHORIZED})
             for status, response in responses.items():
+                if (path, method, status) in NOT_PROBLEMS:
+                    continue
                 if status.isdigit() and int(status) >= 400:
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}}
                     if response.get("description") == "Validation Error":
