@@ -151,7 +151,7 @@ def _check_problem(case: Any, response: Any, report: FuzzReport) -> None:
         report.not_problems.append(f"{where}: {content_type}")
         return
     body = response.json()
-    if not isinstance(body, dict) or not PROBLEM_MEMBERS <= set(body):
+    if not isinstance(body, dict) or not set(body) >= PROBLEM_MEMBERS:
         report.not_problems.append(f"{where}: {response.text[:200]}")
         return
     if body["status"] != response.status_code or body["type"] != f"/problems/{body['code']}":

@@ -36,9 +36,9 @@ def generate_client(schema: dict[str, Any], folder: Path) -> None:
     spec.write_text(json.dumps(schema), encoding="utf-8")
     # The generator formats its output with ruff, which lives beside this interpreter.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [GENERATOR, "generate", "--path", str(spec), "--meta", "none"]
     done = subprocess.run(
-        [GENERATOR, "generate", "--path", str(spec), "--output-path", str(folder / PACKAGE)]
-        + ["--meta", "none"],
+        [*command, "--output-path", str(folder / PACKAGE)],
         env=env,
         capture_output=True,
         text=True,
