@@ -20,6 +20,12 @@ from api.problems import PROBLEM_MEDIA_TYPE, Problem
 REF_TEMPLATE = "#/components/schemas/{model}"
 PROBLEM_REF = {"$ref": REF_TEMPLATE.format(model="Problem")}
 UNAUTHORIZED = "Missing, unknown or revoked API key (`Authorization: Bearer <key>`)."
+# Answers any route with a body or a database may give, whatever the route itself does.
+BODY_TOO_LARGE = "The body is over `BULKSCORE_MAX_BODY_BYTES` (refused before it is read)."
+DATABASE_DOWN = (
+    "The database is unavailable, or a row is locked by a write in progress (`Retry-After`); "
+    "nothing was changed."
+)
 # Answers that are reports, not errors: /readyz's 503 lists what is not ready.
 NOT_PROBLEMS = {("/readyz", "get", "503")}
 # FastAPI's own validation-error schemas, replaced by Problem.
@@ -79,6 +85,9 @@ def finish(
             responses = operation.setdefault("responses", {})
             if "security" in operation:
                 responses.setdefault("401", {"description": UNAUTHORIZED})
+                responses.setdefault("503", {"description": DATABASE_DOWN})
+            if "requestBody" in operation:
+                responses.setdefault("413", {"description": BODY_TOO_LARGE})
             for status, response in responses.items():
                 if (path, method, status) in NOT_PROBLEMS:
                     continue

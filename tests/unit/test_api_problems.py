@@ -97,7 +97,9 @@ def test_the_schema_documents_problems_and_401_everywhere(api: UnitApi) -> None:
         for method, operation in operations.items():
             responses = operation["responses"]
             if path.startswith("/v1"):
-                assert "401" in responses, (method, path)
+                assert {"401", "503"} <= set(responses), (method, path)
+            if "requestBody" in operation:
+                assert "413" in responses, (method, path)
             for status, response in responses.items():
                 if int(status) < 400 or (path, status) == ("/readyz", "503"):
                     continue
