@@ -109,8 +109,9 @@ _SUBMIT_BODY: dict[str, Any] = {
         },
     }
 }
-# Multipart fields besides the files: model, expires_after_s, priority, metadata, unique_ids.
-FORM_FIELDS = 5
+# Multipart fields besides the files: model, expires_after_s, priority, metadata and
+# unique_ids, and room for two a client adds that we ignore.
+FORM_FIELDS = 7
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job."}}
 
 
