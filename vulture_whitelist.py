@@ -11,6 +11,7 @@ _.model_config
 _.evaluation  # api/training_schemas.py: a response field
 _.worker_live  # api/schemas.py: QueueInfo, a response field
 _.requeued  # api/schemas.py: RequeuedJobOut, a response field
+_.loc  # api/problems.py: FieldError, a documented member of a problem's errors
 _.head_sha256  # core/models/trained.py: a stored column, shown by `models show`
 _.window_start  # core/schedules/runs.py: a column of the run view
 _.JSONL  # core/schedules/config.py: an enum member, chosen by value from the models file

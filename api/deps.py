@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection, Engine
 
 from api.dispatch import JobQueue
+from api.problems import ApiError
 from core.config import Settings
 from core.jobs.lifecycle import JOB_ID_PATTERN, Job, get_job
-from core.keys import authenticate
+from core.keys import authenticate, hash_key
+from core.rate_limit import RateLimiter
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -51,11 +53,9 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status_code=status.HTTP_401_UNAUTHORIZED,
-        detail=detail,
-        headers={"WWW-Authenticate": "Bearer"},
+def unauthorized(detail: str) -> ApiError:
+    return ApiError(
+        status.HTTP_401_UNAUTHORIZED, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"}
     )
 
 
@@ -78,8 +78,33 @@ def current_key(
 CurrentKey = Annotated[int, Depends(current_key)]
 
 
-def job_not_found(job_id: str) -> HTTPException:
-    return HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"job {job_id} not found")
+def submitting_key(
+    key_id: CurrentKey,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    request: Request,
+) -> int:
+    """The caller's key id, once its submission rate allows one more (429 otherwise)."""
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is None or credentials is None:
+        return key_id
+    # By the key's hash, not its row id: ids repeat across databases sharing one Redis.
+    decision = limiter.take(hash_key(credentials.credentials)[:32])
+    if not decision.allowed:
+        raise ApiError(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "rate_limited",
+            f"this API key may submit {limiter.per_minute} jobs a minute; "
+            f"retry in {decision.retry_after_s} s",
+            headers={"Retry-After": str(decision.retry_after_s)},
+        )
+    return key_id
+
+
+SubmittingKey = Annotated[int, Depends(submitting_key)]
+
+
+def job_not_found(job_id: str) -> ApiError:
+    return ApiError(status.HTTP_404_NOT_FOUND, "job_not_found", f"job {job_id} not found")
 
 
 # Path parameters are text from outside: one that cannot be an id (a NUL, a lone surrogate,

@@ -9,23 +9,22 @@ the limit, so an oversize body is never read whole.
 
 from __future__ import annotations
 
-import json
-
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.problems import PROBLEM_MEDIA_TYPE, ApiError, problem_bytes
 
 PAYLOAD_TOO_LARGE = 413
 
 
-class BodyTooLarge(HTTPException):
+class BodyTooLarge(ApiError):
     """The request body passed the limit while it was being read.
 
-    An ``HTTPException``: raised inside a body read, FastAPI and Starlette pass it on (or
-    render it) as a 413 instead of turning it into a generic 400 or 500.
+    An ``HTTPException`` (an ``ApiError``): raised inside a body read, FastAPI and
+    Starlette pass it on (or render it) as a 413 instead of turning it into a generic 400 or 500.
     """
 
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(PAYLOAD_TOO_LARGE, too_large_message(max_bytes))
+        super().__init__(PAYLOAD_TOO_LARGE, "payload_too_large", too_large_message(max_bytes))
 
 
 def too_large_message(max_bytes: int) -> str:
@@ -88,13 +87,13 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_413(send: Send, max_bytes: int) -> None:
-    body = json.dumps({"detail": too_large_message(max_bytes)}).encode()
+    body = problem_bytes(PAYLOAD_TOO_LARGE, "payload_too_large", too_large_message(max_bytes))
     await send(
         {
             "type": "http.response.start",
             "status": PAYLOAD_TOO_LARGE,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),
                 # The rest of the body is left unread; the connection cannot be reused.
                 (b"connection", b"close"),

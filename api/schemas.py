@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+)
 
 from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from core.jobs.lifecycle import Job
@@ -53,6 +61,49 @@ PRIORITY_DESCRIPTION = (
 )
 
 
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY_CHARS = 64
+METADATA_MAX_VALUE_CHARS = 512
+
+
+def _storable(text: str) -> str:
+    # Stored as JSON in SQL: PostgreSQL refuses a NUL and a lone surrogate is not UTF-8.
+    if "\x00" in text:
+        raise ValueError("metadata keys and values may not contain NUL")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("metadata keys and values must be valid Unicode text") from None
+    return text
+
+
+MetadataKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=METADATA_MAX_KEY_CHARS),
+    AfterValidator(_storable),
+]
+MetadataValue = Annotated[
+    str, StringConstraints(max_length=METADATA_MAX_VALUE_CHARS), AfterValidator(_storable)
+]
+JobMetadata = Annotated[
+    dict[MetadataKey, MetadataValue],
+    Field(
+        max_length=METADATA_MAX_KEYS,
+        description=f"Your own labels for the job, echoed with it (never read by the service): "
+        f"at most {METADATA_MAX_KEYS} keys of 1 to {METADATA_MAX_KEY_CHARS} characters, "
+        f"string values of at most {METADATA_MAX_VALUE_CHARS}.",
+        examples=[{"team": "search", "run": "2026-12-01"}],
+    ),
+]
+# For the multipart form, whose ``metadata`` field is a JSON string.
+METADATA_ADAPTER: TypeAdapter[dict[str, str]] = TypeAdapter(JobMetadata)
+
+UNIQUE_IDS_DESCRIPTION = (
+    "Refuse the job (422, naming the first duplicates) if two inputs have the same id. "
+    "Default: ids may repeat."
+)
+
+
 class JobRequest(BaseModel):
     """``POST /v1/jobs`` as JSON."""
 
@@ -71,6 +122,8 @@ class JobRequest(BaseModel):
         examples=[3600],
     )
     priority: Priority = Field(default=Priority.NORMAL, description=PRIORITY_DESCRIPTION)
+    metadata: JobMetadata | None = None
+    unique_ids: bool = Field(default=False, description=UNIQUE_IDS_DESCRIPTION)
 
 
 class Counts(BaseModel):
@@ -125,6 +178,9 @@ class JobOut(BaseModel):
         default_factory=list,
         description="Why the job may not advance (no live worker serves its model).",
     )
+    metadata: dict[str, str] | None = Field(
+        default=None, description="The metadata the job was submitted with, if any."
+    )
 
     @classmethod
     def from_job(
@@ -143,6 +199,7 @@ class JobOut(BaseModel):
             priority=job.priority,
             queue=queue,
             warnings=warnings or [],
+            metadata=job.metadata,
         )
 
 
@@ -172,6 +229,10 @@ class RequeuedJobOut(JobOut):
 
 class JobList(BaseModel):
     data: list[JobOut]
+    next_after: str | None = Field(
+        default=None,
+        description="Pass as `after` for the next (older) page; null on the last page.",
+    )
 
 
 class ResultRow(BaseModel):
@@ -205,26 +266,3 @@ class ModelOut(BaseModel):
     revision: str | None
     input_kind: str
     description: str
-
-
-def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """``model``'s JSON schema with its ``$defs`` inlined.
-
-    For ``openapi_extra``: a ``#/$defs/...`` reference would resolve against the root of
-    the OpenAPI document, where those definitions do not exist.
-    """
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return resolve(defs[ref.removeprefix("#/$defs/")])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(value) for value in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved

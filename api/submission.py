@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePath
 
-from fastapi import HTTPException, status
+from fastapi import status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 
 from api.dispatch import JobQueue
-from api.schemas import InputRecord, JobRequest
+from api.problems import ApiError
+from api.schemas import METADATA_ADAPTER, InputRecord, JobRequest
 from core.config import Settings
 from core.inputs.items import InputItem, checked_id, checked_text_item
 from core.inputs.text_files import TEXT_SUFFIXES, InputFileError, parse_text_bytes
@@ -57,7 +58,14 @@ class Submission:
     # Seconds until the job expires (``expires_after_s``); None: no deadline.
     expires_after_s: float | None = None
     priority: Priority = Priority.NORMAL
+    # The caller's metadata object, stored on the job; None: none was sent.
+    metadata: dict[str, str] | None = None
+    # Refuse the job if two inputs share an id.
+    unique_ids: bool = False
 
+
+# How many duplicate ids a unique_ids refusal names.
+DUPLICATES_NAMED = 5
 
 BOTH_KINDS = 'send either "text" or "image_base64" in one input, not both'
 NEITHER_KIND = 'each input needs a "text" (text models) or an "image_base64" (image models)'
@@ -85,6 +93,8 @@ def parse_json_body(body: bytes, max_chars: int, max_image_bytes: int) -> Submis
         Submission(request.model, inputs, digest, kinds),
         request.expires_after_s,
         request.priority,
+        request.metadata,
+        request.unique_ids,
     )
 
 
@@ -115,20 +125,87 @@ def parse_priority(value: str | None) -> Priority:
         raise unprocessable(f"priority must be one of {choices}, not {value[:40]!r}") from None
 
 
+def parse_metadata_field(value: str | None) -> dict[str, str] | None:
+    """A multipart ``metadata`` field: a JSON object within the limits, or a 422."""
+    if value is None or value == "":
+        return None
+    try:
+        return METADATA_ADAPTER.validate_json(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'metadata'}: {error['msg']}"
+            for error in exc.errors(include_url=False)[:3]
+        )
+        raise unprocessable(
+            f"the metadata field must be a JSON object of strings: {problems}"
+        ) from None
+
+
+def parse_flag(name: str, value: str | None) -> bool:
+    """A multipart boolean field: true/false (also 1/0, yes/no), absent is false."""
+    if value is None or value == "":
+        return False
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise unprocessable(f"{name} must be true or false, not {value[:40]!r}")
+
+
 def with_options(
-    submission: Submission, expires_after_s: float | None, priority: Priority
+    submission: Submission,
+    expires_after_s: float | None,
+    priority: Priority,
+    metadata: dict[str, str] | None = None,
+    unique_ids: bool = False,
 ) -> Submission:
-    """``submission`` with its deadline and priority, which are part of what its request
-    hash stands for (a retry with the same Idempotency-Key and another deadline or
-    priority is another request). Defaults leave the hash as it was."""
+    """``submission`` with its deadline, priority, metadata and uniqueness demand, which
+    are part of what its request hash stands for (a retry with the same Idempotency-Key
+    and another deadline, priority or metadata is another request). Defaults leave the
+    hash as it was."""
     digest = submission.request_hash
     if expires_after_s is not None:
         digest = _sha256(digest.encode(), b"\0expires\0", repr(expires_after_s).encode())
     if priority != Priority.NORMAL:
         digest = _sha256(digest.encode(), b"\0priority\0", priority.value.encode())
+    if metadata is not None:
+        canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
+        digest = _sha256(digest.encode(), b"\0metadata\0", canonical.encode())
+    if unique_ids:
+        digest = _sha256(digest.encode(), b"\0unique_ids")
     return replace(
-        submission, request_hash=digest, expires_after_s=expires_after_s, priority=priority
+        submission,
+        request_hash=digest,
+        expires_after_s=expires_after_s,
+        priority=priority,
+        metadata=metadata,
+        unique_ids=unique_ids,
     )
+
+
+def check_unique_ids(submission: Submission) -> None:
+    """With ``unique_ids``, a 422 naming the first ids that two or more inputs share."""
+    if not submission.unique_ids:
+        return
+    seen: dict[str, int] = {}
+    duplicates: dict[str, list[int]] = {}
+    for position, item in enumerate(submission.inputs, start=1):
+        first = seen.setdefault(item.item_id, position)
+        if first != position:
+            duplicates.setdefault(item.item_id, [first]).append(position)
+    if duplicates:
+        named = [
+            f"{item_id[:80]!r} (inputs {', '.join(str(p) for p in positions[:5])})"
+            for item_id, positions in list(duplicates.items())[:DUPLICATES_NAMED]
+        ]
+        more = len(duplicates) - len(named)
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "duplicate_ids",
+            f"unique_ids is set but {len(duplicates)} ids repeat: {', '.join(named)}"
+            + (f" and {more} more" if more > 0 else ""),
+        )
 
 
 def _kind(record: InputRecord) -> str:
@@ -212,8 +289,8 @@ def _sha256(*parts: bytes) -> str:
     return digest.hexdigest()
 
 
-def unprocessable(detail: str) -> HTTPException:
-    return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+def unprocessable(detail: str, code: str = "invalid_request") -> ApiError:
+    return ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, code, detail)
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -236,13 +313,10 @@ def resolve_model(name: str, settings: Settings, key_id: int) -> ModelSpec:
         # the file does not have.
         spec = load_registry(settings, visible_to=key_id).get(name)
     except UnknownModelError as exc:
-        raise unprocessable(str(exc)) from exc
+        raise unprocessable(str(exc), "unknown_model") from exc
     except RegistryError as exc:
         log.error("cannot read the models file: %s", exc)
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="the server's models file cannot be read; ask its operator",
-        ) from exc
+        raise models_file_unreadable() from exc
     return spec
 
 
@@ -265,18 +339,19 @@ def match_input_kind(submission: Submission, spec: ModelSpec) -> Submission:
             item = InputItem(item_id=item.item_id, error=wrong)
         inputs.append(item)
     if inputs and mismatched == len(inputs):
-        raise unprocessable(wrong)
+        raise unprocessable(wrong, "wrong_input_kind")
     return replace(submission, inputs=inputs, kinds=kinds)
 
 
 def check_size(submission: Submission, settings: Settings) -> None:
     count = len(submission.inputs)
     if count == 0:
-        raise unprocessable("the job has no inputs; send at least one")
+        raise unprocessable("the job has no inputs; send at least one", "no_inputs")
     if count > settings.max_items_per_job:
-        raise HTTPException(
-            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            detail=f"the job has {count} inputs; the limit is {settings.max_items_per_job} per job",
+        raise ApiError(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            "too_many_inputs",
+            f"the job has {count} inputs; the limit is {settings.max_items_per_job} per job",
         )
 
 
@@ -294,12 +369,13 @@ def submit(
         The job, and whether it was created now (False: an idempotent replay).
 
     Raises:
-        HTTPException: 422 (model, inputs), 413 (too many inputs), 409 (the idempotency
-            key was used with another request), 503 (the broker is unreachable; no job
-            is left behind).
+        ApiError: 422 (model, inputs, repeated ids with ``unique_ids``), 413 (too many
+            inputs), 409 (the idempotency key was used with another request), 503 (the
+            broker is unreachable; no job is left behind).
     """
     spec = resolve_model(submission.model, settings, key_id)
     check_size(submission, settings)
+    check_unique_ids(submission)
     submission = match_input_kind(submission, spec)
     idempotency = (
         Idempotency(key_id, idempotency_key, submission.request_hash)
@@ -317,6 +393,7 @@ def submit(
             request_hash=submission.request_hash,
             expires_after_s=submission.expires_after_s,
             priority=submission.priority,
+            metadata=submission.metadata,
         )
 
     def send(job: Job, chunk_indexes: Sequence[int]) -> None:
@@ -333,11 +410,19 @@ def submit_or_answer(
     try:
         return submit_job(engine, create, send, idempotency=idempotency)
     except IdempotencyConflict as exc:
-        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+        raise ApiError(status.HTTP_409_CONFLICT, "idempotency_conflict", str(exc)) from exc
     except BrokerUnavailable as exc:
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="the job queue (broker) is unreachable, so the job was not created; "
-            "try again later",
+        raise ApiError(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            "the job queue (broker) is unreachable, so the job was not created; try again later",
             headers={"Retry-After": "5"},
         ) from exc
+
+
+def models_file_unreadable() -> ApiError:
+    return ApiError(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "models_file_unreadable",
+        "the server's models file cannot be read; ask its operator",
+    )

@@ -133,6 +133,8 @@ def running_service(workdir: Path, models_file: Path, **settings: str) -> Iterat
             BULKSCORE_BROKER_URL=redis_url,
             BULKSCORE_MODELS=str(models_file),
             BULKSCORE_LOG_LEVEL="WARNING",
+            # The benches measure the service, not the per-key submission limit.
+            BULKSCORE_RATE_LIMIT_PER_MIN="0",
             **{f"BULKSCORE_{name.upper()}": value for name, value in settings.items()},
         )
         with running_api(env, workdir / "api.log") as api:

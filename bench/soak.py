@@ -147,7 +147,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     ["--models", "tiny", "--threads", "1"], env, tmp / f"worker-{number}.log"
                 )
             )
-        api_env = {**env, "BULKSCORE_CHUNK_SIZE": str(args.chunk_size)}
+        # 50 clients share one key: the soak measures the service, not the per-key limit.
+        api_env = {
+            **env,
+            "BULKSCORE_CHUNK_SIZE": str(args.chunk_size),
+            "BULKSCORE_RATE_LIMIT_PER_MIN": "0",
+        }
         api = stack.enter_context(running_api(api_env, tmp / "api.log"))
         print(f"api {api.url}, {args.workers} workers, {args.clients} clients", flush=True)
 

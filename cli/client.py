@@ -85,11 +85,16 @@ def error_detail(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return response.text.strip()[:300] or response.reason_phrase
-    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        return str(body)[:300]
+    # A problem document (RFC 9457): per-field ``errors`` for a validation error, which read
+    # better one by one than the summary in ``detail``; an older server sends FastAPI's
+    # list as ``detail`` itself.
+    detail = body.get("errors") or body.get("detail")
     if isinstance(detail, str):
         return detail
     if isinstance(detail, list):
-        # FastAPI's validation errors: [{"loc": ["body", "inputs", 0, "text"], "msg": ...}]
+        # Validation errors: [{"loc": ["body", "inputs", 0, "text"], "msg": ...}]
         parts = []
         for error in detail:
             if not isinstance(error, dict):

@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(
         default=1000, ge=1, description="Most files in one multipart request (images)."
     )
+    rate_limit_per_min: int = Field(
+        default=600,
+        ge=0,
+        description=(
+            "Job submissions (POST /v1/jobs) one API key may make per minute, in bursts of "
+            "up to as many; more are answered 429 with Retry-After. 0 = no limit."
+        ),
+    )
 
     # Images.
     max_image_pixels: int = Field(

@@ -82,6 +82,9 @@ jobs = Table(
     # SHA-256 of an embedded job's inputs (core.jobs.inputs_hash): a re-run of the same
     # ``--job-id`` with other inputs is refused. NULL for service jobs.
     Column("inputs_hash", String(64)),
+    # The caller's small string-to-string object (api.schemas.JobMetadata), echoed with the
+    # job and never read by the service. NULL: none was sent.
+    Column("metadata", JSON(none_as_null=True)),
     UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
     Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
     Index("ix_jobs_status", "status"),

@@ -239,6 +239,9 @@ def unit_api(
     tmp_path: Path, queue: FakeJobQueue | None = None, **overrides: Any
 ) -> Iterator[UnitApi]:
     """The API on a fresh SQLite file and a fake queue; ``overrides`` are Settings fields."""
+    # No submission rate limit unless a test asks for one: its buckets live in the broker's
+    # Redis, which unit tests otherwise never touch (tests/integration/test_rate_limit.py).
+    overrides.setdefault("rate_limit_per_min", 0)
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'api.db'}",
         models=write_api_models_file(tmp_path / "models.toml"),

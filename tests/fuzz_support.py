@@ -4,7 +4,8 @@ schemathesis generates requests (valid and invalid bodies, path and query parame
 headers) for every operation in ``/openapi.json``; :func:`server_errors` sends them with a
 valid bearer key, so that requests get past authentication, and lists every answer of 500
 or more. Bounded: a fixed number of examples per operation and mode, no deadline, the same
-examples every run (a failure reproduces).
+examples every run (a failure reproduces). Every error answer is checked for the one error
+shape, RFC 9457 problem details with a ``code`` (``FuzzReport.not_problems``).
 
 Generated path parameters are random strings, which name nothing: a route would answer 404
 before it reads a single query parameter. So half of the examples have their path
@@ -40,6 +41,10 @@ class FuzzReport:
     # (operation, parameter) of every path parameter that was sent with a real value.
     real_paths: set[tuple[str, str]] = field(default_factory=set)
     statuses: dict[int, int] = field(default_factory=dict)
+    # Error answers (4xx/5xx) that are not problem details (api.problems).
+    not_problems: list[str] = field(default_factory=list)
+    # Stable codes seen in error answers, with how often.
+    codes: dict[str, int] = field(default_factory=dict)
 
 
 def server_errors(
@@ -123,6 +128,8 @@ def _fuzz_operation(
         report.statuses[status] = report.statuses.get(status, 0) + 1
         # /readyz answers 503 by design for a model with no worker ("not ready").
         expected = case.formatted_path == "/readyz" and status == 503
+        if status >= 400 and not expected:
+            _check_problem(case, response, report)
         if status >= 500 and not expected:
             report.server_errors.append(
                 f"{case.method} {case.formatted_path} -> {status}: "
@@ -130,3 +137,23 @@ def _fuzz_operation(
             )
 
     fuzz()
+
+
+PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code"}
+
+
+def _check_problem(case: Any, response: Any, report: FuzzReport) -> None:
+    """Record ``response`` in ``report.not_problems`` unless it is problem details."""
+    where = f"{case.method} {case.formatted_path} -> {response.status_code}"
+    # schemathesis' responses list each header's values.
+    content_type = (response.headers.get("content-type") or [""])[0]
+    if not content_type.startswith("application/problem+json"):
+        report.not_problems.append(f"{where}: {content_type}")
+        return
+    body = response.json()
+    if not isinstance(body, dict) or not set(body) >= PROBLEM_MEMBERS:
+        report.not_problems.append(f"{where}: {response.text[:200]}")
+        return
+    if body["status"] != response.status_code or body["type"] != f"/problems/{body['code']}":
+        report.not_problems.append(f"{where}: {response.text[:200]}")
+    report.codes[body["code"]] = report.codes.get(body["code"], 0) + 1

@@ -20,7 +20,7 @@ from core.models.registry import NAME_PATTERN, Registry, RegistryError
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", operation_id="healthz")
 def healthz() -> dict[str, str]:
     """Liveness: the process is up and serving requests."""
     return {"status": "ok"}
@@ -28,6 +28,7 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
+    operation_id="readyz",
     responses={503: {"description": "The database or the broker is down, or no worker is."}},
 )
 def readyz(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from sqlalchemy import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -17,25 +17,30 @@ from api.deps import (
     JobQueueDep,
     OwnedJob,
     SettingsDep,
+    SubmittingKey,
     job_not_found,
 )
 from api.dispatch import JobQueue
+from api.job_cursor import decode_cursor, encode_cursor
+from api.openapi_doc import component_ref
+from api.problems import ApiError
 from api.schemas import (
     PRIORITY_DESCRIPTION,
+    UNIQUE_IDS_DESCRIPTION,
     JobList,
     JobOut,
-    JobRequest,
     RequeuedJobOut,
     RetryRequest,
-    inline_schema,
 )
 from api.submission import (
     Submission,
     check_idempotency_key,
     parse_expires_after_s,
     parse_file_upload,
+    parse_flag,
     parse_image_uploads,
     parse_json_body,
+    parse_metadata_field,
     parse_priority,
     submit,
     unprocessable,
@@ -53,68 +58,86 @@ from core.queues import BrokerUnavailable
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 # The body is read by hand (JSON or multipart, one endpoint), so FastAPI cannot infer its
-# schema; this documents both forms in /docs.
+# schema; this documents both forms in /docs, as the named schemas JobRequest and JobUpload
+# (api.app adds them to the document), so that generated clients use those names.
+JOB_UPLOAD_SCHEMA: dict[str, Any] = {
+    "title": "JobUpload",
+    "description": "`POST /v1/jobs` as multipart/form-data: a file of texts, or image files.",
+    "type": "object",
+    "required": ["model"],
+    "properties": {
+        "model": {"type": "string", "description": "A registered model name."},
+        "expires_after_s": {
+            "type": "number",
+            "minimum": MIN_EXPIRES_AFTER_S,
+            "maximum": MAX_EXPIRES_AFTER_S,
+            "description": "A deadline in seconds (1 s to 30 days): not finished by then, the "
+            "job ends `expired`.",
+        },
+        "priority": {
+            "type": "string",
+            "enum": [level.value for level in Priority],
+            "default": Priority.NORMAL.value,
+            "description": PRIORITY_DESCRIPTION,
+        },
+        "metadata": {
+            "type": "string",
+            "description": "The job's metadata as a JSON object of strings (the limits of "
+            "`JobRequest.metadata`).",
+        },
+        "unique_ids": {"type": "boolean", "default": False, "description": UNIQUE_IDS_DESCRIPTION},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": '.jsonl ({"id", "text"} per line), .csv (a text column, optional '
+            "id) or .txt (a text per line).",
+        },
+        "images": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "Image files, for image models (one part each; the file name is "
+            "the item's id).",
+        },
+    },
+}
 _SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": inline_schema(JobRequest)},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["model"],
-                    "properties": {
-                        "model": {"type": "string", "description": "A registered model name."},
-                        "expires_after_s": {
-                            "type": "number",
-                            "minimum": MIN_EXPIRES_AFTER_S,
-                            "maximum": MAX_EXPIRES_AFTER_S,
-                            "description": "A deadline in seconds (1 s to 30 days): not "
-                            "finished by then, the job ends `expired`.",
-                        },
-                        "priority": {
-                            "type": "string",
-                            "enum": [level.value for level in Priority],
-                            "default": Priority.NORMAL.value,
-                            "description": PRIORITY_DESCRIPTION,
-                        },
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": '.jsonl ({"id", "text"} per line), .csv (a '
-                            "text column, optional id) or .txt (a text per line).",
-                        },
-                        "images": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "Image files, for image models (one part each; "
-                            "the file name is the item's id).",
-                        },
-                    },
-                }
-            },
+            "application/json": {"schema": component_ref("JobRequest")},
+            "multipart/form-data": {"schema": component_ref("JobUpload")},
         },
     }
 }
+# Multipart fields besides the files: model, expires_after_s, priority, metadata and
+# unique_ids, and room for two a client adds that we ignore.
+FORM_FIELDS = 7
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job."}}
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
+    operation_id="create_job",
     openapi_extra=_SUBMIT_BODY,
     responses={
         200: {"model": JobOut, "description": "Idempotent replay: the job this key made."},
         409: {"description": "The Idempotency-Key was used with a different request."},
         413: {"description": "Body too large, or too many inputs."},
-        422: {"description": "Unknown model, no inputs, or a malformed body."},
+        415: {"description": "The body is neither JSON nor multipart/form-data."},
+        422: {
+            "description": "Unknown model, no inputs, repeated ids with `unique_ids`, bad "
+            "metadata, or a malformed body."
+        },
+        429: {"description": "This key submits too fast; retry after `Retry-After` seconds."},
         503: {"description": "The broker is unreachable; no job was created."},
     },
 )
 async def create(
     request: Request,
     response: Response,
-    key_id: CurrentKey,
+    key_id: SubmittingKey,
     settings: SettingsDep,
     engine: EngineDep,
     queue: JobQueueDep,
@@ -154,7 +177,9 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
     if content_type == "multipart/form-data":
         # A bounded number of parts: the parser stops at once past these, so a form of
         # 10,000 fields costs nothing.
-        async with request.form(max_files=settings.max_upload_files, max_fields=5) as form:
+        async with request.form(
+            max_files=settings.max_upload_files, max_fields=FORM_FIELDS
+        ) as form:
             model = form.get("model")
             if not isinstance(model, str) or not model:
                 raise unprocessable("the multipart form needs a 'model' field")
@@ -162,6 +187,10 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
             expires_after_s = parse_expires_after_s(expires if isinstance(expires, str) else None)
             level = form.get("priority")
             priority = parse_priority(level if isinstance(level, str) else None)
+            labels = form.get("metadata")
+            metadata = parse_metadata_field(labels if isinstance(labels, str) else None)
+            unique = form.get("unique_ids")
+            unique_ids = parse_flag("unique_ids", unique if isinstance(unique, str) else None)
             images = [part for part in form.getlist("images") if isinstance(part, UploadFile)]
             upload = form.get("file")
             if images:
@@ -169,7 +198,7 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
                 parsed = await run_in_threadpool(
                     parse_image_uploads, model, uploads, settings.max_image_bytes
                 )
-                return with_options(parsed, expires_after_s, priority)
+                return with_options(parsed, expires_after_s, priority, metadata, unique_ids)
             if not isinstance(upload, UploadFile):
                 raise unprocessable(
                     "the multipart form needs a 'file' part (texts) or 'images' parts"
@@ -179,33 +208,47 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
         parsed = await run_in_threadpool(
             parse_file_upload, model, filename, raw, settings.max_text_chars
         )
-        return with_options(parsed, expires_after_s, priority)
+        return with_options(parsed, expires_after_s, priority, metadata, unique_ids)
     if content_type in ("application/json", ""):
         body = await request.body()
         return await run_in_threadpool(
             parse_json_body, body, settings.max_text_chars, settings.max_image_bytes
         )
-    raise HTTPException(
-        status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-        detail="send application/json or multipart/form-data",
+    raise ApiError(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send application/json or multipart/form-data",
     )
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, operation_id="list_jobs")
 def list_(
     key_id: CurrentKey,
     conn: ConnDep,
     job_status: JobStatus | None = Query(
         default=None, alias="status", description="Only jobs in this state."
     ),
-    limit: int = Query(default=50, ge=1, le=1000),
+    limit: int = Query(default=50, ge=1, le=1000, description="Jobs per page."),
+    after: str | None = Query(
+        default=None,
+        max_length=200,
+        description="`next_after` of the previous page: the jobs older than its last one.",
+    ),
 ) -> JobList:
-    """The caller's jobs, newest first."""
-    found = list_jobs(conn, key_id, job_status, limit)
-    return JobList(data=[JobOut.from_job(job) for job in found])
+    """The caller's jobs, newest first, a page at a time (follow `next_after`).
+
+    The cursor is a position in (creation time, id), not an offset: jobs submitted while
+    paging appear on no later page, and none is skipped or repeated.
+    """
+    before = decode_cursor(after) if after is not None else None
+    # One job more than asked tells whether another page exists, without a second query.
+    found = list_jobs(conn, key_id, job_status, limit + 1, before=before)
+    page = found[:limit]
+    next_after = encode_cursor(page[-1]) if len(found) > limit else None
+    return JobList(data=[JobOut.from_job(job) for job in page], next_after=next_after)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "No such job."}})
+@router.get("/{job_id}", response_model=JobOut, operation_id="get_job", responses=NOT_FOUND)
 def read(job: OwnedJob, conn: ConnDep, queue: JobQueueDep, settings: SettingsDep) -> JobOut:
     """A job's status and counts; while it is active, its place in its model's queue and
     whether a worker serves that model (a warning when none does)."""
@@ -213,7 +256,7 @@ def read(job: OwnedJob, conn: ConnDep, queue: JobQueueDep, settings: SettingsDep
 
 
 @router.post(
-    "/{job_id}/cancel", response_model=JobOut, responses={404: {"description": "No such job."}}
+    "/{job_id}/cancel", response_model=JobOut, operation_id="cancel_job", responses=NOT_FOUND
 )
 def cancel(job: OwnedJob, key_id: CurrentKey, engine: EngineDep) -> JobOut:
     """Cancel the job: chunks not yet started will not start; results written stay.
@@ -237,6 +280,7 @@ _REQUEUE_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/{job_id}/retry",
     status_code=status.HTTP_202_ACCEPTED,
+    operation_id="retry_job",
     response_model=RequeuedJobOut,
     responses=_REQUEUE_RESPONSES,
 )
@@ -268,6 +312,7 @@ def retry(
 @router.post(
     "/{job_id}/resume",
     status_code=status.HTTP_202_ACCEPTED,
+    operation_id="resume_job",
     response_model=RequeuedJobOut,
     responses=_REQUEUE_RESPONSES,
 )
@@ -292,7 +337,7 @@ def _requeue(
     except LookupError as exc:  # deleted since the ownership check
         raise job_not_found(job.id) from exc
     except RequeueRefused as exc:
-        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+        raise ApiError(status.HTTP_409_CONFLICT, "nothing_to_requeue", str(exc)) from exc
     warnings = []
     try:
         queue.enqueue_chunks(done.job.id, done.job.runs_on, done.chunk_indexes)

@@ -23,6 +23,7 @@ MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"
 @router.get(
     "/{job_id}/results",
     response_model=ResultPage,
+    operation_id="get_results",
     responses={
         200: {
             "description": "A page of results (JSON), or every result as CSV or JSON Lines.",

@@ -15,15 +15,16 @@ import logging
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from sqlalchemy import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.deps import ConnDep, CurrentKey, EngineDep, JobQueueDep, SettingsDep
 from api.dispatch import JobQueue
+from api.problems import ApiError
 from api.schemas import JobOut
-from api.submission import submit_or_answer, unprocessable
+from api.submission import models_file_unreadable, submit_or_answer, unprocessable
 from api.training_schemas import CatalogModelOut, ModelDetail, VersionOut
 from core.config import Settings
 from core.jobs.lifecycle import Job
@@ -91,10 +92,7 @@ def _registry(settings: Settings) -> Registry:
         return load_registry(settings)
     except RegistryError as exc:
         log.error("cannot read the models file: %s", exc)
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="the server's models file cannot be read; ask its operator",
-        ) from exc
+        raise models_file_unreadable() from exc
 
 
 def submit_training(
@@ -110,7 +108,7 @@ def submit_training(
     """Check the request and its data, store the training job and send its task.
 
     Raises:
-        HTTPException: 422 (name, base or data unusable), 409 (the name belongs to another
+        ApiError: 422 (name, base or data unusable), 409 (the name belongs to another
             key; the registration refuses it as well, should the check here race),
             503 (models file unreadable, or the broker unreachable: then no job is left
             behind).
@@ -122,9 +120,7 @@ def submit_training(
         raise unprocessable(str(exc)) from exc
     with engine.connect() as conn:
         if not may_train(conn, name, key_id):
-            raise HTTPException(
-                status_code=status.HTTP_409_CONFLICT, detail=str(NameTakenError(name))
-            )
+            raise ApiError(status.HTTP_409_CONFLICT, "name_taken", str(NameTakenError(name)))
     try:
         base_spec = check_base(registry, base)
         data_format = upload_format(filename, base_spec.input_kind)
@@ -155,6 +151,7 @@ def submit_training(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
+    operation_id="train_model",
     openapi_extra=_TRAIN_BODY,
     responses={
         413: {"description": "Body too large."},
@@ -179,9 +176,10 @@ async def train(
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
-        raise HTTPException(
-            status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            detail="send multipart/form-data with name, base and a data file",
+        raise ApiError(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send multipart/form-data with name, base and a data file",
         )
     async with request.form(max_files=1, max_fields=5) as form:
         name, base, upload = form.get("name"), form.get("base"), form.get("data")
@@ -202,6 +200,7 @@ async def train(
     "/{name}",
     response_model=ModelDetail,
     response_model_exclude_unset=True,
+    operation_id="get_model",
     responses={404: {"description": "No such model (or version)."}},
 )
 def read(
@@ -221,7 +220,7 @@ def read(
     model = get_trained(conn, name, version, with_head=False, visible_to=key_id)
     if model is None:
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
-        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"{what} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "model_not_found", f"{what} not found")
     listed = CatalogModelOut.from_trained(model, registry.models.get(model.base))
     return ModelDetail(
         **listed.model_dump(exclude_unset=True),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
 from core.clock import utcnow
 from core.inputs.items import InputItem
@@ -53,6 +53,8 @@ class Job:
     last_served_at: datetime | None = None
     # SHA-256 of an embedded job's inputs (core.jobs.inputs_hash); None for service jobs.
     inputs_hash: str | None = None
+    # The caller's metadata object (string keys and values), echoed by the API.
+    metadata: dict[str, str] | None = None
 
     @property
     def done(self) -> int:
@@ -97,6 +99,7 @@ def create_job(
     driver: JobDriver = JobDriver.SERVICE,
     expires_after_s: float | None = None,
     priority: Priority = Priority.NORMAL,
+    metadata: dict[str, str] | None = None,
 ) -> Job:
     """Insert a queued job, its items and its chunks in the caller's transaction.
 
@@ -127,6 +130,7 @@ def create_job(
             if expires_after_s is not None
             else None,
             priority=priority.value,
+            metadata=metadata,
         )
     )
     _insert_items(conn, job_id, inputs)
@@ -207,13 +211,28 @@ def list_jobs(
     owner_key_id: int | None,
     status: JobStatus | None = None,
     limit: int = 50,
+    before: tuple[datetime, str] | None = None,
 ) -> list[Job]:
-    """Newest first."""
-    query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+    """Newest first: by ``created_at``, then ``id``, both descending (a total order).
+
+    Args:
+        before: A page's last ``(created_at, id)``: only jobs after it in that order. A
+            job created since the first page sorts before it, so pages neither repeat nor
+            skip a job when new ones arrive.
+    """
+    query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
     if owner_key_id is not None:
         query = query.where(jobs.c.owner_key_id == owner_key_id)
     if status is not None:
         query = query.where(jobs.c.status == status.value)
+    if before is not None:
+        created_at, job_id = before
+        query = query.where(
+            or_(
+                jobs.c.created_at < created_at,
+                and_(jobs.c.created_at == created_at, jobs.c.id < job_id),
+            )
+        )
     return [Job.from_row(row) for row in conn.execute(query)]
 
 

@@ -52,6 +52,7 @@ def test_no_generated_request_gets_a_server_error_from_the_api_process(
         log = server.log()
 
     assert report.server_errors == [], log[-3000:]
+    assert report.not_problems == []
     with_path_parameters = {op for op in report.operations if "{" in op}
     assert {op for op, _ in report.real_paths} == with_path_parameters
     assert report.statuses.get(200, 0) > 0 and report.statuses.get(422, 0) > 0

@@ -165,7 +165,7 @@ def test_an_id_of_another_json_type_is_a_422_naming_the_input(
     assert response.status_code == 422, response.text
     assert detail in response.text
     if value != "9" * 5000:  # a parse error names a line and column instead
-        assert response.json()["detail"][0]["loc"][:3] == ["inputs", 1, "id"]
+        assert response.json()["errors"][0]["loc"][:3] == ["inputs", 1, "id"]
     assert api.job_count() == 0
 
 

@@ -90,9 +90,11 @@ def test_another_key_gets_409_404_and_422_for_a_trained_name_and_its_owner_retra
         for path in ("/v1/models/alice-model", "/v1/models/alice-model?version=1"):
             hidden = stack.api.get(path, key=bob)
             assert hidden.status_code == 404, hidden.text
-            assert hidden.json() == {
-                "detail": f"model 'alice-model'{' version 1' if '?' in path else ''} not found"
-            }
+            assert hidden.json()["code"] == "model_not_found"
+            assert (
+                hidden.json()["detail"]
+                == f"model 'alice-model'{' version 1' if '?' in path else ''} not found"
+            )
         assert "alice-model" not in stack.listed(bob)
         job = stack.api.post_job(["broken refund"], model="alice-model", key=bob)
         assert job.status_code == 422, job.text

@@ -34,6 +34,9 @@ def test_no_generated_request_gets_a_server_error(api: UnitApi) -> None:
 
     assert len(report.operations) >= 8, "every documented route is fuzzed"
     assert report.server_errors == []
+    assert report.not_problems == []
+    # Errors of several kinds were met, each with its stable code.
+    assert {"invalid_request", "job_not_found"} <= set(report.codes), report.codes
     assert len(report.unsatisfiable) < len(report.operations) / 2, report.unsatisfiable
     with_path_parameters = {op for op in report.operations if "{" in op}
     assert {op for op, _ in report.real_paths} == with_path_parameters

@@ -87,7 +87,14 @@ def test_a_database_outage_answers_503_not_500(tmp_path: Path) -> None:
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"].startswith("error: ")
     assert jobs.status_code == 503
-    assert jobs.json() == {"detail": "the database is unavailable; try again later"}
+    assert jobs.headers["content-type"] == "application/problem+json"
+    assert jobs.json() == {
+        "type": "/problems/database_unavailable",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "the database is unavailable; try again later",
+        "code": "database_unavailable",
+    }
 
 
 def test_openapi_documents_both_submit_forms_and_bearer_auth(api: UnitApi) -> None:
@@ -95,12 +102,17 @@ def test_openapi_documents_both_submit_forms_and_bearer_auth(api: UnitApi) -> No
     submit = schema["paths"]["/v1/jobs"]["post"]
     content = submit["requestBody"]["content"]
     assert set(content) == {"application/json", "multipart/form-data"}
-    item = content["application/json"]["schema"]["properties"]["inputs"]["items"]
-    # Inlined, not a dangling "#/$defs/..." reference.
-    assert {"id", "text", "image_base64"} <= set(item["properties"])
-    assert "$defs" not in str(content)
+    # Named schemas in the document's components, not dangling "#/$defs/..." references.
+    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/JobRequest"}
+    assert content["multipart/form-data"]["schema"] == {"$ref": "#/components/schemas/JobUpload"}
+    components = schema["components"]["schemas"]
+    item = components["JobRequest"]["properties"]["inputs"]["items"]
+    assert item == {"$ref": "#/components/schemas/InputRecord"}
+    assert {"id", "text", "image_base64"} <= set(components["InputRecord"]["properties"])
+    assert {"file", "images", "metadata"} <= set(components["JobUpload"]["properties"])
+    assert "$defs" not in str(schema)
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    assert {"202", "200", "409", "413", "422", "503"} <= set(submit["responses"])
+    assert {"202", "200", "401", "409", "413", "422", "429", "503"} <= set(submit["responses"])
     assert api.client.get("/docs").status_code == 200
 
 

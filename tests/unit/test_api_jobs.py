@@ -177,13 +177,16 @@ def test_malformed_json_answers_422(api: UnitApi, body: str, where: list[object]
         "/v1/jobs", content=body, headers={**bearer(api.key), "Content-Type": "application/json"}
     )
     assert response.status_code == 422, response.text
-    detail = response.json()["detail"]
+    problem = response.json()
     if where is None:
-        assert detail == "the job has no inputs; send at least one"
+        assert problem["detail"] == "the job has no inputs; send at least one"
+        assert problem["code"] == "no_inputs"
     else:
-        assert [error["loc"] for error in detail if error["loc"] == where], detail
+        errors = problem["errors"]
+        assert problem["code"] == "invalid_request"
+        assert [error["loc"] for error in errors if error["loc"] == where], errors
         # The (possibly huge) input is never echoed back.
-        assert all("input" not in error for error in detail)
+        assert all("input" not in error for error in errors)
     assert count(api, jobs) == 0
 
 
@@ -308,6 +311,7 @@ def test_job_status_follows_the_results(api: UnitApi) -> None:
         "priority",
         "queue",
         "warnings",
+        "metadata",
     }
 
 

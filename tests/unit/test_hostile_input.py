@@ -77,7 +77,7 @@ def test_invalid_utf8_in_a_json_body_answers_422(api: UnitApi) -> None:
         api, b'{"model": "tiny", "inputs": [{"text": "a\xffb"}]}', "application/json"
     )
     assert response.status_code == 422  # type: ignore[attr-defined]
-    assert response.json()["detail"][0]["type"] == "json_invalid"  # type: ignore[attr-defined]
+    assert response.json()["errors"][0]["type"] == "json_invalid"  # type: ignore[attr-defined]
     assert job_count(api) == 0
 
 
