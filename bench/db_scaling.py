@@ -10,7 +10,7 @@ chunk's items, then per write window a sleep for the model (``window / --worker-
 seconds: the GPU stand-in's forward pass) and the real result write
 (``core.jobs.results.write_job_results``: the job's row locked, ``COPY``, counters; one
 transaction per window), and finally ``finish_chunks``. Chunks of ``chunk_size`` (512)
-items, windows of ``write_batch_size`` (128), result rows with a two-label top-k as
+items, windows of ``write_batch_size`` (128; ``--window``), result rows with a two-label top-k as
 DistilBERT-SST-2 writes them.
 
 Every size runs on a fresh database (``tests/services.fresh_postgres_database``) holding
@@ -38,7 +38,7 @@ from common import load_summary, machine_summary
 
 MODEL = "bench"
 CHUNK_SIZE = 512
-WINDOW = 128
+WINDOW = 128  # the default write_batch_size: rows per result transaction
 LABELS = ("POSITIVE", "NEGATIVE")
 
 
@@ -90,7 +90,13 @@ def _scored(items: list[tuple[int, Any]]) -> list[Any]:
 
 
 def work(
-    url: str, worker_rate: float, start_at: float, stop_at: float, ready: Event, out: Any
+    url: str,
+    worker_rate: float,
+    window_size: int,
+    start_at: float,
+    stop_at: float,
+    ready: Event,
+    out: Any,
 ) -> None:
     """One worker: claim, read, sleep and write per window, finish; until ``stop_at``."""
     from core.chunks.batches import finish_chunks, load_chunk_items
@@ -132,8 +138,8 @@ def work(
         chunk = claim.chunk
         with engine.connect() as conn:
             loaded = load_chunk_items(conn, [chunk])[(chunk.job_id, chunk.index)]
-        for start in range(0, len(loaded), WINDOW):
-            window = loaded[start : start + WINDOW]
+        for start in range(0, len(loaded), window_size):
+            window = loaded[start : start + window_size]
             if worker_rate > 0:
                 time.sleep(len(window) / worker_rate)
             scored = _scored(window)
@@ -195,7 +201,12 @@ class SizeResult:
 
 
 def run_size(
-    workers: int, shape: str, seconds: float, worker_rate: float, most_queued: int
+    workers: int,
+    shape: str,
+    seconds: float,
+    worker_rate: float,
+    window_size: int,
+    most_queued: int,
 ) -> SizeResult:
     from services import fresh_postgres_database
 
@@ -219,7 +230,9 @@ def run_size(
         dispose_engines()  # no open connection may cross the fork
         context = multiprocessing.get_context("fork")
         out = context.Queue()
-        processes, start_at = _start_all(context, workers, url, worker_rate, seconds, out)
+        processes, start_at = _start_all(
+            context, workers, url, worker_rate, window_size, seconds, out
+        )
         database = url.rsplit("/", 1)[1]
         time.sleep(max(0.0, start_at - time.monotonic()))
         clients = [process.pid for process in processes]
@@ -273,7 +286,13 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def _start_all(
-    context: Any, workers: int, url: str, worker_rate: float, seconds: float, out: Any
+    context: Any,
+    workers: int,
+    url: str,
+    worker_rate: float,
+    window_size: int,
+    seconds: float,
+    out: Any,
 ) -> tuple[list[Any], float]:
     """Fork the workers with a common start, a little after the last can have connected."""
     # Forked children share this process's monotonic clock (CLOCK_MONOTONIC is system-wide).
@@ -281,7 +300,9 @@ def _start_all(
     stop_at = start_at + seconds
     readies = [context.Event() for _ in range(workers)]
     processes = [
-        context.Process(target=work, args=(url, worker_rate, start_at, stop_at, ready, out))
+        context.Process(
+            target=work, args=(url, worker_rate, window_size, start_at, stop_at, ready, out)
+        )
         for ready in readies
     ]
     for process in processes:
@@ -306,6 +327,9 @@ def main() -> None:
     )
     parser.add_argument("--jobs", default="many,one", help="Work shapes: many, one, or both.")
     parser.add_argument(
+        "--window", type=int, default=WINDOW, help="Rows per result transaction (128)."
+    )
+    parser.add_argument(
         "--most-queued", type=int, default=600_000, help="Most items queued per size."
     )
     args = parser.parse_args()
@@ -315,7 +339,9 @@ def main() -> None:
     results = []
     for shape in shapes:
         for workers in sizes:
-            result = run_size(workers, shape, args.seconds, args.worker_rate, args.most_queued)
+            result = run_size(
+                workers, shape, args.seconds, args.worker_rate, args.window, args.most_queued
+            )
             print(
                 f"  -> {result.rows_per_s:,.0f} rows/s, {result.claims / args.seconds:,.1f} "
                 f"claims/s; load {load_summary()}",
@@ -325,7 +351,7 @@ def main() -> None:
     print(
         f"\n### One PostgreSQL, N stand-in workers ({args.seconds:.0f} s each, model "
         f"{args.worker_rate:,.0f} texts/s per worker, chunks of {CHUNK_SIZE}, windows of "
-        f"{WINDOW})\n"
+        f"{args.window})\n"
     )
     print(f"machine: {machine_summary()}; load at the end: {load_summary()}\n")
     header = [
