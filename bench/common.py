@@ -14,7 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_BENCH = REPO.parent / "shared" / "bench"
+
+
+def _shared_bench() -> Path:
+    """``../shared/bench`` beside this checkout, or beside the main one from a git worktree."""
+    beside = REPO.parent / "shared" / "bench"
+    if beside.exists():
+        return beside
+    try:
+        common = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return beside
+    return Path(common).parent.parent / "shared" / "bench"
+
+
+SHARED_BENCH = _shared_bench()
 sys.path.insert(0, str(REPO / "tests"))
 
 

@@ -12,7 +12,7 @@ Needs PostgreSQL and Redis on 127.0.0.1 for the tutorial and service rows (Redis
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +32,32 @@ def bulkscore_in_process(
     precision: str = "fp32",
     repeat: int = 1,
     first_token: bool = True,
+    entry: Mapping[str, object] | None = None,
+    name: str | None = None,
 ) -> Row:
-    """The embedded path of ``bulkscore score``: spec -> runner -> score_items -> SQLite.
+    """The embedded path of ``bulkscore score``: spec -> runner -> score_in_process -> SQLite.
 
     ``first_token=False`` turns off the first-token last layer (engine/runners/first_token.py),
-    to show what it saves side by side.
+    to show what it saves side by side. ``entry`` overrides fields of the models-file entry
+    (``backend = "standin"``: bench/standin_ceiling.py), ``name`` the row's name.
     """
     from core.config import get_settings
     from core.db import get_engine
     from core.inputs.items import checked_text_item
-    from core.jobs.lifecycle import create_job, load_items
-    from core.jobs.status import JobStatus
     from core.migrate import upgrade
     from core.models.registry import Registry
+    from engine.in_process import create_embedded_job, score_in_process
     from engine.runners import build_runner
-    from engine.scoring import score_items
 
     settings = get_settings().model_copy(update={"first_token_last_layer": first_token})
-    entry = {"task": "text-classification", "backend": "transformers", "source": str(model_dir)}
-    registry = Registry.from_mapping(
-        {"models": {"bench": {**entry, "precision": precision}}}, base_dir=workdir
-    )
+    fields = {
+        "task": "text-classification",
+        "backend": "transformers",
+        "source": str(model_dir),
+        "precision": precision,
+        **(entry or {}),
+    }
+    registry = Registry.from_mapping({"models": {"bench": fields}}, base_dir=workdir)
     spec = registry.get("bench")
     database = workdir / f"bench-{precision}.db"
     database.unlink(missing_ok=True)
@@ -64,18 +69,16 @@ def bulkscore_in_process(
     items = [checked_text_item(r["id"], r["text"], settings.max_text_chars) for r in records]
 
     def run() -> None:
-        with engine.begin() as conn:
-            job = create_job(conn, spec, items, chunk_size=len(items), status=JobStatus.RUNNING)
-        with engine.connect() as conn:
-            indexed = load_items(conn, job.id, 0, job.total)
-        totals = score_items(
-            engine, job.id, runner, indexed, write_batch_size=settings.write_batch_size
-        )
-        assert totals.succeeded == len(items), totals
+        # What `bulkscore score` does once its runner is warm: an embedded job, its chunk
+        # claimed, scored and finished by the in-process driver.
+        job = create_embedded_job(engine, spec, items)
+        outcome = score_in_process(engine, settings, job.id, runner)
+        assert outcome.scored == len(items) and outcome.busy is None, outcome
 
-    name = IN_PROCESS if precision == "fp32" else f"bulkscore score (in-process, {precision})"
-    if not first_token:
-        name += ", every token in the last layer"
+    if name is None:
+        name = IN_PROCESS if precision == "fp32" else f"bulkscore score (in-process, {precision})"
+        if not first_token:
+            name += ", every token in the last layer"
     return timed(name, len(items), run, repeat)
 
 
@@ -95,12 +98,20 @@ def tutorial_row(model_dir: Path, texts: list[str], workdir: Path, repeat: int =
 
 
 def service_row(
-    model_dir: Path, records: list[dict[str, str]], workdir: Path, repeat: int = 1
+    model_dir: Path,
+    records: list[dict[str, str]],
+    workdir: Path,
+    repeat: int = 1,
+    entry: Mapping[str, object] | None = None,
+    name: str = SERVICE,
 ) -> Row:
-    """Submit over HTTP, poll until completed, read every result back through the API."""
+    """Submit over HTTP, poll until completed, read every result back through the API.
+
+    ``entry`` overrides fields of the bench model's models-file entry, ``name`` the row's.
+    """
     from service_support import bench_models_file, running_service
 
-    models = bench_models_file(workdir, model_dir)
+    models = bench_models_file(workdir, model_dir, **(entry or {}))
     with running_service(workdir, models) as service:
         service.start_workers(1)
         with service.client() as client:
@@ -114,7 +125,7 @@ def service_row(
             # Warm, as a running service is (the tutorial row is warmed too): the first job
             # of a new worker also pays for first-time allocations, not timed here.
             run()
-            return timed(SERVICE, len(records), run, repeat)
+            return timed(name, len(records), run, repeat)
 
 
 def minilm_int8_quality(texts: list[str], repeat: int = 1) -> list[Row]:

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.config import Settings, get_settings
 from core.queues import model_queue
@@ -36,6 +36,9 @@ class Backend(StrEnum):
     KERAS = "keras"
     # A state dict for the efficientnet-lite-pytorch architecture (imagenet-lite).
     EFFICIENTNET_LITE = "efficientnet-lite"
+    # A planning tool, never a model: a real tokenizer and fixed scores from a forward pass
+    # that only sleeps (engine/runners/standin.py), to measure the CPU side of a worker.
+    STANDIN = "standin"
 
 
 # Backends whose models take images whatever their task (a feature extractor included).
@@ -87,9 +90,20 @@ class ModelSpec(BaseModel):
     precision: str = Field(default="fp32", pattern="^(fp32|fp16|bf16|int8|onnx-int8)$")
     image_size: int = Field(default=224, ge=8)
     head: str | None = None
+    # backend = "standin" only: the simulated forward pass's speed in real (non-pad) tokens
+    # per second; 0 makes it cost nothing. Finite, so a typo such as "inf" is refused.
+    standin_tokens_per_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     description: str = ""
     # The folder the models file lives in, to resolve relative sources.
     base_dir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _standin_fields(self) -> ModelSpec:
+        if self.backend == Backend.STANDIN and self.task != Task.TEXT_CLASSIFICATION:
+            raise ValueError('backend "standin" is for task "text-classification" only')
+        if self.backend != Backend.STANDIN and self.standin_tokens_per_s:
+            raise ValueError('standin_tokens_per_s is for backend "standin" only')
+        return self
 
     @property
     def input_kind(self) -> InputKind:

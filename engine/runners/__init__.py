@@ -50,6 +50,11 @@ def _runner_for(spec: ModelSpec, settings: Settings | None) -> Runner:
         from engine.runners.efficientnet_lite import EfficientNetLiteRunner
 
         return EfficientNetLiteRunner(spec, settings)
+    if spec.backend == Backend.STANDIN:
+        # Deferred: transformers (its tokenizer only). A planning tool, never a model.
+        from engine.runners.standin import StandinTextRunner
+
+        return StandinTextRunner(spec, settings)
     if spec.backend == Backend.TRANSFORMERS and spec.task in (
         Task.TEXT_CLASSIFICATION,
         Task.FEATURE_EXTRACTION,

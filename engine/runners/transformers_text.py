@@ -72,11 +72,7 @@ class TransformersTextRunner(Runner):
         if self.spec.head is not None:
             self.head, self.labels = self._load_head(torch)
         elif not encoder_only:
-            self.is_classifier = True
-            config = self.model.config
-            self.labels = [config.id2label[i] for i in range(config.num_labels)]
-            multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
-            self.activation = sigmoid if multi else softmax
+            self._classify_with(self.model.config)
         self.max_length = self._max_length()
         # Pruned while still fp32 on the CPU, where the check against the full layer is
         # exact; int8 and fp16 then apply to the pruned layer's modules as to any other.
@@ -87,6 +83,13 @@ class TransformersTextRunner(Runner):
             self.model.to(device)
         # Warm up once so the first real batch does not pay for lazy initialisation.
         self._run_sorted(["warm up"], None)
+
+    def _classify_with(self, config: Any) -> None:
+        """Labels and activation of a sequence classifier, as its ``config`` states them."""
+        self.is_classifier = True
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
+        self.activation = sigmoid if multi else softmax
 
     def _prune_last_layer(self) -> bool:
         """Compute only token 0 in the last layer, if the model checks out (first_token.py)."""
@@ -144,10 +147,14 @@ class TransformersTextRunner(Runner):
             padded[key] = array
         return padded
 
+    def _model_config(self) -> Any:
+        """The model's ``config`` (labels, positions); the stand-in reads it without weights."""
+        return self.model.config
+
     def _max_length(self) -> int:
         candidates = [
             self.spec.max_length,
-            getattr(self.model.config, "max_position_embeddings", None),
+            getattr(self._model_config(), "max_position_embeddings", None),
         ]
         model_max = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(model_max, int) and model_max < 1_000_000:

@@ -1,0 +1,112 @@
+"""The CPU-side ceiling of a text worker, measured with the GPU stand-in, side by side in one run.
+
+    .venv/bin/python bench/standin_ceiling.py [--count 4000] [--repeat 2]
+
+On a CPU a real model's forward pass hides everything around it; the stand-in
+(``backend = "standin"``, engine/runners/standin.py) keeps every CPU stage real and replaces
+the forward pass with a sleep of ``real tokens / standin_tokens_per_s``. Rows, on the same
+texts (``../shared/bench/gen_texts.py``) and the DistilBERT-base folder's tokenizer:
+
+- the tokenizer alone, batches of 1,024 with truncation: the ceiling every row is divided by;
+- ``bulkscore score`` in-process and the service (API -> Redis -> 1 worker -> PostgreSQL,
+  until every result is readable) with the stand-in at 0 (the forward pass costs nothing):
+  issue 16 wants >= 0.7x and >= 0.5x the tokenizer;
+- both again with the stand-in at the tokenizer's measured rate in tokens/s, so that the
+  "GPU" and the tokenizer are equally fast: overlapped stages reach up to 1x, a serial loop
+  at most 0.5x (issue 16 wants >= 0.75x the slower of the two, which here are equal).
+
+Needs PostgreSQL and Redis on 127.0.0.1 (Redis database 14 unless BULKSCORE_TEST_REDIS_DB).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common import Row, bench_texts, bench_workdir, build_distilbert_base, print_table, timed
+from text_throughput import bulkscore_in_process, service_row
+
+TOKENIZER = "tokenizer alone (batches of 1,024, truncation)"
+TOKENIZER_BATCH = 1024
+
+
+def tokenizer_row(model_dir: Path, texts: list[str], repeat: int) -> tuple[Row, int]:
+    """The tokenizer's rate on ``texts``, and the real tokens in them (what the stand-in counts)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokens = sum(
+        len(ids)
+        for start in range(0, len(texts), TOKENIZER_BATCH)
+        for ids in tokenizer(texts[start : start + TOKENIZER_BATCH], truncation=True)["input_ids"]
+    )
+
+    def run() -> None:
+        for start in range(0, len(texts), TOKENIZER_BATCH):
+            tokenizer(texts[start : start + TOKENIZER_BATCH], truncation=True)
+
+    run()  # warm-up, as every row gets one
+    return timed(TOKENIZER, len(texts), run, repeat), tokens
+
+
+def standin_rows(
+    model_dir: Path,
+    records: list[dict[str, str]],
+    workdir: Path,
+    repeat: int,
+    tokens_per_s: float,
+    label: str,
+) -> list[Row]:
+    entry = {"backend": "standin", "standin_tokens_per_s": tokens_per_s}
+    in_process = bulkscore_in_process(
+        model_dir,
+        records,
+        workdir,
+        repeat=repeat,
+        entry=entry,
+        name=f"bulkscore score (in-process, SQLite), stand-in {label}",
+    )
+    service = service_row(
+        model_dir,
+        records,
+        workdir,
+        repeat,
+        entry=entry,
+        name=f"service: API -> Redis -> 1 worker -> PostgreSQL, stand-in {label}",
+    )
+    return [in_process, service]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=4000)
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="Runs per row; the fastest is kept (default 2)."
+    )
+    args = parser.parse_args()
+    workdir = bench_workdir("standin")
+    records = bench_texts(args.count, total=args.count, workdir=workdir)
+    texts = [r["text"] for r in records]
+    model_dir = build_distilbert_base(bench_workdir("text") / "distilbert-base")
+    print(f"{len(texts)} texts; every row: the fastest of {args.repeat} run(s)", flush=True)
+
+    tokenizer, tokens = tokenizer_row(model_dir, texts, args.repeat)
+    tokens_per_s = tokens / tokenizer.seconds
+    tokenizer.note = f"{tokens:,} real tokens, {tokens_per_s:,.0f} tokens/s"
+    print(f"  stand-in rate for the overlap rows: {tokens_per_s:,.0f} tokens/s", flush=True)
+    free = standin_rows(model_dir, records, workdir, args.repeat, 0.0, "at 0")
+    matched = standin_rows(
+        model_dir, records, workdir, args.repeat, tokens_per_s, "at the tokenizer's rate"
+    )
+    free[0].note, free[1].note = "target >= 0.7x", "target >= 0.5x"
+    for row in matched:
+        row.note = "target >= 0.75x (serial stages: at most 0.5x)"
+    print_table(
+        f"CPU-side ceiling with the GPU stand-in ({len(texts)} texts, DistilBERT-base tokenizer)",
+        [tokenizer, *free, *matched],
+        {"tokenizer": TOKENIZER},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The GPU stand-in: every CPU stage of the text runner, and a forward pass that only sleeps.
+
+A planning tool, never a model (``backend = "standin"`` in a models file). On a CPU machine
+a real model's forward pass takes most of a worker's time, so the CPU-side work around it
+(reading, tokenising, padding, top-k, rows, writes) cannot be measured or overlapped. The
+stand-in keeps all of that real: it *is* :class:`TransformersTextRunner` (same tokenizer,
+truncation, token-budget batches sorted by length, numpy padding, activation and top-k),
+with the forward pass replaced by a sleep of ``real tokens / standin_tokens_per_s`` seconds.
+``time.sleep`` releases the GIL, as a GPU kernel leaves the CPU free.
+
+Scores are fixed and deterministic: logits derived from a hash of each text's token ids
+(positions counted over real tokens, so padding and batch company do not change them), so
+the same text always gets the same label and score, under the config's ``id2label``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from core.config import Settings
+from core.models.registry import ModelSpec
+from engine.runners.hub import load_pretrained
+from engine.runners.transformers_text import TransformersTextRunner
+
+# The token hash: odd multipliers (Knuth's multiplicative hash) and a prime modulus. Sums
+# stay inside int64 up to 8,192 positions; past that numpy wraps around, which is still
+# deterministic, and the modulus of a wrapped (negative) sum is still in [0, modulus).
+TOKEN_MULTIPLIER = 40_503
+ROW_MODULUS = 1_000_003
+LABEL_MULTIPLIER = 2_654_435_761
+LOGIT_BUCKETS = 10_007
+LOGIT_RANGE = 8.0  # logits spread over [-4, 4): softmax scores from ~0.0003 to ~0.9997
+
+
+class StandinTextRunner(TransformersTextRunner):
+    """A text classifier whose forward pass sleeps for its tokens and returns fixed scores."""
+
+    def __init__(self, spec: ModelSpec, settings: Settings | None = None) -> None:
+        super().__init__(spec, settings)
+        self.tokens_per_s = spec.standin_tokens_per_s
+        self.config: Any = None
+        # Replaceable, so that tests see the simulated time without waiting for it.
+        self.sleep: Callable[[float], None] = time.sleep
+
+    def setup(self, device: str = "cpu") -> None:
+        # Deferred: transformers, as the text runner imports it (tokenizer and config only:
+        # no weights are read, so the folder needs none).
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.device = device
+        self.max_batch_size = self.spec.batch_size(self.settings, device)
+        self.max_batch_tokens = self.spec.batch_tokens(self.settings, device)
+        self.tokenizer = load_pretrained(self.spec, AutoTokenizer.from_pretrained)
+        self.config = load_pretrained(self.spec, AutoConfig.from_pretrained)
+        self._classify_with(self.config)
+        self.max_length = self._max_length()
+
+    def _model_config(self) -> Any:
+        return self.config
+
+    def _tensors(self, encoded: Any, keys: Sequence[str], batch: Sequence[int]) -> dict[str, Any]:
+        # The same padded int64 arrays the real runner hands to torch, kept as numpy.
+        return dict(self._padded(encoded, keys, batch))
+
+    def _forward(self, features: dict[str, Any], embeddings: bool) -> np.ndarray:
+        ids = features["input_ids"]
+        mask = features.get("attention_mask")
+        if mask is None:
+            mask = (ids != (self.tokenizer.pad_token_id or 0)).astype(np.int64)
+        tokens = int(mask.sum())
+        if self.tokens_per_s > 0:
+            self.sleep(tokens / self.tokens_per_s)
+        return standin_logits(ids, mask, len(self.labels))
+
+
+def standin_logits(ids: np.ndarray, mask: np.ndarray, labels: int) -> np.ndarray:
+    """Fixed logits, one row per sequence: a hash of its real token ids and their positions.
+
+    Positions are counted over real tokens only (a running sum of the mask), so left or
+    right padding to any batch length gives the same row.
+    """
+    positions = np.cumsum(mask, axis=1) * mask
+    weighted = (ids % (1 << 20)) * (positions * TOKEN_MULTIPLIER + 1) * mask
+    row_hash = weighted.sum(axis=1) % ROW_MODULUS
+    label_keys = 2 * np.arange(labels, dtype=np.int64) + 1
+    buckets = (row_hash[:, None] * label_keys[None, :] * LABEL_MULTIPLIER) % LOGIT_BUCKETS
+    logits: np.ndarray = (buckets / LOGIT_BUCKETS * LOGIT_RANGE - LOGIT_RANGE / 2).astype(
+        np.float32
+    )
+    return logits
