@@ -148,6 +148,11 @@ class ResultRow(BaseModel):
         description="The best labels, best first, as [label, score] pairs."
     )
     error: str | None
+    cached: bool = Field(
+        default=False,
+        description="True: the label came from the result cache (the same input scored "
+        "earlier by the same model and revision), not from a forward pass for this job.",
+    )
 
 
 class ResultPage(BaseModel):

@@ -51,6 +51,8 @@ class Job:
     priority: Priority = Priority.NORMAL
     # When a worker last claimed one of its chunks (fair claiming's round-robin clock).
     last_served_at: datetime | None = None
+    # False: the job asked for fresh scores (``cache: false``), see core.cache.
+    use_cache: bool = True
 
     @property
     def done(self) -> int:
@@ -95,10 +97,12 @@ def create_job(
     driver: JobDriver = JobDriver.SERVICE,
     expires_after_s: float | None = None,
     priority: Priority = Priority.NORMAL,
+    use_cache: bool = True,
 ) -> Job:
     """Insert a queued job, its items and its chunks in the caller's transaction.
 
     With ``expires_after_s``, a job not finished that long after now ends ``expired``.
+    With ``use_cache=False`` its items neither read nor fill the result cache.
 
     Its idempotency key, if any, is attached only once its tasks are sent
     (:func:`attach_idempotency_key`, called by :func:`core.jobs.submit.submit_job`).
@@ -125,6 +129,7 @@ def create_job(
             if expires_after_s is not None
             else None,
             priority=priority.value,
+            use_cache=use_cache,
         )
     )
     _insert_items(conn, job_id, inputs)

@@ -33,6 +33,8 @@ class ScoredItem:
     index: int
     item_id: str
     prediction: Prediction
+    # The prediction came from the result cache (core.cache), not a forward pass.
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ RESULT_ROW_COLUMNS = (
     "model",
     "model_revision",
     "created_at",
+    "cached",
 )
 
 
@@ -147,6 +150,7 @@ def write_job_results(
             model,
             model_revision,
             now,
+            item.cached,
         )
         for job_id, scored in scored_by_job.items()
         if job_id in active
@@ -292,6 +296,7 @@ def _as_dict(row: Any) -> dict[str, Any]:
         "score": row.score,
         "top_k": row.top_k,
         "error": row.error,
+        "cached": row.cached,
     }
 
 
@@ -306,6 +311,7 @@ def _page_query(job_id: str, after: int, limit: int, top_k_text: bool = False) -
             results.c.score,
             top_k,
             results.c.error,
+            results.c.cached,
         )
         .where(and_(results.c.job_id == job_id, results.c.index > after))
         .order_by(results.c.index)
