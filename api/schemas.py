@@ -61,6 +61,12 @@ class JobRequest(BaseModel):
         "by then ends `expired`, keeping the results written so far. Default: none.",
         examples=[3600],
     )
+    cache: bool = Field(
+        default=True,
+        description="Use the result cache: an input the same model and revision already "
+        "scored gets the stored label, score and top-k without a forward pass (its row says "
+        "`cached: true`). false: every input is scored afresh and nothing is stored.",
+    )
 
 
 class Counts(BaseModel):
@@ -106,6 +112,9 @@ class JobOut(BaseModel):
     expires_at: datetime | None = Field(
         default=None, description="The job's deadline (`expires_after_s`), if it has one."
     )
+    cache: bool = Field(
+        default=True, description="Whether the job uses the result cache (`cache` at submission)."
+    )
     queue: QueueInfo | None = Field(
         default=None, description="While the job is queued or running: what it waits for."
     )
@@ -128,6 +137,7 @@ class JobOut(BaseModel):
             finished_at=job.finished_at,
             error=job.error,
             expires_at=job.expires_at,
+            cache=job.use_cache,
             queue=queue,
             warnings=warnings or [],
         )

@@ -55,6 +55,8 @@ class Submission:
     kinds: list[str] | None = None
     # Seconds until the job expires (``expires_after_s``); None: no deadline.
     expires_after_s: float | None = None
+    # False: fresh scores asked for (``cache: false``); the result cache is not used.
+    use_cache: bool = True
 
 
 BOTH_KINDS = 'send either "text" or "image_base64" in one input, not both'
@@ -79,7 +81,8 @@ def parse_json_body(body: bytes, max_chars: int, max_image_bytes: int) -> Submis
     ]
     kinds = [_kind(record) for record in request.inputs]
     digest = _sha256(b"json\0", canonical.encode())
-    return with_deadline(Submission(request.model, inputs, digest, kinds), request.expires_after_s)
+    submission = Submission(request.model, inputs, digest, kinds)
+    return with_cache_choice(with_deadline(submission, request.expires_after_s), request.cache)
 
 
 def parse_expires_after_s(value: str | None) -> float | None:
@@ -107,6 +110,27 @@ def with_deadline(submission: Submission, expires_after_s: float | None) -> Subm
         submission.request_hash.encode(), b"\0expires\0", repr(expires_after_s).encode()
     )
     return replace(submission, request_hash=digest, expires_after_s=expires_after_s)
+
+
+def parse_cache_field(value: str | None) -> bool:
+    """A multipart ``cache`` field: true (the default) or false, or a 422."""
+    if value is None or value.strip() == "":
+        return True
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise unprocessable("cache must be true or false")
+
+
+def with_cache_choice(submission: Submission, use_cache: bool) -> Submission:
+    """``submission`` with its cache choice, which (like the deadline) is part of what its
+    request hash stands for: the same inputs with ``cache: false`` are another request."""
+    if use_cache:
+        return submission
+    digest = _sha256(submission.request_hash.encode(), b"\0cache\0false")
+    return replace(submission, request_hash=digest, use_cache=False)
 
 
 def _kind(record: InputRecord) -> str:
@@ -294,6 +318,7 @@ def submit(
             owner_key_id=key_id,
             request_hash=submission.request_hash,
             expires_after_s=submission.expires_after_s,
+            use_cache=submission.use_cache,
         )
 
     def send(job: Job, chunk_indexes: Sequence[int]) -> None:

@@ -23,12 +23,14 @@ from api.schemas import JobList, JobOut, JobRequest, inline_schema
 from api.submission import (
     Submission,
     check_idempotency_key,
+    parse_cache_field,
     parse_expires_after_s,
     parse_file_upload,
     parse_image_uploads,
     parse_json_body,
     submit,
     unprocessable,
+    with_cache_choice,
     with_deadline,
 )
 from api.waiting import job_view
@@ -58,6 +60,12 @@ _SUBMIT_BODY: dict[str, Any] = {
                             "maximum": MAX_EXPIRES_AFTER_S,
                             "description": "A deadline in seconds (1 s to 30 days): not "
                             "finished by then, the job ends `expired`.",
+                        },
+                        "cache": {
+                            "type": "boolean",
+                            "default": True,
+                            "description": "false: score every input afresh, without the "
+                            "result cache.",
                         },
                         "file": {
                             "type": "string",
@@ -112,7 +120,7 @@ async def create(
 
     Send JSON (`{"model", "inputs": [{"id", "text"}]}`, or `[{"id", "image_base64"}]` for an
     image model) or multipart (`model` plus a `file` of texts, or many `images` files),
-    with an optional `expires_after_s` deadline in either form.
+    with an optional `expires_after_s` deadline and `cache` choice in either form.
     An input that cannot be scored (empty or too long text, NUL, an image that is not one)
     does not refuse the job: it becomes that item's error in the results.
     """
@@ -141,6 +149,8 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
                 raise unprocessable("the multipart form needs a 'model' field")
             expires = form.get("expires_after_s")
             expires_after_s = parse_expires_after_s(expires if isinstance(expires, str) else None)
+            cache = form.get("cache")
+            use_cache = parse_cache_field(cache if isinstance(cache, str) else None)
             images = [part for part in form.getlist("images") if isinstance(part, UploadFile)]
             upload = form.get("file")
             if images:
@@ -148,7 +158,7 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
                 parsed = await run_in_threadpool(
                     parse_image_uploads, model, uploads, settings.max_image_bytes
                 )
-                return with_deadline(parsed, expires_after_s)
+                return with_cache_choice(with_deadline(parsed, expires_after_s), use_cache)
             if not isinstance(upload, UploadFile):
                 raise unprocessable(
                     "the multipart form needs a 'file' part (texts) or 'images' parts"
@@ -158,7 +168,7 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
         parsed = await run_in_threadpool(
             parse_file_upload, model, filename, raw, settings.max_text_chars
         )
-        return with_deadline(parsed, expires_after_s)
+        return with_cache_choice(with_deadline(parsed, expires_after_s), use_cache)
     if content_type in ("application/json", ""):
         body = await request.body()
         return await run_in_threadpool(

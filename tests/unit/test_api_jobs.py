@@ -305,6 +305,7 @@ def test_job_status_follows_the_results(api: UnitApi) -> None:
         "finished_at",
         "error",
         "expires_at",
+        "cache",
         "queue",
         "warnings",
     }
