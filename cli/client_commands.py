@@ -41,6 +41,11 @@ def submit(
         "--expires-after",
         help="Seconds (1 to 30 days): not finished by then, the job ends expired.",
     ),
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="Score every input afresh: neither read nor fill the result cache.",
+    ),
 ) -> None:
     """Upload SOURCE as a job for MODEL and print the job id.
 
@@ -51,6 +56,8 @@ def submit(
     form = {"model": model}
     if expires_after is not None:
         form["expires_after_s"] = repr(expires_after)
+    if no_cache:
+        form["cache"] = "false"
     if source.suffix.lower() in TEXT_SUFFIXES:
         if not source.is_file():
             fail(f"{source}: no such file", EXIT_USAGE)

@@ -15,7 +15,7 @@ from core.inputs.items import InputItem
 from core.inputs.text_files import InputFileError, read_text_file
 from core.jobs.export import export_lines, format_for_path
 from core.jobs.lifecycle import get_job
-from core.jobs.results import iter_results, label_counts
+from core.jobs.results import cached_count, iter_results, label_counts
 from core.jobs.status import JobDriver
 from core.migrate import upgrade
 from core.models.catalog import load_registry
@@ -47,6 +47,11 @@ def score(
         help="Job id to use; re-running an existing id scores only what is missing.",
     ),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="Score every input afresh: neither read nor fill the result cache.",
+    ),
 ) -> None:
     """Score every input of SOURCE with MODEL in this process and store the results.
 
@@ -84,7 +89,7 @@ def score(
             inputs = read_inputs(source, spec.input_kind, settings.max_text_chars)
         except InputFileError as exc:
             fail(str(exc), EXIT_USAGE)
-        job = create_embedded_job(engine, spec, inputs, job_id)
+        job = create_embedded_job(engine, spec, inputs, job_id, use_cache=not no_cache)
     else:
         job = existing
         err_console.print(f"resuming job {job.id}: {job.done} of {job.total} already scored")
@@ -94,6 +99,7 @@ def score(
     with engine.connect() as conn:
         final = get_job(conn, job.id)
         labels = label_counts(conn, job.id)
+        from_cache = cached_count(conn, job.id)
         if out is not None and fmt is not None:
             with out.open("w", encoding="utf-8", newline="") as handle:
                 for piece in export_lines(iter_results(conn, job.id, top_k_text=True), fmt):
@@ -110,6 +116,8 @@ def score(
     summary.add_row("failed", str(final.failed))
     if run.already_scored:
         summary.add_row("already scored", str(run.already_scored))
+    if from_cache:
+        summary.add_row("from cache", str(from_cache))
     summary.add_row("labels", ", ".join(f"{k}: {v}" for k, v in labels.items()) or "-")
     summary.add_row("items/s", f"{scored_now / elapsed:.1f}" if elapsed > 0 else "-")
     summary.add_row("database", redact_url(settings.database_url))

@@ -27,9 +27,17 @@ from engine.runners.base import Progress, Runner
 
 
 def create_embedded_job(
-    engine: Engine, spec: ModelSpec, inputs: Sequence[InputItem], job_id: str | None = None
+    engine: Engine,
+    spec: ModelSpec,
+    inputs: Sequence[InputItem],
+    job_id: str | None = None,
+    *,
+    use_cache: bool = True,
 ) -> Job:
-    """A queued job of ``inputs`` in one chunk, for this process alone to score."""
+    """A queued job of ``inputs`` in one chunk, for this process alone to score.
+
+    ``use_cache=False`` (``bulkscore score --no-cache``): scored afresh, nothing stored.
+    """
 
     def create(conn: Connection) -> Job:
         # One chunk: the write windows inside it already make a crashed run resumable.
@@ -40,6 +48,7 @@ def create_embedded_job(
             chunk_size=max(len(inputs), 1),
             job_id=job_id,
             driver=JobDriver.EMBEDDED,
+            use_cache=use_cache,
         )
 
     return submit_job(engine, create, send=None).job

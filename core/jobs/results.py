@@ -17,7 +17,19 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, and_, bindparam, case, cast, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import utcnow
@@ -375,3 +387,9 @@ def label_counts(conn: Connection, job_id: str) -> dict[str, int]:
         .order_by(func.count().desc())
     )
     return {label: count for label, count in conn.execute(query)}
+
+
+def cached_count(conn: Connection, job_id: str) -> int:
+    """How many of the job's rows came from the result cache (``results.cached``)."""
+    query = select(func.count()).where(and_(results.c.job_id == job_id, results.c.cached))
+    return int(conn.scalar(query) or 0)

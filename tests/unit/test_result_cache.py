@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select, text, update
+from typer.testing import CliRunner
 
+from cli.main import app
 from core.cache.store import input_sha256, lookup_many, store_many
 from core.cache.upkeep import cache_stats, clear_cache, evict
 from core.clock import utcnow
-from core.config import Settings
+from core.config import Settings, reset_settings_cache
 from core.db import dispose_engines, get_engine
 from core.inputs.items import InputItem
 from core.jobs.lifecycle import Job, create_job, get_job
@@ -28,6 +30,7 @@ from engine.runners.base import Progress, Runner
 from engine.runners.head_runner import HeadRunner
 from engine.runners.heads import head_bytes
 from engine.scoring import score_items
+from worker.reconciler import evict_cache
 
 SPEC = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/x")
 
@@ -357,3 +360,35 @@ def test_a_retrained_model_never_hits_the_old_versions_cache(tmp_path: Path) -> 
         }
     finally:
         dispose_engines()
+
+
+# -- the reconciler and the CLI -------------------------------------------------------------
+
+
+def test_the_reconciler_trims_the_cache_to_the_settings(engine: Engine) -> None:
+    fill(engine, "old", 4, age_s=7200)
+    fill(engine, "new", 3)
+    url = str(engine.url)
+    assert evict_cache(Settings(database_url=url, cache_max_rows=0, cache_max_age_s=0)) == 0
+    assert evict_cache(Settings(database_url=url, cache_max_rows=2, cache_max_age_s=3600)) == 5
+    assert [(m.model, m.rows) for m in cache_stats(engine).models] == [("new", 2)]
+
+
+def test_the_cache_commands_show_and_clear(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    fill(engine, "alpha", 3)
+    fill(engine, "beta", 2)
+    monkeypatch.setenv("BULKSCORE_DATABASE_URL", str(engine.url))
+    reset_settings_cache()
+    try:
+        shown = CliRunner().invoke(app, ["cache", "stats"])
+        assert shown.exit_code == 0, shown.output
+        assert "result cache: 5 rows" in shown.output
+        assert "alpha" in shown.output and "beta" in shown.output
+        cleared = CliRunner().invoke(app, ["cache", "clear", "--model", "alpha"])
+        assert (
+            cleared.exit_code == 0 and "deleted 3 cached results of model alpha" in cleared.output
+        )
+        assert [m.model for m in cache_stats(engine).models] == ["beta"]
+        assert "deleted 2" in CliRunner().invoke(app, ["cache", "clear"]).output
+    finally:
+        reset_settings_cache()
