@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_BENCH = REPO.parent / "shared" / "bench"
+# ../shared/bench next to the checkout; a git worktree one level deeper (wt/NAME) finds it
+# one level further up.
+SHARED_BENCH = next(
+    (
+        folder / "shared" / "bench"
+        for folder in (REPO.parent, REPO.parent.parent)
+        if (folder / "shared" / "bench").is_dir()
+    ),
+    REPO.parent / "shared" / "bench",
+)
 sys.path.insert(0, str(REPO / "tests"))
 
 
