@@ -99,7 +99,28 @@ class Bench:
         inner = build_runner(self.spec, self.settings)
         inner.setup("cpu")
         self.runner = counting(inner)
+        self.last_cpu_s = 0.0
+        self.cache_s = 0.0
+        self._time_cache_calls()
         inner.predict(["warm up the model once."] * 8)
+
+    def _time_cache_calls(self) -> None:
+        """Add the time spent hashing, looking up and storing to ``cache_s``: the cost of
+        the cache itself, measured inside the run, whatever else loads the machine."""
+        from engine import reuse
+
+        def timed_call(function: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    self.cache_s += time.perf_counter() - started
+
+            return call
+
+        for name in ("input_sha256", "lookup_many", "store_many"):
+            setattr(reuse, name, timed_call(getattr(reuse, name)))
 
     def clear_cache(self) -> None:
         from core.cache.upkeep import clear_cache
@@ -122,6 +143,8 @@ class Bench:
         with self.engine.connect() as conn:
             indexed = load_items(conn, job.id, 0, job.total)
         before = self.runner.forward_inputs
+        self.cache_s = 0.0
+        cpu = time.process_time()
         started = time.perf_counter()
         totals = score_items(
             self.engine,
@@ -132,6 +155,7 @@ class Bench:
             dedup=on,
         )
         seconds = time.perf_counter() - started
+        self.last_cpu_s = time.process_time() - cpu
         assert totals.succeeded == len(items), totals
         with self.engine.connect() as conn:
             rows = list(iter_results(conn, job.id))
@@ -157,21 +181,32 @@ def main() -> None:
     )
     bench = Bench(workdir)
     best: dict[str, Row] = {}
+    best_cpu: dict[str, float] = {}
+    cache_cost: list[float] = []
     forward: dict[str, int] = {}
     checks: list[str] = []
 
     def keep(name: str, items: int, seconds: float, inputs: int) -> None:
         row = Row(name, items, seconds)
-        print(f"  {name}: {row.rate:.1f} items/s ({seconds:.2f} s, {inputs} forward inputs)")
+        cpu = bench.last_cpu_s
+        print(
+            f"  {name}: {row.rate:.1f} items/s ({seconds:.2f} s wall, {cpu:.2f} s CPU, "
+            f"{inputs} forward inputs, {bench.cache_s * 1000:.0f} ms in the cache's own calls)",
+            flush=True,
+        )
+        if name == C_ON:
+            cache_cost.append(bench.cache_s / seconds)
         forward[name] = inputs
         if name not in best or seconds < best[name].seconds:
             best[name] = row
+        best_cpu[name] = min(best_cpu.get(name, cpu), cpu)
 
     for number in range(args.repeat):
         # Alternate which of each pair runs first, so neither always gets the warmer caches.
         pairs = [(False, True), (True, False)][number % 2]
         for on in pairs:
-            bench.clear_cache()
+            if on:
+                bench.clear_cache()  # (a) on starts cold; (b) then finds what it stored
             seconds, inputs, rows = bench.run(repeated, on)
             keep(A_ON if on else A_OFF, len(repeated), seconds, inputs)
             if on:
@@ -187,13 +222,15 @@ def main() -> None:
             f"{'identical' if same_labels else 'DIFFERENT'}, max score difference {max_diff:.1e}"
         )
         for on in pairs:
-            bench.clear_cache()
+            if on:
+                bench.clear_cache()
             seconds, inputs, _ = bench.run(plain, on)
             keep(C_ON if on else C_OFF, len(plain), seconds, inputs)
 
     rows = [best[name] for name in (A_OFF, A_ON, B_AGAIN, C_OFF, C_ON)]
     for row in rows:
-        row.note = f"{forward[row.name]} forward-pass inputs"
+        cpu_rate = row.items / best_cpu[row.name] if best_cpu[row.name] else float("inf")
+        row.note = f"{forward[row.name]} forward-pass inputs; {cpu_rate:,.1f} items per CPU s"
     print_table(
         f"Dedup and result cache: sentiment-mini, embedded path, fastest of {args.repeat}",
         rows,
@@ -202,12 +239,25 @@ def main() -> None:
     print()
     for line in checks:
         print(f"- {line}")
-    a = best[A_ON].rate / best[A_OFF].rate
-    b = best[B_AGAIN].rate / best[A_ON].rate
-    c = 1 - best[C_ON].rate / best[C_OFF].rate
-    print(f"- (a) dedup + cache: {a:.2f}x the items/s of both off (target >= 1.6x)")
-    print(f"- (b) second submission: {b:.1f}x faster than the first (target >= 20x)")
-    print(f"- (c) cost without repeats: {c:+.1%} slower with both on (target <= 3%)")
+    # Wall clock (fastest run) and CPU time of this process (fastest run): on a shared
+    # machine the second moves less with other processes' load.
+    for label, get in (
+        ("wall", lambda name: best[name].seconds),
+        ("CPU", lambda name: best_cpu[name]),
+    ):
+        a = get(A_OFF) / get(A_ON)
+        b = get(A_ON) / get(B_AGAIN) if get(B_AGAIN) else float("inf")
+        c = get(C_ON) / get(C_OFF) - 1
+        print(
+            f"- fastest {label} time: (a) dedup + cache {a:.2f}x the items/s of both off "
+            f"(target >= 1.6x); (b) second submission {b:.1f}x faster than the first (target >= 20x); "
+            f"(c) without repeats {c:+.1%} time with both on (target <= +3%)"
+        )
+
+    print(
+        f"- (c) the cache's own calls (hashing, lookups, stores) took {max(cache_cost):.2%} of "
+        "the job's wall time at most (every run of (c) with the cache on)"
+    )
 
 
 if __name__ == "__main__":
