@@ -250,8 +250,8 @@ def main() -> None:
         c = get(C_ON) / get(C_OFF) - 1
         print(
             f"- fastest {label} time: (a) dedup + cache {a:.2f}x the items/s of both off "
-            f"(target >= 1.6x); (b) second submission {b:.1f}x faster than the first (target >= 20x); "
-            f"(c) without repeats {c:+.1%} time with both on (target <= +3%)"
+            f"(target >= 1.6x); (b) second submission {b:.1f}x faster than the first "
+            f"(target >= 20x); (c) without repeats {c:+.1%} time with both on (target <= +3%)"
         )
 
     print(
