@@ -75,8 +75,6 @@ class PredictionReuse:
         self.cached: dict[Hashable, Prediction] = {}
         self.digests: dict[Hashable, str] = {}
         self.cache_broken = False
-        # Inputs that reached runner.predict in this call (what dedup and the cache save).
-        self.forward_inputs = 0
 
     def answers(self, usable: Sequence[Entry], progress: Progress | None) -> list[Answer]:
         """One answer per entry of ``usable`` (items not refused at intake), in order."""
@@ -97,7 +95,6 @@ class PredictionReuse:
         if missing:
             predicted = self.predict(list(missing.values()), progress)
             self.fresh.update(zip(missing, predicted, strict=True))
-            self.forward_inputs += len(missing)
         if progress is not None and len(usable) > len(missing):
             progress(len(usable) - len(missing))  # served without a forward pass
         return [
