@@ -124,6 +124,12 @@ class JobRequest(BaseModel):
     priority: Priority = Field(default=Priority.NORMAL, description=PRIORITY_DESCRIPTION)
     metadata: JobMetadata | None = None
     unique_ids: bool = Field(default=False, description=UNIQUE_IDS_DESCRIPTION)
+    cache: bool = Field(
+        default=True,
+        description="Use the result cache: an input the same model and revision already "
+        "scored gets the stored label, score and top-k without a forward pass (its row says "
+        "`cached: true`). false: every input is scored afresh and nothing is stored.",
+    )
 
 
 class Counts(BaseModel):
@@ -171,6 +177,9 @@ class JobOut(BaseModel):
         default=None, description="The job's deadline (`expires_after_s`), if it has one."
     )
     priority: Priority = Field(default=Priority.NORMAL, description=PRIORITY_DESCRIPTION)
+    cache: bool = Field(
+        default=True, description="Whether the job uses the result cache (`cache` at submission)."
+    )
     queue: QueueInfo | None = Field(
         default=None, description="While the job is queued or running: what it waits for."
     )
@@ -197,6 +206,7 @@ class JobOut(BaseModel):
             error=job.error,
             expires_at=job.expires_at,
             priority=job.priority,
+            cache=job.use_cache,
             queue=queue,
             warnings=warnings or [],
             metadata=job.metadata,
@@ -246,6 +256,11 @@ class ResultRow(BaseModel):
         description="The best labels, best first, as [label, score] pairs."
     )
     error: str | None
+    cached: bool = Field(
+        default=False,
+        description="True: the label came from the result cache (the same input scored "
+        "earlier by the same model and revision), not from a forward pass for this job.",
+    )
 
 
 class ResultPage(BaseModel):

@@ -62,6 +62,8 @@ class Submission:
     metadata: dict[str, str] | None = None
     # Refuse the job if two inputs share an id.
     unique_ids: bool = False
+    # False: fresh scores asked for (``cache: false``); the result cache is not used.
+    use_cache: bool = True
 
 
 # How many duplicate ids a unique_ids refusal names.
@@ -89,13 +91,11 @@ def parse_json_body(body: bytes, max_chars: int, max_image_bytes: int) -> Submis
     ]
     kinds = [_kind(record) for record in request.inputs]
     digest = _sha256(b"json\0", canonical.encode())
-    return with_options(
-        Submission(request.model, inputs, digest, kinds),
-        request.expires_after_s,
-        request.priority,
-        request.metadata,
-        request.unique_ids,
+    submission = Submission(request.model, inputs, digest, kinds)
+    optioned = with_options(
+        submission, request.expires_after_s, request.priority, request.metadata, request.unique_ids
     )
+    return with_cache_choice(optioned, request.cache)
 
 
 def parse_expires_after_s(value: str | None) -> float | None:
@@ -141,10 +141,10 @@ def parse_metadata_field(value: str | None) -> dict[str, str] | None:
         ) from None
 
 
-def parse_flag(name: str, value: str | None) -> bool:
-    """A multipart boolean field: true/false (also 1/0, yes/no), absent is false."""
-    if value is None or value == "":
-        return False
+def parse_flag(name: str, value: str | None, default: bool = False) -> bool:
+    """A multipart boolean field: true/false (also 1/0, yes/no), absent is ``default``."""
+    if value is None or value.strip() == "":
+        return default
     lowered = value.strip().lower()
     if lowered in ("true", "1", "yes", "on"):
         return True
@@ -206,6 +206,15 @@ def check_unique_ids(submission: Submission) -> None:
             f"unique_ids is set but {len(duplicates)} ids repeat: {', '.join(named)}"
             + (f" and {more} more" if more > 0 else ""),
         )
+
+
+def with_cache_choice(submission: Submission, use_cache: bool) -> Submission:
+    """``submission`` with its cache choice, which (like the deadline) is part of what its
+    request hash stands for: the same inputs with ``cache: false`` are another request."""
+    if use_cache:
+        return submission
+    digest = _sha256(submission.request_hash.encode(), b"\0cache\0false")
+    return replace(submission, request_hash=digest, use_cache=False)
 
 
 def _kind(record: InputRecord) -> str:
@@ -394,6 +403,7 @@ def submit(
             expires_after_s=submission.expires_after_s,
             priority=submission.priority,
             metadata=submission.metadata,
+            use_cache=submission.use_cache,
         )
 
     def send(job: Job, chunk_indexes: Sequence[int]) -> None:

@@ -49,6 +49,11 @@ def submit(
         help="high, normal or low: workers take higher levels first, and share a level "
         "round-robin across keys and jobs.",
     ),
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="Score every input afresh: neither read nor fill the result cache.",
+    ),
 ) -> None:
     """Upload SOURCE as a job for MODEL and print the job id.
 
@@ -61,6 +66,8 @@ def submit(
         form["expires_after_s"] = repr(expires_after)
     if priority != Priority.NORMAL:
         form["priority"] = priority.value
+    if no_cache:
+        form["cache"] = "false"
     if source.suffix.lower() in TEXT_SUFFIXES:
         if not source.is_file():
             fail(f"{source}: no such file", EXIT_USAGE)

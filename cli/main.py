@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.api_command import api
+from cli.cache_commands import cache_app
 from cli.client_commands import cancel, results, resume, retry, status, submit
 from cli.compare_command import compare
 from cli.db_commands import db_app
@@ -32,6 +33,7 @@ app.command("train")(train)
 app.command("compare")(compare)
 app.command("worker")(worker)
 app.add_typer(db_app, name="db")
+app.add_typer(cache_app, name="cache")
 app.command("api")(api)
 app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")

@@ -19,7 +19,7 @@ from core.jobs.inputs_hash import inputs_difference, inputs_hash, stored_inputs_
 from core.jobs.lifecycle import get_job
 from core.jobs.requeue import RequeueRefused
 from core.jobs.requeue import retry_errors as retry_errors_of
-from core.jobs.results import iter_results, label_counts
+from core.jobs.results import cached_count, iter_results, label_counts
 from core.jobs.status import JobDriver, JobStatus
 from core.migrate import upgrade
 from core.models.catalog import load_registry
@@ -58,6 +58,11 @@ def score(
         "replaced by one new row (inputs refused at intake are not retried).",
     ),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="Score every input afresh: neither read nor fill the result cache.",
+    ),
 ) -> None:
     """Score every input of SOURCE with MODEL in this process and store the results.
 
@@ -97,7 +102,7 @@ def score(
     except InputFileError as exc:
         fail(str(exc), EXIT_USAGE)
     if existing is None:
-        job = create_embedded_job(engine, spec, inputs, job_id)
+        job = create_embedded_job(engine, spec, inputs, job_id, use_cache=not no_cache)
     else:
         with engine.connect() as conn:
             same = stored_inputs_hash(conn, existing.id) == inputs_hash(inputs)
@@ -115,6 +120,7 @@ def score(
     with engine.connect() as conn:
         final = get_job(conn, job.id)
         labels = label_counts(conn, job.id)
+        from_cache = cached_count(conn, job.id)
         if out is not None and fmt is not None:
             with out.open("w", encoding="utf-8", newline="") as handle:
                 for piece in export_lines(iter_results(conn, job.id, top_k_text=True), fmt):
@@ -131,6 +137,8 @@ def score(
     summary.add_row("failed", str(final.failed))
     if run.already_scored:
         summary.add_row("already scored", str(run.already_scored))
+    if from_cache:
+        summary.add_row("from cache", str(from_cache))
     summary.add_row("labels", ", ".join(f"{k}: {v}" for k, v in labels.items()) or "-")
     summary.add_row("items/s", f"{scored_now / elapsed:.1f}" if elapsed > 0 else "-")
     summary.add_row("database", redact_url(settings.database_url))

@@ -283,6 +283,21 @@ class Settings(BaseSettings):
         ),
     )
 
+    # The result cache (core/cache): a row per (model, revision, SHA-256 of an input).
+    cache_max_rows: int = Field(
+        default=1_000_000,
+        ge=0,
+        description=(
+            "Most rows the result cache keeps; the oldest beyond it are evicted by the "
+            "workers' reconciler, in small batches; 0 = no limit."
+        ),
+    )
+    cache_max_age_s: int = Field(
+        default=30 * 24 * 3600,
+        ge=0,
+        description="Cache rows older than this are evicted by the reconciler; 0 = no limit.",
+    )
+
     # Schedules (``[schedules.NAME]`` in the models file; ``bulkscore beat``).
     schedule_timezone: str = Field(
         default="UTC",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -17,6 +18,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
+    true,
 )
 
 # The largest value of an INTEGER column (results.index, trained_models.version...): 32-bit
@@ -85,6 +88,9 @@ jobs = Table(
     # The caller's small string-to-string object (api.schemas.JobMetadata), echoed with the
     # job and never read by the service. NULL: none was sent.
     Column("metadata", JSON(none_as_null=True)),
+    # False: the job asked for fresh scores (``cache: false``): its items are neither looked
+    # up in nor stored into the result cache (core.cache).
+    Column("use_cache", Boolean, nullable=False, server_default=true()),
     UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
     Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
     Index("ix_jobs_status", "status"),
@@ -130,6 +136,27 @@ results = Table(
     Column("model", String(64), nullable=False),
     Column("model_revision", String(128)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # True: the row's label, score and top-k came from the result cache (core.cache), not
+    # from a forward pass run for this job.
+    Column("cached", Boolean, nullable=False, server_default=false()),
+)
+
+# The result cache (core.cache): what a model said about an input, keyed by the model, the
+# revision it keys on (a trained model's includes its version and head digest) and the
+# SHA-256 of the input (an image's raw bytes, a text's UTF-8). Only successful predictions;
+# evicted oldest first by ``created_at`` (core.cache.evict).
+result_cache = Table(
+    "result_cache",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    # "" for a model without a revision: a primary key column cannot be NULL.
+    Column("model_revision", String(200), primary_key=True),
+    Column("input_sha256", String(64), primary_key=True),
+    Column("label", String(256), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("top_k", JSON),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_result_cache_created_at", "created_at"),
 )
 
 # Error rows waiting to be replaced by a retry (core.jobs.retry_marks): the mark is deleted

@@ -28,10 +28,18 @@ from engine.runners.base import Progress, Runner
 
 
 def create_embedded_job(
-    engine: Engine, spec: ModelSpec, inputs: Sequence[InputItem], job_id: str | None = None
+    engine: Engine,
+    spec: ModelSpec,
+    inputs: Sequence[InputItem],
+    job_id: str | None = None,
+    *,
+    use_cache: bool = True,
 ) -> Job:
     """A queued job of ``inputs`` in one chunk, for this process alone to score, with the
-    hash of its inputs."""
+    hash of its inputs.
+
+    ``use_cache=False`` (``bulkscore score --no-cache``): scored afresh, nothing stored.
+    """
     digest = inputs_hash(inputs)
 
     def create(conn: Connection) -> Job:
@@ -43,6 +51,7 @@ def create_embedded_job(
             chunk_size=max(len(inputs), 1),
             job_id=job_id,
             driver=JobDriver.EMBEDDED,
+            use_cache=use_cache,
         )
         # So that a re-run of the same id with other inputs is refused (cli.score_command).
         store_inputs_hash(conn, job.id, digest)

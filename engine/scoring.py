@@ -17,6 +17,7 @@ from core.inputs.items import InputItem
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes_many
 from core.jobs.retry_marks import pending_retries_many, write_scored
+from engine.reuse import PredictionReuse, jobs_using_cache
 from engine.runners.base import Progress, Runner
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ def score_items(
     write_batch_size: int = 512,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    dedup: bool = True,
+    cache: bool = True,
 ) -> ScoreTotals:
     """Score ``indexed_items`` of job ``job_id`` and write their results, batch by batch.
 
@@ -99,6 +102,8 @@ def score_items(
         write_batch_size=write_batch_size,
         progress=progress,
         still_active=stop_check,
+        dedup=dedup,
+        cache=cache,
     )
     return run.totals.get(job_id, ScoreTotals())
 
@@ -126,6 +131,8 @@ def score_jobs(
     progress: Progress | None = None,
     still_active: Callable[[set[str]], set[str]] | None = None,
     should_yield: Callable[[], bool] | None = None,
+    dedup: bool = True,
+    cache: bool = True,
 ) -> ScoreRun:
     """:func:`score_items` for the items of several jobs of one model, scored together.
 
@@ -140,6 +147,11 @@ def score_jobs(
         should_yield: Asked between write windows (never before the first): True stops
             here, leaving the rest unscored (:attr:`ScoreRun.yielded`), so that the
             caller can hand it back and let more urgent work run first.
+        dedup: Each distinct input (a text, or an image's bytes) of the whole call goes
+            through ``runner.predict`` once; every item that holds it gets its own row
+            with the same prediction (``engine.reuse``). False: every item is predicted.
+        cache: Look up the result cache before predicting and fill it after each write,
+            for the jobs that did not ask for fresh scores (``jobs.use_cache``).
 
     Texts are scored in length order across the whole call, so that each write window is
     as uniform as one big length-sorted batch: small windows (frequent writes and checks)
@@ -154,6 +166,13 @@ def score_jobs(
     pending, retrying = _without_scored(engine, work, totals, progress)
     # Stable: images (no length) and equal lengths keep index order.
     pending.sort(key=lambda entry: len(entry[2].text) if entry[2].text is not None else 0)
+    reuse = PredictionReuse(
+        engine,
+        runner,
+        lambda inputs, report: predict_isolating_failures(runner, inputs, report),
+        cache_jobs=jobs_using_cache(engine, {job_id for job_id, _, _ in pending}) if cache else (),
+        dedup=dedup,
+    )
     stopped: set[str] = set()
     for start in range(0, len(pending), write_batch_size):
         if start and should_yield is not None and should_yield():
@@ -172,20 +191,23 @@ def score_jobs(
         if not window:
             continue
         usable = [entry for entry in window if entry[2].error is None]
-        predictions = predict_isolating_failures(
-            runner, [runner_input(item) for _, _, item in usable], progress
-        )
+        answers = reuse.answers(usable, progress)
         by_key = {
-            (job_id, index): pred
-            for (job_id, index, _), pred in zip(usable, predictions, strict=True)
+            (job_id, index): answer
+            for (job_id, index, _), answer in zip(usable, answers, strict=True)
         }
         scored: dict[str, list[ScoredItem]] = {}
         for job_id, index, item in window:
-            prediction = by_key.get((job_id, index)) or Prediction.failure(
-                item.error or "not scored"
-            )
+            answer = by_key.get((job_id, index))
             scored.setdefault(job_id, []).append(
-                ScoredItem(index=index, item_id=item.item_id, prediction=prediction)
+                ScoredItem(
+                    index=index,
+                    item_id=item.item_id,
+                    prediction=answer.prediction
+                    if answer is not None
+                    else Prediction.failure(item.error or "not scored"),
+                    cached=answer is not None and answer.cached,
+                )
             )
         refused = len(window) - len(usable)
         if progress is not None and refused:
@@ -197,6 +219,11 @@ def score_jobs(
                 stopped.add(job_id)
             else:
                 totals[job_id].add(outcomes[job_id], len(rows))
+        # After the commit, and only for rows of jobs that took them: a cache failure here
+        # costs nothing but a later hit.
+        reuse.remember(
+            [(entry, by_key[entry[0], entry[1]]) for entry in usable if entry[0] not in stopped]
+        )
     return ScoreRun(totals, stopped, {})
 
 

@@ -10,7 +10,10 @@ Every worker runs this from its consumer's timer, for the models it serves, in t
    (:func:`core.chunks.sweep.resend_lost`);
 4. jobs past their ``expires_after_s`` deadline end ``expired``, whatever model they run
    on (:func:`core.jobs.expiry.expire_overdue`): a job no worker claims (its model is
-   served by none) still ends.
+   served by none) still ends;
+5. the result cache is trimmed to ``cache_max_rows`` and ``cache_max_age_s``
+   (:func:`core.cache.upkeep.evict`): oldest rows first, in small transactions of their
+   own, never inside a scoring transaction, so eviction never holds up a writer for long.
 
 Each of 1-3 finds only the service's own jobs (:func:`core.chunks.claim.service_jobs`), never an
 embedded ``bulkscore score`` job on the same database.
@@ -24,6 +27,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
+from core.cache.upkeep import evict
 from core.chunks.claim import release_expired
 from core.chunks.split import split_all_exhausted
 from core.chunks.sweep import resend_lost
@@ -65,7 +69,7 @@ def resend_expired(send: ChunkSend, settings: Settings) -> int:
 
 
 def reconcile(send: ChunkSend, client: redis.Redis, settings: Settings) -> None:
-    """One timer tick: the four checks of the module docstring, each on its own."""
+    """One timer tick: the five steps of the module docstring, each on its own."""
     try:
         resend_expired(send, settings)
     except Exception:  # a database hiccup must not stop the consumer
@@ -84,6 +88,10 @@ def reconcile(send: ChunkSend, client: redis.Redis, settings: Settings) -> None:
         expire_jobs(settings)
     except Exception:
         log.exception("could not check for jobs past their deadline")
+    try:
+        evict_cache(settings)
+    except Exception:
+        log.exception("could not trim the result cache")
 
 
 def expire_jobs(settings: Settings) -> list[str]:
@@ -93,6 +101,20 @@ def expire_jobs(settings: Settings) -> list[str]:
     for job_id in expired:
         log.warning("job %s: not finished by its deadline (expires_after_s); expired", job_id)
     return expired
+
+
+def evict_cache(settings: Settings) -> int:
+    """Trim the result cache to its limits; how many rows were deleted."""
+    if not settings.cache_max_rows and not settings.cache_max_age_s:
+        return 0
+    deleted = evict(
+        get_engine(settings.database_url),
+        max_rows=settings.cache_max_rows,
+        max_age_s=settings.cache_max_age_s,
+    )
+    if deleted:
+        log.info("result cache: evicted %d rows (oldest first)", deleted)
+    return deleted
 
 
 class ReconcileStep(bootsteps.StartStopStep):

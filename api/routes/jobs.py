@@ -44,6 +44,7 @@ from api.submission import (
     parse_priority,
     submit,
     unprocessable,
+    with_cache_choice,
     with_options,
 )
 from api.waiting import job_view
@@ -86,6 +87,11 @@ JOB_UPLOAD_SCHEMA: dict[str, Any] = {
             "`JobRequest.metadata`).",
         },
         "unique_ids": {"type": "boolean", "default": False, "description": UNIQUE_IDS_DESCRIPTION},
+        "cache": {
+            "type": "boolean",
+            "default": True,
+            "description": "false: score every input afresh, without the result cache.",
+        },
         "file": {
             "type": "string",
             "format": "binary",
@@ -109,9 +115,9 @@ _SUBMIT_BODY: dict[str, Any] = {
         },
     }
 }
-# Multipart fields besides the files: model, expires_after_s, priority, metadata and
-# unique_ids, and room for two a client adds that we ignore.
-FORM_FIELDS = 7
+# Multipart fields besides the files: model, expires_after_s, priority, metadata,
+# unique_ids and cache, and room for two a client adds that we ignore.
+FORM_FIELDS = 8
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job."}}
 
 
@@ -154,7 +160,7 @@ async def create(
 
     Send JSON (`{"model", "inputs": [{"id", "text"}]}`, or `[{"id", "image_base64"}]` for an
     image model) or multipart (`model` plus a `file` of texts, or many `images` files),
-    with an optional `expires_after_s` deadline in either form.
+    with an optional `expires_after_s` deadline and `cache` choice in either form.
     An input that cannot be scored (empty or too long text, NUL, an image that is not one)
     does not refuse the job: it becomes that item's error in the results.
     """
@@ -191,6 +197,8 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
             metadata = parse_metadata_field(labels if isinstance(labels, str) else None)
             unique = form.get("unique_ids")
             unique_ids = parse_flag("unique_ids", unique if isinstance(unique, str) else None)
+            cache = form.get("cache")
+            use_cache = parse_flag("cache", cache if isinstance(cache, str) else None, True)
             images = [part for part in form.getlist("images") if isinstance(part, UploadFile)]
             upload = form.get("file")
             if images:
@@ -198,7 +206,8 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
                 parsed = await run_in_threadpool(
                     parse_image_uploads, model, uploads, settings.max_image_bytes
                 )
-                return with_options(parsed, expires_after_s, priority, metadata, unique_ids)
+                optioned = with_options(parsed, expires_after_s, priority, metadata, unique_ids)
+                return with_cache_choice(optioned, use_cache)
             if not isinstance(upload, UploadFile):
                 raise unprocessable(
                     "the multipart form needs a 'file' part (texts) or 'images' parts"
@@ -208,7 +217,8 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
         parsed = await run_in_threadpool(
             parse_file_upload, model, filename, raw, settings.max_text_chars
         )
-        return with_options(parsed, expires_after_s, priority, metadata, unique_ids)
+        optioned = with_options(parsed, expires_after_s, priority, metadata, unique_ids)
+        return with_cache_choice(optioned, use_cache)
     if content_type in ("application/json", ""):
         body = await request.body()
         return await run_in_threadpool(

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 EXPORT_FORMATS = ("csv", "jsonl")
-CSV_COLUMNS = ("index", "id", "label", "score", "top_k", "error")
+CSV_COLUMNS = ("index", "id", "label", "score", "top_k", "error", "cached")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
@@ -82,6 +82,8 @@ def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
             repr_score(row["score"]),
             compact_top_k(row.get("top_k")),
             safe(error),
+            # From the result cache (true) or a forward pass run for the job (false).
+            "true" if row.get("cached") else "false",
         )
         if "\r" in ident or "\r" in label or "\r" in error:
             quoted.writerow(cells)

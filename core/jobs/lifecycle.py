@@ -55,6 +55,8 @@ class Job:
     inputs_hash: str | None = None
     # The caller's metadata object (string keys and values), echoed by the API.
     metadata: dict[str, str] | None = None
+    # False: the job asked for fresh scores (``cache: false``), see core.cache.
+    use_cache: bool = True
 
     @property
     def done(self) -> int:
@@ -100,10 +102,12 @@ def create_job(
     expires_after_s: float | None = None,
     priority: Priority = Priority.NORMAL,
     metadata: dict[str, str] | None = None,
+    use_cache: bool = True,
 ) -> Job:
     """Insert a queued job, its items and its chunks in the caller's transaction.
 
     With ``expires_after_s``, a job not finished that long after now ends ``expired``.
+    With ``use_cache=False`` its items neither read nor fill the result cache.
 
     Its idempotency key, if any, is attached only once its tasks are sent
     (:func:`attach_idempotency_key`, called by :func:`core.jobs.submit.submit_job`).
@@ -131,6 +135,7 @@ def create_job(
             else None,
             priority=priority.value,
             metadata=metadata,
+            use_cache=use_cache,
         )
     )
     _insert_items(conn, job_id, inputs)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     case,
     cast,
     exists,
+    func,
     or_,
     select,
     update,
@@ -45,6 +46,8 @@ class ScoredItem:
     index: int
     item_id: str
     prediction: Prediction
+    # The prediction came from the result cache (core.cache), not a forward pass.
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,7 @@ RESULT_ROW_COLUMNS = (
     "model",
     "model_revision",
     "created_at",
+    "cached",
 )
 
 
@@ -159,6 +163,7 @@ def write_job_results(
             model,
             model_revision,
             now,
+            item.cached,
         )
         for job_id, scored in scored_by_job.items()
         if job_id in active
@@ -307,6 +312,7 @@ def _as_dict(row: Any) -> dict[str, Any]:
         "score": row.score,
         "top_k": row.top_k,
         "error": row.error,
+        "cached": row.cached,
     }
 
 
@@ -321,6 +327,7 @@ def _page_query(job_id: str, after: int, limit: int, top_k_text: bool = False) -
             results.c.score,
             top_k,
             results.c.error,
+            results.c.cached,
         )
         .where(and_(results.c.job_id == job_id, results.c.index > after))
         .order_by(results.c.index)
@@ -384,3 +391,9 @@ def label_counts(conn: Connection, job_id: str) -> dict[str, int]:
         .order_by(func.count().desc())
     )
     return {label: count for label, count in conn.execute(query)}
+
+
+def cached_count(conn: Connection, job_id: str) -> int:
+    """How many of the job's rows came from the result cache (``results.cached``)."""
+    query = select(func.count()).where(and_(results.c.job_id == job_id, results.c.cached))
+    return int(conn.scalar(query) or 0)

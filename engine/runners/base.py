@@ -36,6 +36,15 @@ class Runner(ABC):
     # Cross-job batching and the decode pools size their batches by it.
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
 
+    @property
+    def cache_revision(self) -> str:
+        """What the result cache (``core.cache``) keys this model's outputs on, with its name.
+
+        Its revision by default ("" for none): a model whose weights change must change its
+        revision, or have its cache cleared (``bulkscore cache clear --model``).
+        """
+        return self.revision or ""
+
     @abstractmethod
     def setup(self, device: str = "cpu") -> None:
         """Load the model on ``device`` and warm it up; raise ModelLoadError if it cannot."""

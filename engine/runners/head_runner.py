@@ -12,6 +12,7 @@ The head's format and its one reader are :mod:`engine.runners.heads`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any, cast
@@ -89,6 +90,13 @@ class HeadRunner(Runner):
         self.labels = list(spec.labels)
         self.weight = np.zeros((0, 0), dtype=np.float32)
         self.bias = np.zeros(0, dtype=np.float32)
+
+    @property
+    def cache_revision(self) -> str:
+        """The version and a digest of the head: a retrained model (a new version), or a
+        name deleted and trained again from version 1, never meets another head's cache."""
+        digest = hashlib.sha256(self.spec.head_bytes).hexdigest()[:16]
+        return f"{self.revision}+head.{digest}"
 
     def setup(self, device: str = "cpu") -> None:
         """Read the head (cheap, checked first) and load the backbone once."""

@@ -150,7 +150,7 @@ def test_the_cli_client_against_the_running_api(live: Live, tmp_path: Path) -> N
     assert watched.returncode == 0 and "completed" in watched.stdout
     assert exported.returncode == 0, exported.stderr
     csv_lines = (tmp_path / "out.csv").read_text().splitlines()
-    assert csv_lines[0] == "index,id,label,score,top_k,error"
+    assert csv_lines[0] == "index,id,label,score,top_k,error,cached"
     assert [line.split(",")[1] for line in csv_lines[1:]] == ["1", "2", "4"]  # txt line numbers
     assert len(to_stdout.stdout.splitlines()) == 3
     assert cancelled.stdout.strip() == f"job {job_id} was already completed; nothing to cancel"

@@ -12,6 +12,7 @@ each scenario runs in well under a minute.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -102,10 +103,16 @@ class Service:
         return found
 
 
+_CALLS = itertools.count()
+
+
 def texts(count: int, prefix: str = "") -> list[str]:
+    """``count`` texts, each distinct from every other text of the module: the faults hit
+    chunks while their model runs, so no item may be saved by dedup or the result cache."""
     words = ["good", "bad", "film", "plot", "great", "dull", "moving", "awful", "superb"]
+    call = next(_CALLS)
     return [
-        f"{prefix}{' '.join(words[(i + k) % len(words)] for k in range(3 + i % 25))}"
+        f"{prefix}{call}.{i} {' '.join(words[(i + k) % len(words)] for k in range(3 + i % 25))}"
         for i in range(count)
     ]
 

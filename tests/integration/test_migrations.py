@@ -20,6 +20,7 @@ TABLES = {
     "schedule_files",
     "trained_models",
     "training_runs",
+    "result_cache",
 }
 
 

@@ -75,6 +75,7 @@ def test_rows_already_present_are_neither_written_nor_counted_twice(pg_url: str)
         "score": 0.75,
         "top_k": [["POSITIVE", 0.75], ["NEGATIVE", 0.25]],
         "error": None,
+        "cached": False,
     }
     assert rows[0]["error"] == "bad\t0\\N" and rows[0]["top_k"] is None
     with engine.connect() as conn:
@@ -131,3 +132,17 @@ def test_items_survive_copy_byte_for_byte(pg_url: str) -> None:
     with engine.connect() as conn:
         stored = [item for _, item in load_items(conn, job.id, 0, 3)]
     assert stored == inputs
+
+
+def test_the_cached_flag_goes_through_copy_and_out_in_exports(pg_url: str) -> None:
+    engine = pg_engine(pg_url)
+    job = new_job(engine, 3)
+    rows = [ScoredItem(i, f"r{i}", GOOD, cached=i == 1) for i in range(3)]
+    with engine.begin() as conn:
+        write_results(conn, job.id, "m", "rev1", rows)
+    with engine.connect() as conn:
+        read = list(iter_results(conn, job.id, top_k_text=True))
+    assert [row["cached"] for row in read] == [False, True, False]
+    csv_text = "".join(export_lines(read, "csv")).splitlines()
+    assert csv_text[0].endswith(",cached") and csv_text[2].endswith(",true")
+    assert csv_text[1].endswith(",false")

@@ -309,6 +309,7 @@ def test_job_status_follows_the_results(api: UnitApi) -> None:
         "error",
         "expires_at",
         "priority",
+        "cache",
         "queue",
         "warnings",
         "metadata",

@@ -58,6 +58,7 @@ def test_rows_carry_labels_scores_top_k_and_errors(api: UnitApi, scored_job: str
             "score": 0.75,
             "top_k": [["POSITIVE", 0.75], ["NEGATIVE", 0.25]],
             "error": None,
+            "cached": False,
         },
         {
             "index": 1,
@@ -66,6 +67,7 @@ def test_rows_carry_labels_scores_top_k_and_errors(api: UnitApi, scored_job: str
             "score": None,
             "top_k": None,
             "error": "bad item 1",
+            "cached": False,
         },
     ]
 
@@ -115,6 +117,7 @@ def test_jsonl_download_streams_every_row(api: UnitApi, scored_job: str) -> None
         "score": 0.75,
         "top_k": [["POSITIVE", 0.75], ["NEGATIVE", 0.25]],
         "error": None,
+        "cached": False,
     }
 
 

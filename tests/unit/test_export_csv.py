@@ -66,8 +66,8 @@ def test_a_carriage_return_inside_a_cell_cannot_start_a_row() -> None:
         ["3", "d", "x"],
     ]
     assert parsed[3][5] == "e\r-1+1"
-    assert text.splitlines()[0] == "index,id,label,score,top_k,error"
-    assert "\n3,d,x,0.5,,\n" in text  # rows without a "\r" are written as before
+    assert text.splitlines()[0] == "index,id,label,score,top_k,error,cached"
+    assert "\n3,d,x,0.5,,,false\n" in text  # rows without a "\r" are written as before
 
 
 def test_every_text_column_of_the_export_is_escaped() -> None:

@@ -86,7 +86,8 @@ def new_job(
     driver: JobDriver = JobDriver.SERVICE,
     text: str = "x",
 ) -> Job:
-    inputs = [InputItem(item_id=str(i), text=text * (i % 7 + 1)) for i in range(items)]
+    # Distinct texts (dedup and the result cache would hide a second scoring of an item).
+    inputs = [InputItem(item_id=str(i), text=f"{text * (i % 7 + 1)} {i}") for i in range(items)]
     with engine.begin() as conn:
         return create_job(
             conn,

@@ -135,6 +135,7 @@ def test_a_batch_holds_at_most_its_item_limit_one_chunk_per_job(engine: Engine) 
     )
     # 2 (own) + 2 + 2 = 6; a fourth two-item chunk would pass 7.
     assert [b.job_id for b in report.batched] == [jobs[1].id, jobs[2].id]
+    # Six items, six distinct texts (lengths grow job by job).
     assert [len(call) for call in runner.calls] == [6]
     assert chunk_state(engine, jobs[3].id) == ("queued", 0)
 
