@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from core.config import get_settings
-from core.logs import uvicorn_log_config
-
 
 def api(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
@@ -18,6 +15,10 @@ def api(
     The database must be migrated first (`bulkscore db upgrade`).
     """
     import uvicorn
+
+    # Deferred: the settings (pydantic) are not needed by `bulkscore --help`.
+    from core.config import get_settings
+    from core.logs import uvicorn_log_config
 
     uvicorn.run(
         "api.app:create_app",
