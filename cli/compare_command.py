@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cli.console import JSON_HELP
+
 
 def compare(
     job_id: str = typer.Argument(..., help="A finished job (its items are scored again)."),
@@ -15,6 +17,7 @@ def compare(
     ),
     show: int = typer.Option(20, "--show", min=0, help="Differing items printed."),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Score JOB's items with MODEL and report agreement and the items whose labels differ.
 
@@ -24,4 +27,4 @@ def compare(
     # `bulkscore --help`.
     from cli.compare_run import run_compare
 
-    run_compare(job_id, model, out, show, device)
+    run_compare(job_id, model, out, show, device, as_json)

@@ -9,10 +9,11 @@ then the two jobs' labels are compared item by item.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
-from cli.console import EXIT_USAGE, err_console, fail, out_console
+from cli.console import EXIT_USAGE, err_console, fail, out_console, print_json
 from cli.in_process import score_here
 from core.config import get_settings
 from core.db import get_engine
@@ -39,6 +40,7 @@ def run_compare(
     out: Path | None,
     show: int,
     device: str,
+    as_json: bool = False,
 ) -> None:
     """The work of ``bulkscore compare`` (its options: :mod:`cli.compare_command`)."""
     settings = get_settings()
@@ -74,7 +76,10 @@ def run_compare(
         finished = get_job(conn, other.id)
         comparison = compare_jobs(conn, job.id, other.id)
     assert finished is not None
-    _report(job, finished, comparison, show)
+    if as_json:
+        print_json(_report_json(job, finished, comparison, show))
+    else:
+        _report(job, finished, comparison, show)
     if out is not None:
         _write_csv(out, job, finished, comparison.differences)
         err_console.print(f"wrote {out}", highlight=False, soft_wrap=True)
@@ -113,6 +118,31 @@ def _report(job: Job, other: Job, comparison: Comparison, show: int) -> None:
     hidden = len(comparison.differences) - show
     if hidden > 0:
         err_console.print(f"... and {hidden} more (write them all with --out FILE.csv)")
+
+
+def _report_json(job: Job, other: Job, comparison: Comparison, show: int) -> dict[str, Any]:
+    """The report as JSON: the counts, and the first ``show`` differing items in full."""
+    return {
+        "job": {"id": job.id, "model": _model_label(job)},
+        "compared_with": {"id": other.id, "model": _model_label(other)},
+        "compared": comparison.compared,
+        "agreeing": comparison.agreeing,
+        "agreement": comparison.agreement,
+        "differ": len(comparison.differences),
+        "not_compared": comparison.errors,
+        "differences": [
+            {
+                "index": diff.index,
+                "id": diff.item_id,
+                "text": diff.text,
+                "label_a": diff.label_a,
+                "score_a": diff.score_a,
+                "label_b": diff.label_b,
+                "score_b": diff.score_b,
+            }
+            for diff in comparison.differences[:show]
+        ],
+    }
 
 
 def _labelled(label: str, score: float | None) -> str:

@@ -7,13 +7,15 @@ that a value must follow. Flags show no type; every other option keeps its own.
 
 from __future__ import annotations
 
-import click
+from typing import Any
+
 from typer.core import TyperOption
 
 _typed = TyperOption.display_type_rich
 
 
-def _flags_show_no_type(self: TyperOption, ctx: click.Context) -> str | None:
+def _flags_show_no_type(self: TyperOption, ctx: Any) -> str | None:
+    # ctx: the click context Typer passes (Typer vendors its own click).
     return None if self.is_flag else _typed(self, ctx)
 
 

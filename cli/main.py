@@ -32,7 +32,7 @@ hide_flag_types()
 class SettingsCheckedGroup(TyperGroup):
     """Unusable settings end any command with one line and status 2, not a traceback."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # Any: the context class of Typer's vendored click
         try:
             return super().invoke(ctx)
         except SettingsError as exc:

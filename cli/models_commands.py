@@ -69,7 +69,7 @@ def show(
         _show_from_api(name, version, confusion_png, as_json)
         return
     # Deferred: as above; these read the local models file and database.
-    from cli.evaluation_view import print_evaluation
+    from cli.evaluation_view import print_evaluation, trained_json
     from core.db import get_engine, redact_url
     from core.models.registry import Registry, RegistryError
     from core.models.trained import get_trained, list_versions, trained_table_exists
@@ -101,28 +101,7 @@ def show(
             EXIT_USAGE,
         )
     if as_json:
-        print_json(
-            {
-                "name": model.name,
-                "version": model.revision,
-                "base": model.base,
-                "task": model.task,
-                "labels": list(model.labels),
-                "accuracy": model.accuracy,
-                "created_at": model.created_at,
-                "job_id": model.job_id,
-                "evaluation": model.metrics,
-                "versions": [
-                    {
-                        "version": v.revision,
-                        "accuracy": v.accuracy,
-                        "created_at": v.created_at,
-                        "job_id": v.job_id,
-                    }
-                    for v in versions
-                ],
-            }
-        )
+        print_json(trained_json(model, versions))
     else:
         print_evaluation(model, versions)
     if confusion_png is not None:

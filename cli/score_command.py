@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cli.console import JSON_HELP
+
 
 def score(
     source: Path = typer.Argument(
@@ -28,6 +30,7 @@ def score(
         "replaced by one new row (inputs refused at intake are not retried).",
     ),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Score every input of SOURCE with MODEL in this process and store the results.
 
@@ -38,4 +41,4 @@ def score(
     # `bulkscore --help`.
     from cli.score_run import run_score
 
-    run_score(source, model, out, job_id, retry_errors, device)
+    run_score(source, model, out, job_id, retry_errors, device, as_json)

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 from sqlalchemy import Engine
 
-from cli.console import EXIT_USAGE, err_console, fail, out_console
+from cli.console import EXIT_USAGE, err_console, fail, out_console, print_json
 from cli.in_process import score_here
 from core.config import Settings, get_settings
 from core.db import get_engine, redact_url
@@ -43,6 +43,7 @@ def run_score(
     job_id: str | None,
     retry_errors: bool,
     device: str,
+    as_json: bool = False,
 ) -> None:
     """The work of ``bulkscore score`` (its options: :mod:`cli.score_command`)."""
     settings = get_settings()
@@ -102,6 +103,24 @@ def run_score(
                     handle.write(piece)
     assert final is not None
     scored_now = run.scored
+    if as_json:
+        print_json(
+            {
+                "job_id": final.id,
+                "model": final.model,
+                "model_revision": final.model_revision,
+                "status": final.status.value,
+                "items": final.total,
+                "succeeded": final.succeeded,
+                "failed": final.failed,
+                "already_scored": run.already_scored,
+                "labels": labels,
+                "items_per_s": scored_now / elapsed if elapsed > 0 else None,
+                "database": redact_url(settings.database_url),
+                "exported_to": str(out) if out is not None else None,
+            }
+        )
+        return
     summary = Table(title=f"job {final.id}", show_header=False, title_justify="left")
     summary.add_row(
         "model", f"{final.model}" + (f" @ {final.model_revision}" if final.model_revision else "")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cli.console import JSON_HELP
 from core.training.defaults import DEFAULT_HOLDOUT_FRACTION, DEFAULT_SEED
 
 
@@ -33,6 +34,7 @@ def train(
     ),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the hold-out split."),
     device: str = typer.Option("cpu", help="Device of the backbone: cpu, cuda, cuda:1, ..."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Train NAME: a logistic-regression head on BASE's frozen features.
 
@@ -46,4 +48,4 @@ def train(
     # `bulkscore --help`.
     from cli.train_run import run_train
 
-    run_train(name, base, data, holdout, seed, device)
+    run_train(name, base, data, holdout, seed, device, as_json)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cli.console import EXIT_USAGE, err_console, fail
-from cli.evaluation_view import print_evaluation
+from cli.console import EXIT_USAGE, err_console, fail, print_json
+from cli.evaluation_view import print_evaluation, trained_json
 from core.config import get_settings
 from core.db import get_engine
 from core.jobs.status import JobDriver
@@ -55,6 +55,7 @@ def run_train(
     holdout: float,
     seed: int,
     device: str,
+    as_json: bool = False,
 ) -> None:
     """The work of ``bulkscore train`` (its options: :mod:`cli.train_command`)."""
     settings = get_settings()
@@ -139,4 +140,7 @@ def run_train(
         highlight=False,
         soft_wrap=True,
     )
-    print_evaluation(model)
+    if as_json:
+        print_json(trained_json(model))
+    else:
+        print_evaluation(model)
