@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from cli.service_logs import prepare_service_output
+
 
 def api(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
@@ -14,6 +16,7 @@ def api(
 
     The database must be migrated first (`bulkscore db upgrade`).
     """
+    prepare_service_output()
     import uvicorn
 
     # Deferred: the settings (pydantic) are not needed by `bulkscore --help`.

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from cli.console import EXIT_FAILURE, EXIT_USAGE, JSON_HELP, fail, out_console, print_json
+from cli.service_logs import prepare_service_output
 
 if TYPE_CHECKING:
     from sqlalchemy.exc import SQLAlchemyError
@@ -193,6 +194,7 @@ def beat(
     Each due time creates at most one job, even with two beats running (the run is claimed
     in SQL). Reads BULKSCORE_DATABASE_URL, BULKSCORE_BROKER_URL and BULKSCORE_MODELS.
     """
+    prepare_service_output()
     # Deferred: Celery is imported for this command only; the others start without it.
     from worker.beat import run_beat
 
