@@ -107,9 +107,7 @@ class LogStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         super().__init__(_real_stderr or sys.stderr)
-
-    def createLock(self) -> None:  # logging's own name for it
-        self.lock = _WRITE_LOCK
+        self.lock = _WRITE_LOCK  # shared with the relay's writes of lines already JSON
 
 
 def _relay(read_fd: int, name: str, level: int) -> None:

@@ -85,8 +85,7 @@ def load_pretrained(
     if local is not None:
         if not Path(local).exists():
             raise ModelLoadError(
-                f"model {spec.name!r}: local source {local} does not exist "
-                f"({spec.where(source)})"
+                f"model {spec.name!r}: local source {local} does not exist ({spec.where(source)})"
             )
         refuse_pickled_weights(spec, Path(local), kwargs)
         try:
