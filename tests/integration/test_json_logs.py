@@ -1,4 +1,4 @@
-"""BULKSCORE_LOG_FORMAT=json: every line a worker and a beat write is one JSON object.
+"""BULKSCORE_LOG_FORMAT=json: every line a worker, a beat and the API write is one JSON object.
 
 Celery's own loggers, its start-up banner, Python warnings and the task trace lines all
 go through core/logs.py's formatter, so a log collector never meets a line it cannot parse.
@@ -10,6 +10,8 @@ import json
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
+from api_support import running_api, write_api_models_file
 from sqlalchemy import Engine, create_engine, select
 from test_schedule_beat import inbox, schedules_file, start_beat, stop_beat  # noqa: F401
 from worker_support import poll, running_worker, worker_env
@@ -77,3 +79,24 @@ def test_a_worker_and_a_beat_write_only_json_lines(
     assert any("consuming" in message for message in messages)
     assert any("succeeded" in message for message in messages)  # Celery's task trace
     assert any("Warm shutdown" in message for message in messages)  # written to the fd
+
+
+def test_the_api_writes_only_json_lines(
+    tmp_path: Path, models_file: Path, pg_url: str, redis_url: str
+) -> None:
+    upgrade(pg_url)
+    env = worker_env(
+        pg_url,
+        redis_url,
+        write_api_models_file(tmp_path / "models.toml"),
+        BULKSCORE_LOG_FORMAT="json",
+        PYTHONWARNINGS="always",
+    )
+    with running_api(env, tmp_path / "api.log") as server:
+        assert httpx.get(f"{server.url}/v1/jobs").status_code == 401
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    log = server.log()
+    assert _not_json(log) == [], log[-3000:]
+    loggers = {json.loads(line)["logger"] for line in log.splitlines()}
+    assert {"uvicorn.error", "uvicorn.access"} <= loggers, loggers
+    assert "GET /v1/jobs" in log  # the access log line, as JSON

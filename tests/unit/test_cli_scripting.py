@@ -3,6 +3,7 @@ settings errors as one line with status 2 (from the environment or a .env file).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from cli.main import app
+from core.config import reset_settings_cache
+from core.db import dispose_engines
+from core.migrate import upgrade
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,3 +150,23 @@ def test_the_env_file_is_read(tmp_path: Path) -> None:
         BULKSCORE_DATABASE_URL=f"sqlite:///{tmp_path / 'absent.db'}",
     )
     assert "BULKSCORE_MAX_BATCH_SIZE" not in done.stderr
+
+
+def test_keys_print_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    monkeypatch.setenv("BULKSCORE_DATABASE_URL", url)
+    reset_settings_cache()
+    upgrade(url)
+    try:
+        created = json.loads(CliRunner().invoke(app, ["keys", "create", "ci", "--json"]).stdout)
+        listed = json.loads(CliRunner().invoke(app, ["keys", "list", "--json"]).stdout)
+        revoked = json.loads(CliRunner().invoke(app, ["keys", "revoke", "ci", "--json"]).stdout)
+        remaining = json.loads(CliRunner().invoke(app, ["keys", "list", "--json"]).stdout)
+    finally:
+        reset_settings_cache()
+        dispose_engines()
+    assert created["name"] == "ci" and created["key"].startswith("bsk_")
+    assert [(key["id"], key["name"]) for key in listed] == [(created["id"], "ci")]
+    assert "key" not in listed[0] and created["key"].startswith(listed[0]["prefix"])
+    assert [key["id"] for key in revoked] == [created["id"]] and revoked[0]["revoked_at"]
+    assert remaining == []
