@@ -44,7 +44,7 @@ def create_embedded_job(
             job_id=job_id,
             driver=JobDriver.EMBEDDED,
         )
-        # So that a re-run of the same id with other inputs is refused (cli.score_command).
+        # So that a re-run of the same id with other inputs is refused (cli.score_run).
         store_inputs_hash(conn, job.id, digest)
         return replace(job, inputs_hash=digest)
 
