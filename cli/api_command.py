@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from core.config import get_settings
-from core.logs import uvicorn_log_config
+from cli.service_logs import prepare_service_output
 
 
 def api(
@@ -17,7 +16,12 @@ def api(
 
     The database must be migrated first (`bulkscore db upgrade`).
     """
+    prepare_service_output()
     import uvicorn
+
+    # Deferred: the settings (pydantic) are not needed by `bulkscore --help`.
+    from core.config import get_settings
+    from core.logs import uvicorn_log_config
 
     uvicorn.run(
         "api.app:create_app",

@@ -3,25 +3,47 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
-from cli.console import err_console, fail, out_console
-from core.cache.upkeep import cache_stats, clear_cache
-from core.config import get_settings
-from core.db import get_engine, redact_url
+from cli.console import JSON_HELP, err_console, fail, out_console, print_json
 
 cache_app = typer.Typer(help="The result cache (see the README).", no_args_is_help=True)
 
 
 @cache_app.command("stats")
-def stats() -> None:
+def stats(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Rows in the result cache of BULKSCORE_DATABASE_URL, per model and revision."""
+    # Deferred: SQL and the settings load when the command runs, not for `bulkscore --help`.
+    from rich.table import Table
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from core.cache.upkeep import cache_stats
+    from core.config import get_settings
+    from core.db import get_engine, redact_url
+
     settings = get_settings()
     try:
         found = cache_stats(get_engine(settings.database_url))
     except SQLAlchemyError as exc:
         fail(f"cannot read the result cache ({type(exc).__name__}); run `bulkscore db upgrade`")
+    if as_json:
+        print_json(
+            {
+                "rows": found.rows,
+                "models": [
+                    {
+                        "model": model.model,
+                        "revision": model.revision,
+                        "rows": model.rows,
+                        "oldest": model.oldest.isoformat() if model.oldest else None,
+                        "newest": model.newest.isoformat() if model.newest else None,
+                    }
+                    for model in found.models
+                ],
+                "max_rows": settings.cache_max_rows,
+                "max_age_s": settings.cache_max_age_s,
+            }
+        )
+        return
     table = Table(title=f"result cache: {found.rows} rows", title_justify="left")
     for column in ("model", "revision", "rows", "oldest", "newest"):
         table.add_column(column)
@@ -47,6 +69,13 @@ def clear(
     model: str | None = typer.Option(None, "--model", "-m", help="Only this model's rows."),
 ) -> None:
     """Delete the cached results (of one model with --model); later jobs score afresh."""
+    # Deferred: SQL and the settings load when the command runs, not for `bulkscore --help`.
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from core.cache.upkeep import clear_cache
+    from core.config import get_settings
+    from core.db import get_engine
+
     settings = get_settings()
     try:
         deleted = clear_cache(get_engine(settings.database_url), model)

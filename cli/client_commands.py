@@ -9,21 +9,38 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.client import ApiClient, client_from_settings
-from cli.console import EXIT_FAILURE, EXIT_USAGE, err_console, fail, out_console
-from core.inputs.images import list_image_files
+from cli.console import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    JSON_HELP,
+    err_console,
+    fail,
+    out_console,
+    print_json,
+)
 from core.inputs.text_files import TEXT_SUFFIXES, InputFileError
 from core.jobs.export import EXPORT_FORMATS, format_for_path
 from core.jobs.priority import Priority
 from core.jobs.status import JobStatus
 
+if TYPE_CHECKING:
+    from cli.client import ApiClient
+
 POLL_INTERVAL_S = 1.0
+
+
+def client_from_settings() -> ApiClient:
+    """The configured API's client (see :mod:`cli.client`)."""
+    # Deferred: httpx and the settings cost more to import than `bulkscore --help` may take.
+    from cli.client import client_from_settings as configured
+
+    return configured()
 
 
 def submit(
@@ -54,6 +71,7 @@ def submit(
         "--no-cache",
         help="Score every input afresh: neither read nor fill the result cache.",
     ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Upload SOURCE as a job for MODEL and print the job id.
 
@@ -82,6 +100,9 @@ def submit(
     else:
         # Every file goes up as it is: the server checks each by content, so a file that is
         # not an image becomes that item's error instead of silently vanishing here.
+        # Deferred: the image readers import numpy and Pillow, which text jobs do not need.
+        from core.inputs.images import list_image_files
+
         try:
             found = list_image_files(str(source))
         except InputFileError as exc:
@@ -100,9 +121,14 @@ def submit(
         soft_wrap=True,
     )
     _print_warnings(job)
-    typer.echo(job["id"])
+    if not as_json:
+        typer.echo(job["id"])
     if wait:
-        _finish(_follow(client, job["id"], interval))
+        job = _follow(client, job["id"], interval)
+    if as_json:
+        print_json(job)
+    if wait:
+        _finish(job, print_table=not as_json)
 
 
 def status(
@@ -111,16 +137,20 @@ def status(
         False, "--watch", "-w", help="Show a progress bar until the job ends."
     ),
     interval: float = typer.Option(POLL_INTERVAL_S, min=0.1, help="Seconds between polls."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Show a job's status and counts.
 
     With --watch, follow the job to its end; the exit status is then 0 only if it completed.
     """
     client = client_from_settings()
+    job = _follow(client, job_id, interval) if watch else client.json("GET", f"/v1/jobs/{job_id}")
+    if as_json:
+        print_json(job)
     if watch:
-        _finish(_follow(client, job_id, interval))
-    else:
-        _print_job(client.json("GET", f"/v1/jobs/{job_id}"))
+        _finish(job, print_table=not as_json)
+    elif not as_json:
+        _print_job(job)
 
 
 def results(
@@ -171,10 +201,15 @@ def results(
     err_console.print(f"wrote {out}", highlight=False, soft_wrap=True)
 
 
-def cancel(job_id: str = typer.Argument(..., help="The job id.")) -> None:
+def cancel(
+    job_id: str = typer.Argument(..., help="The job id."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
     """Cancel a job: work not yet started is dropped; results already written stay."""
     job = client_from_settings().json("POST", f"/v1/jobs/{job_id}/cancel")
-    if job["status"] == JobStatus.CANCELLED:
+    if as_json:
+        print_json(job)
+    elif job["status"] == JobStatus.CANCELLED:
         typer.echo(f"job {job_id}: cancelled")
     else:
         typer.echo(f"job {job_id} was already {job['status']}; nothing to cancel")
@@ -189,6 +224,7 @@ def retry(
     ),
     wait: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
     interval: float = typer.Option(POLL_INTERVAL_S, min=0.1, help="Seconds between polls."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Score a completed job's error rows again, in the same job.
 
@@ -201,13 +237,18 @@ def retry(
     _print_warnings(job)
     err_console.print(f"job {job_id}: {job['requeued']} error row(s) queued for retry")
     if wait:
-        _finish(_follow(client, job_id, interval))
+        job = _follow(client, job_id, interval)
+    if as_json:
+        print_json(job)
+    if wait:
+        _finish(job, print_table=not as_json)
 
 
 def resume(
     job_id: str = typer.Argument(..., help="The job id (a cancelled or expired job)."),
     wait: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
     interval: float = typer.Option(POLL_INTERVAL_S, min=0.1, help="Seconds between polls."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Score the rest of a cancelled or expired job; results already written stay.
 
@@ -218,12 +259,19 @@ def resume(
     _print_warnings(job)
     err_console.print(f"job {job_id}: {job['requeued']} unscored item(s) queued again")
     if wait:
-        _finish(_follow(client, job_id, interval))
+        job = _follow(client, job_id, interval)
+    if as_json:
+        print_json(job)
+    if wait:
+        _finish(job, print_table=not as_json)
 
 
-def models() -> None:
+def models(as_json: bool = False) -> None:
     """List the models the API can score with (trained ones with version and accuracy)."""
     listing = client_from_settings().json("GET", "/v1/models")
+    if as_json:
+        print_json(listing["data"])
+        return
     # Trained models (bulkscore train, POST /v1/models) carry a version and an accuracy;
     # their column appears only when there are some.
     trained = any(model.get("version") for model in listing["data"])
@@ -298,8 +346,9 @@ def _follow(client: ApiClient, job_id: str, interval: float) -> dict[str, Any]:
             job = client.json("GET", f"/v1/jobs/{job_id}")
 
 
-def _finish(job: dict[str, Any]) -> None:
-    _print_job(job)
+def _finish(job: dict[str, Any], print_table: bool = True) -> None:
+    if print_table:
+        _print_job(job)
     if job["status"] != JobStatus.COMPLETED:
         raise typer.Exit(EXIT_FAILURE)
 

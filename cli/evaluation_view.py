@@ -90,3 +90,27 @@ def print_evaluation(model: TrainedModel, versions: Sequence[TrainedModel] = ())
     out_console.print(confusion_table(model))
     if len(versions) > 1:
         out_console.print(versions_table(versions))
+
+
+def trained_json(model: TrainedModel, versions: Sequence[TrainedModel] = ()) -> dict[str, Any]:
+    """The same as :func:`print_evaluation`, as one JSON-ready object (``--json``)."""
+    return {
+        "name": model.name,
+        "version": model.revision,
+        "base": model.base,
+        "task": model.task,
+        "labels": list(model.labels),
+        "accuracy": model.accuracy,
+        "created_at": model.created_at,
+        "job_id": model.job_id,
+        "evaluation": model.metrics,
+        "versions": [
+            {
+                "version": v.revision,
+                "accuracy": v.accuracy,
+                "created_at": v.created_at,
+                "job_id": v.job_id,
+            }
+            for v in versions
+        ],
+    }

@@ -1,33 +1,86 @@
-"""``bulkscore``: score files in-process, run the service, and talk to it."""
+"""``bulkscore``: score files in-process, run the service, and talk to it.
+
+Importing this module (and so ``bulkscore --help``) loads no ML framework, no Celery, no
+web framework and no settings: each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 from cli.api_command import api
 from cli.cache_commands import cache_app
 from cli.client_commands import cancel, results, resume, retry, status, submit
 from cli.compare_command import compare
+from cli.console import EXIT_USAGE, fail
 from cli.db_commands import db_app
+from cli.help_format import hide_flag_types
+from cli.jobs_commands import jobs_app
 from cli.keys_commands import keys_app
 from cli.models_commands import models_app
 from cli.schedules_commands import beat, schedules_app
 from cli.score_command import score
 from cli.train_command import train
 from cli.worker_command import worker
+from core.settings_errors import SettingsError
+
+hide_flag_types()
+
+
+class SettingsCheckedGroup(TyperGroup):
+    """Unusable settings end any command with one line and status 2, not a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # Any: the context class of Typer's vendored click
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            fail(str(exc), EXIT_USAGE)
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    # Only for --version: importlib.metadata takes longer to import than the rest of --help.
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        typer.echo(f"bulkscore {package_version('bulkscore')}")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        typer.echo("bulkscore (not installed)")
+    raise typer.Exit()
+
 
 app = typer.Typer(
     name="bulkscore",
+    cls=SettingsCheckedGroup,
     help=(
         "Score large batches of texts and images with pretrained models.\n\n"
         "Embedded (no servers): `bulkscore score FILE --model NAME --out results.csv`.\n"
         "Configuration comes from BULKSCORE_* environment variables "
-        "(BULKSCORE_DATABASE_URL, BULKSCORE_MODELS, ...)."
+        "(BULKSCORE_DATABASE_URL, BULKSCORE_MODELS, ...) and a .env file."
     ),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the installed version and exit.",
+    ),
+) -> None:
+    """Score large batches of texts and images with pretrained models."""
+
+
 app.command("score")(score)
 app.command("train")(train)
 app.command("compare")(compare)
@@ -41,7 +94,8 @@ app.command("beat")(beat)
 # Client commands: talk to a running API at BULKSCORE_API_URL with BULKSCORE_API_KEY.
 for _client_command in (submit, status, results, cancel, retry, resume):
     app.command()(_client_command)
-# `bulkscore models` lists (a client command); `bulkscore models show NAME` reads SQL.
+app.add_typer(jobs_app, name="jobs")
+# `bulkscore models` lists; `bulkscore models show NAME` (API when a key is set, else SQL).
 app.add_typer(models_app, name="models")
 
 

@@ -6,23 +6,19 @@ Schedules are ``[schedules.NAME]`` entries of the models file (BULKSCORE_MODELS)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import typer
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
-from cli.console import EXIT_FAILURE, EXIT_USAGE, fail, out_console
-from core.clock import utcnow
-from core.config import get_settings
-from core.db import get_engine, redact_url
-from core.schedules.config import (
-    Schedule,
-    ScheduleConfigError,
-    load_schedules,
-    next_due,
-    schedule_zone,
-)
-from core.schedules.runner import run_schedule
-from core.schedules.runs import RunStatus, RunView, latest_runs
+from cli.console import EXIT_FAILURE, EXIT_USAGE, JSON_HELP, fail, out_console, print_json
+from cli.service_logs import prepare_service_output
+
+if TYPE_CHECKING:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from core.schedules.config import Schedule
+    from core.schedules.runs import RunView
 
 TIME_FORMAT = "%Y-%m-%d %H:%M"
 
@@ -33,6 +29,11 @@ schedules_app = typer.Typer(
 
 
 def _load() -> list[Schedule]:
+    # Deferred: the settings (pydantic) and the schedules' parser are not needed by
+    # `bulkscore --help`.
+    from core.config import get_settings
+    from core.schedules.config import ScheduleConfigError, load_schedules
+
     try:
         return load_schedules(get_settings().models)
     except ScheduleConfigError as exc:
@@ -40,6 +41,10 @@ def _load() -> list[Schedule]:
 
 
 def _database_error(exc: SQLAlchemyError) -> str:
+    # Deferred: as in _load.
+    from core.config import get_settings
+    from core.db import redact_url
+
     url = get_settings().database_url
     reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
     return (
@@ -57,11 +62,20 @@ def _job_cell(run: RunView | None) -> str:
 
 
 @schedules_app.command("list")
-def list_schedules() -> None:
+def list_schedules(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Each schedule with its next due time, its last run and that run's job and counts."""
+    # Deferred: SQL, the settings and the cron parser are not needed by `bulkscore --help`.
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from core.clock import utcnow
+    from core.config import get_settings
+    from core.db import get_engine
+    from core.schedules.config import next_due, schedule_zone
+    from core.schedules.runs import latest_runs
+
     settings = get_settings()
     schedules = _load()
-    if not schedules:
+    if not schedules and not as_json:
         out_console.print(f"no schedules in {settings.models}", markup=False)
         return
     try:
@@ -71,6 +85,16 @@ def list_schedules() -> None:
         fail(_database_error(exc))
     zone = schedule_zone(settings)
     now = utcnow()
+    if as_json:
+        print_json(
+            [
+                _schedule_json(
+                    schedule, next_due(schedule.cron, now, zone), runs.get(schedule.name)
+                )
+                for schedule in schedules
+            ]
+        )
+        return
     table = Table(title=f"schedules (times in {zone.key})", title_justify="left")
     for column in ("name", "cron", "model", "next due", "last run", "status", "items", "job"):
         table.add_column(column, no_wrap=column != "job", overflow="fold")
@@ -95,12 +119,24 @@ def list_schedules() -> None:
 
 
 @schedules_app.command("run")
-def run_now(name: str = typer.Argument(..., help="The schedule's NAME.")) -> None:
+def run_now(
+    name: str = typer.Argument(..., help="The schedule's NAME."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
     """Run schedule NAME now (due time: now), under the same rules as the beat.
 
     Its job is queued for the workers (BULKSCORE_BROKER_URL); an earlier run still going
     makes this one a skip, and an empty window creates no job.
     """
+    # Deferred: SQL and the settings are not needed by `bulkscore --help`.
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from core.clock import utcnow
+    from core.config import get_settings
+    from core.db import get_engine
+    from core.schedules.runner import run_schedule
+    from core.schedules.runs import RunStatus
+
     settings = get_settings()
     schedules = {schedule.name: schedule for schedule in _load()}
     schedule = schedules.get(name)
@@ -124,6 +160,19 @@ def run_now(name: str = typer.Argument(..., help="The schedule's NAME.")) -> Non
         )
     except SQLAlchemyError as exc:
         fail(_database_error(exc))
+    if as_json:
+        print_json(
+            {
+                "schedule": name,
+                "status": outcome.status.value if outcome.status else None,
+                "job_id": outcome.job_id,
+                "items": outcome.items,
+                "error": outcome.error,
+            }
+        )
+        if outcome.status == RunStatus.FAILED:
+            raise typer.Exit(EXIT_FAILURE)
+        return
     if outcome.status is None:
         out_console.print(f"schedule {name}: this due time was already claimed; nothing to do")
         return
@@ -145,7 +194,30 @@ def beat(
     Each due time creates at most one job, even with two beats running (the run is claimed
     in SQL). Reads BULKSCORE_DATABASE_URL, BULKSCORE_BROKER_URL and BULKSCORE_MODELS.
     """
+    prepare_service_output()
     # Deferred: Celery is imported for this command only; the others start without it.
     from worker.beat import run_beat
 
     raise typer.Exit(run_beat(loglevel))
+
+
+def _schedule_json(schedule: Schedule, due: Any, run: RunView | None) -> dict[str, Any]:
+    """A schedule, its next due time and its last run (times in UTC, ISO 8601)."""
+    return {
+        "name": schedule.name,
+        "cron": schedule.cron,
+        "model": schedule.model,
+        "next_due": due,
+        "last_run": None
+        if run is None
+        else {
+            "due_at": run.due_at,
+            "status": run.status.value,
+            "items": run.items,
+            "job_id": run.job_id,
+            "job_status": run.job_status,
+            "succeeded": run.succeeded,
+            "failed": run.failed,
+            "error": run.error,
+        },
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.console import fail
+from cli.service_logs import prepare_service_output
 
 
 def worker(
@@ -42,6 +43,7 @@ def worker(
     Reads BULKSCORE_DATABASE_URL, BULKSCORE_BROKER_URL and BULKSCORE_MODELS. Run one worker
     per GPU: `bulkscore worker --gpu 0 --models sentiment`.
     """
+    prepare_service_output()
     # Deferred: the other commands should not pay for Celery and the worker's imports.
     from worker.main import WorkerStartError, run_worker
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.settings_errors import SettingsError, describe_errors
 
 DEFAULT_MODELS_FILE = Path(__file__).resolve().parent / "models" / "models.toml"
 
@@ -20,7 +22,11 @@ DEFAULT_MODELS_FILE = Path(__file__).resolve().parent / "models" / "models.toml"
 class Settings(BaseSettings):
     """Every knob of bulkscore; each field is ``BULKSCORE_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="BULKSCORE_", extra="ignore")
+    # A ``.env`` file in the working directory is read too (the environment wins over it),
+    # as docker compose and most twelve-factor tools do.
+    model_config = SettingsConfigDict(
+        env_prefix="BULKSCORE_", extra="ignore", env_file=".env", env_file_encoding="utf-8"
+    )
 
     database_url: str = Field(
         default="sqlite:///bulkscore.db",
@@ -314,9 +320,9 @@ class Settings(BaseSettings):
         lock, idle = self.worker_db_lock_timeout_s, self.db_idle_in_transaction_timeout_s
         if lock and idle and lock <= idle:
             raise ValueError(
-                f"worker_db_lock_timeout_s ({lock}) must be longer than "
-                f"db_idle_in_transaction_timeout_s ({idle}), or 0: a worker must outwait a "
-                "frozen session until the server ends it"
+                f"BULKSCORE_WORKER_DB_LOCK_TIMEOUT_S ({lock}) must be longer than "
+                f"BULKSCORE_DB_IDLE_IN_TRANSACTION_TIMEOUT_S ({idle}), or 0: a worker must "
+                "outwait a frozen session until the server ends it"
             )
         return self
 
@@ -333,8 +339,15 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Return the process-wide settings (read once)."""
-    return Settings()
+    """Return the process-wide settings (read once).
+
+    Raises :class:`SettingsError` with one line such as ``BULKSCORE_MAX_BATCH_SIZE: must be
+    an integer >= 1 (got 'abc')``: entry points print it and exit with status 2.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc, Settings.model_fields, "BULKSCORE_")) from None
 
 
 def reset_settings_cache() -> None:

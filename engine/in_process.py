@@ -53,7 +53,7 @@ def create_embedded_job(
             driver=JobDriver.EMBEDDED,
             use_cache=use_cache,
         )
-        # So that a re-run of the same id with other inputs is refused (cli.score_command).
+        # So that a re-run of the same id with other inputs is refused (cli.score_run).
         store_inputs_hash(conn, job.id, digest)
         return replace(job, inputs_hash=digest)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 from collections.abc import Sequence
 
 from celery import Celery
@@ -32,6 +31,7 @@ from core.config import Settings, get_settings
 from core.db import DbRole, get_engine, set_process_role
 from core.jobs.lifecycle import Job
 from core.jobs.submit import SendJob
+from core.logs import configure
 from core.queues import send_chunks
 from core.schedules.config import ScheduleConfigError, load_schedules
 from core.schedules.runner import RunOutcome, tick
@@ -118,11 +118,9 @@ def run_beat(loglevel: str | None = None) -> int:
     settings = get_settings()
     set_process_role(DbRole.BEAT, settings)
     level = (loglevel or settings.log_level).upper()
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Text or JSON lines like every other process (core/logs.py); Celery's own loggers
+    # reach the same handler (worker_hijack_root_logger is off).
+    configure(level, settings.log_format)
     app = create_beat_app(settings)
     log.info(
         "beat: ticking every %ss on %s (schedules from %s)",
@@ -138,6 +136,8 @@ def run_beat(loglevel: str | None = None) -> int:
         beat=True,
         scheduler=BEAT_SCHEDULER,
         loglevel=level,
+        # JSON logs: no banner (its facts are in the log line above).
+        quiet=settings.log_format == "json",
         without_mingle=True,
         without_gossip=True,
     )

@@ -143,6 +143,8 @@ def _consume(loglevel: str, tag: str, names: list[str], pool: str, concurrency: 
         concurrency=concurrency,
         queues=queues,
         loglevel=loglevel.upper(),
+        # JSON logs: no banner (the queues and pool are in the "serving" log line).
+        quiet=get_settings().log_format == "json",
         optimization="fair",
         # Each worker consumes its own queues; syncing revokes and clocks with every other
         # worker at start (mingle) and on every event (gossip) buys nothing here.

@@ -23,6 +23,10 @@ from core.queues import model_queue
 # API, which hands the same pattern to its parameters' schema.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 PACKAGE_PREFIX = "package:"
+# "builtin:data/x" names a file shipped with bulkscore beside the default models file, so
+# that a copy of that file (anywhere) still finds the shipped heads and data.
+BUILTIN_PREFIX = "builtin:"
+SHIPPED_DIR = Path(__file__).resolve().parent
 
 
 class Task(StrEnum):
@@ -122,6 +126,8 @@ class ModelSpec(BaseModel):
     def local_path(self, value: str | None = None) -> Path | None:
         """The local folder or file ``value`` (default: ``source``) names, or None for a hub id."""
         value = self.source if value is None else value
+        if value.startswith(BUILTIN_PREFIX):
+            return SHIPPED_DIR / value[len(BUILTIN_PREFIX) :]
         if value.startswith(PACKAGE_PREFIX):
             package, _, sub = value[len(PACKAGE_PREFIX) :].partition("/")
             spec = importlib.util.find_spec(package)
@@ -134,6 +140,28 @@ class ModelSpec(BaseModel):
             path = Path(value).expanduser()
             return path if path.is_absolute() else (self.base_dir / path).resolve()
         return None
+
+    def file_path(self, value: str) -> Path:
+        """A file the entry names that is always local (a head): bare paths are relative too.
+
+        ``data/head.safetensors`` is relative to the models file's folder, like
+        ``./data/head.safetensors``.
+        """
+        path = self.local_path(value)
+        return path if path is not None else (self.base_dir / value).resolve()
+
+    def where(self, value: str) -> str:
+        """How ``value`` was resolved, for a message about a missing file."""
+        if value.startswith(BUILTIN_PREFIX):
+            return f"{BUILTIN_PREFIX} is the folder shipped with bulkscore, {SHIPPED_DIR}"
+        if value.startswith(PACKAGE_PREFIX):
+            return "inside the installed python package"
+        if Path(value).expanduser().is_absolute():
+            return "an absolute path"
+        return (
+            f"relative to the models file's folder {self.base_dir}; files shipped with "
+            f"bulkscore are named {BUILTIN_PREFIX}data/..."
+        )
 
     def batch_size(self, settings: Settings, device: str = "cpu") -> int:
         if self.max_batch_size:

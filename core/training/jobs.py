@@ -23,11 +23,9 @@ from core.models.registry import ModelSpec
 from core.models.trained import version_label
 from core.tables import chunks, jobs, training_runs
 from core.training.data import DataFormat
+from core.training.defaults import DEFAULT_HOLDOUT_FRACTION, DEFAULT_SEED
 
 TRAINING_CHUNK = 0  # a training job's one chunk
-
-DEFAULT_HOLDOUT_FRACTION = 0.2
-DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,9 @@ def load_pretrained(
     local = spec.local_path(source)
     if local is not None:
         if not Path(local).exists():
-            raise ModelLoadError(f"model {spec.name!r}: local source {local} does not exist")
+            raise ModelLoadError(
+                f"model {spec.name!r}: local source {local} does not exist ({spec.where(source)})"
+            )
         refuse_pickled_weights(spec, Path(local), kwargs)
         try:
             return loader(str(local), local_files_only=True, **kwargs)

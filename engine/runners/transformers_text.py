@@ -186,13 +186,14 @@ class TransformersTextRunner(Runner):
 
     def _load_head(self, torch: Any) -> tuple[tuple[Any, Any], list[str]]:
         head = self.spec.head
-        path = self.spec.local_path(head) if head else None
-        if head and path is None:
-            # A head is always a local file, never a hub id, so a plain relative path such
-            # as "data/head.safetensors" is relative to the models file, like "./data/...".
-            path = (self.spec.base_dir / head).resolve()
-        if path is None or not path.exists():
-            raise ModelLoadError(f"model {self.name!r}: head file {self.spec.head!r} not found")
+        assert head is not None  # only called for a model with a head
+        # A head is always a local file, never a hub id (see ModelSpec.file_path).
+        path = self.spec.file_path(head)
+        if not path.exists():
+            raise ModelLoadError(
+                f"model {self.name!r}: head file {head!r} not found: looked for {path} "
+                f"({self.spec.where(head)})"
+            )
         try:
             weight, bias, labels = read_head(path.read_bytes())
         except ModelLoadError as exc:

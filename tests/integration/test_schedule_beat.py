@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -160,3 +161,19 @@ def test_schedules_run_queues_a_job_and_list_shows_it(cli_env: str) -> None:
     result = cli.invoke(cli_app, ["schedules", "run", "nightly"])
     assert result.exit_code == 2
     assert "no schedule named 'nightly'; schedules: drop" in result.output
+
+
+def test_schedules_run_and_list_print_json(cli_env: str) -> None:
+    cli = CliRunner()
+    before = json.loads(cli.invoke(cli_app, ["schedules", "list", "--json"]).stdout)
+    ran = json.loads(cli.invoke(cli_app, ["schedules", "run", "drop", "--json"]).stdout)
+    after = json.loads(cli.invoke(cli_app, ["schedules", "list", "--json"]).stdout)
+
+    assert [(s["name"], s["cron"], s["model"], s["last_run"]) for s in before] == [
+        ("drop", "* * * * *", "tiny", None)
+    ]
+    assert before[0]["next_due"]
+    assert (ran["schedule"], ran["status"], ran["items"]) == ("drop", "running", 2)
+    last = after[0]["last_run"]
+    assert (last["status"], last["job_id"], last["items"]) == ("running", ran["job_id"], 2)
+    assert (last["job_status"], last["succeeded"], last["failed"]) == ("queued", 0, 0)

@@ -145,3 +145,17 @@ def test_offline_hub_model_fails_with_a_message_not_a_traceback(
     with engine.connect() as conn:
         job = conn.execute(select(jobs)).one()
     assert job.status == "failed" and "not in the local" in job.error
+
+
+def test_score_json_prints_the_summary_as_json(
+    tmp_path: Path, settings_env: dict[str, str]
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("a fine film\nawful\n")
+    result = runner.invoke(app, ["score", str(source), "--model", "tiny", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["items"] == 2
+    assert summary["succeeded"] == 2 and sum(summary["labels"].values()) == 2
+    assert result_count(summary["job_id"]) == 2
+    assert "loading model" in result.stderr  # the human messages stay on stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -250,3 +251,77 @@ def test_submit_and_watch_print_the_unserved_model_warning(api: UnitApi, texts: 
     # Expired is final: the watch ends, with a failure status.
     assert watched.exit_code != 0
     assert "expired" in watched.stdout
+
+
+# --json and `jobs list`: machine-readable stdout, the human messages unchanged on stderr.
+
+
+def test_submit_status_and_cancel_print_json(api: UnitApi, texts: Path) -> None:
+    submitted = run("submit", str(texts), "-m", TEXT_MODEL, "--json")
+    job = json.loads(submitted.stdout)
+    assert job["counts"]["total"] == 5 and job["model"] == TEXT_MODEL
+    assert "5 inputs for model tiny" in submitted.stderr
+
+    status = json.loads(run("status", job["id"], "--json").stdout)
+    assert status["id"] == job["id"] and status["status"] == "queued"
+
+    cancelled = run("cancel", job["id"], "--json")
+    assert json.loads(cancelled.stdout)["status"] == "cancelled"
+
+
+def test_submit_wait_json_prints_the_final_job_only(api: UnitApi, texts: Path) -> None:
+    api.queue.engine = api.engine  # the "worker" scores the job the moment it is queued
+    result = run("submit", str(texts), "-m", TEXT_MODEL, "--wait", "--json")
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.stdout)  # one JSON document: no table, no bare job id
+    counts = final["counts"]
+    assert final["status"] == "completed" and counts["succeeded"] + counts["failed"] == 5
+
+
+def test_jobs_list_filters_by_status_and_limit(api: UnitApi, texts: Path) -> None:
+    first = run("submit", str(texts), "-m", TEXT_MODEL).stdout.strip()
+    second = run("submit", str(texts), "-m", TEXT_MODEL).stdout.strip()
+    fake_scores(api.engine, first, range(5))
+
+    listed = json.loads(run("jobs", "list", "--json").stdout)
+    completed = json.loads(run("jobs", "list", "--status", "completed", "--json").stdout)
+    newest = json.loads(run("jobs", "list", "--limit", "1", "--json").stdout)
+    table = run("jobs", "list")
+
+    assert [job["id"] for job in listed] == [second, first]  # newest first
+    assert [job["id"] for job in completed] == [first]
+    assert [job["id"] for job in newest] == [second]
+    assert table.exit_code == 0 and first in table.stdout and second in table.stdout
+    assert run("jobs", "list", "--status", "nope").exit_code == 2
+
+
+def test_models_json(api: UnitApi) -> None:
+    listing = json.loads(run("models", "--json").stdout)
+    assert TEXT_MODEL in [model["name"] for model in listing]
+
+
+def test_models_show_asks_the_api_when_a_key_is_set(
+    api: UnitApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The local settings point at another database and no models file of the service's:
+    # only the API knows TEXT_MODEL.
+    monkeypatch.setenv("BULKSCORE_DATABASE_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    monkeypatch.setenv("BULKSCORE_MODELS", str(tmp_path / "absent.toml"))
+    reset_settings_cache()
+
+    shown = run("models", "show", TEXT_MODEL)
+    as_json = json.loads(run("models", "show", TEXT_MODEL, "--json").stdout)
+    missing = run("models", "show", "nope")
+
+    assert shown.exit_code == 0, shown.output
+    assert "text-classification" in shown.stdout
+    assert as_json["name"] == TEXT_MODEL and as_json["task"] == "text-classification"
+    assert missing.exit_code == 2 and "(HTTP 404)" in missing.stderr
+
+
+def test_the_job_table_is_not_cut_when_piped(api: UnitApi, texts: Path) -> None:
+    job_id = run("submit", str(texts), "-m", TEXT_MODEL).stdout.strip()
+    # CliRunner's stdout is no terminal, like a pipe: every row stays on one line.
+    lines = run("jobs", "list").stdout.splitlines()
+    row = next(line for line in lines if job_id in line)
+    assert "queued" in row and TEXT_MODEL in row

@@ -52,7 +52,7 @@ def test_the_defaults_suit_each_role() -> None:
 
 
 def test_a_worker_lock_timeout_that_a_frozen_session_outlasts_is_refused() -> None:
-    with pytest.raises(ValidationError, match="worker_db_lock_timeout_s"):
+    with pytest.raises(ValidationError, match="BULKSCORE_WORKER_DB_LOCK_TIMEOUT_S"):
         Settings(db_idle_in_transaction_timeout_s=60, worker_db_lock_timeout_s=60)
     # Either limit off is the operator's choice, and allowed.
     Settings(db_idle_in_transaction_timeout_s=0, worker_db_lock_timeout_s=30)

@@ -20,6 +20,7 @@ from sentiment_support import DATA, bag_of_words_scores, read_rows, split_rows
 
 from core.config import DEFAULT_MODELS_FILE
 from core.models.registry import Registry, Task
+from engine.runners.base import ModelLoadError
 from engine.runners.transformers_text import TransformersTextRunner
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,37 @@ def test_registry_entries(registry: Registry) -> None:
     assert mini.task == Task.TEXT_CLASSIFICATION
     assert mini.local_path() == minilm.local_path()
     assert (mini.local_path() or Path()).joinpath("model.safetensors").exists()
-    assert mini.head == "data/sentiment-mini-head.safetensors"
+    assert mini.head == "builtin:data/sentiment-mini-head.safetensors"
+    assert mini.file_path(mini.head) == HEAD
+
+
+def test_a_copied_models_file_still_finds_the_shipped_files(tmp_path: Path) -> None:
+    # The README's advice: copy the models file, add an entry, point BULKSCORE_MODELS at it.
+    copy = tmp_path / "elsewhere" / "my-models.toml"
+    copy.parent.mkdir()
+    copy.write_text(DEFAULT_MODELS_FILE.read_text())
+    mini = Registry.load(copy).get("sentiment-mini")
+    assert mini.base_dir == copy.parent.resolve()
+    assert mini.head is not None and mini.file_path(mini.head) == HEAD
+    assert (mini.local_path() or Path()).joinpath("model.safetensors").exists()
+
+
+def test_a_missing_head_says_what_its_path_was_relative_to(tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(
+        DEFAULT_MODELS_FILE.read_text().replace(
+            "builtin:data/sentiment-mini-head.safetensors", "data/sentiment-mini-head.safetensors"
+        )
+    )
+    runner = TransformersTextRunner(Registry.load(models).get("sentiment-mini"))
+    with pytest.raises(ModelLoadError) as raised:
+        runner.setup("cpu")
+    message = str(raised.value)
+    assert (
+        f"looked for {tmp_path.resolve() / 'data' / 'sentiment-mini-head.safetensors'}" in message
+    )
+    assert f"relative to the models file's folder {tmp_path.resolve()}" in message
+    assert "builtin:data/" in message
 
 
 def test_head_file_metadata_and_shapes() -> None:

@@ -249,3 +249,25 @@ def test_train_on_a_folder_of_images_then_score_unseen_ones(env: Path) -> None:
         if ident != "broken.png"
     ]
     assert len(right) == 20 and sum(right) >= 18
+
+
+def test_train_compare_and_models_show_print_json(env: Path) -> None:
+    rows = intent_rows(8)
+    trained = run(
+        "train", "intents", "--data", labelled_csv(env / "a.csv", rows), "-b", "tinybase", "--json"
+    )
+    assert trained.exit_code == 0, trained.output
+    model = json.loads(trained.stdout)
+    assert (model["name"], model["version"], model["base"]) == ("intents", "v1", "tinybase")
+    assert model["labels"] == ["complaint", "praise", "question"]
+    assert model["evaluation"]["accuracy"] == model["accuracy"]
+
+    shown = json.loads(run("models", "show", "intents", "--json").stdout)
+    assert shown["name"] == "intents" and [v["version"] for v in shown["versions"]] == ["v1"]
+
+    tickets = env / "tickets.txt"
+    tickets.write_text("\n".join(text for text, _ in rows) + "\n")
+    job_id = json.loads(run("score", tickets, "--model", "intents", "--json").stdout)["job_id"]
+    compared = json.loads(run("compare", job_id, "--model", "intents", "--json").stdout)
+    assert (compared["compared"], compared["agreeing"], compared["differ"]) == (24, 24, 0)
+    assert compared["job"] == {"id": job_id, "model": "intents v1"}
