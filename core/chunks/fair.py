@@ -92,20 +92,31 @@ def effective_level(now: datetime, aging_s: float) -> ColumnElement[int]:
 
 def _key_clock(model: str, now: datetime) -> Any:
     """Per owner key, over its active service jobs on ``model``: the chunks it has running
-    now and the latest claim of any of its jobs."""
+    now and the latest claim of any of its jobs.
+
+    Running chunks are counted by one aggregate over the running chunks (a few per worker),
+    not per job: a claim must cost the same behind ten jobs or ten thousand chunks.
+    """
     running = (
-        select(func.count())
-        .where(and_(chunks.c.job_id == jobs.c.id, chunks.c.status == ChunkStatus.RUNNING.value))
-        .scalar_subquery()
+        select(_owner().label("owner"), func.count().label("running"))
+        .select_from(chunks.join(jobs, jobs.c.id == chunks.c.job_id))
+        .where(and_(chunks.c.status == ChunkStatus.RUNNING.value, service_jobs([model], now)))
+        .group_by(_owner())
+        .subquery("key_running")
+    )
+    served = (
+        select(_owner().label("owner"), func.max(jobs.c.last_served_at).label("key_last"))
+        .where(service_jobs([model], now))
+        .group_by(_owner())
+        .subquery("key_served")
     )
     return (
         select(
-            _owner().label("owner"),
-            func.sum(running).label("key_running"),
-            func.max(jobs.c.last_served_at).label("key_last"),
+            served.c.owner,
+            func.coalesce(running.c.running, literal_column("0")).label("key_running"),
+            served.c.key_last,
         )
-        .where(service_jobs([model], now))
-        .group_by(_owner())
+        .select_from(served.outerjoin(running, running.c.owner == served.c.owner))
         .subquery("key_clock")
     )
 
@@ -123,26 +134,41 @@ def ranked(
     """``columns`` of the service's active jobs on ``model`` joined with their chunks and
     their rank columns, in fair order (chunks filtered by the caller)."""
     clock = _key_clock(model, now)
-    level = effective_level(now, fairness.aging_s)
     query = (
         select(*columns)
         .select_from(
             chunks.join(jobs, jobs.c.id == chunks.c.job_id).join(clock, clock.c.owner == _owner())
         )
         .where(service_jobs([model], now))
-        .order_by(
-            level,
-            clock.c.key_running,
-            clock.c.key_last.asc().nulls_first(),
-            jobs.c.last_served_at.asc().nulls_first(),
-            jobs.c.created_at,
-            jobs.c.id,
-            chunks.c.index,
-        )
+        .order_by(*_job_order(clock, fairness, now), chunks.c.index)
     )
     if not training:
         query = query.where(~exists().where(training_runs.c.job_id == jobs.c.id))
     return query
+
+
+def _job_order(clock: Any, fairness: Fairness, now: datetime) -> list[Any]:
+    return [
+        effective_level(now, fairness.aging_s),
+        clock.c.key_running,
+        clock.c.key_last.asc().nulls_first(),
+        jobs.c.last_served_at.asc().nulls_first(),
+        jobs.c.created_at,
+        jobs.c.id,
+    ]
+
+
+def _claimable(job_id: Any, max_attempts: int) -> ColumnElement[bool]:
+    return and_(
+        chunks.c.job_id == job_id,
+        chunks.c.status == ChunkStatus.QUEUED.value,
+        chunks.c.attempts < max_attempts,
+    )
+
+
+# Jobs looked at per claim: the fairest, and a few more in case another worker holds the
+# fairest one's last queued chunk (skipped, not waited for).
+CANDIDATE_JOBS = 4
 
 
 def claim_fairest(
@@ -162,28 +188,36 @@ def claim_fairest(
     training job's chunk. Call inside a transaction.
     """
     now = now or utcnow()
-    # A few tries: under READ COMMITTED a candidate may be claimed and committed by another
-    # worker between this snapshot and the lock; the conditional UPDATE then takes nothing.
-    for _ in range(3):
-        candidate = conn.execute(
-            ranked(model, fairness, now, chunks.c.job_id, chunks.c.index, training=training)
-            .where(chunks.c.status == ChunkStatus.QUEUED.value, chunks.c.attempts < max_attempts)
+    clock = _key_clock(model, now)
+    # The fairest jobs first (a ranking over jobs, not chunks), then the job's first
+    # claimable chunk, locked FOR UPDATE SKIP LOCKED, then the conditional claim.
+    fairest = (
+        select(jobs.c.id)
+        .select_from(jobs.join(clock, clock.c.owner == _owner()))
+        .where(
+            and_(
+                service_jobs([model], now),
+                exists().where(_claimable(jobs.c.id, max_attempts)),
+            )
+        )
+        .order_by(*_job_order(clock, fairness, now))
+        .limit(CANDIDATE_JOBS)
+    )
+    if not training:
+        fairest = fairest.where(~exists().where(training_runs.c.job_id == jobs.c.id))
+    for (job_id,) in conn.execute(fairest).all():
+        index = conn.scalar(
+            select(chunks.c.index)
+            .where(_claimable(job_id, max_attempts))
+            .order_by(chunks.c.index)
             .limit(1)
-            .with_for_update(of=chunks, skip_locked=True)
-        ).first()
-        if candidate is None:
-            return None
-        job_id, index = str(candidate[0]), int(candidate[1])
+            .with_for_update(skip_locked=True)
+        )
+        if index is None:
+            continue
         row = conn.execute(
             update(chunks)
-            .where(
-                and_(
-                    chunks.c.job_id == job_id,
-                    chunks.c.index == index,
-                    chunks.c.status == ChunkStatus.QUEUED.value,
-                    chunks.c.attempts < max_attempts,
-                )
-            )
+            .where(and_(chunks.c.index == index, _claimable(job_id, max_attempts)))
             .values(
                 status=ChunkStatus.RUNNING.value,
                 attempts=chunks.c.attempts + 1,
@@ -193,9 +227,11 @@ def claim_fairest(
             .returning(chunks.c.start, chunks.c.stop, chunks.c.attempts)
         ).first()
         if row is not None:
-            stamp_served(conn, [job_id], now)
+            stamp_served(conn, [str(job_id)], now)
             return Claim(
-                ClaimOutcome.CLAIMED, Chunk(job_id, index, row.start, row.stop), row.attempts
+                ClaimOutcome.CLAIMED,
+                Chunk(str(job_id), int(index), row.start, row.stop),
+                row.attempts,
             )
     return None
 
