@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -17,8 +18,9 @@ from core.inputs.items import InputItem
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes_many
 from core.jobs.retry_marks import pending_retries_many, write_scored
-from engine.reuse import PredictionReuse, jobs_using_cache
+from engine.reuse import Answer, Entry, PredictionReuse, jobs_using_cache
 from engine.runners.base import Progress, Runner
+from engine.window_writer import WindowWriter, writes_overlap
 
 log = logging.getLogger(__name__)
 
@@ -174,56 +176,67 @@ def score_jobs(
         dedup=dedup,
     )
     stopped: set[str] = set()
-    for start in range(0, len(pending), write_batch_size):
-        if start and should_yield is not None and should_yield():
-            rest = [entry for entry in pending[start:] if entry[0] not in stopped]
-            if rest:
-                return ScoreRun(totals, stopped, _index_ranges(rest))
-        # A stopped job stays stopped: its later windows are dropped without asking.
-        window = [
-            entry for entry in pending[start : start + write_batch_size] if entry[0] not in stopped
-        ]
-        if still_active is not None and window:
-            job_ids = {job_id for job_id, _, _ in window}
-            active = still_active(job_ids)
-            stopped |= job_ids - active
-            window = [entry for entry in window if entry[0] in active]
-        if not window:
-            continue
-        usable = [entry for entry in window if entry[2].error is None]
-        answers = reuse.answers(usable, progress)
-        by_key = {
-            (job_id, index): answer
-            for (job_id, index, _), answer in zip(usable, answers, strict=True)
-        }
-        scored: dict[str, list[ScoredItem]] = {}
-        for job_id, index, item in window:
-            answer = by_key.get((job_id, index))
-            scored.setdefault(job_id, []).append(
-                ScoredItem(
-                    index=index,
-                    item_id=item.item_id,
-                    prediction=answer.prediction
-                    if answer is not None
-                    else Prediction.failure(item.error or "not scored"),
-                    cached=answer is not None and answer.cached,
-                )
-            )
-        refused = len(window) - len(usable)
-        if progress is not None and refused:
-            progress(refused)
+
+    def write(scored: dict[str, list[ScoredItem]], answered: list[tuple[Entry, Answer]]) -> Any:
         with engine.begin() as conn:
             outcomes = write_scored(conn, runner.name, runner.revision, scored, retrying)
+        # After the commit, and only for rows of jobs that took them: a cache failure here
+        # costs nothing but a later hit.
+        reuse.remember([pair for pair in answered if not outcomes[pair[0][0]].refused])
+        return outcomes, scored
+
+    def taken(result: Any) -> None:
+        outcomes, scored = result
         for job_id, rows in scored.items():
             if outcomes[job_id].refused:
                 stopped.add(job_id)
             else:
                 totals[job_id].add(outcomes[job_id], len(rows))
-        # After the commit, and only for rows of jobs that took them: a cache failure here
-        # costs nothing but a later hit.
-        reuse.remember(
-            [(entry, by_key[entry[0], entry[1]]) for entry in usable if entry[0] not in stopped]
-        )
+
+    with WindowWriter(write, taken, overlap=writes_overlap(engine)) as writer:
+        for start in range(0, len(pending), write_batch_size):
+            if start and should_yield is not None and should_yield():
+                writer.wait()  # the rows before the hand-back are committed first
+                rest = [entry for entry in pending[start:] if entry[0] not in stopped]
+                if rest:
+                    return ScoreRun(totals, stopped, _index_ranges(rest))
+            # A stopped job stays stopped: its later windows are dropped without asking.
+            window = [
+                entry
+                for entry in pending[start : start + write_batch_size]
+                if entry[0] not in stopped
+            ]
+            if still_active is not None and window:
+                job_ids = {job_id for job_id, _, _ in window}
+                active = still_active(job_ids)
+                stopped |= job_ids - active
+                window = [entry for entry in window if entry[0] in active]
+            if not window:
+                continue
+            usable = [entry for entry in window if entry[2].error is None]
+            answers = reuse.answers(usable, progress)
+            by_key = {
+                (job_id, index): answer
+                for (job_id, index, _), answer in zip(usable, answers, strict=True)
+            }
+            scored: dict[str, list[ScoredItem]] = {}
+            for job_id, index, item in window:
+                answer = by_key.get((job_id, index))
+                scored.setdefault(job_id, []).append(
+                    ScoredItem(
+                        index=index,
+                        item_id=item.item_id,
+                        prediction=answer.prediction
+                        if answer is not None
+                        else Prediction.failure(item.error or "not scored"),
+                        cached=answer is not None and answer.cached,
+                    )
+                )
+            refused = len(window) - len(usable)
+            if progress is not None and refused:
+                progress(refused)
+            # Written while the next window is scored (one write in flight at most).
+            writer.submit(scored, list(zip(usable, answers, strict=True)))
     return ScoreRun(totals, stopped, {})
 
 

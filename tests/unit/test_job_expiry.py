@@ -169,15 +169,19 @@ def test_a_worker_delivery_of_an_overdue_job_reports_it_expired(engine: Engine) 
 def test_a_chunk_being_scored_stops_at_its_deadline_keeping_its_rows(engine: Engine) -> None:
     job = new_job(engine, 12, chunk_size=12)
     settings = Settings(database_url="sqlite://", write_batch_size=4, max_batch_size=4)
-    runner = ExpiringRunner(engine, job.id, before_deadline=4)
+    # The deadline passes while the third window is scored.
+    runner = ExpiringRunner(engine, job.id, before_deadline=8)
     report = work_on_chunk(engine, settings, job.id, 0, {"fake": runner}.get)
     assert report.outcome == ChunkOutcome.CANCELLED
     assert report.reason == "job expired during the chunk"
     after = read(engine, job.id)
     assert after.status == JobStatus.EXPIRED
-    # The first window was written before the deadline; nothing after it.
-    assert result_count(engine, job.id) == 4
-    assert (after.succeeded, after.failed) == (4, 0)
+    # The first window was committed before the third was scored; the second's write ran
+    # beside it (engine.window_writer) and may have met the deadline first; the third's
+    # never lands. Whatever landed, the counters say the same.
+    rows = result_count(engine, job.id)
+    assert rows in (4, 8)
+    assert (after.succeeded, after.failed) == (rows, 0)
 
 
 def test_the_sweep_expires_overdue_jobs_of_any_model_once(engine: Engine) -> None:
