@@ -193,6 +193,18 @@ def score_jobs(
             else:
                 totals[job_id].add(outcomes[job_id], len(rows))
 
+    def announce(start: int) -> None:
+        # The texts of the window at ``start``: the runner may tokenise them while the
+        # window before it is in the forward pass (engine.runners.token_prefetch).
+        texts = [
+            item.text
+            for job_id, _, item in pending[start : start + write_batch_size]
+            if item.error is None and item.text is not None and job_id not in stopped
+        ]
+        if texts:
+            runner.prefetch(texts)
+
+    announce(0)
     with WindowWriter(write, taken, overlap=writes_overlap(engine)) as writer:
         for start in range(0, len(pending), write_batch_size):
             if start and should_yield is not None and should_yield():
@@ -214,6 +226,7 @@ def score_jobs(
             if not window:
                 continue
             usable = [entry for entry in window if entry[2].error is None]
+            announce(start + write_batch_size)
             answers = reuse.answers(usable, progress)
             by_key = {
                 (job_id, index): answer

@@ -44,6 +44,11 @@ class SerializedRunner(Runner):
         with self._lock:
             return self.runner.predict(batch, progress=progress)
 
+    def prefetch(self, batch: Sequence[Any]) -> None:
+        # Outside the lock: preparing the next window overlaps the current forward pass;
+        # the runner keeps its tokenizer to one thread itself.
+        self.runner.prefetch(batch)
+
     @contextmanager
     def exclusive(self) -> Iterator[Runner]:
         """The wrapped runner, held alone: for calls other than ``predict`` (a backbone's

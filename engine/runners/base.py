@@ -53,6 +53,10 @@ class Runner(ABC):
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         """One prediction per input, in order; ``progress(n)`` as batches finish."""
 
+    def prefetch(self, batch: Sequence[Any]) -> None:  # noqa: B027  (optional hint)
+        """The inputs of the next ``predict`` call, announced early: a runner may prepare
+        them (tokenise) in the background while the current call runs. Never required."""
+
     def close(self) -> None:  # noqa: B027  (optional: most runners hold nothing to release)
         """Release what ``setup`` started (decode threads, sessions)."""
 

@@ -24,6 +24,7 @@ from engine.runners.activations import sigmoid, softmax
 from engine.runners.base import ModelLoadError, Progress, Runner, top_k_pairs
 from engine.runners.heads import read_head
 from engine.runners.hub import load_pretrained
+from engine.runners.token_prefetch import TokenPrefetch
 from engine.threads import configure_torch_threads
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class TransformersTextRunner(Runner):
         self.activation = softmax
         self.max_length = FALLBACK_MAX_LENGTH
         self.first_token_only = False
+        self.tokens = TokenPrefetch(self._tokenize)
 
     # -- setup -------------------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:
@@ -104,11 +106,24 @@ class TransformersTextRunner(Runner):
         encoded, keys = self._encode(texts)
         return self._tensors(encoded, keys, [0, 1])
 
+    def _tokenize(self, texts: list[str]) -> dict[str, list[Any]]:
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        return {key: encoded[key] for key in names if key in encoded}
+
+    def prefetch(self, batch: Sequence[Any]) -> None:
+        """Tokenise ``batch`` (the next window's texts) in the background
+        (:mod:`engine.runners.token_prefetch`)."""
+        if self.tokenizer is not None:
+            self.tokens.announce([str(text) for text in batch])
+
     def _encode(self, texts: Sequence[str]) -> tuple[Any, list[str]]:
         """Token ids of ``texts`` (truncated, not padded) and the model input names present."""
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
-        return encoded, keys
+        encoded = self.tokens.encode([str(text) for text in texts])
+        return encoded, list(encoded)
+
+    def close(self) -> None:
+        self.tokens.close()
 
     def _tensors(self, encoded: Any, keys: Sequence[str], batch: Sequence[int]) -> dict[str, Any]:
         """The rows ``batch`` of ``encoded``, padded, as the torch tensors a forward pass takes.

@@ -1,0 +1,87 @@
+"""engine.runners.token_prefetch: the next window's texts are tokenised in the background,
+once, never by two threads at once, and predict gets the same rows as without it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.runners.token_prefetch import TokenPrefetch
+
+
+class CountingTokenizer:
+    """Fake tokenizer: ids from characters; records calls; fails if used concurrently."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[list[str]] = []
+        self.busy = threading.Lock()
+        self.delay = delay
+
+    def __call__(self, texts: list[str]) -> dict[str, list[Any]]:
+        assert self.busy.acquire(blocking=False), "two threads in the tokenizer at once"
+        try:
+            self.calls.append(list(texts))
+            time.sleep(self.delay)
+            ids = [[ord(c) for c in text] for text in texts]
+            return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+        finally:
+            self.busy.release()
+
+
+def test_announced_texts_are_tokenised_once_ahead_and_the_rest_now() -> None:
+    tokenizer = CountingTokenizer(delay=0.05)
+    tokens = TokenPrefetch(tokenizer)
+    tokens.announce(["ab", "c", "ab"])
+    rows = tokens.encode(["c", "ab", "zz"])  # waits for the announced ones; "zz" now
+    assert rows == {
+        "input_ids": [[99], [97, 98], [122, 122]],
+        "attention_mask": [[1], [1, 1], [1, 1]],
+    }
+    assert tokenizer.calls == [["ab", "c"], ["zz"]]
+    tokens.encode(["ab", "zz"])  # known: no call
+    assert len(tokenizer.calls) == 2
+    tokens.close()
+
+
+def test_the_tokenizer_is_never_used_by_two_threads() -> None:
+    tokenizer = CountingTokenizer(delay=0.01)
+    tokens = TokenPrefetch(tokenizer)
+    for window in range(20):
+        texts = [f"w{window}-{i}" for i in range(8)]
+        tokens.announce([f"w{window + 1}-{i}" for i in range(8)])
+        assert tokens.encode(texts)["input_ids"][0] == [ord(c) for c in texts[0]]
+    tokens.close()
+
+
+def test_rows_kept_are_bounded() -> None:
+    tokens = TokenPrefetch(CountingTokenizer(), capacity=10)
+    for window in range(10):
+        tokens.announce([f"{window}-{i}" for i in range(5)])
+    tokens.encode(["last"])
+    assert len(tokens.rows) <= 10
+    tokens.close()
+
+
+def test_a_real_runner_scores_the_same_with_and_without_prefetch(tiny_text_model: Path) -> None:
+    from core.config import Settings
+    from core.models.registry import ModelSpec
+    from engine.runners.transformers_text import TransformersTextRunner
+
+    spec = ModelSpec(
+        name="tiny", task="text-classification", backend="transformers", source=str(tiny_text_model)
+    )
+    texts = [f"review {i} " + "good " * (i % 9) for i in range(40)]
+    plain = TransformersTextRunner(spec, Settings(database_url="sqlite://"))
+    plain.setup("cpu")
+    ahead = TransformersTextRunner(spec, Settings(database_url="sqlite://"))
+    ahead.setup("cpu")
+    expected = plain.predict(texts[:20]) + plain.predict(texts[20:])
+    ahead.prefetch(texts[:20])
+    first = ahead.predict(texts[:20])
+    ahead.prefetch(texts[20:])
+    got = first + ahead.predict(texts[20:])
+    for a, b in zip(got, expected, strict=True):
+        assert a.label == b.label and abs(a.score - b.score) <= 1e-6
+    ahead.close()
