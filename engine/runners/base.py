@@ -61,6 +61,30 @@ class Runner(ABC):
         """Release what ``setup`` started (decode threads, sessions)."""
 
 
+def top_k_predictions(labels: Sequence[str], scores: Any, k: int) -> list[Prediction]:
+    """One prediction per row of the ``(n, labels)`` score matrix: its ``k`` best labels.
+
+    The ranking is one array operation for the whole batch (a stable sort, so ties keep
+    label order as :func:`top_k_pairs` does); only the finished pairs become Python objects.
+    """
+    import numpy as np
+
+    matrix = np.asarray(scores)
+    if matrix.shape[0] == 0:
+        return []
+    order = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
+    best = np.take_along_axis(matrix, order, axis=1).tolist()
+    names = np.asarray(labels, dtype=object)[order].tolist()
+    return [
+        Prediction(
+            label=row_names[0],
+            score=row_scores[0],
+            top_k=list(zip(row_names, row_scores, strict=True)),
+        )
+        for row_names, row_scores in zip(names, best, strict=True)
+    ]
+
+
 def top_k_pairs(labels: Sequence[str], scores: Sequence[float], k: int) -> list[tuple[str, float]]:
     """The ``k`` best (label, score) pairs, best first."""
     order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[:k]

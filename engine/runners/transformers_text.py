@@ -21,7 +21,7 @@ from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec, Task
 from engine.batching import plan_batches
 from engine.runners.activations import sigmoid, softmax
-from engine.runners.base import ModelLoadError, Progress, Runner, top_k_pairs
+from engine.runners.base import ModelLoadError, Progress, Runner, top_k_predictions
 from engine.runners.heads import read_head
 from engine.runners.hub import load_pretrained
 from engine.runners.token_prefetch import TokenPrefetch
@@ -263,9 +263,4 @@ class TransformersTextRunner(Runner):
             return []
         rows = self._run_sorted([str(text) for text in batch], progress)
         k = min(self.spec.top_k, len(self.labels))
-        predictions = []
-        for row in rows:
-            scores = self.activation(row)
-            best = top_k_pairs(self.labels, scores.tolist(), k)
-            predictions.append(Prediction(label=best[0][0], score=best[0][1], top_k=best))
-        return predictions
+        return top_k_predictions(self.labels, self.activation(np.stack(rows)), k)

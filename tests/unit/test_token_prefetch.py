@@ -85,3 +85,18 @@ def test_a_real_runner_scores_the_same_with_and_without_prefetch(tiny_text_model
     for a, b in zip(got, expected, strict=True):
         assert a.label == b.label and abs(a.score - b.score) <= 1e-6
     ahead.close()
+
+
+def test_batch_top_k_equals_the_per_row_ranking() -> None:
+    import numpy as np
+
+    from engine.runners.base import top_k_pairs, top_k_predictions
+
+    rng = np.random.default_rng(3)
+    scores = rng.random((50, 6)).astype(np.float32)
+    scores[0] = [0.2, 0.5, 0.5, 0.1, 0.5, 0.0]  # ties keep label order
+    labels = ["a", "b", "c", "d", "e", "f"]
+    for got, row in zip(top_k_predictions(labels, scores, 3), scores, strict=True):
+        expected = top_k_pairs(labels, row.tolist(), 3)
+        assert got.top_k == expected and (got.label, got.score) == expected[0]
+    assert top_k_predictions(labels, np.zeros((0, 6)), 3) == []
