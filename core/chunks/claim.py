@@ -180,9 +180,24 @@ def claim_chunk(
         ),
         _active_job(job_id, driver, now),
     )
+    taken = take_chunk(conn, job_id, index, claimable, lease_s=lease_s, now=now)
+    return taken or _why_not(conn, job_id, index, max_attempts, driver, now)
+
+
+def take_chunk(
+    conn: Connection,
+    job_id: str,
+    index: int,
+    claimable: ColumnElement[bool],
+    *,
+    lease_s: float,
+    now: datetime,
+) -> Claim | None:
+    """The claim itself: one conditional ``UPDATE`` of chunk ``index`` of ``job_id`` where
+    ``claimable`` still holds: running, one more attempt, leased until ``now + lease_s``."""
     row = conn.execute(
         update(chunks)
-        .where(claimable)
+        .where(and_(chunks.c.job_id == job_id, chunks.c.index == index, claimable))
         .values(
             status=ChunkStatus.RUNNING.value,
             attempts=chunks.c.attempts + 1,
@@ -191,9 +206,9 @@ def claim_chunk(
         )
         .returning(chunks.c.start, chunks.c.stop, chunks.c.attempts)
     ).first()
-    if row is not None:
-        return Claim(ClaimOutcome.CLAIMED, Chunk(job_id, index, row.start, row.stop), row.attempts)
-    return _why_not(conn, job_id, index, max_attempts, driver, now)
+    if row is None:
+        return None
+    return Claim(ClaimOutcome.CLAIMED, Chunk(job_id, index, row.start, row.stop), row.attempts)
 
 
 def _why_not(

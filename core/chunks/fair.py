@@ -49,9 +49,8 @@ from sqlalchemy import (
     update,
 )
 
-from core.chunks.claim import Claim, ClaimOutcome, as_utc, service_jobs
+from core.chunks.claim import Claim, as_utc, service_jobs, take_chunk
 from core.clock import utcnow
-from core.jobs.lifecycle import Chunk
 from core.jobs.priority import Priority
 from core.jobs.status import ChunkStatus
 from core.tables import chunks, jobs, training_runs
@@ -215,24 +214,17 @@ def claim_fairest(
         )
         if index is None:
             continue
-        row = conn.execute(
-            update(chunks)
-            .where(and_(chunks.c.index == index, _claimable(job_id, max_attempts)))
-            .values(
-                status=ChunkStatus.RUNNING.value,
-                attempts=chunks.c.attempts + 1,
-                leased_until=now + timedelta(seconds=lease_s),
-                updated_at=now,
-            )
-            .returning(chunks.c.start, chunks.c.stop, chunks.c.attempts)
-        ).first()
-        if row is not None:
+        claim = take_chunk(
+            conn,
+            str(job_id),
+            int(index),
+            _claimable(job_id, max_attempts),
+            lease_s=lease_s,
+            now=now,
+        )
+        if claim is not None:
             stamp_served(conn, [str(job_id)], now)
-            return Claim(
-                ClaimOutcome.CLAIMED,
-                Chunk(str(job_id), int(index), row.start, row.stop),
-                row.attempts,
-            )
+            return claim
     return None
 
 
