@@ -27,11 +27,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, update
 
 from core.chunks.claim import service_jobs
 from core.clock import utcnow
-from core.jobs.lifecycle import load_items
+from core.jobs.lifecycle import append_chunks, load_items
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, scored_indexes
 from core.jobs.retry_marks import pending_retries, write_scored
@@ -140,25 +140,8 @@ def split_chunk(
         return SplitOutcome(job_id, index, job.model, failed_items=failed)
     middle = unscored[len(unscored) // 2]
     halves = [(unscored[0], middle), (middle, unscored[-1] + 1)]
-    first = (
-        conn.scalar(select(func.max(chunks.c.index)).where(chunks.c.job_id == job_id)) or 0
-    ) + 1
-    conn.execute(
-        insert(chunks),
-        [
-            {
-                "job_id": job_id,
-                "index": first + offset,
-                "start": start,
-                "stop": stop,
-                "status": ChunkStatus.QUEUED.value,
-                "attempts": max(max_attempts - 1, 0),
-                "updated_at": now,
-            }
-            for offset, (start, stop) in enumerate(halves)
-        ],
-    )
-    return SplitOutcome(job_id, index, job.model, children=(first, first + 1))
+    children = append_chunks(conn, job_id, halves, attempts=max(max_attempts - 1, 0), now=now)
+    return SplitOutcome(job_id, index, job.model, children=children)
 
 
 def hand_back(
@@ -196,20 +179,7 @@ def hand_back(
     ).rowcount
     if not taken:
         return None
-    child = (
-        conn.scalar(select(func.max(chunks.c.index)).where(chunks.c.job_id == job_id)) or 0
-    ) + 1
-    conn.execute(
-        insert(chunks).values(
-            job_id=job_id,
-            index=child,
-            start=rest[0],
-            stop=rest[1],
-            status=ChunkStatus.QUEUED.value,
-            attempts=max(attempts - 1, 0),
-            updated_at=now,
-        )
-    )
+    (child,) = append_chunks(conn, job_id, [rest], attempts=max(attempts - 1, 0), now=now)
     return child
 
 

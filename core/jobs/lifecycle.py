@@ -165,6 +165,45 @@ def create_job(
     return job
 
 
+def append_chunks(
+    conn: Connection,
+    job_id: str,
+    spans: Sequence[tuple[int, int]],
+    *,
+    attempts: int = 0,
+    now: datetime | None = None,
+) -> tuple[int, ...]:
+    """New queued chunks of ``job_id`` over the item ``spans`` (``[start, stop)``), numbered
+    after its last chunk, with ``attempts`` already counted; their chunk indexes.
+
+    What a bisection, a hand-back, a retry and a resume all do: work is never moved into an
+    existing chunk, only into new ones, so a delivery of an old chunk's message finds its
+    chunk as it left it.
+    """
+    if not spans:
+        return ()
+    now = now or utcnow()
+    first = (
+        conn.scalar(select(func.max(chunks.c.index)).where(chunks.c.job_id == job_id)) or 0
+    ) + 1
+    conn.execute(
+        insert(chunks),
+        [
+            {
+                "job_id": job_id,
+                "index": first + offset,
+                "start": start,
+                "stop": stop,
+                "status": ChunkStatus.QUEUED.value,
+                "attempts": attempts,
+                "updated_at": now,
+            }
+            for offset, (start, stop) in enumerate(spans)
+        ],
+    )
+    return tuple(range(first, first + len(spans)))
+
+
 ITEM_COLUMNS = ("job_id", "index", "item_id", "text", "data", "error")
 
 

@@ -27,9 +27,9 @@ from sqlalchemy import Connection, and_, exists, func, insert, select, update
 
 from core.clock import utcnow
 from core.jobs.bulk_copy import is_postgresql
-from core.jobs.lifecycle import Job, get_job
-from core.jobs.status import ChunkStatus, JobStatus
-from core.tables import chunks, items, jobs, results, retry_items, training_runs
+from core.jobs.lifecycle import Job, append_chunks, get_job
+from core.jobs.status import JobStatus
+from core.tables import items, jobs, results, retry_items, training_runs
 
 
 class RequeueRefused(Exception):
@@ -154,26 +154,7 @@ def add_chunks(
             spans[-1] = (spans[-1][0], index + 1)
         else:
             spans.append((index, index + 1))
-    first = (
-        conn.scalar(select(func.max(chunks.c.index)).where(chunks.c.job_id == job_id)) or 0
-    ) + 1
-    if spans:
-        conn.execute(
-            insert(chunks),
-            [
-                {
-                    "job_id": job_id,
-                    "index": first + offset,
-                    "start": start,
-                    "stop": stop,
-                    "status": ChunkStatus.QUEUED.value,
-                    "attempts": 0,
-                    "updated_at": now,
-                }
-                for offset, (start, stop) in enumerate(spans)
-            ],
-        )
-    return tuple(range(first, first + len(spans)))
+    return append_chunks(conn, job_id, spans, now=now)
 
 
 def _lock_job(conn: Connection, job_id: str) -> Job:
