@@ -237,6 +237,19 @@ class RequeuedJobOut(JobOut):
     )
 
 
+class DeletedCounts(BaseModel):
+    items: int = Field(description="Input rows removed.")
+    chunks: int = Field(description="Chunk rows removed.")
+    results: int = Field(description="Result rows removed.")
+
+
+class DeletedJobOut(BaseModel):
+    """What ``DELETE /v1/jobs/{id}`` removed: the job and, by table, its rows."""
+
+    id: str
+    deleted: DeletedCounts
+
+
 class JobList(BaseModel):
     data: list[JobOut]
     next_after: str | None = Field(
