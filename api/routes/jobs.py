@@ -55,7 +55,7 @@ from core.jobs.deletion import JobActive, delete_job
 from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from core.jobs.lifecycle import Job, cancel_job, get_job, list_jobs
 from core.jobs.priority import Priority
-from core.jobs.requeue import Requeued, RequeueRefused, resume_job, retry_errors
+from core.jobs.requeue import InputsPurged, Requeued, RequeueRefused, resume_job, retry_errors
 from core.jobs.status import JobStatus
 from core.queues import BrokerUnavailable
 
@@ -312,7 +312,10 @@ def delete(job: OwnedJob, engine: EngineDep) -> DeletedJobOut:
 
 _REQUEUE_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such job."},
-    409: {"description": "The job is not in a state this applies to, or has nothing to do."},
+    409: {
+        "description": "The job is not in a state this applies to, has nothing to do, or "
+        "its inputs were purged (`inputs_purged`)."
+    },
 }
 
 
@@ -375,6 +378,8 @@ def _requeue(
             done = change(conn)
     except LookupError as exc:  # deleted since the ownership check
         raise job_not_found(job.id) from exc
+    except InputsPurged as exc:
+        raise ApiError(status.HTTP_409_CONFLICT, "inputs_purged", str(exc)) from exc
     except RequeueRefused as exc:
         raise ApiError(status.HTTP_409_CONFLICT, "nothing_to_requeue", str(exc)) from exc
     warnings = []

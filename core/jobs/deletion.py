@@ -54,13 +54,14 @@ def delete_rows_in_batches(
     deleted = 0
     while True:
         with engine.begin() as conn:
-            gone = _delete_batch(conn, table, job_id, batch)
+            gone = delete_batch(conn, table, job_id, batch)
         deleted += gone
         if gone < batch:
             return deleted
 
 
-def _delete_batch(conn: Connection, table: Table, job_id: str, batch: int) -> int:
+def delete_batch(conn: Connection, table: Table, job_id: str, batch: int) -> int:
+    """Delete the ``batch`` lowest-indexed rows of ``job_id`` in ``table``; how many went."""
     # Bounded by an index range read first rather than DELETE ... LIMIT (which PostgreSQL
     # has not): the primary key's order makes each batch one index range scan.
     last = conn.scalar(
