@@ -29,7 +29,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -304,6 +304,20 @@ def _stamp(conn: Connection, job_id: str, before: datetime, with_results: bool) 
 
 def _count(conn: Connection, table: Table, job_id: str) -> int:
     return int(conn.scalar(select(func.count()).where(table.c.job_id == job_id)) or 0)
+
+
+def purge_due(conn: Connection, every_s: int, now: datetime | None = None) -> bool:
+    """Whether no purge (dry runs aside) started in the last ``every_s`` seconds: the
+    beat's clock, kept in SQL so a restarted beat (or a second one) does not purge again
+    at once."""
+    last = conn.scalar(
+        select(func.max(purge_runs.c.started_at)).where(purge_runs.c.dry_run.is_(False))
+    )
+    if last is None:
+        return True
+    if last.tzinfo is None:  # SQLite returns naive datetimes (stored as UTC)
+        last = last.replace(tzinfo=UTC)
+    return last <= (now or utcnow()) - timedelta(seconds=every_s)
 
 
 def purged_totals(conn: Connection) -> PurgedTotals:

@@ -3,16 +3,21 @@ API says of a purged job. SQLite, a fake queue."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from api_support import UnitApi, bearer, fake_scores, unit_api
+from click.testing import Result
 from sqlalchemy import Engine, func, insert, select, update
+from typer.testing import CliRunner
 
+import worker.beat
+from cli.main import app
 from core.clock import utcnow
-from core.config import Settings
+from core.config import Settings, reset_settings_cache
 from core.jobs.lifecycle import cancel_job, get_job
 from core.jobs.purge import Cutoffs, parse_age, purge, purge_with_settings, purged_totals
 from core.tables import items, jobs, purge_runs, result_cache, results, retry_items
@@ -206,3 +211,85 @@ def test_settings_drive_the_purge_and_the_cache_limits(api: UnitApi) -> None:
         0,
     )
     assert (count(api.engine, items, kept), count(api.engine, results, kept)) == (5, 5)
+
+
+def test_metrics_total_what_purges_removed(api: UnitApi) -> None:
+    finished(api, 40)
+    finished(api, 10, count=3)
+    purge(api.engine, Cutoffs.older_than(30 * DAY), dry_run=True)  # not counted
+    purge(api.engine, Cutoffs.older_than(30 * DAY))
+    purge(api.engine, Cutoffs.older_than(7 * DAY, inputs_only=True))
+
+    text = api.client.get("/metrics").text
+
+    assert 'bulkscore_purged_rows_total{kind="inputs"} 8.0' in text
+    assert 'bulkscore_purged_rows_total{kind="results"} 5.0' in text
+    assert "bulkscore_purged_jobs_total 2.0" in text
+
+
+def run_cli(*args: str) -> Result:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def test_purge_command(api: UnitApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BULKSCORE_DATABASE_URL", api.settings.database_url)
+    monkeypatch.setenv("BULKSCORE_RETAIN_INPUTS_DAYS", "0")
+    monkeypatch.setenv("BULKSCORE_RETAIN_RESULTS_DAYS", "0")
+    reset_settings_cache()
+    try:
+        old, recent = finished(api, 40), finished(api, 10, count=3)
+        dry = run_cli("purge", "--older-than", "30d", "--dry-run", "--json")
+        kept_after_dry = count(api.engine, results, old)
+        shown = run_cli("purge", "--older-than", "7d", "--inputs-only")
+        real = run_cli("purge", "--older-than", "720h", "--json")
+        bad_age = run_cli("purge", "--older-than", "soon")
+        no_limit = run_cli("purge")
+        monkeypatch.setenv("BULKSCORE_RETAIN_RESULTS_DAYS", "5")
+        reset_settings_cache()
+        by_settings = run_cli("purge", "--json")
+    finally:
+        reset_settings_cache()
+
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout) == {
+        "dry_run": True,
+        "jobs": 1,
+        "input_rows": 5,
+        "result_rows": 5,
+        "cache_rows": 0,
+        "job_ids": [old],
+    }
+    assert kept_after_dry == 5
+    assert shown.exit_code == 0, shown.output
+    assert "purged 2 job(s): 8 input rows, 0 result rows" in shown.stdout
+    assert json.loads(real.stdout)["result_rows"] == 5  # the old job's results, only
+    assert bad_age.exit_code == 2 and "not an age" in bad_age.stderr
+    assert no_limit.exit_code == 2 and "retention is off" in no_limit.stderr
+    # The recent job's results outlived every purge above, and go by the settings' 5 days.
+    assert json.loads(by_settings.stdout)["result_rows"] == 3
+    assert count(api.engine, results, recent) == 0
+
+
+def test_the_beat_purges_when_due_and_goes_on_when_cut_short(
+    api: UnitApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished(api, 40)
+    finished(api, 50)
+    off = Settings(database_url=api.settings.database_url)
+    on = Settings(database_url=api.settings.database_url, retain_results_days=30)
+    clock = worker.beat.PurgeClock()
+    assert worker.beat.purge_on_tick(off, clock) is None  # retention off: no purge
+
+    # One delete batch per tick: the first job's results, then a stop with rows left.
+    monkeypatch.setattr(worker.beat, "BEAT_MAX_BATCHES", 1)
+    first = worker.beat.purge_on_tick(on, clock)
+    assert first is not None and not first.complete and first.result_rows == 5
+    # Cut short: the next tick goes on though purge_every_s has not passed.
+    monkeypatch.setattr(worker.beat, "BEAT_MAX_BATCHES", 100)
+    second = worker.beat.purge_on_tick(on, clock)
+    assert second is not None and second.complete
+    assert second.result_rows == 5 and second.input_rows == 10
+    # Done, and purged within purge_every_s: the next tick does nothing.
+    assert worker.beat.purge_on_tick(on, clock) is None
