@@ -205,7 +205,8 @@ def _purge_metrics(totals: PurgedTotals) -> Iterator[CounterMetricFamily]:
     rows.add_metric(["results"], totals.result_rows)
     yield rows
     jobs_purged = CounterMetricFamily(
-        "bulkscore_purged_jobs", "Jobs whose inputs or results a retention purge removed."
+        "bulkscore_purged_jobs",
+        "Jobs a retention purge removed rows of (a job counts once per purge that did).",
     )
     jobs_purged.add_metric([], totals.jobs)
     yield jobs_purged

@@ -2,10 +2,13 @@
 
 The rows go in small batches, each its own short transaction (:data:`DELETE_BATCH` rows),
 so deleting a million-item job never holds one long transaction or a lock a scoring
-worker waits on for more than a moment. The job's row goes last, in a transaction that
-takes it first and checks it is still final: a job requeued (retry, resume) while its rows
-went keeps its row, and the call is refused as for any active job (the rows already gone
-stay gone: the caller asked for them to go).
+worker waits on for more than a moment. First, one short transaction takes the job's row,
+checks it is final and stamps its inputs and results purged (``inputs_purged_at``,
+``results_purged_at``): from then on a retry or resume is refused (``inputs_purged``) and
+its results answer 410, so no request can put the job back to work while its rows go; a
+retry or resume that took the row first made it active, and the delete is refused. The
+job's row goes last. A deletion cut short (a crash) leaves a final job marked purged, which
+a second delete finishes.
 
 A worker still finishing a chunk of a job deleted meanwhile writes nothing and does not
 fail: its write takes the job's row (:func:`core.jobs.results.lock_active_jobs`), finds
@@ -19,8 +22,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, Table, and_, delete, select, update
+from sqlalchemy import Connection, Engine, Table, and_, delete, func, select, update
 
+from core.clock import utcnow
 from core.jobs.bulk_copy import is_postgresql
 from core.jobs.lifecycle import Job, get_job
 from core.tables import chunks, items, jobs, results, retry_items, training_runs
@@ -84,24 +88,30 @@ def delete_job(engine: Engine, job_id: str, *, batch: int = DELETE_BATCH) -> Del
         LookupError: No such job.
         JobActive: The job is queued or running (cancel it first).
     """
-    with engine.connect() as conn:
-        job = get_job(conn, job_id)
-    if job is None:
-        raise LookupError(f"no job {job_id}")
-    _refuse_active(job)
+    with engine.begin() as conn:
+        job = _lock(conn, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        _refuse_active(job)
+        now = utcnow()
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                inputs_purged_at=func.coalesce(jobs.c.inputs_purged_at, now),
+                results_purged_at=func.coalesce(jobs.c.results_purged_at, now),
+            )
+        )
     counts = {
         table.name: delete_rows_in_batches(engine, table, job_id, batch=batch)
         for table in (retry_items, results, chunks, items)
     }
     with engine.begin() as conn:
-        after = _lock(conn, job_id)
-        # None: another delete finished first, and what this call removed stands.
-        if after is not None:
-            # Requeued (retry, resume) while its rows went: it runs again, so its row
-            # stays and the caller is told.
-            _refuse_active(after)
-            conn.execute(delete(training_runs).where(training_runs.c.job_id == job_id))
-            conn.execute(delete(jobs).where(jobs.c.id == job_id))
+        # Its training request (if any) and the row; nothing can have made it active since
+        # the stamp. Another delete may have removed the row first: what this call
+        # removed stands.
+        conn.execute(delete(training_runs).where(training_runs.c.job_id == job_id))
+        conn.execute(delete(jobs).where(jobs.c.id == job_id))
     deleted = Deleted(
         job_id=job_id, items=counts["items"], chunks=counts["chunks"], results=counts["results"]
     )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 # Batches the beat's purge deletes per tick (2,500,000 rows at 5,000 a batch): its solo
 # pool also runs the schedules' ticks, which must not wait long; the next tick goes on.
 BEAT_MAX_BATCHES = 500
+# After each delete batch the purge pauses this many times the batch's duration: at 1.0 it
+# keeps the database busy at most half the time, at half the unthrottled speed.
+PAUSE_RATIO = 1.0
 
 _AGE = re.compile(r"^\s*(\d+)\s*([dh])\s*$", re.IGNORECASE)
 
@@ -158,12 +162,14 @@ def purge(
     max_batches: int | None = None,
     cache_max_rows: int = 0,
     cache_max_age_s: int = 0,
+    pause_ratio: float = PAUSE_RATIO,
 ) -> PurgeReport:
     """Purge what ``cutoffs`` say, record the run in ``purge_runs``; what went.
 
     ``max_batches``: the most delete transactions this call runs (None: no limit); past
     it the report is not ``complete`` and the next purge goes on where this one stopped.
     ``cache_max_rows`` / ``cache_max_age_s``: the result cache's limits (0: none).
+    ``pause_ratio``: after each delete batch, a pause of this many times its duration.
     """
     report = PurgeReport(dry_run=dry_run)
     started = utcnow()
@@ -176,9 +182,13 @@ def purge(
     budget = _Budget(max_batches)
     touched: set[str] = set()
     if cutoffs.results_before is not None:
-        _purge_pass(engine, report, touched, cutoffs.results_before, True, batch, budget)
+        _purge_pass(
+            engine, report, touched, cutoffs.results_before, True, batch, budget, pause_ratio
+        )
     if cutoffs.inputs_before is not None and report.complete:
-        _purge_pass(engine, report, touched, cutoffs.inputs_before, False, batch, budget)
+        _purge_pass(
+            engine, report, touched, cutoffs.inputs_before, False, batch, budget, pause_ratio
+        )
     report.jobs = len(touched)
     report.job_ids = sorted(touched)
     if not dry_run and (cache_max_rows or cache_max_age_s):
@@ -228,6 +238,7 @@ def _purge_pass(
     with_results: bool,
     batch: int,
     budget: _Budget,
+    pause_ratio: float,
 ) -> None:
     """One limit: stamp each due job, then delete its rows (results first, then inputs)."""
     stamp = jobs.c.results_purged_at if with_results else jobs.c.inputs_purged_at
@@ -254,8 +265,13 @@ def _purge_pass(
                 if not budget.take():
                     report.complete = False
                     return
+                began = time.monotonic()
                 with engine.begin() as conn:
                     gone = delete_batch(conn, table, job_id, batch)
+                # Yield the database as long again as the batch took: a purge is never
+                # urgent, and on a small server its deletes otherwise take the CPU the
+                # scoring writes need (bench/storage_cost.py).
+                time.sleep((time.monotonic() - began) * pause_ratio)
                 if table is results:
                     report.result_rows += gone
                 elif table is items:

@@ -183,3 +183,29 @@ def test_jobs_delete_command(api: UnitApi, monkeypatch: pytest.MonkeyPatch, tmp_
     }
     assert refused.exit_code != 0 and "cancel it first" in refused.stderr
     assert missing.exit_code != 0 and "(HTTP 404)" in missing.stderr
+
+
+def test_a_deletion_cut_short_blocks_requeues_and_a_second_delete_finishes_it(
+    api: UnitApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = completed(api, count=5)
+
+    def crash(*_: object, **__: object) -> int:
+        raise RuntimeError("the process died midway")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("core.jobs.deletion.delete_rows_in_batches", crash)
+        with pytest.raises(RuntimeError):
+            delete_job(api.engine, job_id)
+
+    # Marked purged before any row went: nothing can put it back to work meanwhile.
+    shown = api.get(f"/v1/jobs/{job_id}").json()
+    assert shown["purged"]["inputs"] is not None and shown["purged"]["results"] is not None
+    retried = api.client.post(f"/v1/jobs/{job_id}/retry", headers=bearer(api.key))
+    assert retried.status_code == 409 and retried.json()["code"] == "inputs_purged"
+    assert api.get(f"/v1/jobs/{job_id}/results").status_code == 410
+
+    again = api.client.delete(f"/v1/jobs/{job_id}", headers=bearer(api.key))
+    assert again.status_code == 200
+    assert again.json()["deleted"] == {"items": 5, "chunks": 3, "results": 5}
+    assert rows_of(api.engine, job_id) == {"items": 0, "chunks": 0, "results": 0, "jobs": 0}
