@@ -4,7 +4,9 @@
   ``bulkscore_api_request_seconds{route}``: every HTTP request, by route template (never the
   raw path, so job ids do not explode the label space);
 - ``bulkscore_api_errors_total{kind}``: answers of 400 and above, by kind;
-- read when scraped: ``bulkscore_jobs{status}`` (from SQL), and per registered model
+- read when scraped: ``bulkscore_jobs{status}`` (from SQL), what the retention purges
+  removed in all (``bulkscore_purged_rows_total{kind}``, ``bulkscore_purged_jobs_total``,
+  from ``purge_runs``), and per registered model
   ``bulkscore_queue_depth{model}`` and ``bulkscore_workers{model}`` (from Redis).
 
 Each app has its own registry (tests build many apps in one process). With ``bulkscore api
@@ -27,13 +29,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.chunks.fair import QueueStats, queue_stats
 from core.config import Settings
+from core.jobs.purge import PurgedTotals, purged_totals
 from core.jobs.status import JobStatus
 from core.models.registry import Registry, RegistryError
 from core.tables import jobs
@@ -130,7 +133,7 @@ class ServiceCollector(Collector):
         self.settings = settings
         self.queue = queue
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         by_status = GaugeMetricFamily("bulkscore_jobs", "Jobs by status.", labels=["status"])
         try:
             with self.engine.connect() as conn:
@@ -138,10 +141,12 @@ class ServiceCollector(Collector):
                     conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all()
                 )
                 stats = queue_stats(conn)
+                purged = purged_totals(conn)
             for status in JobStatus:
                 by_status.add_metric([status.value], counts.get(status.value, 0))
             yield by_status
             yield from _fairness_metrics(stats)
+            yield from _purge_metrics(purged)
         except Exception as exc:
             log.warning("metrics: cannot count jobs: %s", str(exc).splitlines()[0][:200])
         try:
@@ -187,6 +192,24 @@ def _fairness_metrics(stats: QueueStats) -> Iterator[GaugeMetricFamily]:
     for model, seconds in sorted(stats.oldest_wait_s.items()):
         oldest.add_metric([model], seconds)
     yield oldest
+
+
+def _purge_metrics(totals: PurgedTotals) -> Iterator[CounterMetricFamily]:
+    """What the retention purges removed so far (``purge_runs``, dry runs excluded)."""
+    rows = CounterMetricFamily(
+        "bulkscore_purged_rows",
+        "Rows removed by retention purges, by kind (inputs: items, results: results).",
+        labels=["kind"],
+    )
+    rows.add_metric(["inputs"], totals.input_rows)
+    rows.add_metric(["results"], totals.result_rows)
+    yield rows
+    jobs_purged = CounterMetricFamily(
+        "bulkscore_purged_jobs",
+        "Jobs a retention purge removed rows of (a job counts once per purge that did).",
+    )
+    jobs_purged.add_metric([], totals.jobs)
+    yield jobs_purged
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -162,6 +162,18 @@ class QueueInfo(BaseModel):
     )
 
 
+class Purged(BaseModel):
+    """What the retention purge removed of a job, and when (null: still there)."""
+
+    inputs: datetime | None = Field(
+        default=None,
+        description="When its inputs were purged: it can be exported, not retried or resumed.",
+    )
+    results: datetime | None = Field(
+        default=None, description="When its results were purged: its results answer 410."
+    )
+
+
 class JobOut(BaseModel):
     """A job as the API shows it."""
 
@@ -190,6 +202,10 @@ class JobOut(BaseModel):
     metadata: dict[str, str] | None = Field(
         default=None, description="The metadata the job was submitted with, if any."
     )
+    purged: Purged = Field(
+        default_factory=Purged,
+        description="What the retention purge removed (BULKSCORE_RETAIN_*_DAYS), and when.",
+    )
 
     @classmethod
     def from_job(
@@ -210,6 +226,7 @@ class JobOut(BaseModel):
             queue=queue,
             warnings=warnings or [],
             metadata=job.metadata,
+            purged=Purged(inputs=job.inputs_purged_at, results=job.results_purged_at),
         )
 
 
@@ -235,6 +252,19 @@ class RequeuedJobOut(JobOut):
         description="Items queued by this call: error rows to score again (retry), or "
         "unscored items (resume)."
     )
+
+
+class DeletedCounts(BaseModel):
+    items: int = Field(description="Input rows removed.")
+    chunks: int = Field(description="Chunk rows removed.")
+    results: int = Field(description="Result rows removed.")
+
+
+class DeletedJobOut(BaseModel):
+    """What ``DELETE /v1/jobs/{id}`` removed: the job and, by table, its rows."""
+
+    id: str
+    deleted: DeletedCounts
 
 
 class JobList(BaseModel):

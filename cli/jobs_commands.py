@@ -1,4 +1,5 @@
-"""``bulkscore jobs list``: the caller's jobs, from the API (``GET /v1/jobs``)."""
+"""``bulkscore jobs list`` and ``jobs delete``: the caller's jobs, through the API
+(``GET /v1/jobs``, ``DELETE /v1/jobs/{id}``)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,20 @@ def list_jobs(
             job["created_at"] or "-",
         )
     out_console.print(table)
+
+
+@jobs_app.command("delete")
+def delete_job(
+    job_id: str = typer.Argument(..., help="The job to delete (final: cancel it first)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Delete a finished job with its inputs and results (an active job is refused)."""
+    gone = client_from_settings().json("DELETE", f"/v1/jobs/{job_id}")
+    if as_json:
+        print_json(gone)
+        return
+    counts = gone["deleted"]
+    out_console.print(
+        f"deleted job {gone['id']}: {counts['items']} items, {counts['chunks']} chunks, "
+        f"{counts['results']} results"
+    )

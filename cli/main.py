@@ -21,6 +21,7 @@ from cli.help_format import hide_flag_types
 from cli.jobs_commands import jobs_app
 from cli.keys_commands import keys_app
 from cli.models_commands import models_app
+from cli.purge_command import purge
 from cli.schedules_commands import beat, schedules_app
 from cli.score_command import score
 from cli.train_command import train
@@ -87,6 +88,7 @@ app.command("compare")(compare)
 app.command("worker")(worker)
 app.add_typer(db_app, name="db")
 app.add_typer(cache_app, name="cache")
+app.command("purge")(purge)
 app.command("api")(api)
 app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")

@@ -74,6 +74,12 @@ def run_score(
         fail(
             f"job {job_id} was scored with model {existing.model!r}, not {spec.name!r}", EXIT_USAGE
         )
+    if existing is not None and existing.inputs_purged_at is not None:
+        fail(
+            f"job {job_id}'s inputs were purged at {existing.inputs_purged_at.isoformat()} "
+            "(retention): it cannot be resumed or retried; choose another --job-id",
+            EXIT_USAGE,
+        )
     if retry_errors and existing is None:
         fail("--retry-errors needs the --job-id of an existing job", EXIT_USAGE)
     try:

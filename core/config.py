@@ -304,6 +304,31 @@ class Settings(BaseSettings):
         description="Cache rows older than this are evicted by the reconciler; 0 = no limit.",
     )
 
+    # Retention (core.jobs.purge): run by the beat every ``purge_every_s`` while either is on,
+    # and by ``bulkscore purge``. Counted from a job's ``finished_at``; active jobs are never
+    # touched.
+    retain_inputs_days: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Days a finished job's inputs are kept; then they are purged (the job can still "
+            "be exported, not retried or resumed); 0 = forever."
+        ),
+    )
+    retain_results_days: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Days a finished job's results (and inputs) are kept; then they are purged and "
+            "the job row says so; 0 = forever."
+        ),
+    )
+    purge_every_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Seconds between two retention purges by the beat (when retention is on).",
+    )
+
     # Schedules (``[schedules.NAME]`` in the models file; ``bulkscore beat``).
     schedule_timezone: str = Field(
         default="UTC",

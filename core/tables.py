@@ -91,6 +91,10 @@ jobs = Table(
     # False: the job asked for fresh scores (``cache: false``): its items are neither looked
     # up in nor stored into the result cache (core.cache).
     Column("use_cache", Boolean, nullable=False, server_default=true()),
+    # When the retention purge (core.jobs.purge) removed the job's inputs (its items rows),
+    # and its results: the job row stays, so its status says what is gone. NULL: all there.
+    Column("inputs_purged_at", DateTime(timezone=True)),
+    Column("results_purged_at", DateTime(timezone=True)),
     UniqueConstraint("owner_key_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
     Index("ix_jobs_owner_created", "owner_key_id", "created_at"),
     Index("ix_jobs_status", "status"),
@@ -167,6 +171,20 @@ retry_items = Table(
     metadata,
     Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     Column("index", Integer, primary_key=True, autoincrement=False),
+)
+
+# One row per retention purge (core.jobs.purge): what it removed, for ``/metrics`` and for
+# an operator asking what went when. A dry run's row counts what would have gone.
+purge_runs = Table(
+    "purge_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("jobs", Integer, nullable=False, server_default="0"),
+    Column("input_rows", BigInteger, nullable=False, server_default="0"),
+    Column("result_rows", BigInteger, nullable=False, server_default="0"),
+    Column("dry_run", Boolean, nullable=False, server_default=false()),
 )
 
 # Schedules (``[schedules.NAME]`` in the models file). One row per schedule and due time:

@@ -13,6 +13,11 @@ shape rather than ``celery beat`` plus a separate control worker:
   periodic task again; this worker consumes nothing else, and a second beat process is
   harmless anyway, because each run is claimed in SQL (``core.schedules.runs.claim``).
 
+On the same tick, at most every ``purge_every_s`` and only while a retention setting is on,
+it runs the retention purge (:mod:`core.jobs.purge`): a bounded number of small delete
+batches per tick, so the schedules' ticks never wait long behind it; a purge cut short
+goes on at the next tick.
+
 The tick only reads the schedules and SQL, creates each job as the API does
 (:func:`core.jobs.submit.submit_job`) and publishes its chunk tasks by name through this
 process's own app (:func:`core.queues.send_chunks`): it never loads a model.
@@ -30,6 +35,7 @@ from celery import Celery
 from core.config import Settings, get_settings
 from core.db import DbRole, get_engine, set_process_role
 from core.jobs.lifecycle import Job
+from core.jobs.purge import BEAT_MAX_BATCHES, Cutoffs, PurgeReport, purge_due, purge_with_settings
 from core.jobs.submit import SendJob
 from core.logs import configure
 from core.queues import send_chunks
@@ -73,6 +79,32 @@ def tick_schedules(app: Celery) -> int:
     return len(outcomes)
 
 
+class PurgeClock:
+    """This beat's purge state: whether its last purge stopped with rows left."""
+
+    def __init__(self) -> None:
+        self.more_left = False
+
+
+def purge_on_tick(settings: Settings, clock: PurgeClock) -> PurgeReport | None:
+    """Run the retention purge if it is on and due (or its last run left rows); its report,
+    or None when none ran. A failure is logged, never raised: the schedules still tick."""
+    if not Cutoffs.from_settings(settings).on:
+        return None
+    engine = get_engine(settings.database_url)
+    try:
+        if not clock.more_left:
+            with engine.connect() as conn:
+                if not purge_due(conn, settings.purge_every_s):
+                    return None
+        report = purge_with_settings(engine, settings, max_batches=BEAT_MAX_BATCHES)
+    except Exception as exc:
+        log.error("retention purge failed (the next tick tries again): %s", exc)
+        return None
+    clock.more_left = not report.complete
+    return report
+
+
 def _log_outcome(outcome: RunOutcome) -> None:
     if outcome.status is None:
         log.info("schedule %r due %s: claimed by another process", outcome.schedule, outcome.due_at)
@@ -106,9 +138,13 @@ def create_beat_app(settings: Settings | None = None) -> Celery:
 
     # Acked on receipt, unlike chunk tasks: a tick lost to a crash costs nothing, the next
     # one comes schedule_tick_s later, and every effect of a tick is idempotent in SQL.
+    purge_clock = PurgeClock()
+
     @app.task(name=TICK_TASK, ignore_result=True, acks_late=False)
     def tick_task() -> int:
-        return tick_schedules(app)
+        triggered = tick_schedules(app)
+        purge_on_tick(get_settings(), purge_clock)
+        return triggered
 
     return app
 

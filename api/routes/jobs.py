@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit, list, read, cancel, retry and resume jobs."""
+"""``/v1/jobs``: submit, list, read, cancel, delete, retry and resume jobs."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from api.problems import ApiError
 from api.schemas import (
     PRIORITY_DESCRIPTION,
     UNIQUE_IDS_DESCRIPTION,
+    DeletedCounts,
+    DeletedJobOut,
     JobList,
     JobOut,
     RequeuedJobOut,
@@ -49,10 +51,11 @@ from api.submission import (
 )
 from api.waiting import job_view
 from core.config import Settings
+from core.jobs.deletion import JobActive, delete_job
 from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from core.jobs.lifecycle import Job, cancel_job, get_job, list_jobs
 from core.jobs.priority import Priority
-from core.jobs.requeue import Requeued, RequeueRefused, resume_job, retry_errors
+from core.jobs.requeue import InputsPurged, Requeued, RequeueRefused, resume_job, retry_errors
 from core.jobs.status import JobStatus
 from core.queues import BrokerUnavailable
 
@@ -281,9 +284,38 @@ def cancel(job: OwnedJob, key_id: CurrentKey, engine: EngineDep) -> JobOut:
     return JobOut.from_job(after)
 
 
+@router.delete(
+    "/{job_id}",
+    response_model=DeletedJobOut,
+    operation_id="delete_job",
+    responses={
+        404: {"description": "No such job."},
+        409: {"description": "The job is queued or running: cancel it first."},
+    },
+)
+def delete(job: OwnedJob, engine: EngineDep) -> DeletedJobOut:
+    """Delete a final job (completed, failed, cancelled, expired) with its inputs, chunks
+    and results; answers what was removed. An active job is refused (409 `job_active`):
+    cancel it first. The rows go in small batches, so scoring elsewhere is not held up.
+    """
+    try:
+        gone = delete_job(engine, job.id)
+    except LookupError as exc:  # deleted since the ownership check
+        raise job_not_found(job.id) from exc
+    except JobActive as exc:
+        raise ApiError(status.HTTP_409_CONFLICT, "job_active", str(exc)) from exc
+    return DeletedJobOut(
+        id=gone.job_id,
+        deleted=DeletedCounts(items=gone.items, chunks=gone.chunks, results=gone.results),
+    )
+
+
 _REQUEUE_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such job."},
-    409: {"description": "The job is not in a state this applies to, or has nothing to do."},
+    409: {
+        "description": "The job is not in a state this applies to, has nothing to do, or "
+        "its inputs were purged (`inputs_purged`)."
+    },
 }
 
 
@@ -346,6 +378,8 @@ def _requeue(
             done = change(conn)
     except LookupError as exc:  # deleted since the ownership check
         raise job_not_found(job.id) from exc
+    except InputsPurged as exc:
+        raise ApiError(status.HTTP_409_CONFLICT, "inputs_purged", str(exc)) from exc
     except RequeueRefused as exc:
         raise ApiError(status.HTTP_409_CONFLICT, "nothing_to_requeue", str(exc)) from exc
     warnings = []

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine
 
 from api.deps import ConnDep, EngineDep, OwnedJob
+from api.problems import ApiError
 from api.schemas import ResultPage, ResultRow
 from core.jobs.export import export_lines
 from core.jobs.results import read_page, stream_results
@@ -30,6 +31,7 @@ MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"
             "content": {"text/csv": {}, "application/x-ndjson": {}},
         },
         404: {"description": "No such job."},
+        410: {"description": "The job's results were purged (retention): `results_purged`."},
     },
 )
 def results(
@@ -54,7 +56,15 @@ def results(
     While the job runs, chunks finish in any order; a page then stops at the first index
     not yet written, so following ``next_after`` never skips a row that arrives later.
     ``next_after`` is null only when the job is final and every row has been returned.
+    A job whose results the retention purge removed answers 410 `results_purged`.
     """
+    if job.results_purged_at is not None:
+        raise ApiError(
+            status.HTTP_410_GONE,
+            "results_purged",
+            f"the results of job {job.id} were purged at {job.results_purged_at.isoformat()} "
+            "(retention: BULKSCORE_RETAIN_RESULTS_DAYS); the job's status and counts remain",
+        )
     if fmt != "json":
         return StreamingResponse(
             _export(engine, job.id, fmt),

@@ -57,6 +57,9 @@ class Job:
     metadata: dict[str, str] | None = None
     # False: the job asked for fresh scores (``cache: false``), see core.cache.
     use_cache: bool = True
+    # When the retention purge removed its inputs / results (core.jobs.purge); None: kept.
+    inputs_purged_at: datetime | None = None
+    results_purged_at: datetime | None = None
 
     @property
     def done(self) -> int:

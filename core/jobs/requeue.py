@@ -36,6 +36,10 @@ class RequeueRefused(Exception):
     """The job cannot be retried or resumed as it is; the message says why."""
 
 
+class InputsPurged(RequeueRefused):
+    """The retention purge removed the job's inputs: there is nothing to score again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Requeued:
     """What a retry or resume queued."""
@@ -56,9 +60,11 @@ def retry_errors(
         LookupError: No such job.
         RequeueRefused: The job is not completed, is a training job, or has no error row
             that may be retried.
+        InputsPurged: The retention purge removed its inputs.
     """
     job = _lock_job(conn, job_id)
     _refuse_training(conn, job, "retried")
+    _refuse_purged(job, "retried")
     if job.status != JobStatus.COMPLETED:
         raise RequeueRefused(_why_not_retry(job))
     rows = conn.execute(
@@ -91,9 +97,11 @@ def resume_job(conn: Connection, job_id: str, *, chunk_size: int) -> Requeued:
         RequeueRefused: The job is neither cancelled nor expired, is a training job or a
             schedule's job (its next run reads the same window again), or has nothing left
             to score.
+        InputsPurged: The retention purge removed its inputs.
     """
     job = _lock_job(conn, job_id)
     _refuse_training(conn, job, "resumed")
+    _refuse_purged(job, "resumed")
     if job.schedule is not None:
         # Its run ended with the job, and the schedule's next run reads the same window
         # again (core.schedules.runner): resuming would score those items in two jobs.
@@ -174,6 +182,14 @@ def _refuse_training(conn: Connection, job: Job, verb: str) -> None:
     trains = conn.scalar(select(training_runs.c.job_id).where(training_runs.c.job_id == job.id))
     if trains is not None:
         raise RequeueRefused(f"job {job.id} is a training job: it cannot be {verb}")
+
+
+def _refuse_purged(job: Job, verb: str) -> None:
+    if job.inputs_purged_at is not None:
+        raise InputsPurged(
+            f"job {job.id}'s inputs were purged at {job.inputs_purged_at.isoformat()} "
+            f"(retention): it cannot be {verb}; submit its inputs again as a new job"
+        )
 
 
 def _why_not_retry(job: Job) -> str:

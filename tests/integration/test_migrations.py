@@ -21,6 +21,7 @@ TABLES = {
     "trained_models",
     "training_runs",
     "result_cache",
+    "purge_runs",
 }
 
 

@@ -8,22 +8,30 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, create_engine, func, select, update
 from typer.testing import CliRunner
 from worker_support import BULKSCORE, WorkerProcess, poll, running_worker, worker_env
 
 from cli.main import app as cli_app
+from core.clock import utcnow
 from core.config import reset_settings_cache
 from core.db import dispose_engines
+from core.inputs.items import InputItem
+from core.jobs.lifecycle import create_job, mark_running
+from core.jobs.predictions import Prediction
+from core.jobs.results import ScoredItem, write_results
 from core.migrate import upgrade
+from core.models.registry import Registry
 from core.queues import model_queue
-from core.tables import jobs, results, schedule_files, schedule_runs
+from core.tables import jobs, purge_runs, results, schedule_files, schedule_runs
 
 RUN_TIMEOUT_S = 90.0
 
@@ -177,3 +185,53 @@ def test_schedules_run_and_list_print_json(cli_env: str) -> None:
     last = after[0]["last_run"]
     assert (last["status"], last["job_id"], last["items"]) == ("running", ran["job_id"], 2)
     assert (last["job_status"], last["succeeded"], last["failed"]) == ("queued", 0, 0)
+
+
+def test_the_beat_purges_past_retention_once_per_purge_interval(
+    tmp_path: Path, models_file: Path, pg_url: str, redis_url: str
+) -> None:
+    upgrade(pg_url)
+    engine = create_engine(pg_url)
+    spec = Registry.load(models_file).get("tiny")
+    inputs = [InputItem(item_id=f"r{i}", text=f"text {i}") for i in range(30)]
+    made = []
+    for age_days in (40, 5):  # one past the 30 days, one within them
+        with engine.begin() as conn:
+            job = create_job(conn, spec, inputs, chunk_size=10)
+            mark_running(conn, job.id)
+            scored = [
+                ScoredItem(i, f"r{i}", Prediction("POSITIVE", 0.9, [("POSITIVE", 0.9)]))
+                for i in range(30)
+            ]
+            write_results(conn, job.id, "tiny", None, scored)
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job.id)
+                .values(finished_at=utcnow() - timedelta(days=age_days))
+            )
+        made.append(job.id)
+    old, recent = made
+    env = worker_env(
+        pg_url,
+        redis_url,
+        models_file,
+        BULKSCORE_SCHEDULE_TICK_S="1",
+        BULKSCORE_RETAIN_RESULTS_DAYS="30",
+    )
+    beat = start_beat(env, tmp_path / "beat.log")
+    try:
+        beat.wait_for(r"purge: 1 jobs, 30 input rows, 30 result rows", timeout=RUN_TIMEOUT_S)
+        time.sleep(3)  # a few more ticks: purge_every_s (an hour) has not passed
+    finally:
+        stop_beat(beat)
+    with engine.connect() as conn:
+        kept = {
+            job_id: conn.scalar(select(func.count()).where(results.c.job_id == job_id))
+            for job_id in made
+        }
+        purged_at = conn.scalar(select(jobs.c.results_purged_at).where(jobs.c.id == old))
+        runs = conn.scalar(select(func.count()).select_from(purge_runs))
+    engine.dispose()
+    assert kept == {old: 0, recent: 30}
+    assert purged_at is not None
+    assert runs == 1

@@ -19,8 +19,10 @@ import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 
 from core.config import Settings
+from core.jobs.deletion import delete_job
 from core.jobs.lifecycle import Job, cancel_job, get_job, load_items, mark_failed
 from core.jobs.priority import Priority
+from core.jobs.purge import Cutoffs, purge
 from core.keys import create_key
 from core.migrate import upgrade
 from core.models.registry import Registry
@@ -409,3 +411,32 @@ def test_a_job_that_cannot_be_queued_is_removed_and_the_run_failed(
     assert job_count(engine, "nightly") == 0  # no job left queued for ever
     # Nothing was committed: the next run reads the same rows.
     assert run(engine, nightly, due(2), leave_queued).items == 3
+
+
+def test_a_schedule_keeps_its_window_after_its_old_jobs_are_purged_or_deleted(
+    engine: Engine, shop: tuple[str, Engine], registry: Registry, tiny_runner: Runner
+) -> None:
+    url, shop_engine = shop
+    nightly = sql_schedule(registry, url)
+    score_here = scorer(engine, tiny_runner)
+    first = run(engine, nightly, due(1), score_here)
+    add_reviews(shop_engine, {4: "new one"}, T0 + timedelta(hours=1))
+    second = run(engine, nightly, due(2), score_here)  # finishes the first run too
+    assert scored_ids(engine, second.job_id) == ["4"]
+    run(engine, nightly, due(3), score_here)  # finishes the second run (nothing new)
+
+    # Every old job's inputs and results go; one job is deleted outright.
+    ahead = datetime.now(UTC) + timedelta(minutes=1)
+    report = purge(engine, Cutoffs(inputs_before=ahead, results_before=ahead))
+    assert sorted(report.job_ids) == sorted([first.job_id, second.job_id])
+    delete_job(engine, second.job_id or "")
+
+    # The watermark and the runs are not job data: the next run scores only what is new.
+    add_reviews(shop_engine, {5: "newer still"}, T0 + timedelta(hours=2))
+    fourth = run(engine, nightly, due(4), score_here)
+    assert fourth.status == RunStatus.RUNNING and scored_ids(engine, fourth.job_id) == ["5"]
+    with engine.connect() as conn:
+        first_run, second_run = get_run(conn, first.run_id or 0), get_run(conn, second.run_id or 0)
+    assert first_run is not None and first_run.status == RunStatus.COMPLETED
+    assert second_run is not None and second_run.status == RunStatus.COMPLETED
+    assert second_run.job_id is None  # SET NULL: the run outlives its deleted job

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ from typer.testing import CliRunner
 
 import cli.in_process
 from cli.main import app
+from core.clock import utcnow
 from core.config import get_settings
 from core.db import get_engine
+from core.jobs.purge import Cutoffs, purge
 from core.tables import jobs, results
 
 runner = CliRunner()
@@ -135,3 +138,21 @@ def test_retry_errors_needs_an_existing_job(tmp_path: Path, settings_env: dict[s
     result = score(str(source), "--job-id", "never-made", "--retry-errors")
     assert result.exit_code == 2
     assert "--retry-errors needs the --job-id of an existing job" in result.output
+
+
+def test_a_job_whose_inputs_were_purged_is_not_resumed(
+    tmp_path: Path, settings_env: dict[str, str]
+) -> None:
+    texts = tmp_path / "a.txt"
+    texts.write_text("a fine film\nawful\n")
+    assert score(str(texts), "--job-id", "P1").exit_code == 0
+    engine = get_engine(get_settings().database_url)
+    # Every final job finished before a minute from now is past this inputs limit.
+    purge(engine, Cutoffs(inputs_before=utcnow() + timedelta(minutes=1), results_before=None))
+
+    again = score(str(texts), "--job-id", "P1")
+    assert again.exit_code == 2
+    message = " ".join(again.output.split())
+    assert "job P1's inputs were purged" in message and "choose another --job-id" in message
+    with engine.connect() as conn:  # its results are still there
+        assert len(conn.execute(select(results.c.index).where(results.c.job_id == "P1")).all()) == 2

@@ -313,7 +313,9 @@ def test_job_status_follows_the_results(api: UnitApi) -> None:
         "queue",
         "warnings",
         "metadata",
+        "purged",
     }
+    assert done["purged"] == {"inputs": None, "results": None}
 
 
 def test_unknown_job_answers_404(api: UnitApi) -> None:

@@ -127,6 +127,7 @@ def test_operations_have_ids_named_like_the_api(api: UnitApi) -> None:
         ("get", "/v1/jobs"): "list_jobs",
         ("get", "/v1/jobs/{job_id}"): "get_job",
         ("post", "/v1/jobs/{job_id}/cancel"): "cancel_job",
+        ("delete", "/v1/jobs/{job_id}"): "delete_job",
         ("post", "/v1/jobs/{job_id}/retry"): "retry_job",
         ("post", "/v1/jobs/{job_id}/resume"): "resume_job",
         ("get", "/v1/jobs/{job_id}/results"): "get_results",
