@@ -23,6 +23,7 @@ from api.operations import install_operations
 from api.problems import install_problem_handlers, problem_response
 from api.routes.jobs import JOB_UPLOAD_SCHEMA
 from api.schemas import JobRequest
+from api.web import install_web
 from core.config import Settings, get_settings
 from core.db import DbRole, get_engine, is_lock_timeout, is_session_ended, set_process_role
 from core.rate_limit import RateLimiter
@@ -95,6 +96,7 @@ def create_app(
         routes.training,
     ):
         app.include_router(module.router)
+    install_web(app)  # the pages: /, /signin, /jobs, ... and /static
     install_operations(app, settings, queue)  # /metrics, request metrics, log context
     install_openapi(app, (JobRequest,), {"JobUpload": JOB_UPLOAD_SCHEMA})
     return app

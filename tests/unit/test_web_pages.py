@@ -1,0 +1,237 @@
+"""The web pages (api/web) through the app: sign-in sessions, CSRF, ownership, escaping,
+filters, downloads, actions and thumbnails. The real-browser tests are in
+tests/integration/test_web_browser.py."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from api_support import IMAGE_MODEL, UnitApi, fake_scores, unit_api
+from PIL import Image
+from sqlalchemy import select
+
+from api.web.session import COOKIE
+from core.tables import web_sessions
+from core.web_sessions import csrf_token
+
+
+@pytest.fixture()
+def api(tmp_path: Path) -> Iterator[UnitApi]:
+    with unit_api(tmp_path, chunk_size=3) as api:
+        yield api
+
+
+def sign_in(api: UnitApi, key: str) -> str:
+    """Sign the client in with ``key``; return the page's CSRF token."""
+    api.client.cookies.clear()
+    answer = api.client.post("/signin", data={"api_key": key}, follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/jobs"
+    return csrf_token(api.client.cookies[COOKIE])
+
+
+def test_pages_need_a_session_and_send_to_the_sign_in_page(api: UnitApi) -> None:
+    for path in ("/jobs", "/submit", "/models", "/workers", "/jobs/x"):
+        answer = api.client.get(path, follow_redirects=False)
+        assert answer.status_code == 303, path
+        assert answer.headers["location"].startswith("/signin")
+
+
+def test_a_wrong_key_is_refused_and_sets_no_cookie(api: UnitApi) -> None:
+    answer = api.client.post("/signin", data={"api_key": "bsk_nope"}, follow_redirects=False)
+    assert answer.status_code == 401
+    assert "Unknown or revoked key" in answer.text
+    assert COOKIE not in answer.cookies
+
+
+def test_the_session_cookie_is_httponly_strict_and_stored_only_as_a_hash(api: UnitApi) -> None:
+    answer = api.client.post("/signin", data={"api_key": api.key}, follow_redirects=False)
+    header = answer.headers["set-cookie"].lower()
+    assert "httponly" in header and "samesite=strict" in header
+    token = answer.cookies[COOKIE]
+    with api.engine.connect() as conn:
+        stored = [row.token_hash for row in conn.execute(select(web_sessions))]
+    assert len(stored) == 1 and token not in stored[0] and len(stored[0]) == 64
+
+
+def test_sign_out_needs_the_csrf_token_and_ends_the_session(api: UnitApi) -> None:
+    csrf = sign_in(api, api.key)
+    token = api.client.cookies[COOKIE]
+    assert api.client.post("/signout", data={}, follow_redirects=False).status_code == 403
+    answer = api.client.post("/signout", data={"csrf": csrf}, follow_redirects=False)
+    assert answer.status_code == 303
+    api.client.cookies.set(COOKIE, token)  # the old cookie, replayed, no longer signs in
+    assert api.client.get("/jobs", follow_redirects=False).status_code == 303
+
+
+def test_the_sign_in_redirect_stays_on_this_site(api: UnitApi) -> None:
+    data = {"api_key": api.key, "next": "//evil.example/x"}
+    answer = api.client.post("/signin", data=data, follow_redirects=False)
+    assert answer.headers["location"] == "/jobs"
+
+
+def test_jobs_page_lists_own_jobs_newest_first_and_filters(api: UnitApi) -> None:
+    first = api.post_job(["a"]).json()["id"]
+    second = api.post_job(["b", "c"]).json()["id"]
+    api.post_job(["other"], key=api.other_key)
+    fake_scores(api.engine, first, [0])
+    sign_in(api, api.key)
+    page = api.client.get("/jobs").text
+    ids = re.findall(r'href="/jobs/([0-9a-f]{32})"', page)
+    assert ids == [second, first]
+    completed = api.client.get("/jobs", params={"status": "completed"}).text
+    assert re.findall(r'href="/jobs/([0-9a-f]{32})"', completed) == [first]
+    assert "No jobs" in api.client.get("/jobs", params={"model": "pictures"}).text
+
+
+def test_another_keys_job_is_404_on_every_page(api: UnitApi) -> None:
+    job_id = api.post_job(["secret"], key=api.other_key).json()["id"]
+    csrf = sign_in(api, api.key)
+    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/progress", f"/jobs/{job_id}/download.csv"):
+        assert api.client.get(path).status_code == 404, path
+    answer = api.client.post(f"/jobs/{job_id}/cancel", data={"csrf": csrf})
+    assert answer.status_code == 404
+    assert api.get(f"/v1/jobs/{job_id}", key=api.other_key).json()["status"] == "queued"
+
+
+def test_a_script_text_is_shown_escaped(api: UnitApi) -> None:
+    job_id = api.post_job(["<script>alert(1)</script>"]).json()["id"]
+    fake_scores(api.engine, job_id, [0])
+    sign_in(api, api.key)
+    page = api.client.get(f"/jobs/{job_id}").text
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_results_filters_errors_label_and_score(api: UnitApi) -> None:
+    job_id = api.post_job([f"text {i}" for i in range(6)]).json()["id"]
+    fake_scores(api.engine, job_id, range(6))  # odd indexes are errors
+    sign_in(api, api.key)
+
+    def shown(**params: str) -> list[str]:
+        page = api.client.get(f"/jobs/{job_id}", params=params).text
+        return re.findall(r'<td class="input-text">([^<]*)</td>', page)
+
+    assert shown() == [f"text {i}" for i in range(6)]
+    assert shown(errors="1") == ["text 1", "text 3", "text 5"]
+    assert shown(label="POSITIVE") == ["text 0", "text 2", "text 4"]
+    assert shown(score_below="0.5") == []
+    assert shown(score_below="0.8") == ["text 0", "text 2", "text 4"]
+    assert shown(score_below="not a number") == shown()
+
+
+def test_the_progress_endpoint_follows_the_counts(api: UnitApi) -> None:
+    job_id = api.post_job(["a", "b", "c", "d"]).json()["id"]
+    sign_in(api, api.key)
+    assert api.client.get(f"/jobs/{job_id}/progress").json()["percent"] == 0
+    fake_scores(api.engine, job_id, [0, 1])
+    progress = api.client.get(f"/jobs/{job_id}/progress").json()
+    assert progress == {
+        "status": "running",
+        "final": False,
+        "succeeded": 1,
+        "failed": 1,
+        "total": 4,
+        "percent": 50.0,
+    }
+
+
+def test_downloads_equal_the_api_export(api: UnitApi) -> None:
+    job_id = api.post_job([f"text {i}" for i in range(5)]).json()["id"]
+    fake_scores(api.engine, job_id, range(5))
+    sign_in(api, api.key)
+    for fmt in ("csv", "jsonl"):
+        page = api.client.get(f"/jobs/{job_id}/download.{fmt}")
+        exported = api.get(f"/v1/jobs/{job_id}/results", params={"format": fmt})
+        assert page.status_code == 200 and page.content == exported.content
+
+
+def test_actions_need_the_csrf_token(api: UnitApi) -> None:
+    job_id = api.post_job(["a", "b"]).json()["id"]
+    csrf = sign_in(api, api.key)
+    refused = api.client.post(f"/jobs/{job_id}/cancel", data={}, follow_redirects=False)
+    assert refused.status_code == 403
+    wrong = api.client.post(f"/jobs/{job_id}/cancel", data={"csrf": "0" * 64})
+    assert wrong.status_code == 403
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    done = api.client.post(f"/jobs/{job_id}/cancel", data={"csrf": csrf}, follow_redirects=False)
+    assert done.status_code == 303
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    assert "Cancel asked" in api.client.get(done.headers["location"]).text
+
+
+def test_retry_requeues_the_failed_items(api: UnitApi) -> None:
+    job_id = api.post_job(["a", "b", "c"]).json()["id"]
+    fake_scores(api.engine, job_id, range(3))
+    csrf = sign_in(api, api.key)
+    assert 'id="retry"' in api.client.get(f"/jobs/{job_id}").text
+    api.client.post(f"/jobs/{job_id}/retry", data={"csrf": csrf})
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+    assert api.queue.sent[-1][0] == job_id
+
+
+def test_submit_page_pasted_texts_and_csrf(api: UnitApi) -> None:
+    csrf = sign_in(api, api.key)
+    form = {"model": "tiny", "priority": "high", "texts": "one\ntwo\n"}
+    assert api.client.post("/submit", data=form).status_code == 403
+    answer = api.client.post("/submit", data={**form, "csrf": csrf}, follow_redirects=False)
+    assert answer.status_code == 303
+    job_id = answer.headers["location"].rsplit("/", 1)[1]
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["counts"]["total"] == 2 and job["priority"] == "high"
+
+
+def test_submit_page_file_upload_and_a_clear_error(api: UnitApi) -> None:
+    csrf = sign_in(api, api.key)
+    files = {"file": ("texts.csv", b"id,text\nx,hello\ny,world\n", "text/csv")}
+    data = {"model": "tiny", "csrf": csrf}
+    answer = api.client.post("/submit", data=data, files=files, follow_redirects=False)
+    assert answer.status_code == 303
+    bad = {"file": ("texts.pdf", b"%PDF", "application/pdf")}
+    refused = api.client.post("/submit", data=data, files=bad)
+    assert refused.status_code == 422 and "must end in one of" in refused.text
+    unknown = api.client.post("/submit", data={**data, "model": "nope", "texts": "hi"})
+    assert unknown.status_code == 422
+
+
+def _png(color: tuple[int, int, int], size: tuple[int, int] = (400, 300)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_image_job_thumbnails_are_small_cacheable_jpegs(api: UnitApi) -> None:
+    body = {
+        "model": IMAGE_MODEL,
+        "inputs": [
+            {"id": "red.png", "image_base64": base64.b64encode(_png((200, 0, 0))).decode()},
+            {"id": "junk.png", "image_base64": base64.b64encode(b"not an image").decode()},
+        ],
+    }
+    job_id = api.client.post("/v1/jobs", json=body, headers={"Authorization": f"Bearer {api.key}"})
+    job_id = job_id.json()["id"]
+    fake_scores(api.engine, job_id, [0, 1], model=IMAGE_MODEL)
+    sign_in(api, api.key)
+    page = api.client.get(f"/jobs/{job_id}").text
+    assert f'src="/jobs/{job_id}/thumbs/0.jpg"' in page
+    assert 'class="top1">POSITIVE</strong>' in page and "NEGATIVE 0.250" in page
+    thumb = api.client.get(f"/jobs/{job_id}/thumbs/0.jpg")
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert "max-age" in thumb.headers["cache-control"]
+    assert Image.open(io.BytesIO(thumb.content)).size == (213, 160)
+    assert api.client.get(f"/jobs/{job_id}/thumbs/1.jpg").status_code == 404
+    assert api.client.get(f"/jobs/{job_id}/thumbs/9.jpg").status_code == 404
+
+
+def test_models_and_workers_pages(api: UnitApi) -> None:
+    sign_in(api, api.key)
+    models = api.client.get("/models").text
+    assert "tiny" in models and "pictures" in models
+    workers = api.client.get("/workers").text
+    assert "<td>tiny</td><td class=\"num\">1</td>" in workers
+    assert "<td>normal</td>" in workers
