@@ -291,7 +291,7 @@ def _submit_page(
         "priorities": [level.value for level in Priority],
         "error": error,
     }
-    code = status.HTTP_422_UNPROCESSABLE_ENTITY if error else status.HTTP_200_OK
+    code = 422 if error else status.HTTP_200_OK
     return _page(request, "submit.html", context, code)
 
 
