@@ -74,7 +74,10 @@ def create_app(
             "Every error is `application/problem+json` (RFC 9457): `type`, `title`, "
             "`status`, `detail`, and a stable `code`."
         ),
-        docs_url="/docs",
+        # /docs is served from the service's own copy of Swagger UI (api.web.docs), not a
+        # CDN; ReDoc has no offline copy, so it is not served.
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     app.state.settings = settings

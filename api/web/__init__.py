@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api.web import pages
+from api.web.docs import install_offline_docs
 from api.web.session import install_sign_in_redirect
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -19,6 +20,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 def install_web(app: FastAPI) -> None:
     """Serve the pages and their static files on ``app``."""
+    # The more specific mount first: /static/swagger is not a file of /static.
+    install_offline_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(pages.router)
     install_sign_in_redirect(app)

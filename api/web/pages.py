@@ -45,6 +45,7 @@ from api.web.session import (
     set_session_cookie,
 )
 from core.chunks.fair import queue_stats
+from core.inputs.thumbnails import thumbnail_jpeg
 from core.jobs.export import export_lines
 from core.jobs.lifecycle import Job, get_job, list_jobs
 from core.jobs.priority import Priority
@@ -53,7 +54,6 @@ from core.jobs.results import label_counts, stream_results
 from core.jobs.status import JobStatus
 from core.keys import authenticate
 from core.queues import BrokerUnavailable
-from core.inputs.thumbnails import thumbnail_jpeg
 from core.web_sessions import close_session, open_session
 
 router = APIRouter(include_in_schema=False)
@@ -85,7 +85,9 @@ def home(user: OptionalUser) -> Response:
 
 
 @router.get("/signin", response_class=HTMLResponse)
-def sign_in_form(request: Request, next_path: Annotated[str | None, Query(alias="next")] = None):
+def sign_in_form(
+    request: Request, next_path: Annotated[str | None, Query(alias="next")] = None
+) -> HTMLResponse:
     return _page(request, "signin.html", {"user": None, "next": _safe_next(next_path)})
 
 
@@ -274,11 +276,15 @@ def job_action(
     if job is None or action not in ("cancel", "retry", "resume"):
         return _not_found(request, user, f"job {job_id}")
     notice = run_action(engine, queue, settings, job, action)
-    return RedirectResponse(f"/jobs/{job.id}?notice={notice}", status_code=status.HTTP_303_SEE_OTHER)
+    return RedirectResponse(
+        f"/jobs/{job.id}?notice={notice}", status_code=status.HTTP_303_SEE_OTHER
+    )
 
 
 @router.get("/submit", response_class=HTMLResponse)
-def submit_form(request: Request, user: SignedIn, conn: ConnDep, settings: SettingsDep):
+def submit_form(
+    request: Request, user: SignedIn, conn: ConnDep, settings: SettingsDep
+) -> HTMLResponse:
     return _submit_page(request, user, conn, settings)
 
 
@@ -306,7 +312,9 @@ async def _read_form(request: Request, user: SignedIn, settings: Any) -> Submiss
         priority = parse_priority(level if isinstance(level, str) else None)
         upload = form.get("file")
         images = [
-            part for part in form.getlist("images") if isinstance(part, UploadFile) and part.filename
+            part
+            for part in form.getlist("images")
+            if isinstance(part, UploadFile) and part.filename
         ]
         pasted = form.get("texts")
         if images:
@@ -340,7 +348,9 @@ async def submit_job_form(
 ) -> Response:
     try:
         submission = await _read_form(request, user, settings)
-        job, _ = await run_in_threadpool(submit, engine, queue, settings, user.key_id, submission, None)
+        job, _ = await run_in_threadpool(
+            submit, engine, queue, settings, user.key_id, submission, None
+        )
     except ApiError as exc:
         with engine.connect() as conn:
             return _submit_page(request, user, conn, settings, exc.detail)

@@ -59,9 +59,7 @@ def check_csrf(user: WebUser, sent: str | None) -> None:
 
 def set_session_cookie(response: Response, token: str, secure: bool) -> None:
     # HttpOnly: no script reads it; SameSite=Strict: no other site's page sends it.
-    response.set_cookie(
-        COOKIE, token, httponly=True, samesite="strict", secure=secure, path="/"
-    )
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure, path="/")
 
 
 def install_sign_in_redirect(app: FastAPI) -> None:

@@ -108,9 +108,7 @@ def _browser() -> webdriver.Chrome:
 
 
 @pytest.fixture(scope="module")
-def site(
-    tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path
-) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Iterator[Site]:
     assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), "install.sh installs chromium"
     folder = tmp_path_factory.mktemp("web")
     shots = Path(os.environ.get("BULKSCORE_WEB_SCREENSHOTS") or folder / "screenshots")
@@ -146,9 +144,7 @@ def site(
         engine.dispose()
         env = worker_env(pg_url, redis_url, models, BULKSCORE_CHUNK_SIZE="200")
         with (
-            running_worker(
-                ["--models", f"{TEXT_MODEL},{IMAGE_MODEL}"], env, folder / "worker.log"
-            ),
+            running_worker(["--models", f"{TEXT_MODEL},{IMAGE_MODEL}"], env, folder / "worker.log"),
             running_api(env, folder / "api.log") as api,
         ):
             driver = _browser()
@@ -193,7 +189,9 @@ def test_submit_watch_filter_download_and_escape(site: Site, tmp_path: Path) -> 
     site.driver.find_element(By.ID, "apply-filters").click()
     site.wait(lambda d: "errors=1" in d.current_url)
     error_rows = site.driver.find_elements(By.CSS_SELECTOR, "#results-table tbody tr")
-    assert len(error_rows) == 1 and error_rows[0].find_element(By.CSS_SELECTOR, "td.mono").text == "t5"
+    assert (
+        len(error_rows) == 1 and error_rows[0].find_element(By.CSS_SELECTOR, "td.mono").text == "t5"
+    )
 
     download = site.fetch(f"/jobs/{job_id}/download.csv")
     exported = httpx.get(
@@ -212,7 +210,6 @@ def test_submit_watch_filter_download_and_escape(site: Site, tmp_path: Path) -> 
 
     site.open("/jobs")
     assert job_id[:8] in site.text("jobs-table")
-    site.shot("jobs")
     for page in ("submit", "models"):
         site.open(f"/{page}")
         site.shot(page)
@@ -229,7 +226,7 @@ def test_submit_watch_filter_download_and_escape(site: Site, tmp_path: Path) -> 
 
 def test_cancel_a_running_job_and_post_without_csrf(site: Site, tmp_path: Path) -> None:
     site.sign_in(site.key)
-    rows = [(f"r{i}", f"text {i} " * 20) for i in range(20000)]
+    rows = [(f"r{i}", f"text {i} " * 5) for i in range(20000)]
     job_id = site.submit_file(_texts_file(tmp_path, rows))
     site.wait(lambda _: site.text("job-status") == "running", 120)
 
@@ -244,6 +241,12 @@ def test_cancel_a_running_job_and_post_without_csrf(site: Site, tmp_path: Path) 
     assert job["status"] == "cancelled"
     assert job["counts"]["succeeded"] + job["counts"]["failed"] < 20000
 
+    # Resume: the rest is queued again and the job goes on to completion.
+    site.driver.find_element(By.ID, "resume").click()
+    site.wait(lambda d: "notice=requeued" in d.current_url)
+    site.wait(lambda _: site.text("job-status") == "completed", 300)
+    assert site.api_json(f"/v1/jobs/{job_id}")["counts"]["succeeded"] == 20000
+
 
 def test_another_key_gets_404(site: Site, tmp_path: Path) -> None:
     site.sign_in(site.key)
@@ -257,13 +260,19 @@ def test_another_key_gets_404(site: Site, tmp_path: Path) -> None:
     site.sign_out()
 
 
-def test_image_job_thumbnails_load_under_their_labels(site: Site, tmp_path: Path) -> None:
+def test_image_job_thumbnails_load_under_their_labels_and_retry(site: Site, tmp_path: Path) -> None:
     site.sign_in(site.key)
     paths = []
     for photo in PHOTOS:
         path = tmp_path / f"{photo.name}.png"
         photo.image().save(path, format="PNG")
         paths.append(path)
+    # A JPEG cut off after its header: accepted, then an error when the worker decodes it.
+    whole = io.BytesIO()
+    PHOTOS[1].image().save(whole, format="JPEG")
+    cut = tmp_path / "cut-off.jpg"
+    cut.write_bytes(whole.getvalue()[: len(whole.getvalue()) // 3])
+    paths.append(cut)
     site.open("/submit")
     Select(site.driver.find_element(By.ID, "model")).select_by_value(IMAGE_MODEL)
     site.driver.find_element(By.ID, "images").send_keys("\n".join(str(p) for p in paths))
@@ -274,20 +283,59 @@ def test_image_job_thumbnails_load_under_their_labels(site: Site, tmp_path: Path
     site.open(f"/jobs/{job_id}")
 
     figures = site.driver.find_elements(By.CSS_SELECTOR, "#thumbs figure")
-    assert len(figures) == len(PHOTOS)
+    assert len(figures) == len(PHOTOS) + 1
+    images = site.driver.find_elements(By.CSS_SELECTOR, "#thumbs img")
+    assert len(images) == len(PHOTOS)  # the cut-off file shows its error, not a picture
     site.wait(
         lambda d: all(
             d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
-            for img in d.find_elements(By.CSS_SELECTOR, "#thumbs img")
+            for img in images
         ),
         30,
     )
     by_id = {row["id"]: row for row in site.api_json(f"/v1/jobs/{job_id}/results")["data"]}
+    assert "truncated" in by_id["cut-off.jpg"]["error"]
     for figure in figures:
+        if not figure.find_elements(By.TAG_NAME, "img"):
+            assert "truncated" in figure.text
+            continue
         name = figure.find_element(By.TAG_NAME, "img").get_attribute("alt")
         top1 = figure.find_element(By.CSS_SELECTOR, ".top1").text
         assert top1 == by_id[name]["label"]
         photo = next(p for p in PHOTOS if f"{p.name}.png" == name)
         assert top1 in photo.top1, (name, top1)
-        assert (figure.get_attribute("title") or "").startswith(top1)
+        top5 = (figure.get_attribute("title") or "").splitlines()
+        assert len(top5) == 5 and top5[0].startswith(top1)
     site.shot("image-job")
+
+    # Retry failed items: the error row is scored again (and fails again, being cut off).
+    site.driver.find_element(By.ID, "retry").click()
+    site.wait(lambda d: "notice=requeued" in d.current_url)
+    site.wait(lambda _: site.text("job-status") == "completed", 240)
+    job = site.api_json(f"/v1/jobs/{job_id}")
+    assert job["counts"] == {"total": len(PHOTOS) + 1, "succeeded": len(PHOTOS), "failed": 1}
+
+
+def test_docs_render_offline(site: Site) -> None:
+    site.open("/docs")
+    site.wait(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"), 30)
+    assert "bulkscore" in site.driver.find_element(By.CSS_SELECTOR, ".info .title").text
+    loaded = site.driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert loaded and all(url.startswith(site.url) for url in loaded), loaded
+    site.shot("docs")
+
+
+def test_jobs_page_lists_every_job(site: Site) -> None:
+    site.sign_in(site.key)
+    rows = site.driver.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr")
+    assert len(rows) == 4  # the text job, the resumed one, key A's small one, the images
+    Select(site.driver.find_element(By.ID, "status-filter")).select_by_value("completed")
+    site.driver.find_element(By.NAME, "model").send_keys(IMAGE_MODEL)
+    site.driver.find_element(By.CSS_SELECTOR, ".filters button").click()
+    site.wait(lambda d: "status=completed" in d.current_url)
+    filtered = site.driver.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr")
+    assert len(filtered) == 1 and IMAGE_MODEL in filtered[0].text
+    site.open("/jobs")
+    site.shot("jobs")

@@ -233,5 +233,15 @@ def test_models_and_workers_pages(api: UnitApi) -> None:
     models = api.client.get("/models").text
     assert "tiny" in models and "pictures" in models
     workers = api.client.get("/workers").text
-    assert "<td>tiny</td><td class=\"num\">1</td>" in workers
+    assert '<td>tiny</td><td class="num">1</td>' in workers
     assert "<td>normal</td>" in workers
+
+
+def test_docs_are_served_without_a_cdn(api: UnitApi) -> None:
+    page = api.client.get("/docs").text
+    assert "cdn" not in page.lower()
+    scripts = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert scripts and all(url.startswith("/static/swagger/") for url in scripts), scripts
+    for url in scripts:
+        assert api.client.get(url).status_code == 200, url
+    assert api.client.get("/redoc").status_code == 404
