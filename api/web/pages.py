@@ -62,6 +62,7 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 JOBS_PER_PAGE = 25
 RESULTS_PER_PAGE = 50
 CHART_LABELS = 20  # bars in the label chart; the rest are summed as "other labels"
+LABEL_CHOICES = 200  # labels offered by the results filter, most frequent first
 
 
 def _page(request: Request, name: str, context: dict[str, Any], code: int = 200) -> HTMLResponse:
@@ -202,7 +203,7 @@ def job_page(
         "score_below": score_below or "",
         "chart": chart,
         "chart_max": max((count for _, count in chart), default=1),
-        "labels": list(counts),
+        "labels": list(counts)[:LABEL_CHOICES],
         "is_image": job.input_kind == "image",
         "notice": NOTICES.get(notice or ""),
     }
