@@ -6,10 +6,12 @@ the owner: another key's job answers 404 here exactly as it does there.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, status
+from fastapi import Path as FastApiPath
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -45,15 +47,15 @@ from api.web.session import (
     set_session_cookie,
 )
 from core.chunks.fair import queue_stats
-from core.inputs.thumbnails import thumbnail_jpeg
 from core.jobs.export import export_lines
-from core.jobs.lifecycle import Job, get_job, list_jobs
+from core.jobs.lifecycle import JOB_ID_PATTERN, Job, get_job, list_jobs
 from core.jobs.priority import Priority
 from core.jobs.result_view import ResultFilter, filtered_page, item_image
 from core.jobs.results import label_counts, stream_results
 from core.jobs.status import JobStatus
 from core.keys import authenticate
 from core.queues import BrokerUnavailable
+from core.tables import MAX_INTEGER
 from core.web_sessions import close_session, open_session
 
 router = APIRouter(include_in_schema=False)
@@ -154,7 +156,9 @@ def jobs_page(
 
 
 def _owned(conn: Any, job_id: str, user: SignedIn) -> Job | None:
-    if len(job_id) > 64:
+    """The signed-in key's job ``job_id``; None for another key's, a missing one, or text
+    that cannot be an id (a NUL or a lone surrogate must not reach SQL)."""
+    if re.fullmatch(JOB_ID_PATTERN, job_id) is None:
         return None
     return get_job(conn, job_id, owner_key_id=user.key_id)
 
@@ -177,7 +181,7 @@ def job_page(
     label: Annotated[str | None, Query(max_length=256)] = None,
     errors: Annotated[str | None, Query(max_length=5)] = None,
     score_below: Annotated[str | None, Query(max_length=30)] = None,
-    after: Annotated[int, Query(ge=-1, le=2**31 - 1)] = -1,
+    after: Annotated[int, Query(ge=-1, le=MAX_INTEGER)] = -1,
     notice: Annotated[str | None, Query(max_length=20)] = None,
 ) -> HTMLResponse:
     job = _owned(conn, job_id, user)
@@ -231,10 +235,20 @@ def job_progress(job_id: str, user: SignedIn, conn: ConnDep) -> JSONResponse:
 
 
 @router.get("/jobs/{job_id}/thumbs/{index}.jpg")
-def thumbnail(job_id: str, index: int, user: SignedIn, conn: ConnDep) -> Response:
+def thumbnail(
+    job_id: str,
+    index: Annotated[int, FastApiPath(ge=0, le=MAX_INTEGER)],
+    user: SignedIn,
+    conn: ConnDep,
+    settings: SettingsDep,
+) -> Response:
+    # Deferred: Pillow loads with the first thumbnail asked for, so building the app imports
+    # no image library (tests/unit/test_api_imports.py).
+    from core.inputs.thumbnails import thumbnail_jpeg
+
     job = _owned(conn, job_id, user)
     data = item_image(conn, job.id, index) if job is not None else None
-    small = thumbnail_jpeg(data) if data is not None else None
+    small = thumbnail_jpeg(data, max_pixels=settings.max_image_pixels) if data else None
     if small is None:
         return Response(status_code=status.HTTP_404_NOT_FOUND)
     # A stored input never changes: the browser may keep its thumbnail (private: per user).

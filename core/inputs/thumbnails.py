@@ -10,16 +10,23 @@ import io
 
 from PIL import Image
 
-from core.inputs.image_decode import ImageDecodeError, decode_image
+from core.inputs.image_decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
 THUMBNAIL_EDGE = 160  # pixels, the shorter side
 JPEG_QUALITY = 80
 
 
-def thumbnail_jpeg(data: bytes, edge: int = THUMBNAIL_EDGE) -> bytes | None:
-    """A JPEG of ``data`` with its shorter side at most ``edge``; None if undecodable."""
+def thumbnail_jpeg(
+    data: bytes, edge: int = THUMBNAIL_EDGE, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> bytes | None:
+    """A JPEG of ``data`` with its shorter side at most ``edge``; None if undecodable.
+
+    Args:
+        max_pixels: The scoring limit (``Settings.max_image_pixels``): an image the workers
+            would refuse is not decoded here either.
+    """
     try:
-        pixels = decode_image(data, edge, fit="shorter_side")
+        pixels = decode_image(data, edge, fit="shorter_side", max_pixels=max_pixels)
     except ImageDecodeError:
         return None
     out = io.BytesIO()

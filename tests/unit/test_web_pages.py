@@ -245,3 +245,25 @@ def test_docs_are_served_without_a_cdn(api: UnitApi) -> None:
     for url in scripts:
         assert api.client.get(url).status_code == 200, url
     assert api.client.get("/redoc").status_code == 404
+
+
+def test_an_image_over_the_pixel_limit_gets_no_thumbnail(tmp_path: Path) -> None:
+    with unit_api(tmp_path, max_image_pixels=10_000) as api:
+        image = base64.b64encode(_png((0, 90, 0))).decode()  # 400 x 300 = 120,000 pixels
+        body = {"model": IMAGE_MODEL, "inputs": [{"id": "big.png", "image_base64": image}]}
+        answer = api.client.post(
+            "/v1/jobs", json=body, headers={"Authorization": f"Bearer {api.key}"}
+        )
+        job_id = answer.json()["id"]
+        sign_in(api, api.key)
+        assert api.client.get(f"/jobs/{job_id}/thumbs/0.jpg").status_code == 404
+
+
+def test_ids_that_cannot_be_ids_answer_404_not_500(api: UnitApi) -> None:
+    sign_in(api, api.key)
+    for job_id in ("%00", "x" * 300, "%ED%A0%80"):
+        assert api.client.get(f"/jobs/{job_id}").status_code == 404, job_id
+        assert api.client.get(f"/jobs/{job_id}/progress").status_code == 404, job_id
+    job_id = api.post_job(["a"]).json()["id"]
+    assert api.client.get(f"/jobs/{job_id}/thumbs/99999999999.jpg").status_code == 422
+    assert api.client.get(f"/jobs/{job_id}/thumbs/0.jpg").status_code == 404  # a text item
