@@ -20,6 +20,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -53,8 +54,9 @@ from core.jobs.priority import Priority
 from core.jobs.result_view import ResultFilter, filtered_page, item_image
 from core.jobs.results import label_counts, stream_results
 from core.jobs.status import JobStatus
-from core.keys import authenticate
+from core.keys import authenticate, key_hash_of
 from core.queues import BrokerUnavailable
+from core.rate_limit import RateLimiter
 from core.tables import MAX_INTEGER
 from core.web_sessions import close_session, open_session
 
@@ -67,8 +69,22 @@ CHART_LABELS = 20  # bars in the label chart; the rest are summed as "other labe
 LABEL_CHOICES = 200  # labels offered by the results filter, most frequent first
 
 
+# Pages load only this site's files; no other site may frame them (clickjacking) or receive
+# their URLs (which hold job ids) as a referrer. Inline style attributes draw the progress
+# bars; there is no inline script.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
 def _page(request: Request, name: str, context: dict[str, Any], code: int = 200) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=code)
+    return templates.TemplateResponse(
+        request, name, context, status_code=code, headers=PAGE_HEADERS
+    )
 
 
 def _not_found(request: Request, user: SignedIn, what: str) -> HTMLResponse:
@@ -304,7 +320,12 @@ def submit_form(
 
 
 def _submit_page(
-    request: Request, user: SignedIn, conn: Any, settings: Any, error: str | None = None
+    request: Request,
+    user: SignedIn,
+    conn: Any,
+    settings: Any,
+    error: str | None = None,
+    error_code: int = 422,
 ) -> HTMLResponse:
     context = {
         "user": user,
@@ -312,7 +333,7 @@ def _submit_page(
         "priorities": [level.value for level in Priority],
         "error": error,
     }
-    code = 422 if error else status.HTTP_200_OK
+    code = error_code if error else status.HTTP_200_OK
     return _page(request, "submit.html", context, code)
 
 
@@ -353,6 +374,23 @@ async def _read_form(request: Request, user: SignedIn, settings: Any) -> Submiss
     return with_options(parsed, None, priority, None, False)
 
 
+def _take_submission_token(request: Request, engine: Engine, user: SignedIn) -> None:
+    """The key's submission rate limit, shared with its API calls (one bucket per key)."""
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is None:
+        return
+    with engine.connect() as conn:
+        digest = key_hash_of(conn, user.key_id) or f"key-id:{user.key_id}"
+    decision = limiter.take(digest[:32])
+    if not decision.allowed:
+        raise ApiError(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "rate_limited",
+            f"this API key may submit {limiter.per_minute} jobs a minute; "
+            f"retry in {decision.retry_after_s} s",
+        )
+
+
 @router.post("/submit")
 async def submit_job_form(
     request: Request,
@@ -363,12 +401,13 @@ async def submit_job_form(
 ) -> Response:
     try:
         submission = await _read_form(request, user, settings)
+        await run_in_threadpool(_take_submission_token, request, engine, user)
         job, _ = await run_in_threadpool(
             submit, engine, queue, settings, user.key_id, submission, None
         )
     except ApiError as exc:
         with engine.connect() as conn:
-            return _submit_page(request, user, conn, settings, exc.detail)
+            return _submit_page(request, user, conn, settings, exc.detail, exc.status_code)
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 

@@ -16,6 +16,8 @@ from PIL import Image
 from sqlalchemy import select
 
 from api.web.session import COOKIE
+from core.keys import hash_key
+from core.rate_limit import Decision
 from core.tables import web_sessions
 from core.web_sessions import csrf_token
 
@@ -267,3 +269,38 @@ def test_ids_that_cannot_be_ids_answer_404_not_500(api: UnitApi) -> None:
     job_id = api.post_job(["a"]).json()["id"]
     assert api.client.get(f"/jobs/{job_id}/thumbs/99999999999.jpg").status_code == 422
     assert api.client.get(f"/jobs/{job_id}/thumbs/0.jpg").status_code == 404  # a text item
+
+
+class OneJobLimiter:
+    """A rate limiter that allows one submission per bucket (the real one is in Redis)."""
+
+    per_minute = 1
+
+    def __init__(self) -> None:
+        self.buckets: list[str] = []
+
+    def take(self, bucket: str) -> Decision:
+        self.buckets.append(bucket)
+        return Decision(allowed=self.buckets.count(bucket) == 1, retry_after_s=7)
+
+    def close(self) -> None:
+        pass
+
+
+def test_page_submissions_share_the_keys_rate_limit(api: UnitApi) -> None:
+    limiter = OneJobLimiter()
+    api.client.app.state.rate_limiter = limiter  # type: ignore[attr-defined]
+    csrf = sign_in(api, api.key)
+    form = {"model": "tiny", "texts": "one", "csrf": csrf}
+    assert api.client.post("/submit", data=form, follow_redirects=False).status_code == 303
+    refused = api.client.post("/submit", data=form)
+    assert refused.status_code == 429 and "retry in 7 s" in refused.text
+    assert limiter.buckets == [hash_key(api.key)[:32]] * 2  # the bucket of its API calls
+
+
+def test_pages_forbid_framing_and_foreign_scripts(api: UnitApi) -> None:
+    sign_in(api, api.key)
+    headers = api.client.get("/jobs").headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "script-src" not in headers["content-security-policy"]  # default-src 'self'
+    assert headers["x-frame-options"] == "DENY"
