@@ -40,6 +40,7 @@ from api.submission import (
 from api.waiting import job_view
 from api.web.actions import NOTICES, run_action
 from api.web.catalog import catalog_rows
+from api.web.schedules import owned_schedules
 from api.web.session import (
     COOKIE,
     OptionalUser,
@@ -421,6 +422,15 @@ def models_page(
         live = None
     context = {"user": user, "models": catalog_rows(conn, settings, user.key_id), "live": live}
     return _page(request, "models.html", context)
+
+
+@router.get("/schedules", response_class=HTMLResponse)
+def schedules_page(
+    request: Request, user: SignedIn, conn: ConnDep, settings: SettingsDep
+) -> HTMLResponse:
+    rows, error = owned_schedules(conn, settings, user.key_id)
+    context = {"user": user, "rows": rows, "error": error, "zone": settings.schedule_timezone}
+    return _page(request, "schedules.html", context)
 
 
 @router.get("/workers", response_class=HTMLResponse)

@@ -210,7 +210,7 @@ def test_submit_watch_filter_download_and_escape(site: Site, tmp_path: Path) -> 
 
     site.open("/jobs")
     assert job_id[:8] in site.text("jobs-table")
-    for page in ("submit", "models"):
+    for page in ("submit", "models", "schedules"):
         site.open(f"/{page}")
         site.shot(page)
 

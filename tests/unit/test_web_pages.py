@@ -8,6 +8,7 @@ import base64
 import io
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy import select
 from api.web.session import COOKIE
 from core.keys import hash_key
 from core.rate_limit import Decision
+from core.schedules.runs import RunStatus, claim, set_run
 from core.tables import web_sessions
 from core.web_sessions import csrf_token
 
@@ -38,7 +40,7 @@ def sign_in(api: UnitApi, key: str) -> str:
 
 
 def test_pages_need_a_session_and_send_to_the_sign_in_page(api: UnitApi) -> None:
-    for path in ("/jobs", "/submit", "/models", "/workers", "/jobs/x"):
+    for path in ("/jobs", "/submit", "/models", "/schedules", "/workers", "/jobs/x"):
         answer = api.client.get(path, follow_redirects=False)
         assert answer.status_code == 303, path
         assert answer.headers["location"].startswith("/signin")
@@ -304,3 +306,24 @@ def test_pages_forbid_framing_and_foreign_scripts(api: UnitApi) -> None:
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     assert "script-src" not in headers["content-security-policy"]  # default-src 'self'
     assert headers["x-frame-options"] == "DENY"
+
+
+def test_schedules_page_shows_the_keys_schedules_with_their_runs(api: UnitApi) -> None:
+    with api.settings.models.open("a", encoding="utf-8") as models:
+        models.write(
+            '\n[schedules.mine]\ncron = "0 2 * * *"\nmodel = "tiny"\nsource = "jsonl"\n'
+            'path = "incoming/*.jsonl"\nowner_key = "owner"\n'
+            '\n[schedules.theirs]\ncron = "0 3 * * *"\nmodel = "tiny"\nsource = "jsonl"\n'
+            'path = "other/*.jsonl"\nowner_key = "stranger"\n'
+        )
+    job_id = api.post_job(["a", "b"]).json()["id"]
+    fake_scores(api.engine, job_id, [0, 1])
+    run_id = claim(api.engine, "mine", datetime(2026, 12, 1, 2, 0, tzinfo=UTC))
+    assert run_id is not None
+    with api.engine.begin() as conn:
+        set_run(conn, run_id, status=RunStatus.RUNNING, job_id=job_id, items=2)
+    sign_in(api, api.key)
+    page = api.client.get("/schedules").text
+    assert 'id="schedule-mine"' in page and "theirs" not in page
+    assert f'href="/jobs/{job_id}"' in page and "2026-12-01 02:00" in page
+    assert "next due" in page
