@@ -22,7 +22,13 @@ def catalog_rows(conn: Connection, settings: Settings, key_id: int) -> list[dict
         specs = registry.models
     except RegistryError:
         specs = {}
-    listed = {name: CatalogModelOut.from_spec(spec) for name, spec in specs.items()}
+    listed = {
+        name: {**CatalogModelOut.from_spec(spec).model_dump(), "precision": spec.precision}
+        for name, spec in specs.items()
+    }
     for model in list_trained(conn, visible_to=key_id):
-        listed.setdefault(model.name, CatalogModelOut.from_trained(model, specs.get(model.base)))
-    return [listed[name].model_dump() for name in sorted(listed)]
+        base = specs.get(model.base)
+        row = CatalogModelOut.from_trained(model, base).model_dump()
+        # A trained head runs on its base's features, at the base's precision.
+        listed.setdefault(model.name, {**row, "precision": base.precision if base else ""})
+    return [listed[name] for name in sorted(listed)]

@@ -56,6 +56,7 @@ from core.jobs.result_view import ResultFilter, filtered_page, item_image
 from core.jobs.results import label_counts, stream_results
 from core.jobs.status import JobStatus
 from core.keys import authenticate, key_hash_of
+from core.models.trained import list_versions
 from core.queues import BrokerUnavailable
 from core.rate_limit import RateLimiter
 from core.tables import MAX_INTEGER
@@ -422,6 +423,28 @@ def models_page(
         live = None
     context = {"user": user, "models": catalog_rows(conn, settings, user.key_id), "live": live}
     return _page(request, "models.html", context)
+
+
+@router.get("/models/{name}", response_class=HTMLResponse)
+def model_page(
+    request: Request,
+    name: str,
+    user: SignedIn,
+    conn: ConnDep,
+    settings: SettingsDep,
+    version: Annotated[int | None, Query(ge=1, le=MAX_INTEGER)] = None,
+) -> HTMLResponse:
+    """A model the key may name; a trained one with its evaluation and versions."""
+    row = next((m for m in catalog_rows(conn, settings, user.key_id) if m["name"] == name), None)
+    if row is None:
+        return _not_found(request, user, f"model {name}")
+    versions = list_versions(conn, name, visible_to=user.key_id) if row.get("version") else []
+    shown = next((v for v in versions if version in (None, v.version)), None)
+    matrix = shown.metrics.get("confusion_matrix") if shown else None
+    # The darkest cell of the confusion matrix picture is its largest count.
+    peak = max((value for line in matrix or [] for value in line), default=1) or 1
+    context = {"user": user, "model": row, "versions": versions, "shown": shown, "peak": peak}
+    return _page(request, "model.html", context)
 
 
 @router.get("/schedules", response_class=HTMLResponse)

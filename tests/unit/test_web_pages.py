@@ -17,7 +17,9 @@ from PIL import Image
 from sqlalchemy import select
 
 from api.web.session import COOKIE
-from core.keys import hash_key
+from core.keys import authenticate, hash_key
+from core.models.registry import Registry
+from core.models.trained import register_trained_model
 from core.rate_limit import Decision
 from core.schedules.runs import RunStatus, claim, set_run
 from core.tables import web_sessions
@@ -327,3 +329,54 @@ def test_schedules_page_shows_the_keys_schedules_with_their_runs(api: UnitApi) -
     assert 'id="schedule-mine"' in page and "theirs" not in page
     assert f'href="/jobs/{job_id}"' in page and "2026-12-01 02:00" in page
     assert "next due" in page
+
+
+def _register(api: UnitApi, name: str, key: str, accuracy: float) -> None:
+    base = Registry.load(api.settings.models).models["tiny"]
+    metrics = {
+        "accuracy": accuracy,
+        "macro_f1": 0.7,
+        "per_label": {
+            "good": {"precision": 0.8, "recall": 0.9, "f1": 0.847, "support": 10},
+            "bad": {"precision": 0.6, "recall": 0.5, "f1": 0.545, "support": 6},
+        },
+        "confusion_matrix": [[9, 1], [3, 3]],
+    }
+    with api.engine.begin() as conn:
+        register_trained_model(
+            conn,
+            name=name,
+            base=base,
+            labels=["good", "bad"],
+            metrics=metrics,
+            head=b"head",
+            job_id=None,
+            owner_key_id=authenticate(conn, key),
+        )
+
+
+def test_model_page_shows_a_trained_models_evaluation_and_versions(api: UnitApi) -> None:
+    _register(api, "my-labels", api.key, 0.70)
+    _register(api, "my-labels", api.key, 0.75)
+    _register(api, "their-labels", api.other_key, 0.9)
+    sign_in(api, api.key)
+    listing = api.client.get("/models").text
+    assert 'href="/models/my-labels"' in listing and "their-labels" not in listing
+    assert "<td>fp32</td>" in listing  # precision
+    page = api.client.get("/models/my-labels").text
+    assert "my-labels v2" in page and ">0.750<" in page
+    assert re.findall(r"<td>(good|bad)</td><td class=\"num\">([0-9.]+)</td>", page) == [
+        ("good", "0.800"),
+        ("bad", "0.600"),
+    ]
+    cells = re.findall(r"<title>(\w+) → (\w+): (\d+)</title>", page)
+    assert cells == [
+        ("good", "good", "9"),
+        ("good", "bad", "1"),
+        ("bad", "good", "3"),
+        ("bad", "bad", "3"),
+    ]
+    assert 'href="/models/my-labels?version=1"' in page
+    assert "my-labels v1" in api.client.get("/models/my-labels", params={"version": 1}).text
+    assert api.client.get("/models/their-labels").status_code == 404
+    assert "Model tiny" in api.client.get("/models/tiny").text
