@@ -36,6 +36,7 @@ from core.migrate import upgrade
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 TEXT_MODEL = "tiny"
+TEXTS = 5000  # 25 chunks of 200: the job is still active when its page first loads
 IMAGE_MODEL = "imagenet-lite"
 
 
@@ -166,17 +167,21 @@ def _texts_file(folder: Path, rows: list[tuple[str, str]]) -> Path:
 
 def test_submit_watch_filter_download_and_escape(site: Site, tmp_path: Path) -> None:
     site.sign_in(site.key)
-    rows = [(f"t{i}", f"a fine review number {i}") for i in range(300)]
+    rows = [(f"t{i}", f"a fine review number {i}") for i in range(TEXTS)]
     rows[5] = ("t5", "")  # refused at intake: an error row
     rows[7] = ("t7", "<script>document.title='owned'</script>")
     job_id = site.submit_file(_texts_file(tmp_path, rows))
 
-    # The page was loaded once; its script moves the counts to completed without a reload.
+    # The page was loaded once, while the job was still active; its script moves the
+    # counts to completed without a reload (the marker set on this page survives).
+    assert site.driver.find_element(By.ID, "job-summary").get_attribute("data-final") == "false"
+    assert site.text("job-status") in ("queued", "running")
     site.driver.execute_script("window.loadedOnce = true;")
     site.wait(lambda _: site.text("job-status") == "completed", 180)
     assert site.driver.execute_script("return window.loadedOnce") is True
-    assert site.text("total") == "300"
-    assert int(site.text("succeeded")) + int(site.text("failed")) == 300
+    assert site.text("total") == str(TEXTS) and site.text("percent") == "100.0"
+    assert int(site.text("succeeded")) + int(site.text("failed")) == TEXTS
+    assert site.driver.find_element(By.ID, "reload-hint").is_displayed()
 
     site.open(f"/jobs/{job_id}")
     assert site.driver.title != "owned"
