@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Query, Request, status
 from fastapi import Path as FastApiPath
@@ -43,6 +44,7 @@ from api.web.catalog import catalog_rows
 from api.web.schedules import owned_schedules
 from api.web.session import (
     COOKIE,
+    CsrfRefused,
     OptionalUser,
     SignedIn,
     check_csrf,
@@ -100,6 +102,14 @@ def _safe_next(target: str | None) -> str:
     return "/jobs"
 
 
+def _same_site(request: Request) -> bool:
+    """Whether the request's ``Origin`` (sent by browsers with every POST) is this host."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # not a browser's cross-site form post (browsers send Origin with those)
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
 @router.get("/", response_class=HTMLResponse)
 def home(user: OptionalUser) -> Response:
     return RedirectResponse("/jobs" if user else "/signin", status_code=status.HTTP_303_SEE_OTHER)
@@ -119,8 +129,12 @@ def sign_in(
     api_key: Annotated[str, Form(max_length=400)] = "",
     next_path: Annotated[str, Form(alias="next", max_length=2000)] = "/jobs",
 ) -> Response:
-    # The sign-in form carries no CSRF token (there is no session yet); SameSite=Strict on
-    # the cookie it sets, and a key only its owner knows, are what protect it.
+    # The sign-in form carries no CSRF token (there is no session yet). Another site's page
+    # posting its own key here would sign the visitor in as that key (login CSRF), and what
+    # they then submit would land in that key's jobs: a browser names the posting page's
+    # origin, which must be this site.
+    if not _same_site(request):
+        raise CsrfRefused()
     with engine.begin() as conn:
         key_id = authenticate(conn, api_key.strip())
         token = open_session(conn, key_id) if key_id is not None else None

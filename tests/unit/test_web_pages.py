@@ -380,3 +380,13 @@ def test_model_page_shows_a_trained_models_evaluation_and_versions(api: UnitApi)
     assert "my-labels v1" in api.client.get("/models/my-labels", params={"version": 1}).text
     assert api.client.get("/models/their-labels").status_code == 404
     assert "Model tiny" in api.client.get("/models/tiny").text
+
+
+def test_sign_in_from_another_sites_page_is_refused(api: UnitApi) -> None:
+    data = {"api_key": api.key}
+    foreign = {"Origin": "https://evil.example"}
+    refused = api.client.post("/signin", data=data, headers=foreign, follow_redirects=False)
+    assert refused.status_code == 403 and COOKIE not in refused.cookies
+    own = {"Origin": "http://testserver"}
+    answer = api.client.post("/signin", data=data, headers=own, follow_redirects=False)
+    assert answer.status_code == 303
