@@ -17,7 +17,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from api.web.session import COOKIE
-from core.keys import authenticate, hash_key
+from core.keys import authenticate, hash_key, revoke_key
 from core.models.registry import Registry
 from core.models.trained import register_trained_model
 from core.rate_limit import Decision
@@ -390,3 +390,11 @@ def test_sign_in_from_another_sites_page_is_refused(api: UnitApi) -> None:
     own = {"Origin": "http://testserver"}
     answer = api.client.post("/signin", data=data, headers=own, follow_redirects=False)
     assert answer.status_code == 303
+
+
+def test_a_revoked_keys_sessions_stop_at_once(api: UnitApi) -> None:
+    sign_in(api, api.key)
+    assert api.client.get("/jobs", follow_redirects=False).status_code == 200
+    with api.engine.begin() as conn:
+        revoke_key(conn, "owner")
+    assert api.client.get("/jobs", follow_redirects=False).status_code == 303
