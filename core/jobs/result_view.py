@@ -42,24 +42,39 @@ def filtered_page(
         conditions.append(results.c.error.is_not(None))
     if result_filter.score_below is not None:
         conditions.append(results.c.score < result_filter.score_below)
-    query = (
+    # The page of results first (keyset on their primary key, LIMIT), then the texts of
+    # just those rows: a join before the LIMIT may let the planner hash every item of the job.
+    page = (
         select(
+            results.c.job_id,
             results.c.index,
             results.c.item_id,
             results.c.label,
             results.c.score,
             results.c.top_k,
             results.c.error,
-            func.substr(items.c.text, 1, TEXT_PREVIEW_CHARS).label("text"),
-        )
-        .select_from(
-            results.outerjoin(
-                items, and_(items.c.job_id == results.c.job_id, items.c.index == results.c.index)
-            )
         )
         .where(and_(*conditions))
         .order_by(results.c.index)
         .limit(limit)
+        .subquery("page")
+    )
+    query = (
+        select(
+            page.c.index,
+            page.c.item_id,
+            page.c.label,
+            page.c.score,
+            page.c.top_k,
+            page.c.error,
+            func.substr(items.c.text, 1, TEXT_PREVIEW_CHARS).label("text"),
+        )
+        .select_from(
+            page.outerjoin(
+                items, and_(items.c.job_id == page.c.job_id, items.c.index == page.c.index)
+            )
+        )
+        .order_by(page.c.index)
     )
     return [
         {
