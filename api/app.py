@@ -23,6 +23,7 @@ from api.operations import install_operations
 from api.problems import install_problem_handlers, problem_response
 from api.routes.jobs import JOB_UPLOAD_SCHEMA
 from api.schemas import JobRequest
+from api.web import install_web
 from core.config import Settings, get_settings
 from core.db import DbRole, get_engine, is_lock_timeout, is_session_ended, set_process_role
 from core.rate_limit import RateLimiter
@@ -73,7 +74,10 @@ def create_app(
             "Every error is `application/problem+json` (RFC 9457): `type`, `title`, "
             "`status`, `detail`, and a stable `code`."
         ),
-        docs_url="/docs",
+        # /docs is served from the service's own copy of Swagger UI (api.web.docs), not a
+        # CDN; ReDoc has no offline copy, so it is not served.
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -95,6 +99,7 @@ def create_app(
         routes.training,
     ):
         app.include_router(module.router)
+    install_web(app)  # the pages: /, /signin, /jobs, ... and /static
     install_operations(app, settings, queue)  # /metrics, request metrics, log context
     install_openapi(app, (JobRequest,), {"JobUpload": JOB_UPLOAD_SCHEMA})
     return app

@@ -144,3 +144,14 @@ def list_keys(conn: Connection, include_revoked: bool = True) -> list[ApiKey]:
         ApiKey(row.id, row.name, row.prefix, row.created_at, row.revoked_at)
         for row in conn.execute(query)
     ]
+
+
+def key_hash_of(conn: Connection, key_id: int) -> str | None:
+    """The stored SHA-256 of key ``key_id`` (None: no such key): the bucket a browser's
+    session shares with its key's API calls in the submission rate limit."""
+    return conn.scalar(select(api_keys.c.key_hash).where(api_keys.c.id == key_id))
+
+
+def key_name_of(conn: Connection, key_id: int) -> str | None:
+    """The name of key ``key_id`` (None: no such key); a schedule's ``owner_key`` names it."""
+    return conn.scalar(select(api_keys.c.name).where(api_keys.c.id == key_id))

@@ -163,6 +163,18 @@ result_cache = Table(
     Index("ix_result_cache_created_at", "created_at"),
 )
 
+# Web sessions (api/web): a signed-in browser's cookie holds a random token; only its
+# SHA-256 is stored, so a leaked database yields no usable session.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("key_id", Integer, ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_web_sessions_expires_at", "expires_at"),
+)
+
 # Error rows waiting to be replaced by a retry (core.jobs.retry_marks): the mark is deleted
 # in the very transaction that replaces its row, so a redelivered chunk finds no mark and
 # writes nothing, and a job completes only once no mark of it is left.

@@ -259,6 +259,7 @@ def list_jobs(
     status: JobStatus | None = None,
     limit: int = 50,
     before: tuple[datetime, str] | None = None,
+    model: str | None = None,
 ) -> list[Job]:
     """Newest first: by ``created_at``, then ``id``, both descending (a total order).
 
@@ -272,6 +273,8 @@ def list_jobs(
         query = query.where(jobs.c.owner_key_id == owner_key_id)
     if status is not None:
         query = query.where(jobs.c.status == status.value)
+    if model is not None:
+        query = query.where(jobs.c.model == model)
     if before is not None:
         created_at, job_id = before
         query = query.where(

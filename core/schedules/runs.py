@@ -133,6 +133,17 @@ def latest_runs(conn: Connection, schedules: Iterable[str]) -> dict[str, RunView
     return {view.schedule: view for view in map(_view, conn.execute(query))}
 
 
+def recent_runs(conn: Connection, schedule: str, limit: int = 10) -> list[RunView]:
+    """The schedule's ``limit`` most recently claimed runs, newest first."""
+    query = (
+        _view_query()
+        .where(schedule_runs.c.schedule == schedule)
+        .order_by(schedule_runs.c.id.desc())
+        .limit(limit)
+    )
+    return [_view(row) for row in conn.execute(query)]
+
+
 def open_runs(conn: Connection, schedules: Iterable[str]) -> list[RunView]:
     """The runs still claimed or running, oldest first."""
     query = (
