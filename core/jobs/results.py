@@ -38,7 +38,7 @@ from core.jobs.bulk_copy import copy_new_rows, is_postgresql
 from core.jobs.expiry import expire_job
 from core.jobs.predictions import Prediction
 from core.jobs.status import ACTIVE_JOB_STATES, JobStatus
-from core.tables import jobs, results, retry_items
+from core.tables import items, jobs, results, retry_items
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,8 +304,8 @@ def scored_indexes_many(
     return found
 
 
-def _as_dict(row: Any) -> dict[str, Any]:
-    return {
+def _as_dict(row: Any, with_input: bool = False) -> dict[str, Any]:
+    found = {
         "index": row.index,
         "id": row.item_id,
         "label": row.label,
@@ -313,22 +313,38 @@ def _as_dict(row: Any) -> dict[str, Any]:
         "top_k": row.top_k,
         "error": row.error,
         "cached": row.cached,
+        # The input's kept columns / JSON metadata (None when it carried none).
+        "metadata": row.metadata,
     }
+    if with_input:
+        found["input"] = row.input
+    return found
 
 
-def _page_query(job_id: str, after: int, limit: int, top_k_text: bool = False) -> Any:
+def _page_query(
+    job_id: str, after: int, limit: int, top_k_text: bool = False, with_input: bool = False
+) -> Any:
     # As text, top_k skips a JSON parse here and a re-encode in the export (see core.jobs.export).
     top_k = cast(results.c.top_k, Text).label("top_k") if top_k_text else results.c.top_k
+    columns = [
+        results.c.index,
+        results.c.item_id,
+        results.c.label,
+        results.c.score,
+        top_k,
+        results.c.error,
+        results.c.cached,
+        items.c.metadata,
+    ]
+    if with_input:
+        columns.append(items.c.text.label("input"))
+    # An outer join by primary key: a result row is never lost for want of its item.
+    joined = results.outerjoin(
+        items, and_(items.c.job_id == results.c.job_id, items.c.index == results.c.index)
+    )
     return (
-        select(
-            results.c.index,
-            results.c.item_id,
-            results.c.label,
-            results.c.score,
-            top_k,
-            results.c.error,
-            results.c.cached,
-        )
+        select(*columns)
+        .select_from(joined)
         .where(and_(results.c.job_id == job_id, results.c.index > after))
         .order_by(results.c.index)
         .limit(limit)
@@ -336,13 +352,20 @@ def _page_query(job_id: str, after: int, limit: int, top_k_text: bool = False) -
 
 
 def read_page(
-    conn: Connection, job_id: str, after: int = -1, limit: int = 100, top_k_text: bool = False
+    conn: Connection,
+    job_id: str,
+    after: int = -1,
+    limit: int = 100,
+    top_k_text: bool = False,
+    with_input: bool = False,
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` result rows with ``index > after``, in index order.
 
-    With ``top_k_text`` each row's ``top_k`` is the stored JSON text (or None), unparsed.
+    With ``top_k_text`` each row's ``top_k`` is the stored JSON text (or None), unparsed;
+    with ``with_input`` each row has ``input``, the input's text (None for an image).
     """
-    return [_as_dict(row) for row in conn.execute(_page_query(job_id, after, limit, top_k_text))]
+    query = _page_query(job_id, after, limit, top_k_text, with_input)
+    return [_as_dict(row, with_input) for row in conn.execute(query)]
 
 
 def _keyset_pages(
@@ -358,16 +381,25 @@ def _keyset_pages(
 
 
 def iter_results(
-    conn: Connection, job_id: str, page_size: int = 5000, top_k_text: bool = False
+    conn: Connection,
+    job_id: str,
+    page_size: int = 5000,
+    top_k_text: bool = False,
+    with_input: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Every result row of a job in index order, read a page at a time (keyset paging)."""
     return _keyset_pages(
-        lambda after: read_page(conn, job_id, after, page_size, top_k_text), page_size
+        lambda after: read_page(conn, job_id, after, page_size, top_k_text, with_input),
+        page_size,
     )
 
 
 def stream_results(
-    engine: Engine, job_id: str, page_size: int = 5000, top_k_text: bool = False
+    engine: Engine,
+    job_id: str,
+    page_size: int = 5000,
+    top_k_text: bool = False,
+    with_input: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """:func:`iter_results` for a consumer as slow as a download: each page is read in a
     transaction of its own, so none stays open (idle, and ended by the server after
@@ -375,9 +407,19 @@ def stream_results(
 
     def read(after: int) -> list[dict[str, Any]]:
         with engine.connect() as conn:
-            return read_page(conn, job_id, after, page_size, top_k_text)
+            return read_page(conn, job_id, after, page_size, top_k_text, with_input)
 
     return _keyset_pages(read, page_size)
+
+
+def has_item_metadata(conn: Connection, job_id: str) -> bool:
+    """Whether any input of the job carried metadata (a CSV export then has the column)."""
+    query = (
+        select(items.c.index)
+        .where(and_(items.c.job_id == job_id, items.c.metadata.is_not(None)))
+        .limit(1)
+    )
+    return conn.execute(query).first() is not None
 
 
 def label_counts(conn: Connection, job_id: str) -> dict[str, int]:
