@@ -69,6 +69,8 @@ class _Chunks:
 
     def __init__(self) -> None:
         self._pieces: list[bytes] = []
+        # pyarrow's PythonFile reads these file-object attributes.
+        self.closed = False
 
     def write(self, data: Any) -> int:
         self._pieces.append(bytes(data))
@@ -76,6 +78,9 @@ class _Chunks:
 
     def flush(self) -> None:
         pass
+
+    def close(self) -> None:
+        self.closed = True
 
     def take(self) -> bytes:
         data = b"".join(self._pieces)
