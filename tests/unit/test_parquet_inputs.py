@@ -111,7 +111,7 @@ def test_kept_columns_of_csv_and_jsonl_and_their_limits() -> None:
     )
     with pytest.raises(ColumnChoiceError, match="at most 16 columns"):
         InputColumns.parse(None, None, ",".join(f"c{n}" for n in range(17)))
-    with pytest.raises(InputFileError, match="a .txt file has no columns to keep"):
+    with pytest.raises(InputFileError, match=r"a \.txt file has no columns to keep"):
         parse_text_bytes(b"hi\n", ".txt", MAX, "a.txt", columns)
 
 
