@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.inputs.items import (
+    ITEM_METADATA_MAX_KEY_CHARS,
     ITEM_METADATA_MAX_KEYS,
     ITEM_METADATA_MAX_VALUE_CHARS,
     unstorable,
@@ -35,6 +36,12 @@ class InputColumns:
             )
         if len(set(self.keep)) != len(self.keep) or any(not name for name in self.keep):
             raise ColumnChoiceError("the kept columns must be distinct, non-empty names")
+        long = [name for name in self.keep if len(name) > ITEM_METADATA_MAX_KEY_CHARS]
+        if long:
+            raise ColumnChoiceError(
+                f"a kept column's name is at most {ITEM_METADATA_MAX_KEY_CHARS} characters "
+                f"(it becomes a metadata key): {long[0][:80]!r}"
+            )
 
     @classmethod
     def parse(cls, text: str | None, id_: str | None, keep: str | None) -> InputColumns:

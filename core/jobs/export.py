@@ -73,6 +73,9 @@ def csv_lines(rows: Iterable[dict[str, Any]], extra: tuple[str, ...] = ()) -> It
     ``extra`` names columns of :data:`EXTRA_COLUMNS` written after the usual ones.
     """
     if extra:
+        unknown = [name for name in extra if name not in EXTRA_COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown CSV columns {unknown}; use some of {EXTRA_COLUMNS}")
         yield from _csv_lines_with(rows, extra)
         return
     buffer = io.StringIO()
