@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.table import Table
@@ -17,10 +18,16 @@ from core.inputs.text_files import InputFileError, read_text_file
 from core.jobs.export import export_lines, format_for_path
 from core.jobs.inputs_hash import inputs_difference, inputs_hash, stored_inputs_hash
 from core.jobs.lifecycle import get_job
-from core.jobs.parquet_export import parquet_pieces
+from core.jobs.parquet_export import ROW_GROUP_ROWS, parquet_pieces
 from core.jobs.requeue import RequeueRefused
 from core.jobs.requeue import retry_errors as retry_errors_of
-from core.jobs.results import cached_count, has_item_metadata, iter_results, label_counts
+from core.jobs.results import (
+    cached_count,
+    has_item_metadata,
+    iter_results,
+    label_counts,
+    stream_column_pages,
+)
 from core.jobs.status import JobDriver, JobStatus
 from core.migrate import upgrade
 from core.models.catalog import load_registry
@@ -42,12 +49,14 @@ def read_inputs(
 
 def write_export(conn: Connection, job_id: str, out: Path, fmt: str, with_input: bool) -> None:
     """The job's results into ``out`` as CSV, JSON Lines or Parquet (row groups)."""
-    rows = iter_results(conn, job_id, top_k_text=True, with_input=with_input)
     if fmt == "parquet":
+        # The one connection for every page (nullcontext: not closed after each).
+        pages = stream_column_pages(lambda: nullcontext(conn), job_id, ROW_GROUP_ROWS, with_input)
         with out.open("wb") as binary:
-            for chunk in parquet_pieces(rows, with_input):
+            for chunk in parquet_pieces(pages, with_input):
                 binary.write(chunk)
         return
+    rows = iter_results(conn, job_id, top_k_text=True, with_input=with_input)
     extra: tuple[str, ...] = ()
     if with_input or has_item_metadata(conn, job_id):
         extra = ("metadata", "input") if with_input else ("metadata",)

@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 from api.deps import ConnDep, EngineDep, OwnedJob
 from api.schemas import ResultPage, ResultRow
 from core.jobs.export import export_lines
-from core.jobs.parquet_export import parquet_pieces
-from core.jobs.results import has_item_metadata, read_page, stream_results
+from core.jobs.parquet_export import ROW_GROUP_ROWS, parquet_pieces
+from core.jobs.results import has_item_metadata, read_page, stream_column_pages, stream_results
 from core.tables import MAX_INTEGER
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"])
@@ -120,9 +120,10 @@ def _export(
 ) -> Iterator[bytes]:
     # Not the request's connection (released once the handler returns, while this is still
     # streamed), and no transaction held across pages: a slow client must not keep one open.
-    rows = stream_results(engine, job_id, top_k_text=True, with_input=with_input)
     if fmt == "parquet":
-        yield from parquet_pieces(rows, with_input)
+        pages = stream_column_pages(engine.connect, job_id, ROW_GROUP_ROWS, with_input)
+        yield from parquet_pieces(pages, with_input)
         return
+    rows = stream_results(engine, job_id, top_k_text=True, with_input=with_input)
     for piece in export_lines(rows, fmt, extra):
         yield piece.encode("utf-8")

@@ -1,21 +1,26 @@
 """Result rows as a Parquet file, written a row group at a time.
 
-Each group of :data:`ROW_GROUP_ROWS` rows is converted to Arrow columns, written, and the
-bytes the writer produced so far are handed out before the next group is read: an export
-of millions of rows streams with the memory of one group, never the whole table.
+Each page of columns (:func:`core.jobs.results.stream_column_pages`, 10,000 rows) becomes
+one row group: converted to Arrow arrays, written, and the bytes the writer produced so far
+are handed out before the next page is read. An export of millions of rows streams with
+the memory of one group, never the whole table.
+
+Columns: ``index``, ``id``, ``label``, ``score``, ``top_k`` (a list of ``{label, score}``),
+``error``, ``cached``, ``metadata`` (a map of strings: the input's kept columns), and with
+``include=input`` ``input`` (the input's text).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import accumulate
 from typing import Any
 
 ROW_GROUP_ROWS = 10_000
 
 
-def _schema(with_input: bool) -> Any:
+def parquet_schema(with_input: bool) -> Any:
     # Deferred: pyarrow loads only for a Parquet export, not with the API's other routes.
     import pyarrow as pa
 
@@ -24,8 +29,8 @@ def _schema(with_input: bool) -> Any:
         pa.field("id", pa.string(), nullable=False),
         pa.field("label", pa.string()),
         pa.field("score", pa.float64()),
-        # [label, score] pairs as JSON's [[label, score], ...] is, as a nested list of structs.
-        pa.field("top_k", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))),
+        # JSON's [[label, score], ...] as a nested list of structs.
+        pa.field("top_k", pa.list_(_TOP_K_ITEM())),
         pa.field("error", pa.string()),
         pa.field("cached", pa.bool_(), nullable=False),
         pa.field("metadata", pa.map_(pa.string(), pa.string())),
@@ -35,33 +40,83 @@ def _schema(with_input: bool) -> Any:
     return pa.schema(fields)
 
 
-def _top_k(value: Any) -> list[dict[str, Any]] | None:
-    if isinstance(value, str):
-        value = json.loads(value) if value else None
-    if not value:
-        return None
-    return [{"label": label, "score": float(score)} for label, score in value]
-
-
-def _group_table(rows: list[dict[str, Any]], schema: Any, with_input: bool) -> Any:
-    # Deferred: see _schema.
+def _TOP_K_ITEM() -> Any:
+    # Deferred: see parquet_schema.
     import pyarrow as pa
 
-    columns: dict[str, list[Any]] = {
-        "index": [row["index"] for row in rows],
-        "id": [row["id"] for row in rows],
-        "label": [row["label"] for row in rows],
-        "score": [row["score"] for row in rows],
-        "top_k": [_top_k(row.get("top_k")) for row in rows],
-        "error": [row["error"] for row in rows],
-        "cached": [bool(row.get("cached")) for row in rows],
-        "metadata": [
-            list(row["metadata"].items()) if row.get("metadata") else None for row in rows
-        ],
-    }
-    if with_input:
-        columns["input"] = [row.get("input") for row in rows]
-    return pa.Table.from_pydict(columns, schema=schema)
+    return pa.struct([("label", pa.string()), ("score", pa.float64())])
+
+
+def _parse_all(values: list[Any]) -> list[Any]:
+    """Stored JSON texts (or already parsed values, or None) parsed in one ``json.loads``.
+
+    One call for a whole page: per-call overhead, not parsing, was most of the cost of a
+    call per row. A value that is not text is kept as it is.
+    """
+    if not any(isinstance(value, str) for value in values):
+        return values
+    texts = [value if isinstance(value, str) and value else "null" for value in values]
+    parsed: list[Any] = json.loads("[" + ",".join(texts) + "]")
+    return [
+        found if isinstance(value, str) else value
+        for value, found in zip(values, parsed, strict=True)
+    ]
+
+
+def _top_k_array(values: list[Any]) -> Any:
+    """``top_k`` stored as JSON text (``[["POSITIVE", 0.9], ...]``), a list or None, as
+    one Arrow list array built from flat labels, scores and offsets (no dict per pair)."""
+    # Deferred: see parquet_schema.
+    import pyarrow as pa
+
+    parsed = [pairs or () for pairs in _parse_all(values)]
+    labels = [pair[0] for pairs in parsed for pair in pairs]
+    scores = [pair[1] for pairs in parsed for pair in pairs]
+    offsets = list(accumulate((len(pairs) for pairs in parsed), initial=0))
+    item = _TOP_K_ITEM()
+    struct = pa.StructArray.from_arrays(
+        [pa.array(labels, pa.string()), pa.array(scores, pa.float64())], fields=list(item)
+    )
+    empty = pa.array([not pairs for pairs in parsed], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, mask=empty)
+
+
+def _metadata_array(values: list[Any], map_type: Any) -> Any:
+    """The inputs' metadata (JSON text or None) as one Arrow map array."""
+    # Deferred: see parquet_schema.
+    import pyarrow as pa
+
+    # Kept columns repeat (a language, a source): each distinct text is parsed once.
+    distinct = list(dict.fromkeys(values))
+    by_text = dict(zip(distinct, _parse_all(distinct), strict=True))
+    parsed = [by_text[value] or {} for value in values]
+    keys = [key for found in parsed for key in found]
+    texts = [text for found in parsed for text in found.values()]
+    offsets = list(accumulate((len(found) for found in parsed), initial=0))
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, pa.int32()),
+        pa.array(keys, pa.string()),
+        pa.array(texts, pa.string()),
+        type=map_type,
+        mask=pa.array([not found for found in parsed], pa.bool_()),
+    )
+
+
+def _group_table(page: dict[str, list[Any]], schema: Any) -> Any:
+    # Deferred: see parquet_schema.
+    import pyarrow as pa
+
+    columns = []
+    for field in schema:
+        if field.name == "top_k":
+            columns.append(_top_k_array(page["top_k"]))
+        elif field.name == "metadata":
+            columns.append(_metadata_array(page["metadata"], field.type))
+        elif field.name == "cached":
+            columns.append(pa.array([bool(flag) for flag in page["cached"]], pa.bool_()))
+        else:
+            columns.append(pa.array(page[field.name], field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class _Chunks:
@@ -89,19 +144,19 @@ class _Chunks:
 
 
 def parquet_pieces(
-    rows: Iterable[dict[str, Any]], with_input: bool = False, group_rows: int = ROW_GROUP_ROWS
+    pages: Iterable[dict[str, list[Any]]], with_input: bool = False
 ) -> Iterator[bytes]:
-    """The bytes of a Parquet file holding ``rows``, a row group per piece (about)."""
-    # Deferred: see _schema.
+    """The bytes of a Parquet file holding ``pages`` (columns: see the module), a piece per
+    page: each page is one row group."""
+    # Deferred: see parquet_schema.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _schema(with_input)
+    schema = parquet_schema(with_input)
     sink = _Chunks()
-    rows = iter(rows)
     with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd") as writer:
-        while group := list(islice(rows, group_rows)):
-            writer.write_table(_group_table(group, schema, with_input), row_group_size=group_rows)
+        for page in pages:
+            writer.write_table(_group_table(page, schema), row_group_size=len(page["index"]))
             piece = sink.take()
             if piece:
                 yield piece

@@ -245,22 +245,30 @@ def test_cli_submit_parquet_and_download_parquet(api: UnitApi, tmp_path: Path) -
 
 
 def test_a_parquet_export_comes_in_row_groups() -> None:
-    rows = (
-        {
-            "index": n,
-            "id": str(n),
-            "label": "POSITIVE",
-            "score": 0.5,
-            "top_k": None,
-            "error": None,
-            "cached": False,
-            "metadata": None,
+    def page(start: int, stop: int) -> dict[str, list[Any]]:
+        count = stop - start
+        return {
+            "index": list(range(start, stop)),
+            "id": [str(n) for n in range(start, stop)],
+            "label": ["POSITIVE"] * count,
+            "score": [0.5] * count,
+            "top_k": ['[["POSITIVE",0.5],["NEGATIVE",0.5]]', None, "null"] * (count // 3)
+            + [None] * (count % 3),
+            "error": [None] * count,
+            "cached": [False] * count,
+            "metadata": ['{"lang": "en"}', None] * (count // 2) + [None] * (count % 2),
         }
-        for n in range(25)
-    )
-    pieces = list(parquet_pieces(rows, group_rows=10))
+
+    pieces = list(parquet_pieces(iter([page(0, 10), page(10, 20), page(20, 25)])))
     # A piece per row group written, and the footer: never one piece for the whole file.
     assert len(pieces) >= 3
     parquet = pq.ParquetFile(io.BytesIO(b"".join(pieces)))
     assert parquet.metadata.num_row_groups == 3
-    assert parquet.read().column("index").to_pylist() == list(range(25))
+    table = parquet.read()
+    assert table.column("index").to_pylist() == list(range(25))
+    assert table.column("top_k").to_pylist()[:3] == [
+        [{"label": "POSITIVE", "score": 0.5}, {"label": "NEGATIVE", "score": 0.5}],
+        None,
+        None,
+    ]
+    assert table.column("metadata").to_pylist()[:2] == [[("lang", "en")], None]
