@@ -17,7 +17,7 @@ from core.inputs.items import InputItem
 from core.inputs.text_files import InputFileError, read_text_file
 from core.jobs.export import export_lines, format_for_path
 from core.jobs.inputs_hash import inputs_difference, inputs_hash, stored_inputs_hash
-from core.jobs.lifecycle import get_job
+from core.jobs.lifecycle import Job, get_job
 from core.jobs.parquet_export import ROW_GROUP_ROWS, parquet_pieces
 from core.jobs.requeue import RequeueRefused
 from core.jobs.requeue import retry_errors as retry_errors_of
@@ -47,11 +47,14 @@ def read_inputs(
     return read_text_file(source, max_chars, columns)
 
 
-def write_export(conn: Connection, job_id: str, out: Path, fmt: str, with_input: bool) -> None:
+def write_export(conn: Connection, job: Job, out: Path, fmt: str, with_input: bool) -> None:
     """The job's results into ``out`` as CSV, JSON Lines or Parquet (row groups)."""
+    job_id = job.id
     if fmt == "parquet":
         # The one connection for every page (nullcontext: not closed after each).
-        pages = stream_column_pages(lambda: nullcontext(conn), job_id, ROW_GROUP_ROWS, with_input)
+        pages = stream_column_pages(
+            lambda: nullcontext(conn), job_id, job.total, ROW_GROUP_ROWS, with_input
+        )
         with out.open("wb") as binary:
             for chunk in parquet_pieces(pages, with_input):
                 binary.write(chunk)
@@ -139,7 +142,8 @@ def run_score(
         labels = label_counts(conn, job.id)
         from_cache = cached_count(conn, job.id)
         if out is not None and fmt is not None:
-            write_export(conn, job.id, out, fmt, with_input=bool(include))
+            assert final is not None
+            write_export(conn, final, out, fmt, with_input=bool(include))
     assert final is not None
     scored_now = run.scored
     if as_json:

@@ -84,7 +84,7 @@ def results(
             if with_input:
                 extra = ("metadata", "input")
         return StreamingResponse(
-            _export(engine, job.id, fmt, with_input, extra),
+            _export(engine, job.id, job.total, fmt, with_input, extra),
             media_type=MEDIA_TYPES[fmt],
             headers={"Content-Disposition": f'attachment; filename="{job.id}.{fmt}"'},
         )
@@ -116,12 +116,12 @@ def contiguous_from(rows: list[dict[str, Any]], after: int) -> list[dict[str, An
 
 
 def _export(
-    engine: Engine, job_id: str, fmt: str, with_input: bool, extra: tuple[str, ...]
+    engine: Engine, job_id: str, total: int, fmt: str, with_input: bool, extra: tuple[str, ...]
 ) -> Iterator[bytes]:
     # Not the request's connection (released once the handler returns, while this is still
     # streamed), and no transaction held across pages: a slow client must not keep one open.
     if fmt == "parquet":
-        pages = stream_column_pages(engine.connect, job_id, ROW_GROUP_ROWS, with_input)
+        pages = stream_column_pages(engine.connect, job_id, total, ROW_GROUP_ROWS, with_input)
         yield from parquet_pieces(pages, with_input)
         return
     rows = stream_results(engine, job_id, top_k_text=True, with_input=with_input)

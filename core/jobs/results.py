@@ -442,13 +442,32 @@ COLUMN_NAMES = ("index", "id", "label", "score", "top_k", "error", "cached", "me
 
 
 def read_column_page(
-    conn: Connection, job_id: str, after: int, limit: int, with_input: bool = False
+    conn: Connection, job_id: str, start: int, stop: int, with_input: bool = False
 ) -> ColumnPage:
-    """Up to ``limit`` result rows with ``index > after`` as columns (lists), for exports
-    that want columns (Parquet): no dict per row, ``top_k`` and ``metadata`` as stored JSON
-    text (or None), ``input`` with ``with_input``. The items come from one index range scan
-    (see :func:`_attach_items`)."""
-    rows = conn.execute(_page_query(job_id, after, limit, top_k_text=True)).all()
+    """The result rows with ``start <= index < stop`` as columns (lists), for exports that
+    want columns (Parquet): no dict per row, ``top_k`` and ``metadata`` as stored JSON text
+    (or None), ``input`` with ``with_input``.
+
+    A window of indexes, not ``index > after ... LIMIT``: without planner statistics (a job
+    stored a moment ago into a fresh table) PostgreSQL sorted every later row of the job for
+    each ``LIMIT`` page (218 ms a page at 1,000,000 rows, 2 ms with statistics); a bounded
+    window is cheap under any plan. The items come from one index range scan too.
+    """
+    window = and_(results.c.job_id == job_id, results.c.index >= start, results.c.index < stop)
+    query = (
+        select(
+            results.c.index,
+            results.c.item_id,
+            results.c.label,
+            results.c.score,
+            cast(results.c.top_k, Text).label("top_k"),
+            results.c.error,
+            results.c.cached,
+        )
+        .where(window)
+        .order_by(results.c.index)
+    )
+    rows = conn.execute(query).all()
     page: ColumnPage = {name: [] for name in COLUMN_NAMES}
     if with_input:
         page["input"] = []
@@ -459,14 +478,8 @@ def read_column_page(
     wanted = [items.c.index, cast(items.c.metadata, Text)]
     if with_input:
         wanted.append(items.c.text)
-    query = select(*wanted).where(
-        and_(
-            items.c.job_id == job_id,
-            items.c.index >= page["index"][0],
-            items.c.index <= page["index"][-1],
-        )
-    )
-    found = {item[0]: item for item in conn.execute(query).all()}
+    in_window = and_(items.c.job_id == job_id, items.c.index >= start, items.c.index < stop)
+    found = {item[0]: item for item in conn.execute(select(*wanted).where(in_window)).all()}
     missing = (None, None, None)
     stored = [found.get(index, missing) for index in page["index"]]
     page["metadata"] = [item[1] for item in stored]
@@ -476,20 +489,21 @@ def read_column_page(
 
 
 def stream_column_pages(
-    open_conn: Callable[[], Any], job_id: str, page_size: int, with_input: bool = False
+    open_conn: Callable[[], Any],
+    job_id: str,
+    total: int,
+    page_size: int,
+    with_input: bool = False,
 ) -> Iterator[ColumnPage]:
-    """Every result row of a job as pages of columns, in index order; each page is read on
-    a connection of its own from ``open_conn`` (``engine.connect``), so no transaction stays
-    open while a slow consumer takes its time."""
-    after = -1
-    while True:
+    """Every result row of a job of ``total`` items as pages of columns, in index order, a
+    window of ``page_size`` indexes at a time (windows with no row yet give no page). Each
+    page is read on a connection of its own from ``open_conn`` (``engine.connect``), so no
+    transaction stays open while a slow consumer takes its time."""
+    for start in range(0, total, page_size):
         with open_conn() as conn:
-            page = read_column_page(conn, job_id, after, page_size, with_input)
+            page = read_column_page(conn, job_id, start, start + page_size, with_input)
         if page["index"]:
             yield page
-        if len(page["index"]) < page_size:
-            return
-        after = page["index"][-1]
 
 
 def label_counts(conn: Connection, job_id: str) -> dict[str, int]:
