@@ -63,7 +63,8 @@ def kept_values(
 ) -> tuple[dict[str, str] | None, str | None]:
     """The item's metadata from ``row``'s kept columns, and why it is unusable (or None).
 
-    Values are stored as text (``str(value)``); a missing/null value is left out.
+    Values are stored as text (``str(value)``); a missing/null value is left out, and a row
+    with none is given no metadata (None).
     """
     if not columns.keep:
         return None, None
@@ -82,7 +83,8 @@ def kept_values(
         if problem is not None:
             return None, f"column {name!r} {problem}"
         metadata[name] = text
-    return metadata, None
+    # No kept cell with a value: no metadata, as for an input without kept columns.
+    return metadata or None, None
 
 
 def missing_columns_message(name: str, wanted: tuple[str, ...], present: list[str]) -> str | None:
