@@ -15,6 +15,7 @@ _.loc  # api/problems.py: FieldError, a documented member of a problem's errors
 _.head_sha256  # core/models/trained.py: a stored column, shown by `models show`
 _.window_start  # core/schedules/runs.py: a column of the run view
 _.JSONL  # core/schedules/config.py: an enum member, chosen by value from the models file
+_.PARQUET  # core/schedules/config.py: an enum member, chosen by value from the models file
 
 # Celery bootsteps and Prometheus collectors: the framework reads and calls these.
 _.requires
@@ -27,6 +28,7 @@ _.overflow
 _.intra_op_num_threads
 _.inter_op_num_threads
 _.LOAD_TRUNCATED_IMAGES
+_.closed  # core/jobs/parquet_export.py: read by pyarrow's PythonFile on its sink
 
 # Public helpers the tests and bench/ use (one engine per process, settings re-read).
 _.reset_settings_cache

@@ -43,6 +43,12 @@ class InputRecord(BaseModel):
         default=None,
         description="An image file (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded.",
     )
+    # Bounded like a job's metadata (JobMetadata, defined below: resolved by model_rebuild).
+    metadata: JobMetadata | None = Field(
+        default=None,
+        description="Strings carried with this input into its result rows and every export "
+        "(passthrough columns).",
+    )
 
     @field_validator("id", mode="before")
     @classmethod
@@ -97,6 +103,8 @@ JobMetadata = Annotated[
 ]
 # For the multipart form, whose ``metadata`` field is a JSON string.
 METADATA_ADAPTER: TypeAdapter[dict[str, str]] = TypeAdapter(JobMetadata)
+# InputRecord refers to JobMetadata, defined after it.
+InputRecord.model_rebuild()
 
 UNIQUE_IDS_DESCRIPTION = (
     "Refuse the job (422, naming the first duplicates) if two inputs have the same id. "
@@ -290,6 +298,15 @@ class ResultRow(BaseModel):
         default=False,
         description="True: the label came from the result cache (the same input scored "
         "earlier by the same model and revision), not from a forward pass for this job.",
+    )
+    metadata: dict[str, str] | None = Field(
+        default=None,
+        description="The input's metadata (its `metadata` object, or the columns kept from "
+        "an input file with `keep_columns`); null when it had none.",
+    )
+    input: str | None = Field(
+        default=None,
+        description="The input's text, with `include=input` (null for an image, or without).",
     )
 
 

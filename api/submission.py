@@ -23,6 +23,7 @@ from api.dispatch import JobQueue
 from api.problems import ApiError
 from api.schemas import METADATA_ADAPTER, InputRecord, JobRequest
 from core.config import Settings
+from core.inputs.columns import DEFAULT_COLUMNS, ColumnChoiceError, InputColumns
 from core.inputs.items import InputItem, checked_id, checked_text_item
 from core.inputs.text_files import TEXT_SUFFIXES, InputFileError, parse_text_bytes
 from core.jobs.expiry import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
@@ -82,8 +83,17 @@ def parse_json_body(body: bytes, max_chars: int, max_image_bytes: int) -> Submis
     except ValidationError as exc:
         request = _parse_leniently(body, exc)
     canonical = json.dumps(
-        [request.model, [[item.id, item.text, item.image_base64] for item in request.inputs]],
+        [
+            request.model,
+            [
+                # Metadata only when given, so a request without any hashes as before.
+                [item.id, item.text, item.image_base64]
+                + ([item.metadata] if item.metadata is not None else [])
+                for item in request.inputs
+            ],
+        ],
         separators=(",", ":"),
+        sort_keys=True,
     )
     inputs = [
         _record_item(position, record, max_chars, max_image_bytes)
@@ -238,8 +248,11 @@ def _record_item(
         # Deferred: Pillow stays out of the API's start-up until an image arrives.
         from core.inputs.images import checked_base64_image_item
 
-        return checked_base64_image_item(ident, record.image_base64, max_image_bytes)
-    return checked_text_item(ident, record.text, max_chars)
+        item = checked_base64_image_item(ident, record.image_base64, max_image_bytes)
+    else:
+        item = checked_text_item(ident, record.text, max_chars)
+    item.metadata = record.metadata
+    return item
 
 
 def _parse_leniently(body: bytes, error: ValidationError) -> JobRequest:
@@ -255,18 +268,41 @@ def _parse_leniently(body: bytes, error: ValidationError) -> JobRequest:
     raise RequestValidationError(error.errors(include_url=False, include_input=False))
 
 
-def parse_file_upload(model: str, filename: str, raw: bytes, max_chars: int) -> Submission:
-    """An uploaded ``.jsonl``/``.csv``/``.txt`` file as a :class:`Submission` (422 if bad)."""
+def parse_columns_fields(
+    text_column: str | None, id_column: str | None, keep_columns: str | None
+) -> InputColumns:
+    """The multipart ``text_column``/``id_column``/``keep_columns`` fields, or a 422."""
+    try:
+        return InputColumns.parse(text_column, id_column, keep_columns)
+    except ColumnChoiceError as exc:
+        raise unprocessable(str(exc)) from exc
+
+
+def parse_file_upload(
+    model: str,
+    filename: str,
+    raw: bytes,
+    max_chars: int,
+    columns: InputColumns = DEFAULT_COLUMNS,
+) -> Submission:
+    """An uploaded ``.jsonl``/``.csv``/``.txt``/``.parquet`` file as a :class:`Submission`
+    (422 if bad); ``columns`` names its text, id and kept columns."""
     suffix = PurePath(filename).suffix.lower()
     if suffix not in TEXT_SUFFIXES:
         raise unprocessable(
             f"the uploaded file {filename!r} must end in one of {', '.join(TEXT_SUFFIXES)}"
         )
     try:
-        inputs = parse_text_bytes(raw, suffix, max_chars, name=PurePath(filename).name)
+        inputs = parse_text_bytes(
+            raw, suffix, max_chars, name=PurePath(filename).name, columns=columns
+        )
     except InputFileError as exc:
         raise unprocessable(str(exc)) from exc
     digest = _sha256(b"file\0", model.encode(), b"\0", suffix.encode(), b"\0", raw)
+    if columns != DEFAULT_COLUMNS:
+        # The same bytes read with other columns are another request.
+        chosen = json.dumps([columns.text, columns.id, list(columns.keep)])
+        digest = _sha256(digest.encode(), b"\0columns\0", chosen.encode())
     return Submission(model, inputs, digest)
 
 

@@ -37,6 +37,7 @@ class Service:
     env: dict[str, str]
     workdir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
+    api_pid: int = 0  # the `bulkscore api` process (bench/parquet_export.py samples its RSS)
     tag: str = field(default_factory=lambda: time.strftime("%H%M%S"))
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
@@ -138,6 +139,6 @@ def running_service(workdir: Path, models_file: Path, **settings: str) -> Iterat
             **{f"BULKSCORE_{name.upper()}": value for name, value in settings.items()},
         )
         with running_api(env, workdir / "api.log") as api:
-            service = Service(api.url, key, pg_url, env, workdir)
+            service = Service(api.url, key, pg_url, env, workdir, api_pid=api.process.pid)
             with service._stack:
                 yield service

@@ -46,8 +46,8 @@ def client_from_settings() -> ApiClient:
 def submit(
     source: Path = typer.Argument(
         ...,
-        help="A .jsonl, .csv or .txt file of texts; or, for image models, a folder of images, "
-        "a glob ('photos/*.jpg') or one image file.",
+        help="A .jsonl, .csv, .parquet or .txt file of texts; or, for image models, a folder "
+        "of images, a glob ('photos/*.jpg') or one image file.",
     ),
     model: str = typer.Option(..., "--model", "-m", help="A model name (see `bulkscore models`)."),
     wait: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
@@ -71,6 +71,17 @@ def submit(
         "--no-cache",
         help="Score every input afresh: neither read nor fill the result cache.",
     ),
+    text_column: str | None = typer.Option(
+        None, "--text-column", help="The column of texts in a .csv/.jsonl/.parquet (text)."
+    ),
+    id_column: str | None = typer.Option(
+        None, "--id-column", help="The column of ids (id; row numbers where absent)."
+    ),
+    keep_columns: str | None = typer.Option(
+        None,
+        "--keep-columns",
+        help="Input columns (a,b) carried, as text, into every export of the results.",
+    ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Upload SOURCE as a job for MODEL and print the job id.
@@ -86,6 +97,13 @@ def submit(
         form["priority"] = priority.value
     if no_cache:
         form["cache"] = "false"
+    for field, value in (
+        ("text_column", text_column),
+        ("id_column", id_column),
+        ("keep_columns", keep_columns),
+    ):
+        if value:
+            form[field] = value
     if source.suffix.lower() in TEXT_SUFFIXES:
         if not source.is_file():
             fail(f"{source}: no such file", EXIT_USAGE)
@@ -156,11 +174,14 @@ def status(
 def results(
     job_id: str = typer.Argument(..., help="The job id."),
     fmt: str | None = typer.Option(
-        None, "--format", "-f", help="csv or jsonl (default: from --out, else csv)."
+        None, "--format", "-f", help="csv, jsonl or parquet (default: from --out, else csv)."
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file, not stdout."),
+    include: list[str] = typer.Option(
+        [], "--include", help="input: add each input's text (and its metadata to a CSV)."
+    ),
 ) -> None:
-    """Download every result of a job as CSV or JSON Lines."""
+    """Download every result of a job as CSV, JSON Lines or Parquet."""
     if fmt is None:
         try:
             fmt = format_for_path(str(out)) if out is not None else "csv"
@@ -168,6 +189,12 @@ def results(
             fail(str(exc), EXIT_USAGE)
     if fmt not in EXPORT_FORMATS:
         fail(f"unknown format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}", EXIT_USAGE)
+    for extra in include:
+        if extra != "input":
+            fail(f"unknown --include {extra!r}; use input", EXIT_USAGE)
+    params: dict[str, Any] = {"format": fmt}
+    if include:
+        params["include"] = "input"
     client = client_from_settings()
     job = client.json("GET", f"/v1/jobs/{job_id}")
     if not JobStatus(job["status"]).is_final:
@@ -180,7 +207,7 @@ def results(
         )
     path = f"/v1/jobs/{job_id}/results"
     if out is None:
-        with client.stream("GET", path, params={"format": fmt}) as response:
+        with client.stream("GET", path, params=params) as response:
             for piece in response.iter_bytes():
                 sys.stdout.buffer.write(piece)
         sys.stdout.buffer.flush()
@@ -190,7 +217,7 @@ def results(
     partial = out.with_name(out.name + ".part")
     try:
         with (
-            client.stream("GET", path, params={"format": fmt}) as response,
+            client.stream("GET", path, params=params) as response,
             partial.open("wb") as handle,
         ):
             for piece in response.iter_bytes():

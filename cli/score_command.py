@@ -11,11 +11,30 @@ from cli.console import JSON_HELP
 
 def score(
     source: Path = typer.Argument(
-        ..., help='Input: .txt (a text per line), .jsonl ({"id", "text"}) or .csv (id, text).'
+        ...,
+        help='Input: .txt (a text per line), .jsonl ({"id", "text"}), .csv (id, text) or '
+        ".parquet (id, text columns).",
     ),
     model: str = typer.Option("sentiment", "--model", "-m", help="A model name from the registry."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Also export the results to this .csv or .jsonl file."
+        None,
+        "--out",
+        "-o",
+        help="Also export the results to this .csv, .jsonl or .parquet file.",
+    ),
+    text_column: str | None = typer.Option(
+        None, "--text-column", help="The column of texts in a .csv/.jsonl/.parquet (text)."
+    ),
+    id_column: str | None = typer.Option(
+        None, "--id-column", help="The column of ids (id; row numbers where absent)."
+    ),
+    keep_columns: str | None = typer.Option(
+        None,
+        "--keep-columns",
+        help="Input columns (a,b) carried, as text, into every export of the results.",
+    ),
+    include: list[str] = typer.Option(
+        [], "--include", help="input: --out also gets each input's text (input column)."
     ),
     job_id: str | None = typer.Option(
         None,
@@ -46,4 +65,15 @@ def score(
     # `bulkscore --help`.
     from cli.score_run import run_score
 
-    run_score(source, model, out, job_id, retry_errors, device, as_json, use_cache=not no_cache)
+    run_score(
+        source,
+        model,
+        out,
+        job_id,
+        retry_errors,
+        device,
+        as_json,
+        use_cache=not no_cache,
+        columns=(text_column, id_column, keep_columns),
+        include=include,
+    )

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.table import Table
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from cli.console import EXIT_USAGE, err_console, fail, out_console, print_json
 from cli.in_process import score_here
 from core.config import Settings, get_settings
 from core.db import get_engine, redact_url
+from core.inputs.columns import DEFAULT_COLUMNS, ColumnChoiceError, InputColumns
 from core.inputs.items import InputItem
 from core.inputs.text_files import InputFileError, read_text_file
 from core.jobs.export import export_lines, format_for_path
 from core.jobs.inputs_hash import inputs_difference, inputs_hash, stored_inputs_hash
-from core.jobs.lifecycle import get_job
+from core.jobs.lifecycle import Job, get_job
+from core.jobs.parquet_export import ROW_GROUP_ROWS, parquet_pieces
 from core.jobs.requeue import RequeueRefused
 from core.jobs.requeue import retry_errors as retry_errors_of
-from core.jobs.results import cached_count, iter_results, label_counts
+from core.jobs.results import (
+    cached_count,
+    has_item_metadata,
+    iter_results,
+    label_counts,
+    stream_column_pages,
+)
 from core.jobs.status import JobDriver, JobStatus
 from core.migrate import upgrade
 from core.models.catalog import load_registry
@@ -26,14 +35,37 @@ from core.models.registry import InputKind, ModelSpec, RegistryError, UnknownMod
 from engine.in_process import InProcessRun, create_embedded_job
 
 
-def read_inputs(source: Path, kind: InputKind, max_chars: int) -> list[InputItem]:
+def read_inputs(
+    source: Path, kind: InputKind, max_chars: int, columns: InputColumns = DEFAULT_COLUMNS
+) -> list[InputItem]:
     """The items of an input file (texts) or folder/glob (images)."""
     if kind == InputKind.IMAGE:
         # Deferred: Pillow and numpy are imported only for image models.
         from core.inputs.images import read_image_inputs
 
         return read_image_inputs(str(source))
-    return read_text_file(source, max_chars)
+    return read_text_file(source, max_chars, columns)
+
+
+def write_export(conn: Connection, job: Job, out: Path, fmt: str, with_input: bool) -> None:
+    """The job's results into ``out`` as CSV, JSON Lines or Parquet (row groups)."""
+    job_id = job.id
+    if fmt == "parquet":
+        # The one connection for every page (nullcontext: not closed after each).
+        pages = stream_column_pages(
+            lambda: nullcontext(conn), job_id, job.total, ROW_GROUP_ROWS, with_input
+        )
+        with out.open("wb") as binary:
+            for chunk in parquet_pieces(pages, with_input):
+                binary.write(chunk)
+        return
+    rows = iter_results(conn, job_id, top_k_text=True, with_input=with_input)
+    extra: tuple[str, ...] = ()
+    if with_input or has_item_metadata(conn, job_id):
+        extra = ("metadata", "input") if with_input else ("metadata",)
+    with out.open("w", encoding="utf-8", newline="") as handle:
+        for piece in export_lines(rows, fmt, extra):
+            handle.write(piece)
 
 
 def run_score(
@@ -46,9 +78,18 @@ def run_score(
     as_json: bool = False,
     *,
     use_cache: bool = True,
+    columns: tuple[str | None, str | None, str | None] = (None, None, None),
+    include: list[str] | None = None,
 ) -> None:
     """The work of ``bulkscore score`` (its options: :mod:`cli.score_command`)."""
     settings = get_settings()
+    try:
+        chosen = InputColumns.parse(*columns)
+    except ColumnChoiceError as exc:
+        fail(str(exc), EXIT_USAGE)
+    for extra in include or ():
+        if extra != "input":
+            fail(f"unknown --include {extra!r}; use input", EXIT_USAGE)
     try:
         spec = load_registry().get(model)
     except (UnknownModelError, RegistryError) as exc:
@@ -83,7 +124,7 @@ def run_score(
     if retry_errors and existing is None:
         fail("--retry-errors needs the --job-id of an existing job", EXIT_USAGE)
     try:
-        inputs = read_inputs(source, spec.input_kind, settings.max_text_chars)
+        inputs = read_inputs(source, spec.input_kind, settings.max_text_chars, chosen)
     except InputFileError as exc:
         fail(str(exc), EXIT_USAGE)
     if existing is None:
@@ -107,9 +148,8 @@ def run_score(
         labels = label_counts(conn, job.id)
         from_cache = cached_count(conn, job.id)
         if out is not None and fmt is not None:
-            with out.open("w", encoding="utf-8", newline="") as handle:
-                for piece in export_lines(iter_results(conn, job.id, top_k_text=True), fmt):
-                    handle.write(piece)
+            assert final is not None
+            write_export(conn, final, out, fmt, with_input=bool(include))
     assert final is not None
     scored_now = run.scored
     if as_json:

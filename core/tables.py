@@ -110,6 +110,9 @@ items = Table(
     Column("data", LargeBinary),
     # Set when the input was refused at intake (e.g. NUL bytes); scored as a per-item error.
     Column("error", Text),
+    # The input's kept columns / JSON ``metadata`` (strings), echoed in results and
+    # exports; NULL when it carried none.
+    Column("metadata", JSON(none_as_null=True)),
 )
 
 chunks = Table(

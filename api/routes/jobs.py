@@ -37,6 +37,7 @@ from api.schemas import (
 from api.submission import (
     Submission,
     check_idempotency_key,
+    parse_columns_fields,
     parse_expires_after_s,
     parse_file_upload,
     parse_flag,
@@ -217,8 +218,14 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
                 )
             raw = await upload.read()
             filename = upload.filename or ""
+            columns = parse_columns_fields(
+                *(
+                    value if isinstance(value := form.get(field), str) else None
+                    for field in ("text_column", "id_column", "keep_columns")
+                )
+            )
         parsed = await run_in_threadpool(
-            parse_file_upload, model, filename, raw, settings.max_text_chars
+            parse_file_upload, model, filename, raw, settings.max_text_chars, columns
         )
         optioned = with_options(parsed, expires_after_s, priority, metadata, unique_ids)
         return with_cache_choice(optioned, use_cache)

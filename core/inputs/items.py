@@ -6,6 +6,11 @@ import re
 from dataclasses import dataclass
 
 MAX_ID_CHARS = 256  # items.item_id and results.item_id are String(256)
+# An item's metadata (kept input columns, or a JSON input's ``metadata``): as small and
+# bounded as a job's (api.schemas), since it is stored with every item and exported.
+ITEM_METADATA_MAX_KEYS = 16
+ITEM_METADATA_MAX_KEY_CHARS = 64
+ITEM_METADATA_MAX_VALUE_CHARS = 512
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -17,6 +22,8 @@ class InputItem:
     text: str | None = None
     data: bytes | None = None
     error: str | None = None
+    # Strings carried into every export (kept input columns, a JSON input's ``metadata``).
+    metadata: dict[str, str] | None = None
 
 
 def unstorable(value: str) -> str | None:

@@ -1,4 +1,9 @@
-"""Result rows as CSV or JSON Lines, line by line (for files and streamed HTTP answers)."""
+"""Result rows as CSV or JSON Lines, line by line (for files and streamed HTTP answers).
+
+Parquet, a binary format written in row groups, is in :mod:`core.jobs.parquet_export`.
+Rows may carry ``metadata`` (the input's kept columns) and ``input`` (its text): JSON Lines
+writes them when present; CSV writes them as extra columns when asked (``extra``).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,11 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-EXPORT_FORMATS = ("csv", "jsonl")
+EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 CSV_COLUMNS = ("index", "id", "label", "score", "top_k", "error", "cached")
+# Optional trailing CSV columns, in this order: the input's metadata as compact JSON, and
+# its text.
+EXTRA_COLUMNS = ("metadata", "input")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
@@ -58,11 +66,18 @@ class SpreadsheetSafeWriter:
         self._writer.writerow([spreadsheet_safe(cell) for cell in row])
 
 
-def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+def csv_lines(rows: Iterable[dict[str, Any]], extra: tuple[str, ...] = ()) -> Iterator[str]:
     """CSV text, a few hundred rows per piece; ``top_k`` may be a list or stored JSON text.
 
     Every text cell is made safe to open in a spreadsheet (:func:`spreadsheet_safe`).
+    ``extra`` names columns of :data:`EXTRA_COLUMNS` written after the usual ones.
     """
+    if extra:
+        unknown = [name for name in extra if name not in EXTRA_COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown CSV columns {unknown}; use some of {EXTRA_COLUMNS}")
+        yield from _csv_lines_with(rows, extra)
+        return
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     # The writer quotes a cell holding its line terminator ("\n") but not a lone "\r",
@@ -98,11 +113,51 @@ def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     yield buffer.getvalue()
 
 
+def _csv_lines_with(rows: Iterable[dict[str, Any]], extra: tuple[str, ...]) -> Iterator[str]:
+    # The general (slower) path: every row fully quoted is not needed, but a text input may
+    # hold any character, so the lone-"\r" rule of csv_lines is applied to every cell.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    writer.writerow((*CSV_COLUMNS, *extra))
+    for count, row in enumerate(rows, start=1):
+        metadata = row.get("metadata")
+        values = {
+            "metadata": json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+            if metadata
+            else "",
+            "input": row.get("input") or "",
+        }
+        texts = [row["id"], row["label"] or "", row["error"] or ""] + [values[n] for n in extra]
+        cells = (
+            row["index"],
+            spreadsheet_safe(texts[0]),
+            spreadsheet_safe(texts[1]),
+            repr_score(row["score"]),
+            compact_top_k(row.get("top_k")),
+            spreadsheet_safe(texts[2]),
+            "true" if row.get("cached") else "false",
+            *(spreadsheet_safe(text) for text in texts[3:]),
+        )
+        (quoted if any("\r" in text for text in texts) else writer).writerow(cells)
+        if count % 500 == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
 def jsonl_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """JSON Lines, 500 rows per piece; ``top_k`` may be a list or stored JSON text."""
+    """JSON Lines, 500 rows per piece; ``top_k`` may be a list or stored JSON text.
+
+    ``metadata`` is written only for a row that has some, so an export of inputs without
+    metadata reads as it always did.
+    """
     pieces: list[str] = []
     for row in rows:
         top_k = row.get("top_k")
+        if "metadata" in row and row["metadata"] is None:
+            row = {key: value for key, value in row.items() if key != "metadata"}
         if isinstance(top_k, str):
             row = {**row, "top_k": json.loads(top_k) if top_k else None}
         pieces.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
@@ -117,18 +172,22 @@ def repr_score(score: float | None) -> str:
     return "" if score is None else repr(float(score))
 
 
-def export_lines(rows: Iterable[dict[str, Any]], fmt: str) -> Iterator[str]:
+def export_lines(
+    rows: Iterable[dict[str, Any]], fmt: str, extra: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Text export pieces; ``extra``: CSV's optional trailing columns (JSON Lines writes
+    whatever the rows carry)."""
     if fmt == "csv":
-        return csv_lines(rows)
+        return csv_lines(rows, extra)
     if fmt == "jsonl":
         return jsonl_lines(rows)
-    raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    raise ValueError(f"unknown text export format {fmt!r}; use csv or jsonl")
 
 
 def format_for_path(path: str) -> str:
-    """The export format a file name asks for (``.csv`` or ``.jsonl``)."""
+    """The export format a file name asks for (``.csv``, ``.jsonl`` or ``.parquet``)."""
     lowered = path.lower()
     for fmt in EXPORT_FORMATS:
         if lowered.endswith("." + fmt):
             return fmt
-    raise ValueError(f"{path}: the output file must end in .csv or .jsonl")
+    raise ValueError(f"{path}: the output file must end in .csv, .jsonl or .parquet")

@@ -8,6 +8,7 @@ never export one file's results under another's name.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 
 from sqlalchemy import Connection, select, update
@@ -35,6 +36,11 @@ def inputs_hash(inputs: Iterable[InputItem]) -> str:
                 digest.update(tag + b"-")
             else:
                 digest.update(tag + len(value).to_bytes(8, "big") + value)
+        if item.metadata is not None:
+            # Only when present, so the hash of inputs without metadata (every job stored
+            # before items carried it) is unchanged.
+            meta = json.dumps(item.metadata, sort_keys=True, ensure_ascii=False).encode()
+            digest.update(b"m" + len(meta).to_bytes(8, "big") + meta)
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -46,13 +52,13 @@ def stored_inputs_hash(conn: Connection, job_id: str) -> str:
     if stored is not None:
         return str(stored)
     rows = conn.execute(
-        select(items.c.item_id, items.c.text, items.c.data, items.c.error)
+        select(items.c.item_id, items.c.text, items.c.data, items.c.error, items.c.metadata)
         .where(items.c.job_id == job_id)
         .order_by(items.c.index)
     )
     return inputs_hash(
-        InputItem(item_id=item_id, text=text, data=data, error=error)
-        for item_id, text, data, error in rows
+        InputItem(item_id=item_id, text=text, data=data, error=error, metadata=metadata)
+        for item_id, text, data, error, metadata in rows
     )
 
 

@@ -6,8 +6,9 @@ transaction that writes its last result row (see :mod:`core.jobs.results`).
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -207,22 +208,30 @@ def append_chunks(
     return tuple(range(first, first + len(spans)))
 
 
-ITEM_COLUMNS = ("job_id", "index", "item_id", "text", "data", "error")
+ITEM_COLUMNS = ("job_id", "index", "item_id", "text", "data", "error", "metadata")
 
 
 def _insert_items(conn: Connection, job_id: str, inputs: Sequence[InputItem]) -> None:
-    rows = (
-        (job_id, index, item.item_id, item.text, item.data, item.error)
-        for index, item in enumerate(inputs)
-    )
     if is_postgresql(conn):
         # COPY: a 10,000-text job is stored in a fraction of the time a multi-row INSERT
         # takes, which is most of what a submission costs (bench/service_throughput.py).
-        copy_rows(conn, items, ITEM_COLUMNS, rows)
+        # COPY takes JSON as text.
+        copy_rows(conn, items, ITEM_COLUMNS, _item_rows(job_id, inputs, json_text=True))
         return
+    rows = _item_rows(job_id, inputs, json_text=False)
     mappings = [dict(zip(ITEM_COLUMNS, row, strict=True)) for row in rows]
     for start in range(0, len(mappings), ITEM_INSERT_BATCH):
         conn.execute(insert(items), mappings[start : start + ITEM_INSERT_BATCH])
+
+
+def _item_rows(
+    job_id: str, inputs: Sequence[InputItem], json_text: bool
+) -> Iterator[tuple[Any, ...]]:
+    for index, item in enumerate(inputs):
+        metadata: Any = item.metadata
+        if json_text and metadata is not None:
+            metadata = json.dumps(metadata, ensure_ascii=False)
+        yield (job_id, index, item.item_id, item.text, item.data, item.error, metadata)
 
 
 def get_job(conn: Connection, job_id: str, owner_key_id: int | None = None) -> Job | None:

@@ -38,7 +38,7 @@ from core.jobs.bulk_copy import copy_new_rows, is_postgresql
 from core.jobs.expiry import expire_job
 from core.jobs.predictions import Prediction
 from core.jobs.status import ACTIVE_JOB_STATES, JobStatus
-from core.tables import jobs, results, retry_items
+from core.tables import items, jobs, results, retry_items
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,14 +335,52 @@ def _page_query(job_id: str, after: int, limit: int, top_k_text: bool = False) -
     )
 
 
+def _attach_items(
+    conn: Connection, job_id: str, rows: list[dict[str, Any]], with_input: bool
+) -> None:
+    """Give each row its input's ``metadata`` (and with ``with_input`` its text, ``input``).
+
+    One index range scan over the page's items, not a join: a join's plan depends on the
+    planner's statistics, and on a job stored a moment ago (none yet) PostgreSQL chose plans
+    that made an export ten times slower. Rows and items are both in index order.
+    """
+    columns = [items.c.index, items.c.metadata]
+    if with_input:
+        columns.append(items.c.text)
+    found: dict[int, Any] = {}
+    if rows:
+        query = select(*columns).where(
+            and_(
+                items.c.job_id == job_id,
+                items.c.index >= rows[0]["index"],
+                items.c.index <= rows[-1]["index"],
+            )
+        )
+        found = {item[0]: item for item in conn.execute(query)}
+    for row in rows:
+        item = found.get(row["index"])
+        row["metadata"] = None if item is None else item[1]
+        if with_input:
+            row["input"] = None if item is None else item[2]
+
+
 def read_page(
-    conn: Connection, job_id: str, after: int = -1, limit: int = 100, top_k_text: bool = False
+    conn: Connection,
+    job_id: str,
+    after: int = -1,
+    limit: int = 100,
+    top_k_text: bool = False,
+    with_input: bool = False,
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` result rows with ``index > after``, in index order.
 
-    With ``top_k_text`` each row's ``top_k`` is the stored JSON text (or None), unparsed.
+    Each row has its input's ``metadata`` (None when it had none). With ``top_k_text`` each
+    row's ``top_k`` is the stored JSON text (or None), unparsed; with ``with_input`` each
+    row has ``input``, the input's text (None for an image or an input refused at intake).
     """
-    return [_as_dict(row) for row in conn.execute(_page_query(job_id, after, limit, top_k_text))]
+    rows = [_as_dict(row) for row in conn.execute(_page_query(job_id, after, limit, top_k_text))]
+    _attach_items(conn, job_id, rows, with_input)
+    return rows
 
 
 def _keyset_pages(
@@ -358,16 +396,25 @@ def _keyset_pages(
 
 
 def iter_results(
-    conn: Connection, job_id: str, page_size: int = 5000, top_k_text: bool = False
+    conn: Connection,
+    job_id: str,
+    page_size: int = 5000,
+    top_k_text: bool = False,
+    with_input: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Every result row of a job in index order, read a page at a time (keyset paging)."""
     return _keyset_pages(
-        lambda after: read_page(conn, job_id, after, page_size, top_k_text), page_size
+        lambda after: read_page(conn, job_id, after, page_size, top_k_text, with_input),
+        page_size,
     )
 
 
 def stream_results(
-    engine: Engine, job_id: str, page_size: int = 5000, top_k_text: bool = False
+    engine: Engine,
+    job_id: str,
+    page_size: int = 5000,
+    top_k_text: bool = False,
+    with_input: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """:func:`iter_results` for a consumer as slow as a download: each page is read in a
     transaction of its own, so none stays open (idle, and ended by the server after
@@ -375,9 +422,88 @@ def stream_results(
 
     def read(after: int) -> list[dict[str, Any]]:
         with engine.connect() as conn:
-            return read_page(conn, job_id, after, page_size, top_k_text)
+            return read_page(conn, job_id, after, page_size, top_k_text, with_input)
 
     return _keyset_pages(read, page_size)
+
+
+def has_item_metadata(conn: Connection, job_id: str) -> bool:
+    """Whether any input of the job carried metadata (a CSV export then has the column)."""
+    query = (
+        select(items.c.index)
+        .where(and_(items.c.job_id == job_id, items.c.metadata.is_not(None)))
+        .limit(1)
+    )
+    return conn.execute(query).first() is not None
+
+
+ColumnPage = dict[str, list[Any]]
+COLUMN_NAMES = ("index", "id", "label", "score", "top_k", "error", "cached", "metadata")
+
+
+def read_column_page(
+    conn: Connection, job_id: str, start: int, stop: int, with_input: bool = False
+) -> ColumnPage:
+    """The result rows with ``start <= index < stop`` as columns (lists), for exports that
+    want columns (Parquet): no dict per row, ``top_k`` and ``metadata`` as stored JSON text
+    (or None), ``input`` with ``with_input``.
+
+    A window of indexes, not ``index > after ... LIMIT``: without planner statistics (a job
+    stored a moment ago into a fresh table) PostgreSQL sorted every later row of the job for
+    each ``LIMIT`` page (218 ms a page at 1,000,000 rows, 2 ms with statistics); a bounded
+    window is cheap under any plan. The items come from one index range scan too.
+    """
+    window = and_(results.c.job_id == job_id, results.c.index >= start, results.c.index < stop)
+    query = (
+        select(
+            results.c.index,
+            results.c.item_id,
+            results.c.label,
+            results.c.score,
+            cast(results.c.top_k, Text).label("top_k"),
+            results.c.error,
+            results.c.cached,
+        )
+        .where(window)
+        .order_by(results.c.index)
+    )
+    rows = conn.execute(query).all()
+    page: ColumnPage = {name: [] for name in COLUMN_NAMES}
+    if with_input:
+        page["input"] = []
+    if not rows:
+        return page
+    for name, column in zip(COLUMN_NAMES, zip(*rows, strict=True), strict=False):
+        page[name] = list(column)
+    wanted = [items.c.index, cast(items.c.metadata, Text)]
+    if with_input:
+        wanted.append(items.c.text)
+    in_window = and_(items.c.job_id == job_id, items.c.index >= start, items.c.index < stop)
+    found = {item[0]: item for item in conn.execute(select(*wanted).where(in_window)).all()}
+    missing = (None, None, None)
+    stored = [found.get(index, missing) for index in page["index"]]
+    page["metadata"] = [item[1] for item in stored]
+    if with_input:
+        page["input"] = [item[2] for item in stored]
+    return page
+
+
+def stream_column_pages(
+    open_conn: Callable[[], Any],
+    job_id: str,
+    total: int,
+    page_size: int,
+    with_input: bool = False,
+) -> Iterator[ColumnPage]:
+    """Every result row of a job of ``total`` items as pages of columns, in index order, a
+    window of ``page_size`` indexes at a time (windows with no row yet give no page). Each
+    page is read on a connection of its own from ``open_conn`` (``engine.connect``), so no
+    transaction stays open while a slow consumer takes its time."""
+    for start in range(0, total, page_size):
+        with open_conn() as conn:
+            page = read_column_page(conn, job_id, start, start + page_size, with_input)
+        if page["index"]:
+            yield page
 
 
 def label_counts(conn: Connection, job_id: str) -> dict[str, int]:

@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from core.config import Settings, get_settings
+from core.inputs.columns import ColumnChoiceError, InputColumns
 from core.jobs.priority import SCHEDULE_PRIORITY, Priority
 from core.models.registry import (
     NAME_PATTERN,
@@ -48,9 +49,10 @@ SINCE_PARAMETER = re.compile(r"(?<!:):since\b")
 
 class SourceKind(StrEnum):
     SQL = "sql"  # rows of a query on any SQLAlchemy URL, newer than a watermark
-    FILES = "files"  # a glob of images, or of .txt/.jsonl/.csv files (by suffix)
+    FILES = "files"  # a glob of images, or of .txt/.jsonl/.csv/.parquet files (by suffix)
     JSONL = "jsonl"  # a glob of JSON Lines files, whatever their suffix
     CSV = "csv"  # a glob of CSV files, whatever their suffix
+    PARQUET = "parquet"  # a glob of Parquet files, whatever their suffix
 
     @property
     def reads_files(self) -> bool:
@@ -78,6 +80,11 @@ class Schedule(BaseModel):
     watermark: str | None = None
     path: str | None = None
     owner_key: str | None = None
+    # File sources: the columns of texts and ids (default text, id), and input columns
+    # carried into every export (as with `bulkscore score --keep-columns`).
+    text_column: str | None = None
+    id_column: str | None = None
+    keep_columns: list[str] | None = None
     # Unattended nightly work yields to people waiting on a result, unless told otherwise.
     priority: Priority = SCHEDULE_PRIORITY
     # Filled in by the loader from the registry (never written in the file).
@@ -105,7 +112,12 @@ class Schedule(BaseModel):
                 "watermark: the column whose largest value the next run starts after)"
             )
         if self.path:
-            raise ValueError("path is for files, jsonl and csv sources, not sql")
+            raise ValueError("path is for files, jsonl, csv and parquet sources, not sql")
+        if self.text_column or self.id_column or self.keep_columns:
+            raise ValueError(
+                "text_column, id_column and keep_columns are for file sources, not sql "
+                "(name the columns text and id in the query)"
+            )
         try:
             make_url(self.url or "")
         except ArgumentError:
@@ -127,11 +139,22 @@ class Schedule(BaseModel):
         extra = [field for field in SQL_ONLY_FIELDS if getattr(self, field)]
         if extra:
             raise ValueError(f"{', '.join(extra)} apply to sql sources only")
+        try:
+            self.columns  # noqa: B018 - checks the column choice now, not at the first run
+        except ColumnChoiceError as exc:
+            raise ValueError(str(exc)) from None
         if self.source != SourceKind.FILES and self.spec.input_kind == InputKind.IMAGE:
             raise ValueError(
                 f"model {self.model!r} scores images; a {self.source.value} source holds texts "
                 '(use source = "files" with a glob of images)'
             )
+
+    @property
+    def columns(self) -> InputColumns:
+        """The text, id and kept columns of a file source's table-like files."""
+        return InputColumns(
+            self.text_column or "text", self.id_column or "id", tuple(self.keep_columns or ())
+        )
 
 
 def load_schedules(path: Path | None = None, registry: Registry | None = None) -> list[Schedule]:

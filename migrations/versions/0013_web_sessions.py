@@ -1,7 +1,7 @@
 """Web sessions: web_sessions, the signed-in browsers (only a hash of each token)
 
 Revision ID: 0013
-Revises: 0011 (to be re-pointed at 0012 when 0011 and 0012 are merged)
+Revises: 0012 (to be re-pointed at 0012 when 0011 and 0012 are merged)
 Create Date: 2026-12-01 16:15:00.000000
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
+import pyarrow.parquet as pq
 from sqlalchemy import Engine, func, select
 
 from core.db import get_engine
 from core.inputs.items import InputItem
 from core.jobs.export import export_lines
 from core.jobs.lifecycle import Job, create_job, get_job, load_items
+from core.jobs.parquet_export import parquet_pieces
 from core.jobs.predictions import Prediction
-from core.jobs.results import ScoredItem, iter_results, write_job_results, write_results
+from core.jobs.results import (
+    ScoredItem,
+    iter_results,
+    stream_column_pages,
+    write_job_results,
+    write_results,
+)
 from core.jobs.status import JobStatus
 from core.migrate import upgrade
 from core.models.registry import ModelSpec
@@ -76,6 +86,7 @@ def test_rows_already_present_are_neither_written_nor_counted_twice(pg_url: str)
         "top_k": [["POSITIVE", 0.75], ["NEGATIVE", 0.25]],
         "error": None,
         "cached": False,
+        "metadata": None,  # the input's metadata: none given
     }
     assert rows[0]["error"] == "bad\t0\\N" and rows[0]["top_k"] is None
     with engine.connect() as conn:
@@ -146,3 +157,36 @@ def test_the_cached_flag_goes_through_copy_and_out_in_exports(pg_url: str) -> No
     csv_text = "".join(export_lines(read, "csv")).splitlines()
     assert csv_text[0].endswith(",cached") and csv_text[2].endswith(",true")
     assert csv_text[1].endswith(",false")
+
+
+def test_item_metadata_goes_through_copy_and_the_parquet_export_equals_json_lines(
+    pg_url: str,
+) -> None:
+    engine = pg_engine(pg_url)
+    inputs = [
+        InputItem(item_id=f"r{i}", text=f"text \\N\t{i}", metadata={"lang": "é\t\\N", "n": str(i)})
+        if i % 3
+        else InputItem(item_id=f"r{i}", text=f"text {i}")
+        for i in range(25)
+    ]
+    with engine.begin() as conn:
+        job = create_job(conn, SPEC, inputs, chunk_size=25)
+        # Not every index written yet: a window with gaps, and rows past them.
+        write_results(conn, job.id, "m", None, scored([i for i in range(25) if i != 7]))
+    with engine.connect() as conn:
+        lines = "".join(export_lines(iter_results(conn, job.id, with_input=True), "jsonl"))
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert records[1]["metadata"] == {"lang": "é\t\\N", "n": "1"}
+    assert "metadata" not in records[0] and records[1]["input"] == "text \\N\t1"
+    raw = b"".join(parquet_pieces(stream_column_pages(engine.connect, job.id, 25, 10, True), True))
+    table = pq.read_table(io.BytesIO(raw))
+    assert pq.ParquetFile(io.BytesIO(raw)).metadata.num_row_groups == 3
+    as_records = []
+    for row in table.to_pylist():
+        row["top_k"] = [[p["label"], p["score"]] for p in row["top_k"]] if row["top_k"] else None
+        if row["metadata"] is None:
+            del row["metadata"]
+        else:
+            row["metadata"] = dict(row["metadata"])
+        as_records.append(row)
+    assert as_records == records

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 
@@ -23,6 +25,7 @@ from core.jobs.deletion import delete_job
 from core.jobs.lifecycle import Job, cancel_job, get_job, load_items, mark_failed
 from core.jobs.priority import Priority
 from core.jobs.purge import Cutoffs, purge
+from core.jobs.results import iter_results
 from core.keys import create_key
 from core.migrate import upgrade
 from core.models.registry import Registry
@@ -363,6 +366,40 @@ def test_files_schedule_scores_only_new_files_and_the_new_rows_of_grown_ones(
         assert scored_ids(engine, fifth.job_id) == ["a.txt:1", "a.txt:2", "a.txt:3", "a.txt:4"]
     finally:
         engine.dispose()
+
+
+def test_a_parquet_schedule_carries_kept_columns_into_the_jobs_export(
+    tmp_path: Path, engine: Engine, registry: Registry, tiny_runner: Runner
+) -> None:
+    inbox = tmp_path / "lake"
+    inbox.mkdir()
+    table = {"review_id": ["p1", "p2", "p3"], "body": ["great", "", "awful"]}
+    pq.write_table(pa.table({**table, "shop": ["north", "south", None]}), inbox / "d1.parquet")
+    lake = parse_schedules(
+        {
+            "lake": {
+                "cron": "*/10 * * * *",
+                "model": "tiny",
+                "source": "parquet",
+                "path": str(inbox / "*.parquet"),
+                "text_column": "body",
+                "id_column": "review_id",
+                "keep_columns": ["shop"],
+            }
+        },
+        registry,
+    )[0]
+    first = run(engine, lake, due(1), scorer(engine, tiny_runner))
+    with engine.connect() as conn:
+        rows = list(iter_results(conn, str(first.job_id), with_input=True))
+    assert [(row["id"], row["metadata"], row["input"]) for row in rows] == [
+        ("d1.parquet:p1", {"shop": "north"}, "great"),
+        # The empty text: an intake error (its text is not stored), its kept column still is.
+        ("d1.parquet:p2", {"shop": "south"}, None),
+        ("d1.parquet:p3", None, "awful"),  # a null kept cell is left out
+    ]
+    assert rows[1]["error"] == "empty text" and rows[0]["label"] is not None
+    assert run(engine, lake, due(2), scorer(engine, tiny_runner)).status == RunStatus.EMPTY
 
 
 @pytest.mark.parametrize(

@@ -159,3 +159,48 @@ def test_score_json_prints_the_summary_as_json(
     assert summary["succeeded"] == 2 and sum(summary["labels"].values()) == 2
     assert result_count(summary["job_id"]) == 2
     assert "loading model" in result.stderr  # the human messages stay on stderr
+
+
+def test_scores_a_parquet_file_and_exports_parquet_with_kept_columns(
+    tmp_path: Path, settings_env: dict[str, str]
+) -> None:
+    # Deferred: pyarrow only for this test's files.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "reviews.parquet"
+    bodies = ["a fine film", "awful", "", "lovely"]
+    table = {"key": ["k1", "k2", "k3", "k4"], "body": bodies, "lang": ["en", "de", "en", "fr"]}
+    pq.write_table(pa.table(table), source, row_group_size=2)
+    out_parquet, out_jsonl, out_csv = (
+        tmp_path / f"out.{ext}" for ext in ("parquet", "jsonl", "csv")
+    )
+    options = ["--text-column", "body", "--id-column", "key", "--keep-columns", "lang"]
+    for out in (out_parquet, out_jsonl, out_csv):
+        args = ["score", str(source), "--model", "tiny", "--out", str(out), "--include", "input"]
+        result = runner.invoke(app, [*args, *options, "--job-id", "pq-job"])
+        assert result.exit_code == 0, result.output
+
+    rows = pq.read_table(out_parquet).to_pylist()
+    records = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["k1", "k2", "k3", "k4"]
+    # An input refused at intake (the empty text) is not stored: its input is null.
+    assert [row["input"] for row in rows] == ["a fine film", "awful", None, "lovely"]
+    assert [row["error"] for row in rows] == [None, None, "empty text", None]
+    assert [dict(row["metadata"]) for row in rows] == [{"lang": v} for v in table["lang"]]
+    for row, record in zip(rows, records, strict=True):
+        assert (row["label"], row["score"], row["input"]) == (
+            record["label"],
+            record["score"],
+            record["input"],
+        )
+        assert [[p["label"], p["score"]] for p in row["top_k"] or []] == (record["top_k"] or [])
+        assert dict(row["metadata"]) == record["metadata"]
+    cells = list(csv.DictReader(out_csv.open()))
+    assert [json.loads(cell["metadata"]) for cell in cells] == [{"lang": v} for v in table["lang"]]
+    assert [cell["input"] for cell in cells] == bodies
+
+    # Without --text-column the file has no "text" column: a usage error naming the columns.
+    missing = runner.invoke(app, ["score", str(source), "--model", "tiny"])
+    assert missing.exit_code == 2
+    assert "no column 'text'; the columns are 'key', 'body', 'lang'" in missing.output

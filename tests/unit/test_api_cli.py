@@ -186,7 +186,7 @@ UNKNOWN_JOB = "0123456789abcdef0123456789abcdef"  # well formed, but no job has 
         ),
         (["submit", "{texts}", "--model", "nope"], "unknown model 'nope'"),
         (["results", "nope", "--format", "xml"], "unknown format 'xml'"),
-        (["results", "nope", "--out", "x.parquet"], "must end in .csv or .jsonl"),
+        (["results", "nope", "--out", "x.xlsx"], "must end in .csv, .jsonl or .parquet"),
         (["submit", "missing.txt", "--model", TEXT_MODEL], "missing.txt: no such file"),
         (["submit", "in.pdf", "--model", TEXT_MODEL], "in.pdf: no such file or folder"),
     ],

@@ -1,4 +1,5 @@
-"""The ``files``, ``jsonl`` and ``csv`` sources: files matching a glob, new or changed.
+"""The ``files``, ``jsonl``, ``csv`` and ``parquet`` sources: files matching a glob, new or
+changed.
 
 A file is new to a run when its path has no committed row, or its size or modification
 time differ from that row (``schedule_files``). A text file that **grew** by appended
@@ -8,9 +9,13 @@ other change (a rewritten, truncated or edited file) reads the file again whole:
 inputs are scored again, in a new job, under the same ids; the result cache is what
 keeps unchanged rows from costing a forward pass again.
 
-- ``files`` with a text model: ``.txt``, ``.jsonl`` and ``.csv`` files, by suffix.
+- ``files`` with a text model: ``.txt``, ``.jsonl``, ``.csv`` and ``.parquet`` files, by
+  suffix; the schedule's ``text_column``/``id_column``/``keep_columns`` name the columns.
 - ``files`` with an image model: every matching file is one image.
-- ``jsonl`` / ``csv``: every matching file is parsed as that format, whatever its suffix.
+- ``jsonl`` / ``csv`` / ``parquet``: every matching file is parsed as that format, whatever
+  its suffix.
+
+A Parquet file never "grows by lines" (it ends with its footer): any change reads it whole.
 
 A file that cannot be read or parsed becomes one per-item error (and counts as seen), so a
 malformed file is reported in the job's results instead of failing every night.
@@ -142,11 +147,13 @@ def _read(schedule: Schedule, path: Path, name: str, settings: Settings) -> File
             if suffix not in TEXT_SUFFIXES:
                 read_text_file(path, settings.max_text_chars)  # raises: says which types
             raw = _read_bytes(path)
-            inputs = parse_text_bytes(raw, suffix, settings.max_text_chars, str(path))
+            inputs = parse_text_bytes(
+                raw, suffix, settings.max_text_chars, str(path), schedule.columns
+            )
         else:
             raw = path.read_bytes()
             suffix = "." + schedule.source.value
-            inputs = parse_text_bytes(raw, suffix, settings.max_text_chars, name)
+            inputs = parse_text_bytes(raw, suffix, settings.max_text_chars, name, schedule.columns)
     except InputFileError as exc:
         return FileRead([InputItem(item_id=name[:MAX_ID_CHARS], error=str(exc))])
     except OSError as exc:
