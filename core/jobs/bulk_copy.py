@@ -55,42 +55,64 @@ def copy_rows(
         _copy_into(cursor, _quote(conn, table.name), _column_list(conn, columns), rows)
 
 
-def copy_new_rows(
-    conn: Connection,
-    table: Table,
-    columns: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-    conflict: Sequence[str],
-    returning: Sequence[str],
-) -> list[tuple[Any, ...]]:
-    """Insert the ``rows`` whose ``conflict`` key is not in ``table`` yet; return those inserted.
+def stage_rows(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """``COPY`` ``rows`` into this session's staging table for ``table``; see
+    :func:`move_staged`.
 
-    The rows are copied into a temporary table (one per session, emptied at every commit)
-    and moved with ``INSERT ... SELECT ... ON CONFLICT (conflict) DO NOTHING RETURNING``, so
-    a row already present, or written by a concurrent transaction, is skipped exactly as a
-    plain ``INSERT ... ON CONFLICT DO NOTHING`` would skip it.
-
-    Returns:
-        The ``returning`` columns of each row actually inserted.
+    The staging table is temporary (one per pooled connection, created on first use) and
+    ``ON COMMIT DELETE ROWS`` empties it in place at every commit, so it never holds
+    another transaction's rows and needs no vacuuming (autovacuum cannot reach temporary
+    tables). Staging takes no lock on any shared row: a client that stops mid-``COPY``
+    (frozen, paused) blocks nobody, because a ``COPY`` waiting for its client's data
+    cannot be ended by the server's timeouts (the session is "active", not idle).
     """
-    staging = _quote(conn, f"{table.name}_incoming")
-    names = _column_list(conn, columns)
+    staging = _staging(conn, table)
     with _driver_cursor(conn) as cursor:
-        # Created on first use by each pooled connection; ON COMMIT DELETE ROWS empties it
-        # in place at every commit, so it never holds another transaction's rows and needs
-        # no vacuuming (autovacuum cannot reach temporary tables).
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
             f"(LIKE {_quote(conn, table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        _copy_into(cursor, staging, names, rows)
-        cursor.execute(
-            f"INSERT INTO {_quote(conn, table.name)} ({names}) SELECT {names} FROM {staging} "
-            f"ON CONFLICT ({_column_list(conn, conflict)}) DO NOTHING "
-            f"RETURNING {_column_list(conn, returning)}"
-        )
-        inserted = [tuple(row) for row in cursor.fetchall()]
-        # A second call in the same transaction must not move these rows again; DELETE, not
-        # TRUNCATE, which would give the table a new file on every call.
+        _copy_into(cursor, staging, _column_list(conn, columns), rows)
+
+
+def move_staged(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    conflict: Sequence[str],
+    returning: Sequence[str],
+    only: tuple[str, Sequence[Any]],
+) -> list[tuple[Any, ...]]:
+    """Insert the staged rows whose ``only[0]`` column is in ``only[1]`` and whose
+    ``conflict`` key is not in ``table`` yet; return the ``returning`` columns of those
+    inserted, and empty the staging table.
+
+    ``INSERT ... SELECT ... ON CONFLICT (conflict) DO NOTHING``: a row already present, or
+    written by a concurrent transaction, is skipped exactly as a plain ``INSERT ... ON
+    CONFLICT DO NOTHING`` would skip it. One server-side statement: whatever locks the
+    caller took before it are held while the server works, never while it waits on us.
+    """
+    staging = _staging(conn, table)
+    names = _column_list(conn, columns)
+    column, values = only
+    inserted: list[tuple[Any, ...]] = []
+    with _driver_cursor(conn) as cursor:
+        if values:
+            cursor.execute(
+                f"INSERT INTO {_quote(conn, table.name)} ({names}) SELECT {names} "
+                f"FROM {staging} WHERE {_quote(conn, column)} = ANY(%s) "
+                f"ON CONFLICT ({_column_list(conn, conflict)}) DO NOTHING "
+                f"RETURNING {_column_list(conn, returning)}",
+                (list(values),),
+            )
+            inserted = [tuple(row) for row in cursor.fetchall()]
+        # A second write in the same transaction must not move these rows again; DELETE,
+        # not TRUNCATE, which would give the table a new file on every call.
         cursor.execute(f"DELETE FROM {staging}")
     return inserted
+
+
+def _staging(conn: Connection, table: Table) -> str:
+    return _quote(conn, f"{table.name}_incoming")

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import utcnow
-from core.jobs.bulk_copy import copy_new_rows, is_postgresql
+from core.jobs.bulk_copy import is_postgresql, move_staged, stage_rows
 from core.jobs.expiry import expire_job
 from core.jobs.predictions import Prediction
 from core.jobs.status import ACTIVE_JOB_STATES, JobStatus
@@ -92,22 +92,35 @@ def _insert_skipping_existing(conn: Connection) -> Any:
     )
 
 
-def _insert_new_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> list[tuple[str, Any]]:
-    """Insert rows (in ``RESULT_ROW_COLUMNS`` order) not yet present; (job_id, error) of each."""
+def _stage_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: ``COPY`` the rows (``RESULT_ROW_COLUMNS`` order) into the session's
+    staging table, before any job row is locked (:func:`core.jobs.bulk_copy.stage_rows`)."""
+    # COPY takes JSON as text; SQLAlchemy's JSON type encodes it on the other path.
+    top_k = RESULT_ROW_COLUMNS.index("top_k")
+    copied = ((*row[:top_k], _json_text(row[top_k]), *row[top_k + 1 :]) for row in rows)
+    stage_rows(conn, results, RESULT_ROW_COLUMNS, copied)
+
+
+def _insert_new_rows(
+    conn: Connection, rows: list[tuple[Any, ...]], active: set[str]
+) -> list[tuple[str, Any]]:
+    """Insert the rows of ``active`` jobs not yet present; (job_id, error) of each.
+
+    On PostgreSQL the rows were staged already (:func:`_stage_rows`); this moves them.
+    """
     if is_postgresql(conn):
-        # COPY takes JSON as text; SQLAlchemy's JSON type encodes it on the other path.
-        top_k = RESULT_ROW_COLUMNS.index("top_k")
-        copied = ((*row[:top_k], _json_text(row[top_k]), *row[top_k + 1 :]) for row in rows)
-        inserted = copy_new_rows(
+        moved = move_staged(
             conn,
             results,
             RESULT_ROW_COLUMNS,
-            copied,
             conflict=("job_id", "index"),
             returning=("job_id", "error"),
+            only=("job_id", sorted(active)),
         )
-        return [(job_id, error) for job_id, error in inserted]
-    mappings = [dict(zip(RESULT_ROW_COLUMNS, row, strict=True)) for row in rows]
+        return [(job_id, error) for job_id, error in moved]
+    mappings = [dict(zip(RESULT_ROW_COLUMNS, row, strict=True)) for row in rows if row[0] in active]
+    if not mappings:
+        return []
     return [
         (row.job_id, row.error) for row in conn.execute(_insert_skipping_existing(conn), mappings)
     ]
@@ -141,15 +154,15 @@ def write_job_results(
 ) -> dict[str, WriteOutcome]:
     """:func:`write_results` for several jobs of one model in one statement per step.
 
-    Each job's row is taken first (:func:`lock_active_jobs`); a job no longer active gets a
-    ``refused`` outcome and nothing written. For the others, rows not yet present are
+    On PostgreSQL the rows are first streamed into the session's staging table, which
+    locks nothing shared; then each job's row is taken (:func:`lock_active_jobs`); a job
+    no longer active gets a ``refused`` outcome and nothing written. For the others, rows not yet present are
     inserted (``COPY`` on PostgreSQL) and each job's counters advance by exactly the rows
     inserted for it, in the caller's transaction: a batch that mixes small jobs keeps every
     job's accounting as if it had been written alone.
     """
     if not any(scored_by_job.values()):
         return {}
-    active = lock_active_jobs(conn, scored_by_job)
     now = utcnow()
     rows = [
         (
@@ -166,12 +179,16 @@ def write_job_results(
             item.cached,
         )
         for job_id, scored in scored_by_job.items()
-        if job_id in active
         for item in scored
     ]
+    if is_postgresql(conn):
+        # Streamed before the job rows are taken: a writer frozen mid-COPY holds no lock
+        # that another worker's write of the same job would wait for.
+        _stage_rows(conn, rows)
+    active = lock_active_jobs(conn, scored_by_job)
     succeeded: Counter[str] = Counter()
     failed: Counter[str] = Counter()
-    for job_id, error in _insert_new_rows(conn, rows) if rows else []:
+    for job_id, error in _insert_new_rows(conn, rows, active):
         (failed if error is not None else succeeded)[job_id] += 1
     outcomes = {
         job_id: WriteOutcome(
@@ -189,8 +206,9 @@ def lock_active_jobs(conn: Connection, job_ids: Collection[str]) -> set[str]:
     A write and every change of a job's status (a cancel, a failure, the write that
     completes it) then follow one another on the job's row: a write that takes the row
     after a cancel committed finds ``cancelled`` and writes nothing, and a cancel that
-    takes it after a write committed reports numbers that include that write. Call first
-    in the writing transaction.
+    takes it after a write committed reports numbers that include that write. Call before
+    any change to shared rows in the writing transaction (staging rows in the session's
+    own temporary table may come first: they lock nothing).
     """
     if not job_ids:
         return set()

@@ -37,8 +37,11 @@ JOB_TIMEOUT_S = 90.0
 
 def _texts(count: int) -> list[str]:
     words = ["good", "bad", "film", "plot", "actor", "awful", "great", "boring", "dull"]
+    # Distinct texts: dedup would otherwise send each repeated text to the model once, and
+    # the stand-in's sleep would cover fewer tokens than the test counts.
     return [
-        " ".join(words[(i + k) % len(words)] for k in range(1 + (i * 7) % 30)) for i in range(count)
+        " ".join(words[(i + k) % len(words)] for k in range(1 + (i * 7) % 30)) + f" #{i}"
+        for i in range(count)
     ]
 
 

@@ -92,7 +92,8 @@ def stack(pg_url: str, redis_url: str, tmp_path: Path, tiny_text_model: Path) ->
     upgrade(pg_url)
     settings = Settings(database_url=pg_url, broker_url=redis_url, models=models)
     # 3,000 examples: a training that takes the tiny backbone several seconds of features.
-    csv = labelled_csv(tmp_path / "big.csv", intent_rows(1000)).read_bytes()
+    # Big enough that the training is still running a second after it starts, on any load.
+    csv = labelled_csv(tmp_path / "big.csv", intent_rows(3000)).read_bytes()
     env = worker_env(
         pg_url,
         redis_url,
@@ -117,7 +118,7 @@ def test_kill_9_of_the_training_worker_is_taken_over_after_the_lease(stack: Stac
         assert created.status_code == 202, created.text
         job_id = created.json()["id"]
         poll(lambda: stack.chunk(job_id).status == "running", 60, "the training to start")
-        time.sleep(2.0)  # a few seconds into the features
+        time.sleep(1.0)  # a second into the features
         assert stack.job(job_id).status == "running", "the training ended before the kill"
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(10)
