@@ -156,8 +156,8 @@ def write_job_results(
 
     On PostgreSQL the rows are first streamed into the session's staging table, which
     locks nothing shared; then each job's row is taken (:func:`lock_active_jobs`); a job
-    no longer active gets a ``refused`` outcome and nothing written. For the others, rows not yet present are
-    inserted (``COPY`` on PostgreSQL) and each job's counters advance by exactly the rows
+    no longer active gets a ``refused`` outcome and nothing written. For the others, rows
+    not yet present are inserted and each job's counters advance by exactly the rows
     inserted for it, in the caller's transaction: a batch that mixes small jobs keeps every
     job's accounting as if it had been written alone.
     """
