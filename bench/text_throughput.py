@@ -71,7 +71,9 @@ def bulkscore_in_process(
     def run() -> None:
         # What `bulkscore score` does once its runner is warm: an embedded job, its chunk
         # claimed, scored and finished by the in-process driver.
-        job = create_embedded_job(engine, spec, items)
+        # Without the result cache: every repeat scores afresh (bench/dedup_cache.py
+        # measures the cache).
+        job = create_embedded_job(engine, spec, items, use_cache=False)
         outcome = score_in_process(engine, settings, job.id, runner)
         assert outcome.scored == len(items) and outcome.busy is None, outcome
 
