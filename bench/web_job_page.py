@@ -36,6 +36,7 @@ from sqlalchemy import create_engine, insert
 
 from core.clock import utcnow
 from core.jobs.bulk_copy import copy_rows
+from core.jobs.results import RESULT_ROW_COLUMNS
 from core.keys import create_key
 from core.migrate import upgrade
 from core.tables import items, jobs, results
@@ -114,19 +115,7 @@ def _fill(database_url: str, count: int) -> str:
         copy_rows(
             conn,
             results,
-            [
-                "job_id",
-                "index",
-                "item_id",
-                "label",
-                "score",
-                "top_k",
-                "error",
-                "model",
-                "model_revision",
-                "created_at",
-                "cached",
-            ],
+            RESULT_ROW_COLUMNS,
             (row(i) for i in range(count)),
         )
     engine.dispose()

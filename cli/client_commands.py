@@ -24,6 +24,7 @@ from cli.console import (
     out_console,
     print_json,
 )
+from cli.input_options import ID_COLUMN, KEEP_COLUMNS, NO_CACHE, TEXT_COLUMN
 from core.inputs.text_files import TEXT_SUFFIXES, InputFileError
 from core.jobs.export import EXPORT_FORMATS, format_for_path
 from core.jobs.priority import Priority
@@ -66,22 +67,10 @@ def submit(
         help="high, normal or low: workers take higher levels first, and share a level "
         "round-robin across keys and jobs.",
     ),
-    no_cache: bool = typer.Option(
-        False,
-        "--no-cache",
-        help="Score every input afresh: neither read nor fill the result cache.",
-    ),
-    text_column: str | None = typer.Option(
-        None, "--text-column", help="The column of texts in a .csv/.jsonl/.parquet (text)."
-    ),
-    id_column: str | None = typer.Option(
-        None, "--id-column", help="The column of ids (id; row numbers where absent)."
-    ),
-    keep_columns: str | None = typer.Option(
-        None,
-        "--keep-columns",
-        help="Input columns (a,b) carried, as text, into every export of the results.",
-    ),
+    no_cache: bool = NO_CACHE,
+    text_column: str | None = TEXT_COLUMN,
+    id_column: str | None = ID_COLUMN,
+    keep_columns: str | None = KEEP_COLUMNS,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Upload SOURCE as a job for MODEL and print the job id.

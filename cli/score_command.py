@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from cli.console import JSON_HELP
+from cli.input_options import ID_COLUMN, KEEP_COLUMNS, NO_CACHE, TEXT_COLUMN
 
 
 def score(
@@ -22,17 +23,9 @@ def score(
         "-o",
         help="Also export the results to this .csv, .jsonl or .parquet file.",
     ),
-    text_column: str | None = typer.Option(
-        None, "--text-column", help="The column of texts in a .csv/.jsonl/.parquet (text)."
-    ),
-    id_column: str | None = typer.Option(
-        None, "--id-column", help="The column of ids (id; row numbers where absent)."
-    ),
-    keep_columns: str | None = typer.Option(
-        None,
-        "--keep-columns",
-        help="Input columns (a,b) carried, as text, into every export of the results.",
-    ),
+    text_column: str | None = TEXT_COLUMN,
+    id_column: str | None = ID_COLUMN,
+    keep_columns: str | None = KEEP_COLUMNS,
     include: list[str] = typer.Option(
         [], "--include", help="input: --out also gets each input's text (input column)."
     ),
@@ -49,11 +42,7 @@ def score(
         "replaced by one new row (inputs refused at intake are not retried).",
     ),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
-    no_cache: bool = typer.Option(
-        False,
-        "--no-cache",
-        help="Score every input afresh: neither read nor fill the result cache.",
-    ),
+    no_cache: bool = NO_CACHE,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Score every input of SOURCE with MODEL in this process and store the results.
