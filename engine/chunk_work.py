@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from time import monotonic
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from core.chunks.batches import (
     ChunkKey,
@@ -44,7 +44,6 @@ from core.jobs.results import ScoredItem, scored_indexes
 from core.jobs.retry_marks import pending_retries, write_scored
 from core.jobs.status import ChunkStatus, JobDriver, JobStatus
 from core.queues import ChunkSend
-from core.tables import jobs
 from engine.cross_job import gather_siblings
 from engine.delivery import (
     BatchedChunk,
@@ -158,9 +157,8 @@ def _work_on_claimed(
         return train_claimed(engine, settings, claim, driver, max_attempts)
     siblings = gather_siblings(engine, settings, runner, model, claim) if driver.cross_job else []
     try:
-        return _score_claimed(
-            engine, settings, [claim, *siblings], runner, driver, fair and not siblings
-        )
+        yield_on = state.runs_on if fair and not siblings else None
+        return _score_claimed(engine, settings, [claim, *siblings], runner, driver, yield_on)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         if siblings:
@@ -236,13 +234,14 @@ def _score_claimed(
     claims: list[Claim],
     runner: Runner,
     driver: Driver,
-    may_yield: bool,
+    yield_on: str | None,
 ) -> ChunkReport:
     """Score the claimed chunks (this delivery's first, then its cross-job siblings).
 
     Every chunk belongs to a different job, so per-job totals are per-chunk totals. Rows are
     committed before the chunks are marked done, and both before the task returns (and so
-    before its message is acked). ``may_yield`` (fair claiming, one chunk): between write
+    before its message is acked). ``yield_on`` (fair claiming, one chunk: the model it runs
+    on; None: never yield): between write
     windows, once the chunk has run ``fair_time_slice_s``, a job ranked before this one
     that is waiting takes the worker: the unscored rest goes back to the queue as a new
     chunk (:func:`core.chunks.split.hand_back`).
@@ -257,7 +256,11 @@ def _score_claimed(
 
     first = claims[0]
     assert first.chunk is not None
-    should_yield = _yield_check(engine, settings, first.chunk.job_id, driver) if may_yield else None
+    should_yield = (
+        _yield_check(engine, settings, first.chunk.job_id, yield_on)
+        if yield_on is not None
+        else None
+    )
     with engine.connect() as conn:
         loaded = load_chunk_items(conn, batch)
     run = score_jobs(
@@ -271,7 +274,9 @@ def _score_claimed(
     )
     totals, stopped = run.totals, run.stopped
     if run.yielded:
-        return _hand_back(engine, first, run.yielded[first.chunk.job_id], totals, driver.send)
+        assert yield_on is not None  # only a chunk that may yield has yielded
+        rest = run.yielded[first.chunk.job_id]
+        return _hand_back(engine, first, yield_on, rest, totals, driver.send)
     with engine.begin() as conn:
         finish_chunks(conn, [k for k in keys if k[0] not in stopped], ChunkStatus.DONE)
         finish_chunks(conn, [k for k in keys if k[0] in stopped], ChunkStatus.CANCELLED)
@@ -322,9 +327,7 @@ def _score_claimed(
     )
 
 
-def _yield_check(
-    engine: Engine, settings: Settings, job_id: str, driver: Driver
-) -> Callable[[], bool]:
+def _yield_check(engine: Engine, settings: Settings, job_id: str, model: str) -> Callable[[], bool]:
     """``should_yield`` for a chunk of ``job_id``: True once the chunk has had its time
     slice and a queued chunk of a job ranked before it waits (one indexed query per write
     window, none during the slice)."""
@@ -336,8 +339,7 @@ def _yield_check(
             return False
         try:
             with engine.connect() as conn:
-                model = conn.scalar(select(jobs.c.runs_on).where(jobs.c.id == job_id))
-                return model is not None and outranked(conn, job_id, model, fairness)
+                return outranked(conn, job_id, model, fairness)
         except Exception:
             # Only a scheduling hint: a failed look must not cost the chunk its work.
             log.warning("could not check for more urgent work", exc_info=True)
@@ -349,25 +351,26 @@ def _yield_check(
 def _hand_back(
     engine: Engine,
     claim: Claim,
+    model: str,
     rest: tuple[int, int],
     totals: dict[str, ScoreTotals],
     send: ChunkSend | None,
 ) -> ChunkReport:
     """Give the unscored ``rest`` of ``claim``'s chunk back as a new queued chunk, and send
-    its message (a token: the next delivery claims the fairest chunk, the waiting one)."""
+    its message to ``model``'s queue (a token: the next delivery claims the fairest chunk,
+    the waiting one)."""
     assert claim.chunk is not None
     chunk = claim.chunk
     own = totals[chunk.job_id]
     with engine.begin() as conn:
         child = hand_back(conn, chunk.job_id, chunk.index, attempts=claim.attempts, rest=rest)
-        runs_on = conn.scalar(select(jobs.c.runs_on).where(jobs.c.id == chunk.job_id))
     if child is None:
         reason = "lease taken over before the hand-back; left to its new holder"
     else:
         reason = f"items {rest[0]}..{rest[1] - 1} handed back as chunk {child} (a job ranks first)"
         if send is not None:
             try:
-                send(chunk.job_id, child, str(runs_on))
+                send(chunk.job_id, child, model)
             except Exception:
                 # The chunk stays queued; the lost-message sweep sends it later.
                 log.exception("could not send chunk %d of job %s", child, chunk.job_id)
