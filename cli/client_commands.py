@@ -250,14 +250,8 @@ def retry(
     client = client_from_settings()
     body = {"errors_matching": errors_matching} if errors_matching is not None else None
     job = client.json("POST", f"/v1/jobs/{job_id}/retry", json=body)
-    _print_warnings(job)
-    err_console.print(f"job {job_id}: {job['requeued']} error row(s) queued for retry")
-    if wait:
-        job = _follow(client, job_id, interval)
-    if as_json:
-        print_json(job)
-    if wait:
-        _finish(job, print_table=not as_json)
+    what = f"{job['requeued']} error row(s) queued for retry"
+    _requeued(client, job, what, wait=wait, interval=interval, as_json=as_json)
 
 
 def resume(
@@ -272,10 +266,25 @@ def resume(
     """
     client = client_from_settings()
     job = client.json("POST", f"/v1/jobs/{job_id}/resume")
+    what = f"{job['requeued']} unscored item(s) queued again"
+    _requeued(client, job, what, wait=wait, interval=interval, as_json=as_json)
+
+
+def _requeued(
+    client: ApiClient,
+    job: dict[str, Any],
+    what: str,
+    *,
+    wait: bool,
+    interval: float,
+    as_json: bool,
+) -> None:
+    """What retry and resume print once the API queued the work: the job, then with
+    --wait its progress to the end (the exit status says whether it completed)."""
     _print_warnings(job)
-    err_console.print(f"job {job_id}: {job['requeued']} unscored item(s) queued again")
+    err_console.print(f"job {job['id']}: {what}")
     if wait:
-        job = _follow(client, job_id, interval)
+        job = _follow(client, job["id"], interval)
     if as_json:
         print_json(job)
     if wait:
