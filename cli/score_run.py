@@ -15,6 +15,7 @@ from core.db import get_engine, redact_url
 from core.inputs.columns import DEFAULT_COLUMNS, ColumnChoiceError, InputColumns
 from core.inputs.items import InputItem
 from core.inputs.text_files import InputFileError, read_text_file
+from core.jobs.column_pages import stream_column_pages
 from core.jobs.export import export_lines, format_for_path
 from core.jobs.inputs_hash import inputs_difference, inputs_hash, stored_inputs_hash
 from core.jobs.lifecycle import Job, get_job
@@ -26,7 +27,6 @@ from core.jobs.results import (
     has_item_metadata,
     iter_results,
     label_counts,
-    stream_column_pages,
 )
 from core.jobs.status import JobDriver, JobStatus
 from core.migrate import upgrade

@@ -12,9 +12,10 @@ from sqlalchemy import Engine
 from api.deps import ConnDep, EngineDep, OwnedJob
 from api.problems import ApiError
 from api.schemas import ResultPage, ResultRow
+from core.jobs.column_pages import stream_column_pages
 from core.jobs.export import export_lines
 from core.jobs.parquet_export import ROW_GROUP_ROWS, parquet_pieces
-from core.jobs.results import has_item_metadata, read_page, stream_column_pages, stream_results
+from core.jobs.results import has_item_metadata, read_page, stream_results
 from core.tables import MAX_INTEGER
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"])

@@ -1,9 +1,10 @@
 """Result rows as a Parquet file, written a row group at a time.
 
-Each page of columns (:func:`core.jobs.results.stream_column_pages`, 10,000 rows) becomes
-one row group: converted to Arrow arrays, written, and the bytes the writer produced so far
-are handed out before the next page is read. An export of millions of rows streams with
-the memory of one group, never the whole table.
+Each page (:func:`core.jobs.column_pages.stream_column_pages`, 10,000 rows, an Arrow table
+whose ``top_k`` and ``metadata`` are the stored JSON texts) becomes one row group: its JSON
+columns parsed into nested Arrow arrays, written, and the bytes the writer produced so far
+handed out before the next page is taken. An export of millions of rows streams with the
+memory of one group, never the whole table.
 
 Columns: ``index``, ``id``, ``label``, ``score``, ``top_k`` (a list of ``{label, score}``),
 ``error``, ``cached``, ``metadata`` (a map of strings: the input's kept columns), and with
@@ -102,20 +103,18 @@ def _metadata_array(values: list[Any], map_type: Any) -> Any:
     )
 
 
-def _group_table(page: dict[str, list[Any]], schema: Any) -> Any:
-    # Deferred: see parquet_schema.
-    import pyarrow as pa
-
+def _group_table(page: Any, schema: Any) -> Any:
     columns = []
     for field in schema:
         if field.name == "top_k":
-            columns.append(_top_k_array(page["top_k"]))
+            columns.append(_top_k_array(page.column("top_k").to_pylist()))
         elif field.name == "metadata":
-            columns.append(_metadata_array(page["metadata"], field.type))
-        elif field.name == "cached":
-            columns.append(pa.array([bool(flag) for flag in page["cached"]], pa.bool_()))
+            columns.append(_metadata_array(page.column("metadata").to_pylist(), field.type))
         else:
-            columns.append(pa.array(page[field.name], field.type))
+            columns.append(page.column(field.name).cast(field.type))
+    # Deferred: see parquet_schema.
+    import pyarrow as pa
+
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -143,11 +142,9 @@ class _Chunks:
         return data
 
 
-def parquet_pieces(
-    pages: Iterable[dict[str, list[Any]]], with_input: bool = False
-) -> Iterator[bytes]:
-    """The bytes of a Parquet file holding ``pages`` (columns: see the module), a piece per
-    page: each page is one row group."""
+def parquet_pieces(pages: Iterable[Any], with_input: bool = False) -> Iterator[bytes]:
+    """The bytes of a Parquet file holding ``pages`` (Arrow tables, columns: see the
+    module), a piece per page: each page is one row group."""
     # Deferred: see parquet_schema.
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -156,7 +153,7 @@ def parquet_pieces(
     sink = _Chunks()
     with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd") as writer:
         for page in pages:
-            writer.write_table(_group_table(page, schema), row_group_size=len(page["index"]))
+            writer.write_table(_group_table(page, schema), row_group_size=page.num_rows)
             piece = sink.take()
             if piece:
                 yield piece

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, func, select
+import pytest
+from sqlalchemy import Engine, and_, delete, func, select
 
 from core.db import get_engine
 from core.inputs.items import InputItem
+from core.jobs.column_pages import stream_column_pages
 from core.jobs.export import export_lines
 from core.jobs.lifecycle import Job, create_job, get_job, load_items
 from core.jobs.parquet_export import parquet_pieces
@@ -18,14 +21,13 @@ from core.jobs.predictions import Prediction
 from core.jobs.results import (
     ScoredItem,
     iter_results,
-    stream_column_pages,
     write_job_results,
     write_results,
 )
 from core.jobs.status import JobStatus
 from core.migrate import upgrade
 from core.models.registry import ModelSpec
-from core.tables import results
+from core.tables import items, results
 
 SPEC = ModelSpec(name="m", task="text-classification", backend="transformers", source="/x")
 GOOD = Prediction(label="POSITIVE", score=0.75, top_k=[("POSITIVE", 0.75), ("NEGATIVE", 0.25)])
@@ -159,28 +161,47 @@ def test_the_cached_flag_goes_through_copy_and_out_in_exports(pg_url: str) -> No
     assert csv_text[1].endswith(",false")
 
 
+# Texts that a CSV reader could take for something else: line breaks, quotes, commas, the
+# spellings of null and not-a-number, an empty text, COPY's own escapes.
+AWKWARD_TEXTS = ["line\nbreak\r\nagain", 'a "quoted", text', "NULL", "", "NaN", "\\N", "null"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_item_metadata_goes_through_copy_and_the_parquet_export_equals_json_lines(
-    pg_url: str,
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    engine = pg_engine(pg_url)
+    if backend == "postgresql":
+        engine = pg_engine(request.getfixturevalue("pg_url"))
+    else:
+        engine = pg_engine(f"sqlite:///{tmp_path / 'results.db'}")
     inputs = [
         InputItem(item_id=f"r{i}", text=f"text \\N\t{i}", metadata={"lang": "é\t\\N", "n": str(i)})
         if i % 3
         else InputItem(item_id=f"r{i}", text=f"text {i}")
         for i in range(25)
+    ] + [
+        InputItem(item_id=f"{i:03d}", text=text, metadata={"q": text})
+        for i, text in enumerate(AWKWARD_TEXTS, start=25)
     ]
+    total = len(inputs)
     with engine.begin() as conn:
-        job = create_job(conn, SPEC, inputs, chunk_size=25)
+        job = create_job(conn, SPEC, inputs, chunk_size=total)
         # Not every index written yet: a window with gaps, and rows past them.
-        write_results(conn, job.id, "m", None, scored([i for i in range(25) if i != 7]))
+        write_results(conn, job.id, "m", None, scored([i for i in range(total) if i != 7]))
+        # An input purged since (core.jobs.purge deletes the items rows): a row without
+        # metadata or input.
+        conn.execute(delete(items).where(and_(items.c.job_id == job.id, items.c.index == 4)))
     with engine.connect() as conn:
         lines = "".join(export_lines(iter_results(conn, job.id, with_input=True), "jsonl"))
     records = [json.loads(line) for line in lines.splitlines()]
     assert records[1]["metadata"] == {"lang": "é\t\\N", "n": "1"}
     assert "metadata" not in records[0] and records[1]["input"] == "text \\N\t1"
-    raw = b"".join(parquet_pieces(stream_column_pages(engine.connect, job.id, 25, 10, True), True))
+    assert [record["input"] for record in records[-len(AWKWARD_TEXTS) :]] == AWKWARD_TEXTS
+    assert records[4]["input"] is None and "metadata" not in records[4]
+    pages = stream_column_pages(engine.connect, job.id, total, 10, True)
+    raw = b"".join(parquet_pieces(pages, True))
     table = pq.read_table(io.BytesIO(raw))
-    assert pq.ParquetFile(io.BytesIO(raw)).metadata.num_row_groups == 3
+    assert pq.ParquetFile(io.BytesIO(raw)).metadata.num_row_groups == 4
     as_records = []
     for row in table.to_pylist():
         row["top_k"] = [[p["label"], p["score"]] for p in row["top_k"]] if row["top_k"] else None

@@ -245,19 +245,21 @@ def test_cli_submit_parquet_and_download_parquet(api: UnitApi, tmp_path: Path) -
 
 
 def test_a_parquet_export_comes_in_row_groups() -> None:
-    def page(start: int, stop: int) -> dict[str, list[Any]]:
+    def page(start: int, stop: int) -> pa.Table:
         count = stop - start
-        return {
-            "index": list(range(start, stop)),
-            "id": [str(n) for n in range(start, stop)],
-            "label": ["POSITIVE"] * count,
-            "score": [0.5] * count,
-            "top_k": ['[["POSITIVE",0.5],["NEGATIVE",0.5]]', None, "null"] * (count // 3)
-            + [None] * (count % 3),
-            "error": [None] * count,
-            "cached": [False] * count,
-            "metadata": ['{"lang": "en"}', None] * (count // 2) + [None] * (count % 2),
-        }
+        return pa.table(
+            {
+                "index": list(range(start, stop)),
+                "id": [str(n) for n in range(start, stop)],
+                "label": ["POSITIVE"] * count,
+                "score": [0.5] * count,
+                "top_k": ['[["POSITIVE",0.5],["NEGATIVE",0.5]]', None, "null"] * (count // 3)
+                + [None] * (count % 3),
+                "error": [None] * count,
+                "cached": [False] * count,
+                "metadata": ['{"lang": "en"}', None] * (count // 2) + [None] * (count % 2),
+            }
+        )
 
     pieces = list(parquet_pieces(iter([page(0, 10), page(10, 20), page(20, 25)])))
     # A piece per row group written, and the footer: never one piece for the whole file.
