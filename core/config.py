@@ -70,8 +70,9 @@ class Settings(BaseSettings):
         default=128,
         ge=1,
         description=(
-            "Items scored and written per database transaction; between two, a worker checks "
-            "for cancellation and for more urgent work."
+            "Most items scored and written per database transaction (fewer long texts: a "
+            "window costs at most this many texts of average length); between two, a worker "
+            "checks for cancellation and for more urgent work."
         ),
     )
     torch_threads: int = Field(

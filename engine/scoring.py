@@ -20,6 +20,7 @@ from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes_many
 from core.jobs.retry_marks import pending_retries_many, write_scored
 from engine.reuse import Answer, Entry, PredictionReuse, jobs_using_cache
 from engine.runners.base import Progress, Runner
+from engine.window_order import scoring_windows
 from engine.window_writer import WindowWriter, writes_overlap
 
 log = logging.getLogger(__name__)
@@ -155,9 +156,11 @@ def score_jobs(
         cache: Look up the result cache before predicting and fill it after each write,
             for the jobs that did not ask for fresh scores (``jobs.use_cache``).
 
-    Texts are scored in length order across the whole call, so that each write window is
+    Texts are windowed in length order across the whole call, so that each write window is
     as uniform as one big length-sorted batch: small windows (frequent writes and checks)
-    then cost no extra padding.
+    then cost no extra padding. A window of long texts holds fewer of them (windows take
+    about the same time), and the windows run shortest and longest alternately, in an
+    order that a handed-back rest continues (:mod:`engine.window_order`).
 
     Returns:
         Totals per job, the jobs stopped by ``still_active`` or by the write itself (which
@@ -166,8 +169,9 @@ def score_jobs(
     """
     totals = {unit.job_id: ScoreTotals() for unit in work}
     pending, retrying = _without_scored(engine, work, totals, progress)
-    # Stable: images (no length) and equal lengths keep index order.
-    pending.sort(key=lambda entry: len(entry[2].text) if entry[2].text is not None else 0)
+    everything = [(unit.job_id, index, item) for unit in work for index, item in unit.items]
+    # Images (no length) and equal lengths keep index order.
+    windows = scoring_windows(everything, pending, write_batch_size, _text_length)
     reuse = PredictionReuse(
         engine,
         runner,
@@ -193,12 +197,12 @@ def score_jobs(
             else:
                 totals[job_id].add(outcomes[job_id], len(rows))
 
-    def announce(start: int) -> None:
-        # The texts of the window at ``start``: the runner may tokenise them while the
+    def announce(position: int) -> None:
+        # The texts of the window at ``position``: the runner may tokenise them while the
         # window before it is in the forward pass (engine.runners.token_prefetch).
         texts = [
             item.text
-            for job_id, _, item in pending[start : start + write_batch_size]
+            for job_id, _, item in (windows[position] if position < len(windows) else ())
             if item.error is None and item.text is not None and job_id not in stopped
         ]
         if texts:
@@ -206,18 +210,19 @@ def score_jobs(
 
     announce(0)
     with WindowWriter(write, taken, overlap=writes_overlap(engine)) as writer:
-        for start in range(0, len(pending), write_batch_size):
-            if start and should_yield is not None and should_yield():
+        for position, planned in enumerate(windows):
+            if position and should_yield is not None and should_yield():
                 writer.wait()  # the rows before the hand-back are committed first
-                rest = [entry for entry in pending[start:] if entry[0] not in stopped]
+                rest = [
+                    entry
+                    for later in windows[position:]
+                    for entry in later
+                    if entry[0] not in stopped
+                ]
                 if rest:
                     return ScoreRun(totals, stopped, _index_ranges(rest))
             # A stopped job stays stopped: its later windows are dropped without asking.
-            window = [
-                entry
-                for entry in pending[start : start + write_batch_size]
-                if entry[0] not in stopped
-            ]
+            window = [entry for entry in planned if entry[0] not in stopped]
             if still_active is not None and window:
                 job_ids = {job_id for job_id, _, _ in window}
                 active = still_active(job_ids)
@@ -226,7 +231,7 @@ def score_jobs(
             if not window:
                 continue
             usable = [entry for entry in window if entry[2].error is None]
-            announce(start + write_batch_size)
+            announce(position + 1)
             answers = reuse.answers(usable, progress)
             by_key = {
                 (job_id, index): answer
@@ -251,6 +256,11 @@ def score_jobs(
             # Written while the next window is scored (one write in flight at most).
             writer.submit(scored, list(zip(usable, answers, strict=True)))
     return ScoreRun(totals, stopped, {})
+
+
+def _text_length(entry: Entry) -> int:
+    text = entry[2].text
+    return len(text) if text is not None else 0
 
 
 def _index_ranges(entries: Sequence[tuple[str, int, InputItem]]) -> dict[str, tuple[int, int]]:

@@ -54,7 +54,8 @@ def new_job(
     expires_after_s: float | None = 3600,
     driver: JobDriver = JobDriver.SERVICE,
 ) -> Job:
-    inputs = [InputItem(item_id=f"r{i}", text=f"text {i}") for i in range(count)]
+    # Equal lengths (two digits): write windows then hold write_batch_size texts each.
+    inputs = [InputItem(item_id=f"r{i}", text=f"text {i:02d}") for i in range(count)]
     with engine.begin() as conn:
         return create_job(
             conn,

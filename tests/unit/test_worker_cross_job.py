@@ -69,12 +69,18 @@ def settings(**overrides: Any) -> Settings:
     return Settings(database_url="sqlite://", **values)
 
 
-def small_jobs(engine: Engine, count: int, size: int = 1, spec: ModelSpec = FAKE) -> list[Job]:
+def small_jobs(
+    engine: Engine, count: int, size: int = 1, spec: ModelSpec = FAKE, one_length: bool = False
+) -> list[Job]:
     made = []
     with engine.begin() as conn:
         for number in range(count):
             # Lengths grow job by job: scored in length order, the jobs' items stay apart.
             texts = ["x" * (10 * number + 1 + k) for k in range(size)]
+            if one_length:
+                # Write windows hold write_batch_size texts only when no text is longer than
+                # the mean (engine.window_order); equal lengths keep the jobs' order.
+                texts = [f"job {number:02d} text {k:02d}" for k in range(size)]
             inputs = [InputItem(item_id=f"j{number}-{k}", text=t) for k, t in enumerate(texts)]
             made.append(create_job(conn, spec, inputs, chunk_size=size))
     return made
@@ -213,7 +219,7 @@ def test_a_failed_batch_gives_every_chunk_back(
 
 
 def test_a_sibling_job_cancelled_mid_batch_stops_alone(engine: Engine) -> None:
-    jobs = small_jobs(engine, 3, size=4)
+    jobs = small_jobs(engine, 3, size=4, one_length=True)
 
     def cancel_the_second() -> None:
         with engine.begin() as conn:
