@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -223,6 +224,11 @@ def low_against_normal(service: Service, texts: list[str]) -> tuple[str, float, 
     return first, ends["low"], ends["normal"]
 
 
+def note(what: str, value: object) -> None:
+    """A measurement as soon as it is taken (stderr), so a run cut short keeps what it got."""
+    print(f"[{time.strftime('%H:%M:%S')}] {what}: {value}", file=sys.stderr, flush=True)
+
+
 def texts_of(count: int, workdir: Path, seed: int = 7) -> list[str]:
     return [
         r["text"] for r in bench_texts(count, total=max(count, 2000), seed=seed, workdir=workdir)
@@ -238,6 +244,7 @@ def sentiment_mini_rows(workdir: Path) -> None:
     with running_service(workdir, models) as service:
         service.start_workers(1)
         results["idle"] = idle_small(service, small)
+        note("idle 5-text job s", results["idle"])
         # A first big job, not counted: the tables' first rows (planner statistics, caches)
         # made the first big run of a fresh service the slowest by far.
         big_alone(service, big)
@@ -247,16 +254,26 @@ def sentiment_mini_rows(workdir: Path) -> None:
         # Alternated, so that a change of the machine's load falls on both.
         for _ in range(RUNS):
             alone.append(big_alone(service, big))
+            note("big alone (wall s, worker CPU s)", alone[-1])
             small_s, big_s, big_cpu = big_then_small(service, big, small)
             behind_runs.append(small_s)
             with_small.append((big_s, big_cpu))
+            note(
+                "small behind big s; big with small (wall s, worker CPU s)",
+                (small_s, big_s, big_cpu),
+            )
         results["big alone"], results["big with small"] = alone, with_small
         results["small behind big"] = max(behind_runs)
-        results["two keys"] = [two_keys(service, pair) for _ in range(2)]
+        results["two keys"] = []
+        for _ in range(2):
+            results["two keys"].append(two_keys(service, pair))
+            note("two keys (rate a, rate b, s): whole, thirds", results["two keys"][-1])
         results["low vs normal"] = low_against_normal(service, pair)
+        note("low vs normal (first, low s, normal s)", results["low vs normal"])
     with running_service(workdir, models) as service:
         service.start_workers(1, BULKSCORE_FAIR_CLAIMING="false")
         results["fifo small behind big"], *_ = big_then_small(service, big, small)
+        note("first in first out: small behind big s", results["fifo small behind big"])
     idle, behind, fifo = (
         results["idle"],
         results["small behind big"],
