@@ -228,13 +228,11 @@ def score_jobs(
             usable = [entry for entry in window if entry[2].error is None]
             announce(start + write_batch_size)
             answers = reuse.answers(usable, progress)
-            by_key = {
-                (job_id, index): answer
-                for (job_id, index, _), answer in zip(usable, answers, strict=True)
-            }
+            # ``usable`` is ``window`` without its intake errors, in order: walk both.
+            answered = iter(answers)
             scored: dict[str, list[ScoredItem]] = {}
             for job_id, index, item in window:
-                answer = by_key.get((job_id, index))
+                answer = next(answered) if item.error is None else None
                 scored.setdefault(job_id, []).append(
                     ScoredItem(
                         index=index,

@@ -36,6 +36,7 @@ from core.clock import utcnow
 from core.jobs.bulk_copy import is_postgresql, move_staged, stage_rows
 from core.jobs.expiry import expire_job
 from core.jobs.predictions import Prediction
+from core.jobs.sqlite_rows import insert_rows
 from core.jobs.status import ACTIVE_JOB_STATES, JobStatus
 from core.tables import items, jobs, results, retry_items
 
@@ -77,60 +78,6 @@ RESULT_ROW_COLUMNS = (
 )
 
 
-# SQLite caps the variables of one statement (32,766 since 3.32; RETURNING needs 3.35):
-# 11 per result row.
-SQLITE_ROWS_PER_INSERT = 2000
-
-
-def _insert_sqlite(
-    conn: Connection, rows: list[tuple[Any, ...]], active: set[str]
-) -> list[tuple[str, Any]]:
-    """SQLite: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of the rows of ``active``
-    jobs, a few thousand rows per statement, straight through the driver.
-
-    Each value goes through its column type's own bind processor (the JSON text of
-    ``top_k``, the datetime text of ``created_at``), so the stored bytes are what a
-    SQLAlchemy ``insert()`` stores; SQLAlchemy's per-row parameter handling, which cost
-    more than the database's own work in ``bulkscore score``, is skipped.
-    """
-    kept = [row for row in rows if row[0] in active]
-    if not kept:
-        return []
-    dialect = conn.dialect
-    processors = [
-        results.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        for name in RESULT_ROW_COLUMNS
-    ]
-    columns = list(zip(*kept, strict=True))
-    processed = [
-        column if process is None else [process(value) for value in column]
-        for process, column in zip(processors, columns, strict=True)
-    ]
-    values = list(zip(*processed, strict=True))
-    quote = dialect.identifier_preparer.quote
-    names = ", ".join(quote(name) for name in RESULT_ROW_COLUMNS)
-    placeholder = "(" + ", ".join("?" * len(RESULT_ROW_COLUMNS)) + ")"
-    inserted: list[tuple[str, Any]] = []
-    for start in range(0, len(values), SQLITE_ROWS_PER_INSERT):
-        part = values[start : start + SQLITE_ROWS_PER_INSERT]
-        statement = (
-            f"INSERT INTO {quote(results.name)} ({names}) VALUES "
-            + ", ".join([placeholder] * len(part))
-            + f" ON CONFLICT ({quote('job_id')}, {quote('index')}) DO NOTHING"
-            + f" RETURNING {quote('job_id')}, {quote('error')}"
-        )
-        flat = tuple(value for row in part for value in row)
-        # The driver's own cursor on this transaction's connection: the RETURNING rows come
-        # back as plain tuples, without a SQLAlchemy result row each.
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(statement, flat)
-            inserted.extend(cursor.fetchall())
-        finally:
-            cursor.close()
-    return inserted
-
-
 def _stage_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     """PostgreSQL: ``COPY`` the rows (``RESULT_ROW_COLUMNS`` order) into the session's
     staging table, before any job row is locked (:func:`core.jobs.bulk_copy.stage_rows`)."""
@@ -159,7 +106,17 @@ def _insert_new_rows(
         return [(job_id, error) for job_id, error in moved]
     if conn.dialect.name != "sqlite":  # pragma: no cover - only the two supported databases
         raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
-    return _insert_sqlite(conn, rows, active)
+    # Through the driver (core.jobs.sqlite_rows): SQLAlchemy's per-row parameter handling
+    # cost more than SQLite's own work in `bulkscore score`.
+    inserted = insert_rows(
+        conn,
+        results,
+        RESULT_ROW_COLUMNS,
+        [row for row in rows if row[0] in active],
+        conflict=("job_id", "index"),
+        returning=("job_id", "error"),
+    )
+    return [(job_id, error) for job_id, error in inserted]
 
 
 def _json_text(value: Any) -> str | None:
@@ -207,7 +164,8 @@ def write_job_results(
             item.item_id,
             item.prediction.label,
             item.prediction.score,
-            [list(pair) for pair in item.prediction.top_k] or None,
+            # Pairs as they are: JSON writes a tuple as an array, so no list per pair.
+            item.prediction.top_k or None,
             item.prediction.error,
             model,
             model_revision,

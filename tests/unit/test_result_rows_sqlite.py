@@ -1,4 +1,5 @@
-"""SQLite result writes through the driver store exactly what a SQLAlchemy insert stores."""
+"""SQLite result and item writes through the driver (core.jobs.sqlite_rows) store exactly
+what a SQLAlchemy insert stores."""
 
 from __future__ import annotations
 
@@ -15,15 +16,11 @@ from core.db import dispose_engines, get_engine
 from core.inputs.items import InputItem
 from core.jobs.lifecycle import Job, create_job
 from core.jobs.predictions import Prediction
-from core.jobs.results import (
-    RESULT_ROW_COLUMNS,
-    SQLITE_ROWS_PER_INSERT,
-    ScoredItem,
-    write_job_results,
-)
+from core.jobs.results import RESULT_ROW_COLUMNS, ScoredItem, write_job_results
+from core.jobs.sqlite_rows import rows_per_statement
 from core.migrate import upgrade
 from core.models.registry import ModelSpec
-from core.tables import results
+from core.tables import items, results
 
 SPEC = ModelSpec(name="m", task="text-classification", backend="transformers", source="/x")
 
@@ -70,7 +67,9 @@ def test_rows_are_stored_as_a_sqlalchemy_insert_stores_them(
 ) -> None:
     now = datetime(2026, 12, 1, 18, 7, 9, 123456, tzinfo=UTC)
     monkeypatch.setattr("core.jobs.results.utcnow", lambda: now)
-    rows = scored(SQLITE_ROWS_PER_INSERT + 30)  # more than one statement's worth
+    rows = scored(
+        rows_per_statement(len(RESULT_ROW_COLUMNS)) + 30
+    )  # more than one statement's worth
     ours = new_job(engine, len(rows))
     reference = new_job(engine, len(rows))
     with engine.begin() as conn:
@@ -109,3 +108,38 @@ def test_a_row_already_present_is_skipped_and_not_counted(engine: Engine) -> Non
         second = write_job_results(conn, "m", None, {job.id: rows})[job.id]
     assert first.written == 8 and second.written == 4
     assert len(stored(engine, job.id)) == 12
+
+
+def test_a_jobs_items_are_stored_as_a_sqlalchemy_insert_stores_them(engine: Engine) -> None:
+    inputs = [
+        InputItem(item_id="t", text="plain 'text' with\ttabs", metadata={"k": "é", "n": "1"}),
+        InputItem(item_id="b", data=b"\x00\xffbytes"),
+        InputItem(item_id="e", error="refused at intake"),
+        InputItem(item_id="n", text="no metadata"),
+    ]
+    with engine.begin() as conn:
+        job = create_job(conn, SPEC, inputs, chunk_size=len(inputs))
+        reference = create_job(conn, SPEC, [InputItem(item_id="x", text="x")], chunk_size=1)
+        conn.execute(text("DELETE FROM items WHERE job_id = :job"), {"job": reference.id})
+        conn.execute(
+            sqlite.insert(items),
+            [
+                {
+                    "job_id": reference.id,
+                    "index": index,
+                    "item_id": item.item_id,
+                    "text": item.text,
+                    "data": item.data,
+                    "error": item.error,
+                    "metadata": item.metadata,
+                }
+                for index, item in enumerate(inputs)
+            ],
+        )
+    columns = ["index", "item_id", "text", "data", "error", "metadata"]
+    listed = ", ".join(f'"{name}", typeof("{name}")' for name in columns)
+    query = text(f'SELECT {listed} FROM items WHERE job_id = :job ORDER BY "index"')
+    with engine.connect() as conn:
+        ours = [tuple(row) for row in conn.execute(query, {"job": job.id})]
+        theirs = [tuple(row) for row in conn.execute(query, {"job": reference.id})]
+    assert ours == theirs and len(ours) == len(inputs)
