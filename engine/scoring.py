@@ -24,6 +24,11 @@ from engine.window_writer import WindowWriter, writes_overlap
 
 log = logging.getLogger(__name__)
 
+# Windows whose texts are announced to the runner before they are scored: two, so that the
+# tokenizer thread has the next window to work on while the main thread builds rows and
+# hands them to the writer, instead of idling until the next window starts.
+TOKENISED_AHEAD = 2
+
 
 @dataclass(slots=True)
 class ScoreTotals:
@@ -204,7 +209,8 @@ def score_jobs(
         if texts:
             runner.prefetch(texts)
 
-    announce(0)
+    for ahead in range(TOKENISED_AHEAD):
+        announce(ahead * write_batch_size)
     with WindowWriter(write, taken, overlap=writes_overlap(engine)) as writer:
         for start in range(0, len(pending), write_batch_size):
             if start and should_yield is not None and should_yield():
@@ -226,7 +232,7 @@ def score_jobs(
             if not window:
                 continue
             usable = [entry for entry in window if entry[2].error is None]
-            announce(start + write_batch_size)
+            announce(start + TOKENISED_AHEAD * write_batch_size)
             answers = reuse.answers(usable, progress)
             # ``usable`` is ``window`` without its intake errors, in order: walk both.
             answered = iter(answers)
