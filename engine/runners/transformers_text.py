@@ -260,17 +260,23 @@ class TransformersTextRunner(Runner):
 
     def _run_sorted(
         self, texts: Sequence[str], progress: Progress | None, embeddings: bool = False
-    ) -> list[np.ndarray]:
-        """One output row per text, in input order, computed in length-sorted batches."""
+    ) -> np.ndarray:
+        """One output row per text, in input order, computed in length-sorted batches.
+
+        Each batch's rows go into their places with one array assignment, not a Python
+        assignment per text.
+        """
         encoded, keys = self._encode(texts)
         lengths = [len(ids) for ids in encoded["input_ids"]]
-        outputs: list[np.ndarray] = [np.empty(0)] * len(texts)
+        outputs: np.ndarray | None = None
         for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-            rows = self._forward(self._tensors(encoded, keys, batch), embeddings)
-            for position, row in zip(batch, rows, strict=True):
-                outputs[position] = row
+            rows = np.asarray(self._forward(self._tensors(encoded, keys, batch), embeddings))
+            if outputs is None:
+                outputs = np.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype)
+            outputs[batch] = rows
             if progress is not None:
                 progress(len(batch))
+        assert outputs is not None, "plan_batches covers every text"
         return outputs
 
     def embed(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
@@ -279,7 +285,7 @@ class TransformersTextRunner(Runner):
             raise ValueError(f"model {self.name!r} is a classifier, not an encoder")
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack(self._run_sorted(texts, progress, embeddings=True))
+        return self._run_sorted(texts, progress, embeddings=True)
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         if not self.labels:
@@ -288,4 +294,4 @@ class TransformersTextRunner(Runner):
             return []
         rows = self._run_sorted([str(text) for text in batch], progress)
         k = min(self.spec.top_k, len(self.labels))
-        return top_k_predictions(self.labels, self.activation(np.stack(rows)), k)
+        return top_k_predictions(self.labels, self.activation(rows), k)
