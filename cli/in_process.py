@@ -17,6 +17,8 @@ from core.jobs.lifecycle import Job, mark_failed
 from core.models.registry import ModelSpec
 from engine.in_process import InProcessRun, score_in_process
 from engine.runners import ModelLoadError, build_runner
+from engine.threads import compute_threads
+from worker.pinning import set_tokenizers_parallelism
 
 
 def score_here(
@@ -27,6 +29,10 @@ def score_here(
     A model that cannot be loaded fails the job with the reason and exits with status 1;
     another process holding the job exits with status 1 saying so.
     """
+    # Decided as a worker decides it (worker.pinning), before a tokenizer loads: the Rust
+    # tokenizer's pool as wide as this process's cores, not the library's default of every
+    # core of the host (more than a container limited by a CPU quota may use).
+    set_tokenizers_parallelism(threads=compute_threads(settings))
     runner = build_runner(spec, settings)
     err_console.print(f"loading model [bold]{spec.name}[/] ({spec.source}) on {device} ...")
     try:

@@ -25,6 +25,11 @@ from engine.window_writer import WindowWriter, writes_overlap
 
 log = logging.getLogger(__name__)
 
+# Windows whose texts are announced to the runner before they are scored: two, so that the
+# tokenizer thread has the next window to work on while the main thread builds rows and
+# hands them to the writer, instead of idling until the next window starts.
+TOKENISED_AHEAD = 2
+
 
 @dataclass(slots=True)
 class ScoreTotals:
@@ -208,7 +213,8 @@ def score_jobs(
         if texts:
             runner.prefetch(texts)
 
-    announce(0)
+    for ahead in range(TOKENISED_AHEAD):
+        announce(ahead)
     with WindowWriter(write, taken, overlap=writes_overlap(engine)) as writer:
         for position, planned in enumerate(windows):
             if position and should_yield is not None and should_yield():
@@ -231,15 +237,13 @@ def score_jobs(
             if not window:
                 continue
             usable = [entry for entry in window if entry[2].error is None]
-            announce(position + 1)
+            announce(position + TOKENISED_AHEAD)
             answers = reuse.answers(usable, progress)
-            by_key = {
-                (job_id, index): answer
-                for (job_id, index, _), answer in zip(usable, answers, strict=True)
-            }
+            # ``usable`` is ``window`` without its intake errors, in order: walk both.
+            answered = iter(answers)
             scored: dict[str, list[ScoredItem]] = {}
             for job_id, index, item in window:
-                answer = by_key.get((job_id, index))
+                answer = next(answered) if item.error is None else None
                 scored.setdefault(job_id, []).append(
                     ScoredItem(
                         index=index,

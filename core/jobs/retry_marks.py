@@ -68,7 +68,11 @@ def write_scored(
     fresh: dict[str, list[ScoredItem]] = {}
     again: dict[str, list[ScoredItem]] = {}
     for job_id, rows in scored_by_job.items():
-        marked = retrying.get(job_id, ())
+        marked = retrying.get(job_id)
+        if not marked:  # the usual case: no row of the job waits for a retry
+            if rows:
+                fresh[job_id] = list(rows)
+            continue
         for row in rows:
             (again if row.index in marked else fresh).setdefault(job_id, []).append(row)
     written = write_job_results(conn, model, model_revision, fresh) if fresh else {}

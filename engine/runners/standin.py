@@ -58,6 +58,7 @@ class StandinTextRunner(TransformersTextRunner):
         self.config = load_pretrained(self.spec, AutoConfig.from_pretrained)
         self._classify_with(self.config)
         self.max_length = self._max_length()
+        self._choose_encoder()
 
     def _model_config(self) -> Any:
         return self.config

@@ -8,9 +8,12 @@ while it encodes a batch, as a forward pass does, so the two overlap. ``predict`
 takes the announced texts' rows instead of tokenising them again.
 
 One thread and one lock: a fast tokenizer must not be used by two threads at once
-("Already borrowed"). The rows kept are bounded (``capacity`` texts, oldest dropped), so
-texts announced but never predicted (result-cache hits, a cancelled job) cost nothing
-lasting.
+("Already borrowed"). Rows are handed out once: :meth:`TokenPrefetch.encode` forgets the
+rows it returns, because a scoring call predicts each distinct text once (``engine.reuse``)
+and a later call must pay for its own tokenising (kept, a repeat of the same texts skipped
+the tokenizer and a benchmark measured a warm cache). The rows waiting are bounded
+(``capacity`` texts, oldest dropped), so texts announced but never predicted (result-cache
+hits, a cancelled job) cost nothing lasting.
 """
 
 from __future__ import annotations
@@ -52,14 +55,17 @@ class TokenPrefetch:
 
     def encode(self, texts: Sequence[str]) -> Rows:
         """Rows of ``texts`` in order: announced ones (waiting for them if still being
-        tokenised), the rest tokenised now."""
+        tokenised), the rest tokenised now. The rows returned are forgotten."""
         for future in {id(f): f for t in texts if (f := self.pending.get(t))}.values():
             future.result()
         missing = list(dict.fromkeys(t for t in texts if t not in self.rows))
         if missing:
             self._fill(missing)
         keys = list(self.rows[texts[0]]) if texts else []
-        return {key: [self.rows[text][key] for text in texts] for key in keys}
+        encoded = {key: [self.rows[text][key] for text in texts] for key in keys}
+        for text in texts:
+            self.rows.pop(text, None)
+        return encoded
 
     def _fill(self, texts: list[str]) -> None:
         with self.lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from core.models.registry import ModelSpec, Task
 from engine.batching import plan_batches
 from engine.runners.activations import sigmoid, softmax
 from engine.runners.base import ModelLoadError, Progress, Runner, top_k_predictions
+from engine.runners.fast_tokens import Encode, fast_encoder
 from engine.runners.heads import read_head
 from engine.runners.hub import load_pretrained
 from engine.runners.token_prefetch import TokenPrefetch
@@ -52,6 +54,8 @@ class TransformersTextRunner(Runner):
         self.max_length = FALLBACK_MAX_LENGTH
         self.first_token_only = False
         self.tokens = TokenPrefetch(self._tokenize)
+        # The Rust tokenizer without offsets, when it gives the same rows (fast_tokens.py).
+        self.fast_encode: Encode | None = None
 
     # -- setup -------------------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:
@@ -76,6 +80,7 @@ class TransformersTextRunner(Runner):
         elif not encoder_only:
             self._classify_with(self.model.config)
         self.max_length = self._max_length()
+        self._choose_encoder()
         # Pruned while still fp32 on the CPU, where the check against the full layer is
         # exact; int8 and fp16 then apply to the pruned layer's modules as to any other.
         if self.is_classifier and self.settings.first_token_last_layer:
@@ -106,7 +111,17 @@ class TransformersTextRunner(Runner):
         encoded, keys = self._encode(texts)
         return self._tensors(encoded, keys, [0, 1])
 
+    def _choose_encoder(self) -> None:
+        """Take the fast token path if it gives this tokenizer's own rows (call in setup,
+        once ``max_length`` is known)."""
+        self.fast_encode = fast_encoder(self.tokenizer, self.max_length, self._tokenize_in_full)
+
     def _tokenize(self, texts: list[str]) -> dict[str, list[Any]]:
+        if self.fast_encode is not None:
+            return self.fast_encode(texts)
+        return self._tokenize_in_full(texts)
+
+    def _tokenize_in_full(self, texts: list[str]) -> dict[str, list[Any]]:
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         names = ("input_ids", "attention_mask", "token_type_ids")
         return {key: encoded[key] for key in names if key in encoded}
@@ -141,10 +156,19 @@ class TransformersTextRunner(Runner):
     def _padded(
         self, encoded: Any, keys: Sequence[str], batch: Sequence[int]
     ) -> dict[str, np.ndarray]:
-        """The rows ``batch`` of ``encoded``, padded to the longest, as int64 arrays."""
-        rows = [encoded["input_ids"][i] for i in batch]
-        longest = max(len(row) for row in rows)
+        """The rows ``batch`` of ``encoded``, padded to the longest, as int64 arrays.
+
+        One pass over all of a key's values (``np.fromiter`` over the chained rows) and one
+        masked assignment, instead of a numpy conversion per row: that loop held the GIL
+        the tokenizer and writer threads wait for (bench/README.md, the stand-in ceiling).
+        """
+        lengths = np.fromiter((len(encoded["input_ids"][i]) for i in batch), np.int64, len(batch))
+        longest = int(lengths.max())
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        columns = np.arange(longest)
+        # Where the real tokens go: the first (right padding) or last (left) of each row.
+        real = columns >= (longest - lengths)[:, None] if left else columns < lengths[:, None]
+        total = int(lengths.sum())
         fills = {
             "input_ids": self.tokenizer.pad_token_id or 0,
             "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0) or 0,
@@ -152,13 +176,14 @@ class TransformersTextRunner(Runner):
         }
         padded = {}
         for key in keys:
+            if key == "attention_mask":
+                # Rows come unpadded, so every real token's mask is 1: the mask is ``real``.
+                padded[key] = real.astype(np.int64)
+                continue
+            rows = encoded[key]
             array = np.full((len(batch), longest), fills[key], dtype=np.int64)
-            for row, position in enumerate(batch):
-                values = encoded[key][position]
-                if left:
-                    array[row, longest - len(values) :] = values
-                else:
-                    array[row, : len(values)] = values
+            # Row-major order of ``real`` is the rows' own order, value after value.
+            array[real] = np.fromiter(chain.from_iterable(rows[i] for i in batch), np.int64, total)
             padded[key] = array
         return padded
 
@@ -235,17 +260,23 @@ class TransformersTextRunner(Runner):
 
     def _run_sorted(
         self, texts: Sequence[str], progress: Progress | None, embeddings: bool = False
-    ) -> list[np.ndarray]:
-        """One output row per text, in input order, computed in length-sorted batches."""
+    ) -> np.ndarray:
+        """One output row per text, in input order, computed in length-sorted batches.
+
+        Each batch's rows go into their places with one array assignment, not a Python
+        assignment per text.
+        """
         encoded, keys = self._encode(texts)
         lengths = [len(ids) for ids in encoded["input_ids"]]
-        outputs: list[np.ndarray] = [np.empty(0)] * len(texts)
+        outputs: np.ndarray | None = None
         for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-            rows = self._forward(self._tensors(encoded, keys, batch), embeddings)
-            for position, row in zip(batch, rows, strict=True):
-                outputs[position] = row
+            rows = np.asarray(self._forward(self._tensors(encoded, keys, batch), embeddings))
+            if outputs is None:
+                outputs = np.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype)
+            outputs[batch] = rows
             if progress is not None:
                 progress(len(batch))
+        assert outputs is not None, "plan_batches covers every text"
         return outputs
 
     def embed(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
@@ -254,7 +285,7 @@ class TransformersTextRunner(Runner):
             raise ValueError(f"model {self.name!r} is a classifier, not an encoder")
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack(self._run_sorted(texts, progress, embeddings=True))
+        return self._run_sorted(texts, progress, embeddings=True)
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         if not self.labels:
@@ -263,4 +294,4 @@ class TransformersTextRunner(Runner):
             return []
         rows = self._run_sorted([str(text) for text in batch], progress)
         k = min(self.spec.top_k, len(self.labels))
-        return top_k_predictions(self.labels, self.activation(np.stack(rows)), k)
+        return top_k_predictions(self.labels, self.activation(rows), k)

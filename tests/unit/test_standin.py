@@ -7,9 +7,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from core.config import DEFAULT_MODELS_FILE, get_settings
+from core.db import dispose_engines, get_engine
+from core.inputs.items import InputItem, checked_text_item
+from core.jobs.lifecycle import create_job
+from core.migrate import upgrade
 from core.models.registry import Backend, Registry, RegistryError
+from core.tables import results
+from engine import scoring
 from engine.runners import build_runner
 from engine.runners.standin import StandinTextRunner, standin_logits
 from engine.runners.transformers_text import TransformersTextRunner
@@ -176,3 +183,43 @@ def test_the_registry_reads_the_stand_in_from_a_models_file(tmp_path: Path) -> N
 def test_the_shipped_models_file_has_no_stand_in() -> None:
     registry = Registry.load(DEFAULT_MODELS_FILE)
     assert all(spec.backend != Backend.STANDIN for spec in registry.models.values())
+
+
+def test_the_pipelined_fast_path_writes_what_the_plain_serial_path_writes(
+    tiny_text_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fast token path, tokenising ahead, array padding and background driver writes against
+    the tokenizer's own call, no prefetch and writes in the loop: the same rows."""
+    inputs = [
+        checked_text_item(f"r{i}", text, 100_000)
+        for i, text in enumerate(
+            [*TEXTS, *(f"review {i} " + "word " * (i % 23) for i in range(60)), "x " * 900]
+        )
+    ]
+    inputs.append(InputItem(item_id="refused", error="refused at intake"))
+    rows = []
+    for name, fast in (("pipelined", True), ("serial", False)):
+        url = f"sqlite:///{tmp_path / name}.db"
+        upgrade(url)
+        engine = get_engine(url)
+        runner = _standin(tiny_text_model)
+        assert runner.fast_encode is not None
+        if not fast:
+            runner.fast_encode = None
+            monkeypatch.setattr(runner, "prefetch", lambda batch: None)
+        monkeypatch.setattr(scoring, "writes_overlap", lambda _engine, on=fast: on)
+        spec = _registry(tiny_text_model, backend="standin").get("m")
+        with engine.begin() as conn:
+            job = create_job(conn, spec, inputs, chunk_size=len(inputs), job_id="f" * 32)
+        run = scoring.score_jobs(
+            engine, runner, [scoring.JobItems(job.id, list(enumerate(inputs)))], write_batch_size=8
+        )
+        assert run.totals[job.id].succeeded == sum(item.error is None for item in inputs) > 60
+        columns = [c for c in results.c if c.name not in ("created_at",)]
+        with engine.connect() as conn:
+            rows.append(conn.execute(select(*columns).order_by(results.c.index)).all())
+        runner.close()
+        dispose_engines()
+    pipelined, serial = rows
+    assert len(pipelined) == len(inputs)
+    assert pipelined == serial

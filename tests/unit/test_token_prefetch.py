@@ -1,14 +1,24 @@
 """engine.runners.token_prefetch: the next window's texts are tokenised in the background,
-once, never by two threads at once, and predict gets the same rows as without it."""
+once, never by two threads at once, handed out once, and predict gets the same rows as
+without it."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.db import dispose_engines, get_engine
+from core.inputs.items import InputItem
+from core.jobs.lifecycle import create_job
+from core.jobs.predictions import Prediction
+from core.migrate import upgrade
+from core.models.registry import ModelSpec
+from engine.runners.base import Progress, Runner
 from engine.runners.token_prefetch import TokenPrefetch
+from engine.scoring import score_items
 
 
 class CountingTokenizer:
@@ -40,8 +50,10 @@ def test_announced_texts_are_tokenised_once_ahead_and_the_rest_now() -> None:
         "attention_mask": [[1], [1, 1], [1, 1]],
     }
     assert tokenizer.calls == [["ab", "c"], ["zz"]]
-    tokens.encode(["ab", "zz"])  # known: no call
-    assert len(tokenizer.calls) == 2
+    # Rows are handed out once: a later call tokenises again, as it would without prefetch.
+    assert tokens.rows == {}
+    tokens.encode(["ab", "zz"])
+    assert tokenizer.calls[2:] == [["ab", "zz"]]
     tokens.close()
 
 
@@ -100,3 +112,44 @@ def test_batch_top_k_equals_the_per_row_ranking() -> None:
         expected = top_k_pairs(labels, row.tolist(), 3)
         assert got.top_k == expected and (got.label, got.score) == expected[0]
     assert top_k_predictions(labels, np.zeros((0, 6)), 3) == []
+
+
+class AnnouncingRunner(Runner):
+    """Records, in order, the texts announced (``prefetch``) and the texts predicted."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, list[str]]] = []
+
+    def setup(self, device: str = "cpu") -> None:
+        pass
+
+    def prefetch(self, batch: Sequence[Any]) -> None:
+        self.events.append(("prefetch", [str(text) for text in batch]))
+
+    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        self.events.append(("predict", [str(text) for text in batch]))
+        return [Prediction(label="x", score=1.0) for _ in batch]
+
+
+def test_scoring_announces_two_windows_ahead(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ahead.db'}"
+    upgrade(url)
+    engine = get_engine(url)
+    spec = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/x")
+    # Lengths 1..10: scored in that order, two per window.
+    inputs = [InputItem(item_id=f"r{i}", text="t" * (i + 1)) for i in range(10)]
+    with engine.begin() as conn:
+        job = create_job(conn, spec, inputs, chunk_size=len(inputs))
+    runner = AnnouncingRunner()
+    score_items(engine, job.id, runner, list(enumerate(inputs)), write_batch_size=2, cache=False)
+    dispose_engines()
+    windows = [["t" * (n + 1), "t" * (n + 2)] for n in range(0, 10, 2)]
+    predicted = [texts for kind, texts in runner.events if kind == "predict"]
+    assert predicted == windows
+    for number, window in enumerate(windows):
+        before = runner.events[: runner.events.index(("predict", window))]
+        announced = [texts for kind, texts in before if kind == "prefetch"]
+        # This window, the next one and the one after are announced before it is scored.
+        assert announced == windows[: number + 3]

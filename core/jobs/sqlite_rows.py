@@ -1,0 +1,74 @@
+"""Bulk inserts on SQLite straight through the driver, stored as SQLAlchemy stores them.
+
+``conn.execute(insert(table), [dict, ...])`` costs SQLAlchemy's parameter handling per row
+(a dict per row, a processed parameter set per row, a result row per ``RETURNING`` row);
+for result windows and a job's items that cost more than SQLite's own work in ``bulkscore
+score``. :func:`insert_rows` sends multi-row ``INSERT`` statements to the driver instead,
+each value through its column type's own bind processor (JSON text, datetime text), once
+per column rather than per row, so the stored bytes are the same.
+
+Only SQLite gets here; PostgreSQL writes use ``COPY`` (:mod:`core.jobs.bulk_copy`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table
+
+# SQLite caps the variables of one statement at 32,766 (since 3.32; RETURNING needs 3.35).
+MAX_VARIABLES = 32_766
+
+
+def rows_per_statement(columns: int) -> int:
+    return max(1, MAX_VARIABLES // columns)
+
+
+def insert_rows(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    conflict: Sequence[str] = (),
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
+    """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in the caller's
+    transaction; with ``conflict``, a row whose key is present is skipped
+    (``ON CONFLICT DO NOTHING``); returns the ``returning`` columns of the rows inserted."""
+    if not rows:
+        return []
+    dialect = conn.dialect
+    processors = [
+        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
+    ]
+    by_column = list(zip(*rows, strict=True))
+    processed = [
+        column if process is None else [process(value) for value in column]
+        for process, column in zip(processors, by_column, strict=True)
+    ]
+    values = list(zip(*processed, strict=True))
+    quote = dialect.identifier_preparer.quote
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in columns)}) VALUES "
+    tail = ""
+    if conflict:
+        tail += f" ON CONFLICT ({', '.join(quote(name) for name in conflict)}) DO NOTHING"
+    if returning:
+        tail += f" RETURNING {', '.join(quote(name) for name in returning)}"
+    placeholder = "(" + ", ".join("?" * len(columns)) + ")"
+    step = rows_per_statement(len(columns))
+    found: list[tuple[Any, ...]] = []
+    # The driver's own cursor on this transaction's connection: RETURNING rows come back as
+    # plain tuples, without a SQLAlchemy result row each.
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for start in range(0, len(values), step):
+            part = values[start : start + step]
+            statement = head + ", ".join([placeholder] * len(part)) + tail
+            cursor.execute(statement, tuple(value for row in part for value in row))
+            if returning:
+                found.extend(cursor.fetchall())
+    finally:
+        cursor.close()
+    return found
