@@ -24,9 +24,6 @@ from sqlalchemy import Connection, Text, and_, cast, select
 from core.jobs.bulk_copy import is_postgresql
 from core.tables import items, results
 
-RESULT_COLUMNS = ("index", "id", "label", "score", "top_k", "error", "cached")
-ITEM_COLUMNS = ("index", "metadata", "input")
-
 
 def _result_types() -> dict[str, Any]:
     # Deferred: pyarrow loads only for a Parquet export, not with the API's other routes.
