@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,3 +167,17 @@ def machine_summary() -> str:
         pass
     shown = " ".join(flags) or "none of " + ",".join(NOTABLE_FLAGS)
     return f"{os.cpu_count()} cores, {cpu}, flags: {shown}"
+
+
+def process_tree(pids: Collection[int]) -> Iterator[tuple[Path, list[str]]]:
+    """``/proc`` entries of ``pids`` and their children, each with its ``stat`` fields after
+    the process name (state, ppid, ..., utime at 11, stime at 12, counting from 0)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(proc.name) in pids or int(fields[1]) in pids:
+            yield proc, fields

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import REPO, bench_texts, bench_workdir, build_distilbert_base, machine_summary
+from common import (
+    REPO,
+    bench_texts,
+    bench_workdir,
+    build_distilbert_base,
+    machine_summary,
+    process_tree,
+)
 from models import write_models_file
 from service_support import MODEL, Service, running_service
 
@@ -126,20 +133,9 @@ def idle_small(service: Service, texts: list[str], runs: int = 5) -> float:
 
 def worker_cpu_s(service: Service) -> float:
     """CPU seconds (user + system) the workers' processes and their children have used."""
-    tick = os.sysconf("SC_CLK_TCK")
     pids = {worker.process.pid for worker in service.workers}
-    total = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # Fields after the name: state, ppid, ..., utime (12th), stime (13th).
-        if int(proc.name) in pids or int(fields[1]) in pids:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+    ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in process_tree(pids))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def big_then_small(

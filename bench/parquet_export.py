@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import bench_workdir, load_summary, machine_summary
+from common import bench_workdir, load_summary, machine_summary, process_tree
 from service_support import Service, bench_models_file, running_service
 
 WRITE_BATCH = 50_000
@@ -70,13 +70,8 @@ def _store_job(service: Service, rows: int) -> str:
 def _rss_kib(pid: int) -> int:
     """RSS of ``pid`` and its children (the API serves from one process; counted anyway)."""
     total = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for proc, _ in process_tree({pid}):
         try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(proc.name) != pid and int(fields[1]) != pid:
-                continue
             for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
