@@ -43,7 +43,7 @@ def job_view(conn: Connection, queue: JobQueue, job: Job, settings: Settings) ->
     if job.status.is_final:
         return JobOut.from_job(job)
     live = live_worker(queue, job.runs_on)
-    ahead = chunks_ahead(conn, job.id, job.runs_on, Fairness(settings.priority_aging_s))
+    ahead = chunks_ahead(conn, job.id, job.runs_on, Fairness.of(settings))
     info = QueueInfo(runs_on=job.runs_on, chunks_ahead=ahead, worker_live=live)
     warnings = [unserved_warning(job.runs_on)] if live is False else []
     return JobOut.from_job(job, info, warnings)

@@ -114,7 +114,7 @@ def work(
     ready.set()
     time.sleep(max(0.0, start_at - time.monotonic()))
     figures = WorkerFigures()
-    fairness = Fairness(settings.priority_aging_s)
+    fairness = Fairness.of(settings)
     while time.monotonic() < stop_at:
         began = time.monotonic()
         with engine.begin() as conn:

@@ -188,7 +188,7 @@ class Scorer(threading.Thread):
 
         settings = get_settings()
         engine = get_engine(self.url)
-        fairness = Fairness(settings.priority_aging_s)
+        fairness = Fairness.of(settings)
         while not self.stop.is_set():
             with engine.begin() as conn:
                 claim = claim_fairest(

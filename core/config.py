@@ -132,8 +132,9 @@ class Settings(BaseSettings):
         default=1.0,
         ge=0,
         description=(
-            "A chunk runs at least this long before it hands its unscored rest back to a "
-            "job that ranks before it (a new or higher-priority job)."
+            "A job's turn on a worker: its chunks run at least this long from the claim that "
+            "opened the turn (across chunks, when one runs out early) before the unscored rest "
+            "goes back to a job that ranks before it (a new or higher-priority job)."
         ),
     )
     priority_aging_s: float = Field(

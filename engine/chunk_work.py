@@ -35,8 +35,9 @@ from core.chunks.claim import (
     claim_chunk,
     delivery_state,
 )
-from core.chunks.fair import Fairness, claim_fairest, outranked, stamp_served
+from core.chunks.fair import Fairness, claim_fairest, outranked, stamp_served, turn_started
 from core.chunks.split import hand_back, split_exhausted
+from core.clock import utcnow
 from core.config import Settings
 from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
@@ -102,7 +103,7 @@ def work_on_chunk(
             claim = claim_fairest(
                 conn,
                 state.runs_on,
-                Fairness(settings.priority_aging_s),
+                Fairness.of(settings),
                 lease_s=settings.chunk_lease_s,
                 max_attempts=max_attempts,
                 training=driver.backbone_for is not None,
@@ -123,7 +124,7 @@ def work_on_chunk(
                 driver=driver.kind,
             )
             if claim.claimed and fair:
-                stamp_served(conn, [job_id])
+                stamp_served(conn, [job_id], fairness=Fairness.of(settings))
         if claim.claimed:
             assert claim.chunk is not None
             mark_running(conn, claim.chunk.job_id)
@@ -328,14 +329,18 @@ def _score_claimed(
 
 
 def _yield_check(engine: Engine, settings: Settings, job_id: str, model: str) -> Callable[[], bool]:
-    """``should_yield`` for a chunk of ``job_id``: True once the chunk has had its time
-    slice and a queued chunk of a job ranked before it waits (one indexed query per write
-    window, none during the slice)."""
-    started = monotonic()
-    fairness = Fairness(settings.priority_aging_s)
+    """``should_yield`` for a chunk of ``job_id``: True once the job's turn is over (its time
+    slice, counted from the claim that opened the turn: a chunk that continues a turn gets
+    what is left of it) and a queued chunk of a job ranked before it waits (one indexed
+    query per write window, none during the turn)."""
+    fairness = Fairness.of(settings)
+    with engine.connect() as conn:
+        began = turn_started(conn, job_id)
+    used = (utcnow() - began).total_seconds() if began is not None else 0.0
+    turn_ends = monotonic() + settings.fair_time_slice_s - min(max(used, 0.0), fairness.turn_s)
 
     def should_yield() -> bool:
-        if monotonic() - started < settings.fair_time_slice_s:
+        if monotonic() < turn_ends:
             return False
         try:
             with engine.connect() as conn:

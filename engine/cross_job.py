@@ -80,9 +80,7 @@ def gather_siblings(
                     max_chunks=room,
                     lease_s=settings.chunk_lease_s,
                     max_chunk_items=small - 1,
-                    fairness=Fairness(settings.priority_aging_s)
-                    if settings.fair_claiming
-                    else None,
+                    fairness=Fairness.of(settings) if settings.fair_claiming else None,
                 )
                 mark_jobs_running(conn, {c.chunk.job_id for c in found if c.chunk is not None})
         except Exception:

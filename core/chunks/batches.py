@@ -126,7 +126,7 @@ def claim_siblings(
     order = {key: position for position, key in enumerate(picked)}
     rows = sorted(claimed, key=lambda row: order[(row[0], row[1])])
     if fairness is not None:
-        stamp_served(conn, {row[0] for row in rows}, now)
+        stamp_served(conn, {row[0] for row in rows}, now, fairness)
     return [
         Claim(ClaimOutcome.CLAIMED, Chunk(job_id, index, start, stop), attempts)
         for job_id, index, start, stop, attempts in rows

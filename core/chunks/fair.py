@@ -12,14 +12,22 @@ The order, one ``ORDER BY`` over the queued chunks of the service's active jobs 
    (:class:`core.jobs.priority.Priority`). A job's level rises by one for each
    ``priority_aging_s`` it has waited since it was last served (or created), so a ``low``
    job behind a steady stream of ``normal`` work still gets a chunk now and then.
-2. **Round-robin across owner keys**: the key served least recently first (a key's clock
-   is the latest ``jobs.last_served_at`` of its active jobs on M; a key never served comes
-   first).
+2. **Round-robin across owner keys**: the key with the fewest chunks running first; then
+   a job whose turn is still open (below); then the key served least recently (a key's
+   clock is the latest ``jobs.last_served_at`` of its active jobs on M; a key never served
+   comes first).
 3. **Round-robin across a key's jobs**: the job served least recently first.
 4. **Oldest first within a job**: the job's created order, then the chunk's index.
 
 Claiming stamps the job's ``last_served_at``, which moves it (and its key) to the back of
-its level. Message counts still balance: each delivery claims at most one queued chunk, and
+its level, and opens the job's **turn**: ``Fairness.turn_s`` (the worker's time slice)
+from that stamp. A turn belongs to the job, not to one chunk: when the chunk ends before
+the turn does (a short rest of a chunk handed back earlier), the job's next chunk is
+claimed first and runs for what is left of the turn, without a new stamp. Turns counted per
+claim instead gave a job whose chunks kept running out a fraction of a slice per turn
+against a whole one for the other key (0.72 of its item rate, ``bench/fair_scheduling.py``).
+
+Message counts still balance: each delivery claims at most one queued chunk, and
 a queued chunk always has at least one message that will come for some chunk of M; a
 delivery that finds nothing queued falls back to its own chunk (a lease to take over, or a
 no-op), and the lost-message sweep and redelivery are unchanged.
@@ -34,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -54,6 +62,9 @@ from core.clock import utcnow
 from core.jobs.priority import Priority
 from core.jobs.status import ChunkStatus
 from core.tables import chunks, jobs, training_runs
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 # Levels an aging job may climb (low -> normal -> high).
 _MAX_BOOST = Priority.LOW.level - Priority.HIGH.level
@@ -125,6 +136,20 @@ class Fairness:
     """The settings of the order: see :mod:`core.chunks.fair`."""
 
     aging_s: float
+    # How long a job's turn lasts from its claim (0: a turn ends with its chunk).
+    turn_s: float = 0.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Fairness:
+        return cls(aging_s=settings.priority_aging_s, turn_s=settings.fair_time_slice_s)
+
+
+def turn_open(fairness: Fairness, now: datetime) -> ColumnElement[bool]:
+    """Whether a job's turn, opened by its latest claim, still runs at ``now``."""
+    return and_(
+        jobs.c.last_served_at.is_not(None),
+        jobs.c.last_served_at > now - timedelta(seconds=fairness.turn_s),
+    )
 
 
 def ranked(
@@ -150,6 +175,7 @@ def _job_order(clock: Any, fairness: Fairness, now: datetime) -> list[Any]:
     return [
         effective_level(now, fairness.aging_s),
         clock.c.key_running,
+        case((turn_open(fairness, now), 0), else_=1),
         clock.c.key_last.asc().nulls_first(),
         jobs.c.last_served_at.asc().nulls_first(),
         jobs.c.created_at,
@@ -223,17 +249,32 @@ def claim_fairest(
             now=now,
         )
         if claim is not None:
-            stamp_served(conn, [str(job_id)], now)
+            stamp_served(conn, [str(job_id)], now, fairness)
             return claim
     return None
 
 
-def stamp_served(conn: Connection, job_ids: Collection[str], now: datetime | None = None) -> None:
-    """Move ``job_ids`` (and so their keys) to the back of their level's round-robin."""
-    if job_ids:
-        conn.execute(
-            update(jobs).where(jobs.c.id.in_(list(job_ids))).values(last_served_at=now or utcnow())
-        )
+def stamp_served(
+    conn: Connection,
+    job_ids: Collection[str],
+    now: datetime | None = None,
+    fairness: Fairness | None = None,
+) -> None:
+    """Move ``job_ids`` (and so their keys) to the back of their level's round-robin, and
+    open their turns; a job whose turn is still open keeps it as it is (``fairness``)."""
+    if not job_ids:
+        return
+    now = now or utcnow()
+    chosen: ColumnElement[bool] = jobs.c.id.in_(list(job_ids))
+    if fairness is not None and fairness.turn_s > 0:
+        chosen = and_(chosen, ~turn_open(fairness, now))
+    conn.execute(update(jobs).where(chosen).values(last_served_at=now))
+
+
+def turn_started(conn: Connection, job_id: str) -> datetime | None:
+    """When ``job_id``'s latest turn began (its ``last_served_at``)."""
+    stamp = conn.scalar(select(jobs.c.last_served_at).where(jobs.c.id == job_id))
+    return as_utc(stamp) if stamp is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +283,7 @@ class JobRank:
 
     level: int
     key_running: int
+    turn_open: bool
     key_last: datetime | None
     job_last: datetime | None
     created_at: datetime
@@ -254,6 +296,7 @@ class JobRank:
         return (
             self.level,
             self.key_running + running_delta,
+            not self.turn_open,
             self.key_last is not None,
             self.key_last or self.created_at,
             self.job_last is not None,
@@ -279,6 +322,7 @@ def job_ranks(
         select(
             effective_level(now, fairness.aging_s).label("level"),
             clock.c.key_running,
+            case((turn_open(fairness, now), True), else_=False).label("turn_open"),
             clock.c.key_last,
             jobs.c.last_served_at,
             jobs.c.created_at,
@@ -293,6 +337,7 @@ def job_ranks(
         JobRank(
             level=int(row.level),
             key_running=int(row.key_running or 0),
+            turn_open=bool(row.turn_open),
             key_last=row.key_last,
             job_last=row.last_served_at,
             created_at=row.created_at,

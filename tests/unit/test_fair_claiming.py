@@ -302,3 +302,67 @@ def test_a_hand_back_by_a_holder_whose_lease_was_taken_over_gives_back_nothing(
         assert conn.execute(
             select(chunks.c.status, chunks.c.attempts).where(chunks.c.job_id == big.id)
         ).all() == [("running", 2)]
+
+
+def test_a_turn_outlives_its_chunk_and_ends_on_time(engine: Engine) -> None:
+    """A job whose chunk runs out before its turn does keeps the worker for the rest of the
+    turn (its next chunk, no new stamp); once the turn is over, the other key goes."""
+    turns = Fairness(aging_s=600, turn_s=60)
+    a, b = key(engine, "a"), key(engine, "b")
+    first = new_job(engine, 6, owner=a)  # three chunks
+    other = new_job(engine, 4, owner=b)  # two chunks
+    start = utcnow()
+
+    def claim_at(moment: Any) -> tuple[str, int]:
+        with engine.begin() as conn:
+            claim = claim_fairest(conn, "fake", turns, lease_s=60, max_attempts=3, now=moment)
+            assert claim is not None and claim.chunk is not None
+            conn.execute(
+                update(chunks)
+                .where(chunks.c.job_id == claim.chunk.job_id, chunks.c.index == claim.chunk.index)
+                .values(status="done")
+            )
+            return claim.chunk.job_id, claim.chunk.index
+
+    def stamp(job: Job) -> Any:
+        with engine.connect() as conn:
+            return conn.scalar(select(jobs.c.last_served_at).where(jobs.c.id == job.id))
+
+    assert claim_at(start) == (first.id, 0)
+    opened = stamp(first)
+    # Its chunk ended 10 s into a 60 s turn: its next chunk, and the turn is not reopened.
+    assert claim_at(start + timedelta(seconds=10)) == (first.id, 1)
+    assert stamp(first) == opened
+    # (Counted per claim, as before turns, the other key would have gone there.)
+    # The turn is over: the other key, then the first job again with a turn of its own.
+    assert claim_at(start + timedelta(seconds=61)) == (other.id, 0)
+    assert claim_at(start + timedelta(seconds=62)) == (other.id, 1)  # b's turn still runs
+    assert claim_at(start + timedelta(seconds=130)) == (first.id, 2)
+    assert stamp(first) != opened
+
+
+def test_a_chunk_that_continues_a_turn_yields_when_the_turn_ends(engine: Engine) -> None:
+    """The hand-back check counts the turn from the claim that opened it, not from the
+    chunk's own start: a continuing chunk gets what is left of the turn."""
+    from engine.chunk_work import _yield_check
+
+    a, b = key(engine, "a"), key(engine, "b")
+    holder = new_job(engine, 4, owner=a)
+    new_job(engine, 2, owner=b)  # waits, from another key
+    settings = Settings(database_url="sqlite://", fair_time_slice_s=30)
+    with engine.begin() as conn:
+        conn.execute(
+            update(chunks)
+            .where(chunks.c.job_id == holder.id, chunks.c.index == 0)
+            .values(status="running")
+        )
+    for began, expected in ((5, False), (45, True)):
+        with engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == holder.id)
+                .values(last_served_at=utcnow() - timedelta(seconds=began))
+            )
+        # Its chunk started now; its turn 5 s ago (not over), then 45 s ago (over, and the
+        # waiting key, never served, ranks first).
+        assert _yield_check(engine, settings, holder.id, "fake")() is expected
