@@ -33,7 +33,14 @@ def worker_env(
     database_url: str, broker_url: str, models_file: Path, **extra: str
 ) -> dict[str, str]:
     """The environment of a worker subprocess: this one's, plus the service settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKSCORE_", "CUDA_"))}
+    # Without what a worker decides for itself: an in-process `bulkscore score` earlier in
+    # the test run sets TOKENIZERS_PARALLELISM in this process (worker.pinning), and a worker
+    # keeps a value it inherits.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BULKSCORE_", "CUDA_", "TOKENIZERS_PARALLELISM"))
+    }
     env.update(
         BULKSCORE_DATABASE_URL=database_url,
         BULKSCORE_BROKER_URL=broker_url,
