@@ -3,12 +3,12 @@ similar cost, shortest and longest alternating, the same every time a range of i
 taken up again.
 
 Each write window holds texts of similar length (a window is as uniform as one big
-length-sorted batch, so small windows cost no padding). Scored shortest first, a chunk
-that hands its rest back (fair scheduling: :mod:`core.chunks.split`) would give away its
-slowest items every time, and a newcomer would be served its fastest ones: two keys given
-equal time advanced at 98.5 and 68.0 items/s (``bench/fair_scheduling.py``). Alternating
-the shortest and the longest windows left makes every stretch of work a fair sample of the
-chunk's costs, so equal time is equal items.
+length-sorted batch, so small windows cost no padding), and fewer of them when they are
+long, so that no window takes many times longer than the others: a more urgent job waits
+for the window in progress (fair scheduling: :mod:`core.chunks.split`). Scored shortest
+first, a chunk that hands its rest back would give away its slowest items every time and
+a newcomer would be served its fastest ones; alternating the shortest and the longest
+windows left keeps every stretch of work closer to a sample of the chunk's costs.
 
 The order is computed over every item of the range (scored or not) and only then are the
 scored ones dropped: a handed-back rest, which reloads its range, continues exactly where
