@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -181,3 +182,22 @@ def process_tree(pids: Collection[int]) -> Iterator[tuple[Path, list[str]]]:
             continue
         if int(proc.name) in pids or int(fields[1]) in pids:
             yield proc, fields
+
+
+def claim_as_a_worker(engine: Any, model: str, settings: Any) -> Any:
+    """One claim as ``bulkscore worker`` makes it: the fairest queued chunk of ``model`` and
+    its job marked running, in one transaction (``core.chunks.claim.Claim`` or None)."""
+    from core.chunks.fair import Fairness, claim_fairest
+    from core.jobs.lifecycle import mark_running
+
+    with engine.begin() as conn:
+        claim = claim_fairest(
+            conn,
+            model,
+            Fairness.of(settings),
+            lease_s=settings.chunk_lease_s,
+            max_attempts=settings.chunk_max_attempts,
+        )
+        if claim is not None and claim.chunk is not None:
+            mark_running(conn, claim.chunk.job_id)
+    return claim

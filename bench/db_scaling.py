@@ -34,7 +34,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from common import load_summary, machine_summary
+from common import claim_as_a_worker, load_summary, machine_summary
 
 MODEL = "bench"
 CHUNK_SIZE = 512
@@ -100,10 +100,8 @@ def work(
 ) -> None:
     """One worker: claim, read, sleep and write per window, finish; until ``stop_at``."""
     from core.chunks.batches import finish_chunks, load_chunk_items
-    from core.chunks.fair import Fairness, claim_fairest
     from core.config import get_settings
     from core.db import get_engine
-    from core.jobs.lifecycle import mark_running
     from core.jobs.results import write_job_results
     from core.jobs.status import ChunkStatus
 
@@ -114,19 +112,9 @@ def work(
     ready.set()
     time.sleep(max(0.0, start_at - time.monotonic()))
     figures = WorkerFigures()
-    fairness = Fairness.of(settings)
     while time.monotonic() < stop_at:
         began = time.monotonic()
-        with engine.begin() as conn:
-            claim = claim_fairest(
-                conn,
-                MODEL,
-                fairness,
-                lease_s=settings.chunk_lease_s,
-                max_attempts=settings.chunk_max_attempts,
-            )
-            if claim is not None and claim.chunk is not None:
-                mark_running(conn, claim.chunk.job_id)
+        claim = claim_as_a_worker(engine, MODEL, settings)
         claimed_at = time.monotonic()
         if claim is None or claim.chunk is None:
             figures.idle_claims += 1

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import SHARED_BENCH, bench_texts, bench_workdir, machine_summary
+from common import SHARED_BENCH, bench_texts, bench_workdir, claim_as_a_worker, machine_summary
 from db_scaling import MODEL, _scored, percentile
 
 GiB = 1024**3
@@ -179,27 +179,15 @@ class Scorer(threading.Thread):
 
     def run(self) -> None:
         from core.chunks.batches import finish_chunks, load_chunk_items
-        from core.chunks.fair import Fairness, claim_fairest
         from core.config import get_settings
         from core.db import get_engine
-        from core.jobs.lifecycle import mark_running
         from core.jobs.results import write_job_results
         from core.jobs.status import ChunkStatus
 
         settings = get_settings()
         engine = get_engine(self.url)
-        fairness = Fairness.of(settings)
         while not self.stop.is_set():
-            with engine.begin() as conn:
-                claim = claim_fairest(
-                    conn,
-                    MODEL,
-                    fairness,
-                    lease_s=settings.chunk_lease_s,
-                    max_attempts=settings.chunk_max_attempts,
-                )
-                if claim is not None and claim.chunk is not None:
-                    mark_running(conn, claim.chunk.job_id)
+            claim = claim_as_a_worker(engine, MODEL, settings)
             if claim is None or claim.chunk is None:
                 raise RuntimeError("the scoring job ran out of chunks: make it bigger")
             chunk = claim.chunk
