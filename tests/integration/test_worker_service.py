@@ -172,6 +172,20 @@ def done_chunks(log: str, job_id: str) -> list[int]:
     return [int(n) for n in re.findall(rf"chunk (\d+) of job {job_id} done by ", log)]
 
 
+def logged_done_chunks(workers: list[Any], job_id: str, count: int) -> list[list[int]]:
+    """Each worker's logged done chunks, once ``count`` are logged in all.
+
+    A worker logs a chunk after the transaction that finished it commits, so a job can
+    already read as completed while its last chunk's line is still being written.
+    """
+    poll(
+        lambda: sum(len(done_chunks(w.log, job_id)) for w in workers) >= count or None,
+        JOB_TIMEOUT_S,
+        f"{count} done chunks of job {job_id} in the logs",
+    )
+    return [done_chunks(w.log, job_id) for w in workers]
+
+
 # -- tests ----------------------------------------------------------------------------------
 
 
@@ -220,8 +234,7 @@ def test_two_workers_share_one_job(service: Service) -> None:
     with running_worker(args, service.env, service.tmp / "worker-b.log") as second:
         send_chunks(service.producer, job.id, MODEL, range(12))
         service.wait_status(job.id, JobStatus.COMPLETED)
-        first_done = done_chunks(service.worker.log, job.id)
-        second_done = done_chunks(second.log, job.id)
+        first_done, second_done = logged_done_chunks([service.worker, second], job.id, 12)
         assert second.stop() == 0, "SIGTERM must be a clean (warm) shutdown"
     assert "with the threads pool" in second.log
     assert first_done and second_done, (first_done, second_done)
@@ -269,9 +282,10 @@ def test_many_small_jobs_are_batched_across_jobs(service: Service) -> None:
         assert (final.total, final.succeeded, final.failed) == (1, 1, 0)
         assert service.result_count(job.id) == 1
         assert [(r.status, r.attempts) for r in service.chunk_rows(job.id)] == [("done", 1)]
-    log = service.worker.log
     for job in made:
-        assert done_chunks(log, job.id) == [0], "each chunk scored (and logged) exactly once"
+        [logged] = logged_done_chunks([service.worker], job.id, 1)
+        assert logged == [0], "each chunk scored (and logged) exactly once"
+    log = service.worker.log
     batched = [job for job in made if re.search(rf"job {job.id} done by .*batched with", log)]
     # Jobs stored before any message arrives: the first delivery gathers most of them.
     assert len(batched) >= len(made) // 2, "small jobs must share forward passes"
