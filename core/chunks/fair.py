@@ -17,7 +17,14 @@ The order, one ``ORDER BY`` over the queued chunks of the service's active jobs 
    clock is the latest ``jobs.last_served_at`` of its active jobs on M; a key never served
    comes first).
 3. **Round-robin across a key's jobs**: the job served least recently first.
-4. **Oldest first within a job**: the job's created order, then the chunk's index.
+4. **Oldest first within a job**: the job's created order, then the chunk's first item
+   (``chunks.start``), not its index: a rest handed back (:func:`core.chunks.split.hand_back`)
+   or a bisected half gets a new, higher index but holds the job's earliest unscored items,
+   and it runs before the job's later chunks. By index, every chunk's rest went to the back
+   of its job: a job then ran the first windows of each of its chunks (a chunk's shortest
+   texts and most items per second, ``engine.window_order``) and left all their slow rests
+   for later, so a job that arrived second, at its chunks' fast starts, scored 1.5-2 times
+   the items per second of the first one in the same turns (``bench/fair_scheduling.py``).
 
 Claiming stamps the job's ``last_served_at``, which moves it (and its key) to the back of
 its level, and opens the job's **turn**: ``Fairness.turn_s`` (the worker's time slice)
@@ -164,7 +171,7 @@ def ranked(
             chunks.join(jobs, jobs.c.id == chunks.c.job_id).join(clock, clock.c.owner == _owner())
         )
         .where(service_jobs([model], now))
-        .order_by(*_job_order(clock, fairness, now), chunks.c.index)
+        .order_by(*_job_order(clock, fairness, now), *_within_job())
     )
     if not training:
         query = query.where(~exists().where(training_runs.c.job_id == jobs.c.id))
@@ -181,6 +188,11 @@ def _job_order(clock: Any, fairness: Fairness, now: datetime) -> list[Any]:
         jobs.c.created_at,
         jobs.c.id,
     ]
+
+
+def _within_job() -> list[Any]:
+    # The job's earliest unscored items first, whichever chunk holds them (point 4 above).
+    return [chunks.c.start, chunks.c.index]
 
 
 def _claimable(job_id: Any, max_attempts: int) -> ColumnElement[bool]:
@@ -234,7 +246,7 @@ def claim_fairest(
         index = conn.scalar(
             select(chunks.c.index)
             .where(_claimable(job_id, max_attempts))
-            .order_by(chunks.c.index)
+            .order_by(*_within_job())
             .limit(1)
             .with_for_update(skip_locked=True)
         )

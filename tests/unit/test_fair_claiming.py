@@ -13,6 +13,7 @@ from sqlalchemy import Engine, func, select, update
 
 from core.chunks.claim import ClaimOutcome, claim_chunk
 from core.chunks.fair import Fairness, chunks_ahead, claim_fairest, outranked, queue_stats
+from core.chunks.split import hand_back
 from core.clock import utcnow
 from core.config import Settings
 from core.db import dispose_engines, get_engine
@@ -134,6 +135,18 @@ def test_keys_take_turns_then_jobs_of_a_key_then_chunks_in_order(engine: Engine)
     ]
     with engine.begin() as conn:
         assert claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3) is None
+
+
+def test_a_handed_back_rest_runs_before_the_jobs_later_chunks(engine: Engine) -> None:
+    job = new_job(engine, 6)  # chunks 0, 1, 2 of two items each
+    with engine.begin() as conn:
+        claim = claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
+        assert claim is not None and claim.chunk is not None and claim.chunk.index == 0
+        rest = hand_back(conn, job.id, 0, attempts=1, rest=(1, 2))
+    assert rest == 3, "the rest is a new chunk, with the next index"
+    # Its items come first in the job, so it runs first: by index it would go last, and a
+    # job would leave every chunk's rest (its slowest windows) until its end.
+    assert claim_order(engine, 3) == [(job.id, 3), (job.id, 1), (job.id, 2)]
 
 
 def test_higher_priority_first_and_a_waiting_low_job_climbs(engine: Engine) -> None:
