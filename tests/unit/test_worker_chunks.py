@@ -225,7 +225,7 @@ def test_a_cancel_during_a_chunk_refuses_the_window_being_scored(engine: Engine)
     runner = FakeRunner(on_predict=cancel)
     report = work_on_chunk(engine, settings(write_batch_size=3), job.id, 0, {"fake": runner}.get)
     assert report.outcome == ChunkOutcome.CANCELLED
-    assert runner.calls == [3]
+    assert len(runner.calls) == 1, "one window, then the cancel is seen"
     assert result_count(engine, job.id) == 0
     assert chunk_row(engine, job.id, 0).status == "cancelled"
     final = job_of(engine, job.id)
@@ -247,7 +247,7 @@ def test_a_stale_delivery_whose_job_another_finished_is_skipped_not_cancelled(
     report = work_on_chunk(engine, settings(write_batch_size=3), job.id, 0, {"fake": runner}.get)
     assert report.outcome == ChunkOutcome.SKIPPED
     assert report.reason == "job completed by another delivery during the chunk"
-    assert runner.calls == [3]
+    assert len(runner.calls) == 1, "one window, then the finish is seen"
     assert chunk_row(engine, job.id, 0).status == "done"
     assert job_of(engine, job.id).status == JobStatus.COMPLETED
 
