@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from core.inputs.items import InputItem
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes_many
 from core.jobs.retry_marks import pending_retries_many, write_scored
+from engine.lookahead import Lookahead
 from engine.reuse import Answer, Entry, PredictionReuse, jobs_using_cache
 from engine.runners.base import Progress, Runner
 from engine.window_order import scoring_windows
@@ -164,8 +166,14 @@ def score_jobs(
     Texts are windowed in length order across the whole call, so that each write window is
     as uniform as one big length-sorted batch: small windows (frequent writes and checks)
     then cost no extra padding. A window of long texts holds fewer of them (windows take
-    about the same time), and the windows run shortest and longest alternately, in an
-    order that a handed-back rest continues (:mod:`engine.window_order`).
+    about the same time), and the windows run in an order that keeps every stretch of work
+    near the call's mean item rate, which a handed-back rest continues
+    (:mod:`engine.window_order`).
+
+    Three stages overlap: the runner tokenises the next two windows in its own thread
+    (``runner.prefetch``), the next window is predicted in another
+    (:class:`engine.lookahead.Lookahead`) while this one's rows are built, and the window
+    before is written in a third (:class:`engine.window_writer.WindowWriter`).
 
     Returns:
         Totals per job, the jobs stopped by ``still_active`` or by the write itself (which
@@ -213,53 +221,95 @@ def score_jobs(
         if texts:
             runner.prefetch(texts)
 
-    for ahead in range(TOKENISED_AHEAD):
-        announce(ahead)
-    with WindowWriter(write, taken, overlap=writes_overlap(engine)) as writer:
-        for position, planned in enumerate(windows):
-            if position and should_yield is not None and should_yield():
-                writer.wait()  # the rows before the hand-back are committed first
-                rest = [
-                    entry
-                    for later in windows[position:]
-                    for entry in later
-                    if entry[0] not in stopped
-                ]
-                if rest:
-                    return ScoreRun(totals, stopped, _index_ranges(rest))
+    def predicted(position: int, usable: list[Entry]) -> list[Answer]:
+        # On the lookahead thread: every runner call of the loop is made from it, in order.
+        announce(position + TOKENISED_AHEAD)
+        return reuse.answers(usable, progress)
+
+    def start(position: int) -> _Predicting | None:
+        """Start predicting the first window from ``position`` with anything left to score
+        (None: no window is left). Whether a job is still active is asked here, before its
+        window is scored, as the serial loop asked."""
+        nonlocal stopped
+        for at in range(position, len(windows)):
             # A stopped job stays stopped: its later windows are dropped without asking.
-            window = [entry for entry in planned if entry[0] not in stopped]
+            window = [entry for entry in windows[at] if entry[0] not in stopped]
             if still_active is not None and window:
                 job_ids = {job_id for job_id, _, _ in window}
                 active = still_active(job_ids)
                 stopped |= job_ids - active
                 window = [entry for entry in window if entry[0] in active]
-            if not window:
-                continue
-            usable = [entry for entry in window if entry[2].error is None]
-            announce(position + TOKENISED_AHEAD)
-            answers = reuse.answers(usable, progress)
-            # ``usable`` is ``window`` without its intake errors, in order: walk both.
-            answered = iter(answers)
-            scored: dict[str, list[ScoredItem]] = {}
-            for job_id, index, item in window:
-                answer = next(answered) if item.error is None else None
-                scored.setdefault(job_id, []).append(
-                    ScoredItem(
-                        index=index,
-                        item_id=item.item_id,
-                        prediction=answer.prediction
-                        if answer is not None
-                        else Prediction.failure(item.error or "not scored"),
-                        cached=answer is not None and answer.cached,
-                    )
-                )
-            refused = len(window) - len(usable)
-            if progress is not None and refused:
-                progress(refused)
-            # Written while the next window is scored (one write in flight at most).
-            writer.submit(scored, list(zip(usable, answers, strict=True)))
+            if window:
+                usable = [entry for entry in window if entry[2].error is None]
+                return _Predicting(at, window, usable, lookahead.start(predicted, at, usable))
+        return None
+
+    for ahead in range(TOKENISED_AHEAD):
+        announce(ahead)
+    overlap = writes_overlap(engine)
+    with (
+        WindowWriter(write, taken, overlap=overlap) as writer,
+        Lookahead(overlap=overlap) as lookahead,
+    ):
+        current = start(0)
+        while current is not None:
+            answers = current.answers.result()
+            following = current.position + 1
+            # Asked between windows (never before the first), once this one is scored and
+            # before the next one starts, as the serial loop asked.
+            yielding = following < len(windows) and should_yield is not None and should_yield()
+            upcoming = None if yielding else start(following)
+            # Its rows are built while the next window is scored, and written while the
+            # one after is (one write in flight at most).
+            writer.submit(*_rows(current, answers, progress))
+            current = upcoming
+            if yielding:
+                writer.wait()  # the rows before the hand-back are committed first
+                rest = [
+                    entry
+                    for later in windows[following:]
+                    for entry in later
+                    if entry[0] not in stopped
+                ]
+                if rest:
+                    return ScoreRun(totals, stopped, _index_ranges(rest))
+                break
     return ScoreRun(totals, stopped, {})
+
+
+@dataclass(frozen=True, slots=True)
+class _Predicting:
+    """A write window whose answers are being computed (:class:`engine.lookahead.Lookahead`)."""
+
+    position: int
+    window: list[Entry]
+    usable: list[Entry]  # ``window`` without its intake errors, in order
+    answers: Future[list[Answer]]
+
+
+def _rows(
+    predicting: _Predicting, answers: list[Answer], progress: Progress | None
+) -> tuple[dict[str, list[ScoredItem]], list[tuple[Entry, Answer]]]:
+    """A window's rows by job (intake errors as error rows) and its answered entries."""
+    # ``usable`` is ``window`` without its intake errors, in order: walk both.
+    answered = iter(answers)
+    scored: dict[str, list[ScoredItem]] = {}
+    for job_id, index, item in predicting.window:
+        answer = next(answered) if item.error is None else None
+        scored.setdefault(job_id, []).append(
+            ScoredItem(
+                index=index,
+                item_id=item.item_id,
+                prediction=answer.prediction
+                if answer is not None
+                else Prediction.failure(item.error or "not scored"),
+                cached=answer is not None and answer.cached,
+            )
+        )
+    refused = len(predicting.window) - len(predicting.usable)
+    if progress is not None and refused:
+        progress(refused)
+    return scored, list(zip(predicting.usable, answers, strict=True))
 
 
 def _text_length(entry: Entry) -> int:

@@ -1,0 +1,101 @@
+"""engine.lookahead: the next window is predicted while this one's rows are built, one window
+ahead at most, every runner call from one thread in window order; and inline when the
+database cannot be shared between threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from core.db import dispose_engines, get_engine
+from core.inputs.items import InputItem
+from core.jobs.lifecycle import create_job
+from core.jobs.predictions import Prediction
+from core.migrate import upgrade
+from core.models.registry import ModelSpec
+from core.tables import results
+from engine import scoring
+from engine.lookahead import Lookahead
+from engine.runners.base import Progress, Runner
+
+SPEC = ModelSpec(name="fake", task="text-classification", backend="transformers", source="/x")
+WAIT_S = 5.0
+
+
+class RecordingRunner(Runner):
+    """Records each predict call's first text and thread; ``started`` is set per call."""
+
+    name = "fake"
+    revision = None
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.started = [threading.Event() for _ in range(64)]
+
+    def setup(self, device: str = "cpu") -> None:
+        pass
+
+    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        self.calls.append((str(batch[0]), threading.current_thread().name))
+        self.started[len(self.calls) - 1].set()
+        if progress is not None:
+            progress(len(batch))
+        return [Prediction(label="pos", score=0.5) for _ in batch]
+
+
+@pytest.fixture()
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'lookahead.db'}"
+    upgrade(url)
+    yield get_engine(url)
+    dispose_engines()
+
+
+def test_the_next_window_is_predicted_while_this_ones_rows_are_built(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Equal lengths: the windows keep index order (engine.window_order).
+    inputs = [InputItem(item_id=str(i), text=f"text {i:03d}") for i in range(40)]
+    with engine.begin() as conn:
+        job = create_job(conn, SPEC, inputs, chunk_size=40)
+    runner = RecordingRunner()
+    overlapped: list[bool] = []
+    ahead_at_most_one: list[bool] = []
+    build_rows = scoring._rows
+
+    def rows(predicting: Any, answers: Any, progress: Any) -> Any:
+        window = predicting.position
+        if window + 1 < 5:
+            # The serial loop called predict for the next window only after this returned.
+            overlapped.append(runner.started[window + 1].wait(WAIT_S))
+        ahead_at_most_one.append(not runner.started[window + 2].is_set())
+        return build_rows(predicting, answers, progress)
+
+    monkeypatch.setattr(scoring, "_rows", rows)
+    run = scoring.score_jobs(
+        engine, runner, [scoring.JobItems(job.id, list(enumerate(inputs)))], write_batch_size=8
+    )
+    assert run.totals[job.id].succeeded == 40
+    assert overlapped == [True] * 4, "window n + 1 must be in predict while n's rows are built"
+    assert all(ahead_at_most_one), "one window ahead at most (memory stays flat)"
+    assert [first for first, _ in runner.calls] == [f"text {i:03d}" for i in (0, 8, 16, 24, 32)]
+    threads = {thread for _, thread in runner.calls}
+    assert len(threads) == 1 and threads != {threading.current_thread().name}
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(results)) == 40
+
+
+def test_without_overlap_calls_run_at_once_and_errors_reach_the_caller() -> None:
+    with Lookahead(overlap=False) as inline:
+        here = threading.current_thread().name
+        assert inline.start(lambda: threading.current_thread().name).result() == here
+        failed = inline.start(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failed.result()
+    with Lookahead() as background:
+        assert background.start(lambda: threading.current_thread().name).result() != here
