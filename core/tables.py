@@ -82,6 +82,11 @@ jobs = Table(
     # When a worker last claimed one of the job's chunks: the round-robin clock of fair
     # claiming (core.chunks.fair). NULL: never served, so first in line within its level.
     Column("last_served_at", DateTime(timezone=True)),
+    # When the turn that claim opened ends (NULL: no turn), and how far the job's last turn
+    # ran past its end before its hand-back: the next turn is shorter by that much (deficit
+    # round-robin, core.chunks.fair).
+    Column("turn_ends_at", DateTime(timezone=True)),
+    Column("turn_debt_s", Float, nullable=False, server_default="0"),
     # SHA-256 of an embedded job's inputs (core.jobs.inputs_hash): a re-run of the same
     # ``--job-id`` with other inputs is refused. NULL for service jobs.
     Column("inputs_hash", String(64)),

@@ -14,7 +14,6 @@ A training job's one chunk goes the same way (claim, lease, attempts), routed by
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from time import monotonic
 
@@ -35,7 +34,14 @@ from core.chunks.claim import (
     claim_chunk,
     delivery_state,
 )
-from core.chunks.fair import Fairness, claim_fairest, outranked, stamp_served, turn_started
+from core.chunks.fair import (
+    Fairness,
+    claim_fairest,
+    current_turn,
+    outranked,
+    record_overrun,
+    stamp_served,
+)
 from core.chunks.split import hand_back, split_exhausted
 from core.clock import utcnow
 from core.config import Settings
@@ -258,9 +264,7 @@ def _score_claimed(
     first = claims[0]
     assert first.chunk is not None
     should_yield = (
-        _yield_check(engine, settings, first.chunk.job_id, yield_on)
-        if yield_on is not None
-        else None
+        TurnClock(engine, settings, first.chunk.job_id, yield_on) if yield_on is not None else None
     )
     with engine.connect() as conn:
         loaded = load_chunk_items(conn, batch)
@@ -277,7 +281,9 @@ def _score_claimed(
     if run.yielded:
         assert yield_on is not None  # only a chunk that may yield has yielded
         rest = run.yielded[first.chunk.job_id]
-        return _hand_back(engine, first, yield_on, rest, totals, driver.send)
+        assert should_yield is not None
+        overrun = should_yield.overrun_s()
+        return _hand_back(engine, first, yield_on, rest, totals, driver.send, overrun)
     with engine.begin() as conn:
         finish_chunks(conn, [k for k in keys if k[0] not in stopped], ChunkStatus.DONE)
         finish_chunks(conn, [k for k in keys if k[0] in stopped], ChunkStatus.CANCELLED)
@@ -328,29 +334,52 @@ def _score_claimed(
     )
 
 
-def _yield_check(engine: Engine, settings: Settings, job_id: str, model: str) -> Callable[[], bool]:
-    """``should_yield`` for a chunk of ``job_id``: True once the job's turn is over (its time
-    slice, counted from the claim that opened the turn: a chunk that continues a turn gets
+class TurnClock:
+    """``should_yield`` for a chunk of ``job_id``: True once the job's turn is over (its
+    length, counted from the claim that opened the turn: a chunk that continues a turn gets
     what is left of it) and a queued chunk of a job ranked before it waits (one indexed
-    query per write window, none during the turn)."""
-    fairness = Fairness.of(settings)
-    with engine.connect() as conn:
-        began = turn_started(conn, job_id)
-    used = (utcnow() - began).total_seconds() if began is not None else 0.0
-    turn_ends = monotonic() + settings.fair_time_slice_s - min(max(used, 0.0), fairness.turn_s)
+    query per write window, none during the turn).
 
-    def should_yield() -> bool:
-        if monotonic() < turn_ends:
+    It also measures how far the turn ran past its end when it yields (:meth:`overrun_s`):
+    from the end of the turn, or from the check before when that one still found nobody
+    waiting (a job that ran on alone owes nothing for it).
+    """
+
+    def __init__(self, engine: Engine, settings: Settings, job_id: str, model: str) -> None:
+        self.engine = engine
+        self.job_id = job_id
+        self.model = model
+        self.fairness = Fairness.of(settings)
+        with engine.connect() as conn:
+            turn = current_turn(conn, job_id)
+        if turn.ends is not None:
+            left = (turn.ends - utcnow()).total_seconds()
+        elif turn.began is not None:  # a turn from before turns had ends: the slice
+            used = (utcnow() - turn.began).total_seconds()
+            left = settings.fair_time_slice_s - max(used, 0.0)
+        else:
+            left = settings.fair_time_slice_s
+        # A turn already over gives the chunk one window (the check comes between windows).
+        self.ends = monotonic() + min(max(left, 0.0), settings.fair_time_slice_s)
+        self.owed_from = self.ends
+
+    def __call__(self) -> bool:
+        now = monotonic()
+        if now < self.ends:
             return False
         try:
-            with engine.connect() as conn:
-                return outranked(conn, job_id, model, fairness)
+            with self.engine.connect() as conn:
+                waiting = outranked(conn, self.job_id, self.model, self.fairness)
         except Exception:
             # Only a scheduling hint: a failed look must not cost the chunk its work.
             log.warning("could not check for more urgent work", exc_info=True)
             return False
+        if not waiting:
+            self.owed_from = now
+        return waiting
 
-    return should_yield
+    def overrun_s(self) -> float:
+        return max(monotonic() - self.owed_from, 0.0)
 
 
 def _hand_back(
@@ -360,15 +389,18 @@ def _hand_back(
     rest: tuple[int, int],
     totals: dict[str, ScoreTotals],
     send: ChunkSend | None,
+    overrun_s: float,
 ) -> ChunkReport:
     """Give the unscored ``rest`` of ``claim``'s chunk back as a new queued chunk, and send
     its message to ``model``'s queue (a token: the next delivery claims the fairest chunk,
-    the waiting one)."""
+    the waiting one); the job's next turn is ``overrun_s`` shorter."""
     assert claim.chunk is not None
     chunk = claim.chunk
     own = totals[chunk.job_id]
     with engine.begin() as conn:
         child = hand_back(conn, chunk.job_id, chunk.index, attempts=claim.attempts, rest=rest)
+        if child is not None:
+            record_overrun(conn, chunk.job_id, overrun_s)
     if child is None:
         reason = "lease taken over before the hand-back; left to its new holder"
     else:

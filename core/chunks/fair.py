@@ -34,6 +34,12 @@ claimed first and runs for what is left of the turn, without a new stamp. Turns 
 claim instead gave a job whose chunks kept running out a fraction of a slice per turn
 against a whole one for the other key (0.72 of its item rate, ``bench/fair_scheduling.py``).
 
+A turn ends at the first write window boundary past its end, so turns run up to a window
+long (1.0-1.9 s for a 1 s slice); which key drew the long ones decided its share. So a
+hand-back records how far the turn overran (:func:`record_overrun`) and the job's next
+turn is that much shorter (deficit round-robin): however many turns pass, two keys' time
+differs by at most about one window.
+
 Message counts still balance: each delivery claims at most one queued chunk, and
 a queued chunk always has at least one message that will come for some chunk of M; a
 delivery that finds nothing queued falls back to its own chunk (a lease to take over, or a
@@ -56,6 +62,7 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    bindparam,
     case,
     exists,
     func,
@@ -151,12 +158,9 @@ class Fairness:
         return cls(aging_s=settings.priority_aging_s, turn_s=settings.fair_time_slice_s)
 
 
-def turn_open(fairness: Fairness, now: datetime) -> ColumnElement[bool]:
+def turn_open(now: datetime) -> ColumnElement[bool]:
     """Whether a job's turn, opened by its latest claim, still runs at ``now``."""
-    return and_(
-        jobs.c.last_served_at.is_not(None),
-        jobs.c.last_served_at > now - timedelta(seconds=fairness.turn_s),
-    )
+    return and_(jobs.c.turn_ends_at.is_not(None), jobs.c.turn_ends_at > now)
 
 
 def ranked(
@@ -182,7 +186,7 @@ def _job_order(clock: Any, fairness: Fairness, now: datetime) -> list[Any]:
     return [
         effective_level(now, fairness.aging_s),
         clock.c.key_running,
-        case((turn_open(fairness, now), 0), else_=1),
+        case((turn_open(now), 0), else_=1),
         clock.c.key_last.asc().nulls_first(),
         jobs.c.last_served_at.asc().nulls_first(),
         jobs.c.created_at,
@@ -273,20 +277,69 @@ def stamp_served(
     fairness: Fairness | None = None,
 ) -> None:
     """Move ``job_ids`` (and so their keys) to the back of their level's round-robin, and
-    open their turns; a job whose turn is still open keeps it as it is (``fairness``)."""
+    open their turns; a job whose turn is still open keeps it as it is (``fairness``).
+
+    A new turn is ``turn_s`` less the job's debt (how far its last turn overran, recorded
+    by :func:`record_overrun`), never less than nothing, and the debt is paid.
+    """
     if not job_ids:
         return
     now = now or utcnow()
     chosen: ColumnElement[bool] = jobs.c.id.in_(list(job_ids))
-    if fairness is not None and fairness.turn_s > 0:
-        chosen = and_(chosen, ~turn_open(fairness, now))
-    conn.execute(update(jobs).where(chosen).values(last_served_at=now))
+    if fairness is None or fairness.turn_s <= 0:
+        conn.execute(update(jobs).where(chosen).values(last_served_at=now))
+        return
+    # The end of each new turn is computed here, not in SQL: datetime arithmetic with a
+    # column differs between PostgreSQL and SQLite. A claim stamps one job (a cross-job
+    # batch a few), so this is one small read more per claim.
+    debts = conn.execute(
+        select(jobs.c.id, jobs.c.turn_debt_s).where(and_(chosen, ~turn_open(now)))
+    ).all()
+    if not debts:
+        return
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.id == bindparam("b_id"))
+        .values(last_served_at=now, turn_ends_at=bindparam("b_ends"), turn_debt_s=0.0),
+        [
+            {
+                "b_id": job_id,
+                "b_ends": now + timedelta(seconds=max(fairness.turn_s - (debt or 0.0), 0.0)),
+            }
+            for job_id, debt in debts
+        ],
+    )
 
 
-def turn_started(conn: Connection, job_id: str) -> datetime | None:
-    """When ``job_id``'s latest turn began (its ``last_served_at``)."""
-    stamp = conn.scalar(select(jobs.c.last_served_at).where(jobs.c.id == job_id))
-    return as_utc(stamp) if stamp is not None else None
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A job's current turn: when the claim that opened it was made, and when it ends."""
+
+    began: datetime | None
+    ends: datetime | None  # None: opened without fair turns, or before they had ends
+
+
+def current_turn(conn: Connection, job_id: str) -> Turn:
+    """``job_id``'s latest turn (its ``last_served_at`` and ``turn_ends_at``)."""
+    row = conn.execute(
+        select(jobs.c.last_served_at, jobs.c.turn_ends_at).where(jobs.c.id == job_id)
+    ).first()
+    if row is None or row.last_served_at is None:
+        return Turn(None, None)
+    ends = as_utc(row.turn_ends_at) if row.turn_ends_at is not None else None
+    return Turn(as_utc(row.last_served_at), ends)
+
+
+def record_overrun(conn: Connection, job_id: str, seconds: float) -> None:
+    """Remember that ``job_id``'s turn ran ``seconds`` past its end before it handed its
+    chunk back: its next turn is that much shorter (:func:`stamp_served`).
+
+    A turn ends at a write window's boundary, so it runs up to a window past its slice;
+    in plain round-robin that spread decided which key got more time (two keys got 5.3
+    and 7.3 s of one worker in a 13 s stretch of ``bench/fair_scheduling.py``). Carried
+    into the next turn, the difference stays within one window however many turns pass.
+    """
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values(turn_debt_s=max(seconds, 0.0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +387,7 @@ def job_ranks(
         select(
             effective_level(now, fairness.aging_s).label("level"),
             clock.c.key_running,
-            case((turn_open(fairness, now), True), else_=False).label("turn_open"),
+            case((turn_open(now), True), else_=False).label("turn_open"),
             clock.c.key_last,
             jobs.c.last_served_at,
             jobs.c.created_at,

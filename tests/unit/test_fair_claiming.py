@@ -3,6 +3,7 @@ on SQLite and on a real PostgreSQL, with a fake runner."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -11,8 +12,16 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from core.chunks.claim import ClaimOutcome, claim_chunk
-from core.chunks.fair import Fairness, chunks_ahead, claim_fairest, outranked, queue_stats
+from core.chunks.claim import ClaimOutcome, as_utc, claim_chunk
+from core.chunks.fair import (
+    Fairness,
+    chunks_ahead,
+    claim_fairest,
+    job_ranks,
+    outranked,
+    queue_stats,
+    stamp_served,
+)
 from core.chunks.split import hand_back
 from core.clock import utcnow
 from core.config import Settings
@@ -358,7 +367,7 @@ def test_a_turn_outlives_its_chunk_and_ends_on_time(engine: Engine) -> None:
 def test_a_chunk_that_continues_a_turn_yields_when_the_turn_ends(engine: Engine) -> None:
     """The hand-back check counts the turn from the claim that opened it, not from the
     chunk's own start: a continuing chunk gets what is left of the turn."""
-    from engine.chunk_work import _yield_check
+    from engine.chunk_work import TurnClock
 
     a, b = key(engine, "a"), key(engine, "b")
     holder = new_job(engine, 4, owner=a)
@@ -379,4 +388,80 @@ def test_a_chunk_that_continues_a_turn_yields_when_the_turn_ends(engine: Engine)
             )
         # Its chunk started now; its turn 5 s ago (not over), then 45 s ago (over, and the
         # waiting key, never served, ranks first).
-        assert _yield_check(engine, settings, holder.id, "fake")() is expected
+        assert TurnClock(engine, settings, holder.id, "fake")() is expected
+
+
+def test_a_turn_that_overran_makes_the_next_one_shorter(engine: Engine) -> None:
+    """Deficit round-robin: a hand-back records how far the turn ran past its end, and the
+    job's next turn is that much shorter (never below nothing), so the spread of turns
+    (a turn ends at a window boundary) does not add up in one key's favour."""
+    from engine.chunk_work import TurnClock
+
+    turns = Fairness(aging_s=600, turn_s=1.0)
+    job = new_job(engine, 6)
+
+    def open_turn(debt: float) -> tuple[float, float]:
+        with engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job.id)
+                .values(turn_debt_s=debt, turn_ends_at=utcnow() - timedelta(seconds=4))
+            )
+            stamp_served(conn, [job.id], fairness=turns)
+            row = conn.execute(
+                select(jobs.c.last_served_at, jobs.c.turn_ends_at, jobs.c.turn_debt_s).where(
+                    jobs.c.id == job.id
+                )
+            ).one()
+        return (row.turn_ends_at - row.last_served_at).total_seconds(), row.turn_debt_s
+
+    assert open_turn(0.0) == (1.0, 0.0)
+    length, debt = open_turn(0.4)
+    assert length == pytest.approx(0.6) and debt == 0.0, "the debt is paid by the new turn"
+    assert open_turn(2.5) == (0.0, 0.0), "a turn never goes below nothing"
+    # While a turn runs, the job ranks as in its turn: not past its shortened end.
+    with engine.begin() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id)
+            .values(turn_debt_s=0.4, turn_ends_at=utcnow() - timedelta(seconds=4))
+        )
+        stamp_served(conn, [job.id], fairness=turns)
+        opened = conn.scalar(select(jobs.c.last_served_at).where(jobs.c.id == job.id))
+        [rank] = job_ranks(conn, "fake", turns, now=as_utc(opened) + timedelta(seconds=0.5))
+        assert rank.turn_open
+        [rank] = job_ranks(conn, "fake", turns, now=as_utc(opened) + timedelta(seconds=0.7))
+        assert not rank.turn_open, "a 0.6 s turn is over at 0.7 s, though the slice is 1 s"
+    # The clock of a chunk counts the turn's own end, not the configured slice.
+    settings = Settings(database_url="sqlite://", fair_time_slice_s=30)
+    with engine.begin() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id)
+            .values(turn_ends_at=utcnow() - timedelta(seconds=0.5))
+        )
+    clock = TurnClock(engine, settings, job.id, "fake")
+    # A turn that ended 0.5 s ago is over (a 30 s slice notwithstanding): the chunk yields
+    # at its first window boundary, and owes the time from its own start, not the turn's end.
+    assert clock.ends <= time.monotonic()
+    time.sleep(0.2)
+    assert 0.2 <= clock.overrun_s() < 1.0
+    # Nobody waits: the job runs on, and owes nothing for the time it ran alone.
+    assert clock() is False
+    assert clock.overrun_s() < 0.2
+
+
+def test_a_hand_back_records_the_overrun(engine: Engine) -> None:
+    big = new_job(engine, 10, chunk_size=10, text="y")
+
+    def submit_small(call: int) -> None:
+        if call == 1:
+            new_job(engine, 1, text="z")
+
+    driver = Driver(runner_for={"fake": FakeRunner(on_predict=submit_small)}.get, send=None)
+    report = work_on_chunk(engine, settings(), big.id, 0, driver)
+    assert report.outcome == ChunkOutcome.YIELDED, report.reason
+    with engine.connect() as conn:
+        debt = conn.scalar(select(jobs.c.turn_debt_s).where(jobs.c.id == big.id))
+    # The slice is 0 here: the whole first window ran past the end of the turn.
+    assert 0 < debt < 30
