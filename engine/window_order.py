@@ -1,27 +1,25 @@
-"""The write windows of a scoring call, and their order: windows of similar lengths and of
-similar cost, ordered so that every stretch of work scores items at about the call's mean
-rate, the same every time a range of items is taken up again.
+"""The write windows of a scoring call: each about as costly as the others and holding
+texts from every part of the length range, so that every stretch of work scores items at
+about the call's mean rate; the same every time a range of items is taken up again.
 
-Each write window holds texts of similar length (a window is as uniform as one big
-length-sorted batch, so small windows cost no padding), and fewer of them when they are
-long, so that no window takes many times longer than the others: a more urgent job waits
-for the window in progress (fair scheduling: :mod:`core.chunks.split`).
+A worker checks between write windows whether a more urgent job waits (fair scheduling:
+:mod:`core.chunks.split`), so no window may take many times longer than the others, and
+a job's turn (``fair_time_slice_s``) covers one or two windows, so a window decides how
+many items a turn scores. Windows cut from the length-sorted texts (each as uniform as
+one sorted batch) differ by 5-40x in items per second: a window of the shortest texts is
+full (``write_batch_size``) well inside its cost. Shortest and longest alternately, a
+chunk's first turn scored twice the items per second of its rest; in a rate-balanced
+order of such windows, single turns still scored 46 to 207 items; and two keys sharing a
+worker in equal turns saw item rates 0.67-0.8 of each other over stretches of a few turns
+(``bench/fair_scheduling.py``).
 
-Windows differ widely in items per second even so: a window of the shortest texts is full
-(``write_batch_size`` texts) well inside its cost, and holds 5-40 times the items per
-second of a window of long texts. A job's turn on a worker (``fair_time_slice_s``) covers
-two or three windows, so the order decides how many items a turn scores. Shortest first,
-a chunk that hands its rest back gave away its slowest items every time; shortest and
-longest alternately, a chunk's first turn still scored twice the items per second of the
-rest of it (the longest "window" is the few texts left over, and the shortest ones are
-fast), and two keys sharing a worker in equal turns saw item rates 0.67-0.8 of each other
-whenever one was at its chunks' starts and the other at their rests
-(``bench/fair_scheduling.py``). So the windows are taken from the fastest and the slowest
-end of the call's range, each time from the end that keeps the items scored so far closest
-to the mean rate times the cost so far: every stretch of work is close to a sample of the
-chunk.
+So the length-sorted texts are cut into runs (``RUNS_PER_WINDOW`` per window), the runs
+are put in :func:`balanced_order` (from the fast or the slow end, whichever keeps the
+items so far nearest the mean rate times the cost so far), and consecutive runs make a
+window. Each window holds runs from both ends; within it the texts stay in length order,
+and the runner batches them by length, so it pads about as little as one sorted run.
 
-Costs are estimated, not measured: a window of ``n`` texts whose longest is ``L``
+Costs are estimated, not measured: a run of ``n`` texts whose longest is ``L``
 characters costs ``n * (L + ITEM_COST)``, its padded characters plus the work every item
 costs whatever its length (tokenising, top-k, its row). ``ITEM_COST`` is fitted to the
 windows of ``sentiment-mini`` on a CPU (``t ~ 1.5 ms * n + 22 us * n * L``, within 15%).
@@ -39,6 +37,8 @@ from engine.reuse import Entry
 
 # Characters of padded text that the per-item work of one item costs (module docstring).
 ITEM_COST = 70
+# Length-sorted runs a write window is made of (module docstring).
+RUNS_PER_WINDOW = 4
 
 
 def balanced_order(counts: Sequence[int], costs: Sequence[float]) -> list[int]:
@@ -80,31 +80,47 @@ def scoring_windows(
     in scoring order.
 
     ``everything`` is sorted by ``length`` (stable: equal lengths keep their order) and cut
-    into windows of at most ``window_size`` entries whose cost (module docstring) stays
-    within what ``window_size`` entries of the mean length would cost: a window of long
-    texts holds fewer of them, so every window takes about the same time, and a more
-    urgent job never waits behind a window ten times longer than the others. The windows
-    are then put in :func:`balanced_order`; the entries not in ``pending`` are dropped and
-    a window left empty goes with them.
+    into runs of at most a ``RUNS_PER_WINDOW``-th of ``window_size`` entries and of the
+    cost that many entries of the mean length would have: a run of long texts holds fewer
+    of them. The runs are put in :func:`balanced_order` and taken in that order into
+    windows of at most ``window_size`` entries and ``window_size`` mean entries' cost, so
+    every window costs about the same and holds runs from both ends: a more urgent job
+    never waits behind a window many times longer than the others, and a turn of a window
+    or two scores about the items a turn should. Within a window the entries keep the
+    length order (the runner batches them by length, so a window of four runs pads about
+    as little as one run). The entries not in ``pending`` are dropped and a window left
+    empty goes with them.
     """
     sizes = [max(length(entry), 1) for entry in everything]
     ranked = sorted(range(len(everything)), key=lambda position: sizes[position])
     budget = window_size * (sum(sizes) / max(len(sizes), 1) + ITEM_COST)
-    place: dict[tuple[str, int], tuple[int, int]] = {}  # (window, rank)
+    run_size = max(1, -(-window_size // RUNS_PER_WINDOW))
+    run_budget = budget / RUNS_PER_WINDOW
+    run_of: list[int] = []  # by rank
     counts: list[int] = []
     costs: list[float] = []
-    for rank, position in enumerate(ranked):
-        # Sorted: this entry is the window's longest so far.
+    for position in ranked:
+        # Sorted: this entry is the run's longest so far.
         cost = sizes[position] + ITEM_COST
-        if not counts or counts[-1] == window_size or (counts[-1] + 1) * cost > budget:
+        if not counts or counts[-1] == run_size or (counts[-1] + 1) * cost > run_budget:
             counts.append(0)
             costs.append(0.0)
-        job_id, index, _ = everything[position]
-        place[(job_id, index)] = (len(counts) - 1, rank)
+        run_of.append(len(counts) - 1)
         counts[-1] += 1
         costs[-1] = counts[-1] * cost
-    turn = {window: at for at, window in enumerate(balanced_order(counts, costs))}
-    by_turn: dict[int, list[Entry]] = {}
+    window_of: dict[int, int] = {}
+    windows, held, spent = 0, 0, 0.0
+    for run in balanced_order(counts, costs):
+        if held and (held + counts[run] > window_size or spent + costs[run] > budget):
+            windows, held, spent = windows + 1, 0, 0.0
+        window_of[run] = windows
+        held += counts[run]
+        spent += costs[run]
+    place = {
+        (everything[position][0], everything[position][1]): (window_of[run_of[rank]], rank)
+        for rank, position in enumerate(ranked)
+    }
+    by_window: dict[int, list[Entry]] = {}
     for entry in sorted(pending, key=lambda entry: place[(entry[0], entry[1])]):
-        by_turn.setdefault(turn[place[(entry[0], entry[1])][0]], []).append(entry)
-    return [by_turn[at] for at in sorted(by_turn)]
+        by_window.setdefault(place[(entry[0], entry[1])][0], []).append(entry)
+    return [by_window[window] for window in sorted(by_window)]

@@ -4,6 +4,8 @@ keeps every stretch near the mean item rate, continued by a handed-back rest
 
 from __future__ import annotations
 
+import random
+
 from core.inputs.items import InputItem
 from engine.reuse import Entry
 from engine.window_order import ITEM_COST, balanced_order, scoring_windows
@@ -56,22 +58,37 @@ def test_windows_of_one_rate_keep_their_order() -> None:
     assert balanced_order([], []) == []
 
 
-def test_long_texts_go_in_smaller_windows() -> None:
-    # Lengths 1,600..100 in index order: windows of at most 4 texts, and at most what 4
-    # texts of the mean length (850) cost, with the per-item cost: longer ones hold fewer.
+def test_windows_mix_both_ends_of_the_lengths_within_their_cost() -> None:
+    # Lengths 1,600..100 in index order; windows of at most 4 texts and of what 4 texts of
+    # the mean length (850) cost, with the per-item cost.
     everything = entries([100 * n for n in range(16, 0, -1)])
-    windows = scoring_windows(everything, everything, 4, length)
-    assert sorted(lengths_of(windows)) == [
-        [100, 200, 300, 400],
-        [500, 600, 700, 800],
-        [900, 1000, 1100],
-        [1200, 1300],
-        [1400, 1500],
-        [1600],
+    windows = lengths_of(scoring_windows(everything, everything, 4, length))
+    assert windows == [
+        [100, 200, 1500, 1600],
+        [300, 400, 1300, 1400],
+        [500, 600, 1100, 1200],
+        [700, 800, 900, 1000],
     ]
-    for window in lengths_of(windows):
-        assert len(window) * (max(window) + ITEM_COST) <= 4 * (850 + ITEM_COST)
-    assert lengths_of(windows)[0] != [100, 200, 300, 400], "not simply shortest first"
+    for window in windows:
+        assert sum(size + ITEM_COST for size in window) <= 4 * (850 + ITEM_COST)
+
+
+def test_windows_of_skewed_lengths_score_items_at_about_one_rate() -> None:
+    # Review-like lengths (log-normal, a long tail): length-sorted windows ranged over 5x
+    # in texts per cost; windows made of runs from both ends stay near one rate.
+    draw = random.Random(5)
+    lengths = [int(min(2000, draw.lognormvariate(5.3, 0.8))) for _ in range(512)]
+    everything = entries(lengths)
+    windows = lengths_of(scoring_windows(everything, everything, 128, length))
+    assert sorted(size for window in windows for size in window) == sorted(lengths)
+    rates = [len(window) / sum(size + ITEM_COST for size in window) for window in windows]
+    assert max(rates) / min(rates) < 1.5, rates
+    by_length = sorted(lengths)
+    sorted_rates = [
+        len(part) / sum(size + ITEM_COST for size in part)
+        for part in (by_length[:128], by_length[-32:])
+    ]
+    assert max(sorted_rates) / min(sorted_rates) > 4, "the spread the runs take out"
 
 
 def test_a_rest_continues_where_its_chunk_stopped() -> None:
