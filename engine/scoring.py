@@ -221,10 +221,15 @@ def score_jobs(
         if texts:
             runner.prefetch(texts)
 
-    def predicted(position: int, usable: list[Entry]) -> list[Answer]:
-        # On the lookahead thread: every runner call of the loop is made from it, in order.
+    def predicted(position: int, window: list[Entry], usable: list[Entry]) -> list[Answer]:
+        # On the lookahead thread: every runner call of the loop is made from it, in order,
+        # and every progress report (a progress bar counts from one thread).
         announce(position + TOKENISED_AHEAD)
-        return reuse.answers(usable, progress)
+        answers = reuse.answers(usable, progress)
+        refused = len(window) - len(usable)
+        if progress is not None and refused:
+            progress(refused)
+        return answers
 
     def start(position: int) -> _Predicting | None:
         """Start predicting the first window from ``position`` with anything left to score
@@ -241,7 +246,8 @@ def score_jobs(
                 window = [entry for entry in window if entry[0] in active]
             if window:
                 usable = [entry for entry in window if entry[2].error is None]
-                return _Predicting(at, window, usable, lookahead.start(predicted, at, usable))
+                answers = lookahead.start(predicted, at, window, usable)
+                return _Predicting(at, window, usable, answers)
         return None
 
     for ahead in range(TOKENISED_AHEAD):
@@ -261,7 +267,7 @@ def score_jobs(
             upcoming = None if yielding else start(following)
             # Its rows are built while the next window is scored, and written while the
             # one after is (one write in flight at most).
-            writer.submit(*_rows(current, answers, progress))
+            writer.submit(*_rows(current, answers))
             current = upcoming
             if yielding:
                 writer.wait()  # the rows before the hand-back are committed first
@@ -288,7 +294,7 @@ class _Predicting:
 
 
 def _rows(
-    predicting: _Predicting, answers: list[Answer], progress: Progress | None
+    predicting: _Predicting, answers: list[Answer]
 ) -> tuple[dict[str, list[ScoredItem]], list[tuple[Entry, Answer]]]:
     """A window's rows by job (intake errors as error rows) and its answered entries."""
     # ``usable`` is ``window`` without its intake errors, in order: walk both.
@@ -306,9 +312,6 @@ def _rows(
                 cached=answer is not None and answer.cached,
             )
         )
-    refused = len(predicting.window) - len(predicting.usable)
-    if progress is not None and refused:
-        progress(refused)
     return scored, list(zip(predicting.usable, answers, strict=True))
 
 

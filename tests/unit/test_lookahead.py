@@ -68,13 +68,13 @@ def test_the_next_window_is_predicted_while_this_ones_rows_are_built(
     ahead_at_most_one: list[bool] = []
     build_rows = scoring._rows
 
-    def rows(predicting: Any, answers: Any, progress: Any) -> Any:
+    def rows(predicting: Any, answers: Any) -> Any:
         window = predicting.position
         if window + 1 < 5:
             # The serial loop called predict for the next window only after this returned.
             overlapped.append(runner.started[window + 1].wait(WAIT_S))
         ahead_at_most_one.append(not runner.started[window + 2].is_set())
-        return build_rows(predicting, answers, progress)
+        return build_rows(predicting, answers)
 
     monkeypatch.setattr(scoring, "_rows", rows)
     run = scoring.score_jobs(
