@@ -1,6 +1,6 @@
 """The CPU-side ceiling of a text worker, measured with the GPU stand-in, side by side in one run.
 
-    .venv/bin/python bench/standin_ceiling.py [--count 4000] [--repeat 2]
+    .venv/bin/python bench/standin_ceiling.py [--count 4000] [--repeat 2] [--pairs 7]
 
 On a CPU a real model's forward pass hides everything around it; the stand-in
 (``backend = "standin"``, engine/runners/standin.py) keeps every CPU stage real and replaces
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from statistics import median
 
 from common import Row, bench_texts, bench_workdir, build_distilbert_base, print_table, timed
 from text_throughput import bulkscore_in_process, service_row
@@ -77,11 +78,37 @@ def standin_rows(
     return [in_process, service]
 
 
+def paired_in_process(
+    model_dir: Path, records: list[dict[str, str]], workdir: Path, tokens_per_s: float, pairs: int
+) -> list[float]:
+    """``bulkscore score`` in-process over the tokenizer alone, each run divided by a
+    tokenizer run just before it: on a machine whose load changes from minute to minute,
+    a pair shares its minute, where the table's rows (fastest of a few, row after row) do
+    not."""
+    texts = [r["text"] for r in records]
+    entry = {"backend": "standin", "standin_tokens_per_s": tokens_per_s}
+    ratios = []
+    for _ in range(pairs):
+        tokenizer, _tokens = tokenizer_row(model_dir, texts, 1)
+        scored = bulkscore_in_process(
+            model_dir, records, workdir, repeat=1, entry=entry, name="paired in-process"
+        )
+        ratios.append(scored.rate / tokenizer.rate)
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=4000)
     parser.add_argument(
         "--repeat", type=int, default=2, help="Runs per row; the fastest is kept (default 2)."
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="Also run N tokenizer / in-process pairs at each stand-in rate and print the "
+        "median of their ratios (default 0: off).",
     )
     args = parser.parse_args()
     workdir = bench_workdir("standin")
@@ -94,6 +121,15 @@ def main() -> None:
     tokens_per_s = tokens / tokenizer.seconds
     tokenizer.note = f"{tokens:,} real tokens, {tokens_per_s:,.0f} tokens/s"
     print(f"  stand-in rate for the overlap rows: {tokens_per_s:,.0f} tokens/s", flush=True)
+    for label, rate in (("at 0", 0.0), ("at the tokenizer's rate", tokens_per_s)):
+        if args.pairs:
+            ratios = sorted(paired_in_process(model_dir, records, workdir, rate, args.pairs))
+            listed = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+            print(
+                f"paired in-process, stand-in {label}: median {median(ratios):.2f} "
+                f"of {args.pairs} ({listed})",
+                flush=True,
+            )
     free = standin_rows(model_dir, records, workdir, args.repeat, 0.0, "at 0")
     matched = standin_rows(
         model_dir, records, workdir, args.repeat, tokens_per_s, "at the tokenizer's rate"
