@@ -11,7 +11,7 @@ Two kinds of model go through here:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -30,6 +30,9 @@ from engine.runners.token_prefetch import TokenPrefetch
 from engine.threads import configure_torch_threads
 
 log = logging.getLogger(__name__)
+
+# Waits for one batch's forward pass and returns its output rows.
+Waiter = Callable[[], np.ndarray]
 FALLBACK_MAX_LENGTH = 512
 
 
@@ -148,10 +151,14 @@ class TransformersTextRunner(Runner):
         """
         import torch
 
-        return {
+        tensors = {
             key: torch.from_numpy(value)
             for key, value in self._padded(encoded, keys, batch).items()
         }
+        if str(self.device).startswith("cuda"):
+            # Page-locked, so that the copy to the device is asynchronous (_launch).
+            tensors = {key: value.pin_memory() for key, value in tensors.items()}
+        return tensors
 
     def _padded(
         self, encoded: Any, keys: Sequence[str], batch: Sequence[int]
@@ -243,39 +250,77 @@ class TransformersTextRunner(Runner):
     # -- inference -------------------------------------------------------------------------
     def _forward(self, features: dict[str, Any], embeddings: bool) -> np.ndarray:
         """Class scores (or, with ``embeddings``, pooled embeddings) for one padded batch."""
+        return self._launch(features, embeddings)()
+
+    def _launch(self, features: dict[str, Any], embeddings: bool) -> Waiter:
+        """Queue one padded batch's forward pass; the call that waits for its output rows.
+
+        On a GPU, torch queues the kernels and returns: the copies are non-blocking from
+        pinned memory (:meth:`_tensors`) and only the waiter synchronises, when it copies
+        the rows back. On a CPU the pass runs here and the waiter only converts.
+        """
         import torch
 
-        features = {key: value.to(self.device) for key, value in features.items()}
+        features = {
+            key: value.to(self.device, non_blocking=True) for key, value in features.items()
+        }
         with torch.inference_mode():
             if self.is_classifier:
-                return self.model(**features).logits.float().cpu().numpy()
-            hidden = self.model(**features).last_hidden_state.float()
-            mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            if embeddings or self.head is None:
-                return pooled.cpu().numpy()
-            weight, bias = self.head
-            return (pooled @ weight.to(pooled.device).T + bias.to(pooled.device)).cpu().numpy()
+                output = self.model(**features).logits.float()
+            else:
+                hidden = self.model(**features).last_hidden_state.float()
+                mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                output = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                if not embeddings and self.head is not None:
+                    weight, bias = self.head
+                    output = output @ weight.to(output.device).T + bias.to(output.device)
+        return lambda: output.cpu().numpy()
+
+    def _start_forward(self, features: dict[str, Any], embeddings: bool) -> Waiter:
+        """Start one batch's forward pass; the call that waits for its rows.
+
+        On a GPU the pass is only queued (:meth:`_launch`), so :meth:`_run_sorted` pads the
+        next batch while the device computes this one. On a CPU it runs now, in
+        :meth:`_forward`.
+        """
+        if str(self.device).startswith("cuda"):
+            return self._launch(features, embeddings)
+        rows = self._forward(features, embeddings)
+        return lambda: rows
 
     def _run_sorted(
         self, texts: Sequence[str], progress: Progress | None, embeddings: bool = False
     ) -> np.ndarray:
         """One output row per text, in input order, computed in length-sorted batches.
 
-        Each batch's rows go into their places with one array assignment, not a Python
-        assignment per text.
+        One batch runs behind the one being prepared: batch ``k + 1`` is padded and started
+        before the rows of batch ``k`` are waited for, so a device (a GPU, or the
+        stand-in's) always has the next batch queued while the CPU pads it. Each batch's
+        rows go into their places with one array assignment, not a Python assignment per
+        text.
         """
         encoded, keys = self._encode(texts)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         outputs: np.ndarray | None = None
-        for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-            rows = np.asarray(self._forward(self._tensors(encoded, keys, batch), embeddings))
+
+        def finish(batch: list[int], waiting: Waiter) -> None:
+            nonlocal outputs
+            rows = np.asarray(waiting())
             if outputs is None:
                 outputs = np.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype)
             outputs[batch] = rows
             if progress is not None:
                 progress(len(batch))
+
+        behind: tuple[list[int], Waiter] | None = None
+        for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
+            started = self._start_forward(self._tensors(encoded, keys, batch), embeddings)
+            if behind is not None:
+                finish(*behind)
+            behind = (batch, started)
+        if behind is not None:
+            finish(*behind)
         assert outputs is not None, "plan_batches covers every text"
         return outputs
 

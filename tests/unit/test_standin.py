@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,40 @@ def test_the_forward_pass_sleeps_for_the_real_tokens_of_each_batch(tiny_text_mod
     expected = [sum(ordered[i : i + 2]) / 1_000.0 for i in range(0, len(ordered), 2)]
     assert recorder.sleeps == pytest.approx(expected)
     assert sum(recorder.sleeps) == pytest.approx(sum(lengths) / 1_000.0)
+
+
+def test_the_next_batch_is_padded_while_the_device_works_on_this_one(
+    tiny_text_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with queued CUDA kernels: the forward pass of batch k runs on the stand-in's
+    device thread while the runner pads batch k + 1, and the rows come back in order."""
+    runner = _standin(tiny_text_model, tokens_per_s=1_000.0)
+    padded: list[threading.Event] = [threading.Event() for _ in range(3)]
+    calls = 0
+    tensors = runner._tensors
+
+    def padding(encoded: Any, keys: Any, batch: Any) -> Any:
+        nonlocal calls
+        padded[calls].set()
+        calls += 1
+        return tensors(encoded, keys, batch)
+
+    overlapped: list[bool] = []
+
+    def sleep(seconds: float) -> None:
+        # The device's first batch waits to see the second one padded (a serial loop pads
+        # the second only after the first returned, and would time out here).
+        if not overlapped:
+            overlapped.append(padded[1].wait(5))
+            assert threading.current_thread().name.startswith("standin-device")
+
+    monkeypatch.setattr(runner, "_tensors", padding)
+    runner.sleep = sleep
+    alone = _standin(tiny_text_model)
+    assert [p.label for p in runner.predict(TEXTS)] == [p.label for p in alone.predict(TEXTS)]
+    assert overlapped == [True]
+    runner.close()
+    assert runner.device_queue is None
 
 
 def test_zero_tokens_per_second_never_sleeps(tiny_text_model: Path) -> None:
