@@ -38,7 +38,7 @@ from core.chunks.fair import (
     Fairness,
     claim_fairest,
     current_turn,
-    outranked,
+    outranked_since,
     record_overrun,
     stamp_served,
 )
@@ -341,8 +341,9 @@ class TurnClock:
     query per write window, none during the turn).
 
     It also measures how far the turn ran past its end when it yields (:meth:`overrun_s`):
-    from the end of the turn, or from the check before when that one still found nobody
-    waiting (a job that ran on alone owes nothing for it).
+    from the end of the turn, from the check before when that one still found nobody
+    waiting, or from when the job that goes next began to wait, whichever came last (a
+    job that ran on alone owes nothing for it).
     """
 
     def __init__(self, engine: Engine, settings: Settings, job_id: str, model: str) -> None:
@@ -369,14 +370,19 @@ class TurnClock:
             return False
         try:
             with self.engine.connect() as conn:
-                waiting = outranked(conn, self.job_id, self.model, self.fairness)
+                since = outranked_since(conn, self.job_id, self.model, self.fairness)
         except Exception:
             # Only a scheduling hint: a failed look must not cost the chunk its work.
             log.warning("could not check for more urgent work", exc_info=True)
             return False
-        if not waiting:
+        if since is None:
             self.owed_from = now
-        return waiting
+            return False
+        # Owed from when the job that goes next began to wait, if that came later: a job
+        # that arrived during the window owes nothing for the window's start.
+        waited = max((utcnow() - since).total_seconds(), 0.0)
+        self.owed_from = max(self.owed_from, now - waited)
+        return True
 
     def overrun_s(self) -> float:
         return max(monotonic() - self.owed_from, 0.0)

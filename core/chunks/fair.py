@@ -355,6 +355,14 @@ class JobRank:
     job_id: str
     owner: int
     queued: int
+    # When its last turn ended (None: never served; then it has waited since its creation).
+    turn_ended: datetime | None = None
+
+    @property
+    def waiting_since(self) -> datetime:
+        """Since when its queued chunks have waited for a worker (about: a turn handed back
+        ends within a window of its planned end)."""
+        return as_utc(self.turn_ended or self.created_at)
 
     def sort_key(self, running_delta: int = 0) -> tuple[Any, ...]:
         """The ``ORDER BY`` of :func:`ranked` as a tuple (never-served clocks first)."""
@@ -394,6 +402,7 @@ def job_ranks(
             jobs.c.id,
             clock.c.owner,
             queued.label("queued"),
+            jobs.c.turn_ends_at,
         )
         .select_from(jobs.join(clock, clock.c.owner == _owner()))
         .where(service_jobs([model], now))
@@ -409,6 +418,7 @@ def job_ranks(
             job_id=str(row.id),
             owner=int(row.owner),
             queued=int(row.queued or 0),
+            turn_ended=row.turn_ends_at,
         )
         for row in rows
     ]
@@ -422,16 +432,29 @@ def outranked(
     chunk of ``model`` go first: the question a worker holding the chunk asks between write
     windows. Asked as if the chunk were already handed back (its key runs one chunk fewer),
     so two workers on two jobs do not keep trading places."""
+    return outranked_since(conn, job_id, model, fairness, now) is not None
+
+
+def outranked_since(
+    conn: Connection, job_id: str, model: str, fairness: Fairness, now: datetime | None = None
+) -> datetime | None:
+    """:func:`outranked`, answered with since when the longest-waiting job ranked before
+    ``job_id`` has waited (None: none is), so that a turn that ran on past its end owes only
+    the time another job waited for it (:func:`record_overrun`)."""
+    now = now or utcnow()
     ranks = job_ranks(conn, model, fairness, now)
     own = next((rank for rank in ranks if rank.job_id == job_id), None)
     if own is None:
-        return False  # no longer active: the write finds out and stops
+        return None  # no longer active: the write finds out and stops
     mine = own.sort_key(-1)
-    return any(
-        rank.queued and rank.sort_key(-1 if rank.owner == own.owner else 0) < mine
+    waiting = [
+        min(rank.waiting_since, now)
         for rank in ranks
         if rank.job_id != job_id
-    )
+        and rank.queued
+        and rank.sort_key(-1 if rank.owner == own.owner else 0) < mine
+    ]
+    return min(waiting) if waiting else None
 
 
 def chunks_ahead(conn: Connection, job_id: str, model: str, fairness: Fairness) -> int:

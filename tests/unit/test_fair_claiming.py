@@ -465,3 +465,32 @@ def test_a_hand_back_records_the_overrun(engine: Engine) -> None:
         debt = conn.scalar(select(jobs.c.turn_debt_s).where(jobs.c.id == big.id))
     # The slice is 0 here: the whole first window ran past the end of the turn.
     assert 0 < debt < 30
+
+
+def test_a_turn_owes_only_the_time_another_job_waited(engine: Engine) -> None:
+    """A job alone runs on past its turn; one that arrives later is owed only from its
+    arrival, not from the end of the turn."""
+    from engine.chunk_work import TurnClock
+
+    a, b = key(engine, "a"), key(engine, "b")
+    holder = new_job(engine, 4, owner=a)
+    settings = Settings(database_url="sqlite://", fair_time_slice_s=30)
+    with engine.begin() as conn:
+        conn.execute(
+            update(chunks)
+            .where(chunks.c.job_id == holder.id, chunks.c.index == 0)
+            .values(status="running")
+        )
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == holder.id)
+            .values(
+                last_served_at=utcnow() - timedelta(seconds=1),
+                turn_ends_at=utcnow() + timedelta(seconds=0.2),
+            )
+        )
+    clock = TurnClock(engine, settings, holder.id, "fake")
+    time.sleep(0.8)  # the turn is over; nobody has asked yet
+    new_job(engine, 2, owner=b)  # arrives now
+    assert clock() is True
+    assert clock.overrun_s() < 0.3, "owed from the newcomer's arrival, not the turn's end"
