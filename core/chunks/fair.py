@@ -425,22 +425,17 @@ def job_ranks(
     return sorted(found, key=JobRank.sort_key)
 
 
-def outranked(
-    conn: Connection, job_id: str, model: str, fairness: Fairness, now: datetime | None = None
-) -> bool:
-    """Whether handing back a running chunk of ``job_id`` would let another job's queued
-    chunk of ``model`` go first: the question a worker holding the chunk asks between write
-    windows. Asked as if the chunk were already handed back (its key runs one chunk fewer),
-    so two workers on two jobs do not keep trading places."""
-    return outranked_since(conn, job_id, model, fairness, now) is not None
-
-
 def outranked_since(
     conn: Connection, job_id: str, model: str, fairness: Fairness, now: datetime | None = None
 ) -> datetime | None:
-    """:func:`outranked`, answered with since when the longest-waiting job ranked before
-    ``job_id`` has waited (None: none is), so that a turn that ran on past its end owes only
-    the time another job waited for it (:func:`record_overrun`)."""
+    """Whether handing back a running chunk of ``job_id`` would let another job's queued
+    chunk of ``model`` go first (the question a worker holding the chunk asks between write
+    windows), answered with since when the longest-waiting job ranked before it has waited
+    (None: none is), so that a turn that ran on past its end owes only the time another job
+    waited for it (:func:`record_overrun`).
+
+    Asked as if the chunk were already handed back (its key runs one chunk fewer), so two
+    workers on two jobs do not keep trading places."""
     now = now or utcnow()
     ranks = job_ranks(conn, model, fairness, now)
     own = next((rank for rank in ranks if rank.job_id == job_id), None)

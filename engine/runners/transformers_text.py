@@ -151,14 +151,10 @@ class TransformersTextRunner(Runner):
         """
         import torch
 
-        tensors = {
+        return {
             key: torch.from_numpy(value)
             for key, value in self._padded(encoded, keys, batch).items()
         }
-        if str(self.device).startswith("cuda"):
-            # Page-locked, so that the copy to the device is asynchronous (_launch).
-            tensors = {key: value.pin_memory() for key, value in tensors.items()}
-        return tensors
 
     def _padded(
         self, encoded: Any, keys: Sequence[str], batch: Sequence[int]
@@ -256,11 +252,14 @@ class TransformersTextRunner(Runner):
         """Queue one padded batch's forward pass; the call that waits for its output rows.
 
         On a GPU, torch queues the kernels and returns: the copies are non-blocking from
-        pinned memory (:meth:`_tensors`) and only the waiter synchronises, when it copies
-        the rows back. On a CPU the pass runs here and the waiter only converts.
+        pinned memory and only the waiter synchronises, when it copies the rows back. On a
+        CPU the pass runs here and the waiter only converts.
         """
         import torch
 
+        if str(self.device).startswith("cuda"):
+            # Page-locked, so that the copy to the device is asynchronous.
+            features = {key: value.pin_memory() for key, value in features.items()}
         features = {
             key: value.to(self.device, non_blocking=True) for key, value in features.items()
         }

@@ -18,7 +18,7 @@ from core.chunks.fair import (
     chunks_ahead,
     claim_fairest,
     job_ranks,
-    outranked,
+    outranked_since,
     queue_stats,
     stamp_served,
 )
@@ -194,18 +194,18 @@ def test_a_holder_is_outranked_by_a_new_job_but_two_holders_do_not_trade(engine:
         held = claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
         assert held is not None and held.chunk is not None and held.chunk.job_id == big.id
         # Only its own job waits: nothing to hand back to.
-        assert not outranked(conn, big.id, "fake", FAIR)
+        assert outranked_since(conn, big.id, "fake", FAIR) is None
     other = new_job(engine, 4, owner=b)
     with engine.begin() as conn:
-        assert outranked(conn, big.id, "fake", FAIR), "a never-served key goes first"
+        assert outranked_since(conn, big.id, "fake", FAIR), "a never-served key goes first"
         assert chunks_ahead(conn, other.id, "fake", FAIR) == 0
         # A second worker takes b's chunk: now each key has one running, and the other's
         # queued chunks do not outrank either holder.
         second = claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
         assert second is not None and second.chunk is not None
         assert second.chunk.job_id == other.id
-        assert not outranked(conn, big.id, "fake", FAIR)
-        assert not outranked(conn, other.id, "fake", FAIR)
+        assert outranked_since(conn, big.id, "fake", FAIR) is None
+        assert outranked_since(conn, other.id, "fake", FAIR) is None
 
 
 def test_queue_stats_count_by_priority_and_age_the_longest_wait(engine: Engine) -> None:
@@ -364,6 +364,16 @@ def test_a_turn_outlives_its_chunk_and_ends_on_time(engine: Engine) -> None:
     assert stamp(first) != opened
 
 
+def hold_first_chunk(engine: Engine, job: Job) -> None:
+    """Mark ``job``'s chunk 0 running, as a worker holding it would."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(chunks)
+            .where(chunks.c.job_id == job.id, chunks.c.index == 0)
+            .values(status="running")
+        )
+
+
 def test_a_chunk_that_continues_a_turn_yields_when_the_turn_ends(engine: Engine) -> None:
     """The hand-back check counts the turn from the claim that opened it, not from the
     chunk's own start: a continuing chunk gets what is left of the turn."""
@@ -373,12 +383,7 @@ def test_a_chunk_that_continues_a_turn_yields_when_the_turn_ends(engine: Engine)
     holder = new_job(engine, 4, owner=a)
     new_job(engine, 2, owner=b)  # waits, from another key
     settings = Settings(database_url="sqlite://", fair_time_slice_s=30)
-    with engine.begin() as conn:
-        conn.execute(
-            update(chunks)
-            .where(chunks.c.job_id == holder.id, chunks.c.index == 0)
-            .values(status="running")
-        )
+    hold_first_chunk(engine, holder)
     for began, expected in ((5, False), (45, True)):
         with engine.begin() as conn:
             conn.execute(
@@ -475,12 +480,8 @@ def test_a_turn_owes_only_the_time_another_job_waited(engine: Engine) -> None:
     a, b = key(engine, "a"), key(engine, "b")
     holder = new_job(engine, 4, owner=a)
     settings = Settings(database_url="sqlite://", fair_time_slice_s=30)
+    hold_first_chunk(engine, holder)
     with engine.begin() as conn:
-        conn.execute(
-            update(chunks)
-            .where(chunks.c.job_id == holder.id, chunks.c.index == 0)
-            .values(status="running")
-        )
         conn.execute(
             update(jobs)
             .where(jobs.c.id == holder.id)
