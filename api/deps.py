@@ -88,7 +88,14 @@ def submitting_key(
     if limiter is None or credentials is None:
         return key_id
     # By the key's hash, not its row id: ids repeat across databases sharing one Redis.
-    decision = limiter.take(hash_key(credentials.credentials)[:32])
+    take_submission_token(limiter, hash_key(credentials.credentials))
+    return key_id
+
+
+def take_submission_token(limiter: RateLimiter, key_digest: str) -> None:
+    """Take one submission from the bucket of the key whose hash is ``key_digest``, or
+    refuse with 429 and ``Retry-After`` (API calls and web pages share the bucket)."""
+    decision = limiter.take(key_digest[:32])
     if not decision.allowed:
         raise ApiError(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -97,7 +104,6 @@ def submitting_key(
             f"retry in {decision.retry_after_s} s",
             headers={"Retry-After": str(decision.retry_after_s)},
         )
-    return key_id
 
 
 SubmittingKey = Annotated[int, Depends(submitting_key)]

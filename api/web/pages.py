@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api.deps import ConnDep, EngineDep, JobQueueDep, SettingsDep
+from api.deps import ConnDep, EngineDep, JobQueueDep, SettingsDep, take_submission_token
 from api.job_cursor import decode_cursor, encode_cursor
 from api.problems import ApiError
 from api.routes.jobs import FORM_FIELDS
@@ -397,14 +397,7 @@ def _take_submission_token(request: Request, engine: Engine, user: SignedIn) -> 
         return
     with engine.connect() as conn:
         digest = key_hash_of(conn, user.key_id) or f"key-id:{user.key_id}"
-    decision = limiter.take(digest[:32])
-    if not decision.allowed:
-        raise ApiError(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            "rate_limited",
-            f"this API key may submit {limiter.per_minute} jobs a minute; "
-            f"retry in {decision.retry_after_s} s",
-        )
+    take_submission_token(limiter, digest)
 
 
 @router.post("/submit")
@@ -423,7 +416,10 @@ async def submit_job_form(
         )
     except ApiError as exc:
         with engine.connect() as conn:
-            return _submit_page(request, user, conn, settings, exc.detail, exc.status_code)
+            page = _submit_page(request, user, conn, settings, exc.detail, exc.status_code)
+        # The refusal's own headers too: a 429 says when to retry (Retry-After).
+        page.headers.update(exc.headers or {})
+        return page
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 

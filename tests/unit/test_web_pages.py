@@ -299,6 +299,7 @@ def test_page_submissions_share_the_keys_rate_limit(api: UnitApi) -> None:
     assert api.client.post("/submit", data=form, follow_redirects=False).status_code == 303
     refused = api.client.post("/submit", data=form)
     assert refused.status_code == 429 and "retry in 7 s" in refused.text
+    assert refused.headers["Retry-After"] == "7", "the same refusal as the API's"
     assert limiter.buckets == [hash_key(api.key)[:32]] * 2  # the bucket of its API calls
 
 
