@@ -37,8 +37,10 @@ against a whole one for the other key (0.72 of its item rate, ``bench/fair_sched
 A turn ends at the first write window boundary past its end, so turns run up to a window
 long (1.0-1.9 s for a 1 s slice); which key drew the long ones decided its share. So a
 hand-back records how far the turn overran (:func:`record_overrun`) and the job's next
-turn is that much shorter (deficit round-robin): however many turns pass, two keys' time
-differs by at most about one window.
+turn is that much shorter (deficit round-robin). It cannot be shorter than one window,
+though, and a window takes about as long as the 1 s slice, so a long turn is only partly
+paid back: two keys' item rates still differ by 20-30% over some stretches of the bench.
+Ranking keys by the worker time they received would settle it (not built).
 
 Message counts still balance: each delivery claims at most one queued chunk, and
 a queued chunk always has at least one message that will come for some chunk of M; a
@@ -337,7 +339,7 @@ def record_overrun(conn: Connection, job_id: str, seconds: float) -> None:
     A turn ends at a write window's boundary, so it runs up to a window past its slice;
     in plain round-robin that spread decided which key got more time (two keys got 5.3
     and 7.3 s of one worker in a 13 s stretch of ``bench/fair_scheduling.py``). Carried
-    into the next turn, the difference stays within one window however many turns pass.
+    into the next turn it is paid back as far as a turn can shrink (down to one window).
     """
     conn.execute(update(jobs).where(jobs.c.id == job_id).values(turn_debt_s=max(seconds, 0.0)))
 

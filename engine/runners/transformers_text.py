@@ -244,6 +244,10 @@ class TransformersTextRunner(Runner):
         return (torch.from_numpy(weight), torch.from_numpy(bias)), labels
 
     # -- inference -------------------------------------------------------------------------
+    @property
+    def _on_gpu(self) -> bool:
+        return str(self.device).startswith("cuda")
+
     def _forward(self, features: dict[str, Any], embeddings: bool) -> np.ndarray:
         """Class scores (or, with ``embeddings``, pooled embeddings) for one padded batch."""
         return self._launch(features, embeddings)()
@@ -257,7 +261,7 @@ class TransformersTextRunner(Runner):
         """
         import torch
 
-        if str(self.device).startswith("cuda"):
+        if self._on_gpu:
             # Page-locked, so that the copy to the device is asynchronous.
             features = {key: value.pin_memory() for key, value in features.items()}
         features = {
@@ -283,7 +287,7 @@ class TransformersTextRunner(Runner):
         next batch while the device computes this one. On a CPU it runs now, in
         :meth:`_forward`.
         """
-        if str(self.device).startswith("cuda"):
+        if self._on_gpu:
             return self._launch(features, embeddings)
         rows = self._forward(features, embeddings)
         return lambda: rows
