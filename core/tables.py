@@ -82,11 +82,8 @@ jobs = Table(
     # When a worker last claimed one of the job's chunks: the round-robin clock of fair
     # claiming (core.chunks.fair). NULL: never served, so first in line within its level.
     Column("last_served_at", DateTime(timezone=True)),
-    # When the turn that claim opened ends (NULL: no turn), and how far the job's last turn
-    # ran past its end before its hand-back: the next turn is shorter by that much (deficit
-    # round-robin, core.chunks.fair).
+    # When the turn that claim opened ends (NULL: no turn).
     Column("turn_ends_at", DateTime(timezone=True)),
-    Column("turn_debt_s", Float, nullable=False, server_default="0"),
     # SHA-256 of an embedded job's inputs (core.jobs.inputs_hash): a re-run of the same
     # ``--job-id`` with other inputs is refused. NULL for service jobs.
     Column("inputs_hash", String(64)),
@@ -239,6 +236,16 @@ schedule_state = Table(
     Column("schedule", String(64), primary_key=True),
     Column("watermark", JSON),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Worker seconds each owner key has received on each model (``runs_on``): fair claiming
+# ranks keys by it (core.chunks.fair). ``owner`` 0: jobs without an owner key.
+key_clocks = Table(
+    "key_clocks",
+    metadata,
+    Column("owner", Integer, primary_key=True),
+    Column("runs_on", String(64), primary_key=True),
+    Column("clock_s", Float, nullable=False),
 )
 
 # The files a files/jsonl/csv schedule has scored, as they were: a file whose size or

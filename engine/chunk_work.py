@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from time import monotonic
 
 from sqlalchemy import Engine
 
@@ -34,16 +33,8 @@ from core.chunks.claim import (
     claim_chunk,
     delivery_state,
 )
-from core.chunks.fair import (
-    Fairness,
-    claim_fairest,
-    current_turn,
-    outranked_since,
-    record_overrun,
-    stamp_served,
-)
+from core.chunks.fair import Fairness, claim_fairest, stamp_served
 from core.chunks.split import hand_back, split_exhausted
-from core.clock import utcnow
 from core.config import Settings
 from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
@@ -64,6 +55,7 @@ from engine.delivery import (
 from engine.runners.base import Runner
 from engine.scoring import JobItems, ScoreTotals, score_jobs
 from engine.training_chunk import train_claimed
+from engine.turn_clock import TurnClock, WorkerTime
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +153,20 @@ def _work_on_claimed(
     job_id, chunk_index = claim.chunk.job_id, claim.chunk.index
     model, revision = state.model, state.model_revision
     if state.training:
-        return train_claimed(engine, settings, claim, driver, max_attempts)
+        training_time = WorkerTime({job_id: 1}) if fair else None
+        try:
+            return train_claimed(engine, settings, claim, driver, max_attempts)
+        finally:
+            _charge_apart(engine, training_time)
     siblings = gather_siblings(engine, settings, runner, model, claim) if driver.cross_job else []
+    claims = [claim, *siblings]
+    # Fair claiming ranks keys by the worker time they received: all of it is charged.
+    worker_time = WorkerTime(_items_by_job(claims)) if fair else None
     try:
         yield_on = state.runs_on if fair and not siblings else None
-        return _score_claimed(engine, settings, [claim, *siblings], runner, driver, yield_on)
+        return _score_claimed(engine, settings, claims, runner, driver, yield_on, worker_time)
     except Exception as exc:
+        _charge_apart(engine, worker_time)
         reason = f"{type(exc).__name__}: {exc}"
         if siblings:
             # Other jobs' chunks go back to the queue with their attempt counted; their own
@@ -179,6 +179,23 @@ def _work_on_claimed(
         with engine.begin() as conn:
             release_chunks(conn, [(job_id, chunk_index)])
         raise ChunkAttemptError(reason, attempts=claim.attempts, retry=True) from exc
+
+
+def _items_by_job(claims: list[Claim]) -> dict[str, int]:
+    return {c.chunk.job_id: c.chunk.stop - c.chunk.start for c in claims if c.chunk is not None}
+
+
+def _charge_apart(engine: Engine, worker_time: WorkerTime | None) -> None:
+    """Charge what ``worker_time`` holds in a transaction of its own (a claim that ends
+    without one of its own: training, or a failure)."""
+    if worker_time is None:
+        return
+    try:
+        with engine.begin() as conn:
+            worker_time.charge(conn)
+    except Exception:
+        # Only a scheduling hint: it must not hide the outcome of the claim.
+        log.warning("could not charge worker time", exc_info=True)
 
 
 def _split(engine: Engine, claim: Claim, send: ChunkSend | None) -> ChunkReport:
@@ -242,6 +259,7 @@ def _score_claimed(
     runner: Runner,
     driver: Driver,
     yield_on: str | None,
+    worker_time: WorkerTime | None,
 ) -> ChunkReport:
     """Score the claimed chunks (this delivery's first, then its cross-job siblings).
 
@@ -251,7 +269,8 @@ def _score_claimed(
     on; None: never yield): between write
     windows, once the chunk has run ``fair_time_slice_s``, a job ranked before this one
     that is waiting takes the worker: the unscored rest goes back to the queue as a new
-    chunk (:func:`core.chunks.split.hand_back`).
+    chunk (:func:`core.chunks.split.hand_back`). ``worker_time`` (fair claiming): charged
+    at each window (with ``yield_on``) and in the transaction that ends the claim.
     """
     batch = [claim.chunk for claim in claims if claim.chunk is not None]
     keys = [(chunk.job_id, chunk.index) for chunk in batch]
@@ -264,7 +283,9 @@ def _score_claimed(
     first = claims[0]
     assert first.chunk is not None
     should_yield = (
-        TurnClock(engine, settings, first.chunk.job_id, yield_on) if yield_on is not None else None
+        TurnClock(engine, settings, first.chunk.job_id, yield_on, worker_time)
+        if yield_on is not None and worker_time is not None
+        else None
     )
     with engine.connect() as conn:
         loaded = load_chunk_items(conn, batch)
@@ -281,10 +302,10 @@ def _score_claimed(
     if run.yielded:
         assert yield_on is not None  # only a chunk that may yield has yielded
         rest = run.yielded[first.chunk.job_id]
-        assert should_yield is not None
-        overrun = should_yield.overrun_s()
-        return _hand_back(engine, first, yield_on, rest, totals, driver.send, overrun)
+        return _hand_back(engine, first, yield_on, rest, totals, driver.send, worker_time)
     with engine.begin() as conn:
+        if worker_time is not None:
+            worker_time.charge(conn)  # before the finish, which may end the job
         finish_chunks(conn, [k for k in keys if k[0] not in stopped], ChunkStatus.DONE)
         finish_chunks(conn, [k for k in keys if k[0] in stopped], ChunkStatus.CANCELLED)
         # A job stops being active when it is cancelled, but also when another delivery of
@@ -334,60 +355,6 @@ def _score_claimed(
     )
 
 
-class TurnClock:
-    """``should_yield`` for a chunk of ``job_id``: True once the job's turn is over (its
-    length, counted from the claim that opened the turn: a chunk that continues a turn gets
-    what is left of it) and a queued chunk of a job ranked before it waits (one indexed
-    query per write window, none during the turn).
-
-    It also measures how far the turn ran past its end when it yields (:meth:`overrun_s`):
-    from the end of the turn, from the check before when that one still found nobody
-    waiting, or from when the job that goes next began to wait, whichever came last (a
-    job that ran on alone owes nothing for it).
-    """
-
-    def __init__(self, engine: Engine, settings: Settings, job_id: str, model: str) -> None:
-        self.engine = engine
-        self.job_id = job_id
-        self.model = model
-        self.fairness = Fairness.of(settings)
-        with engine.connect() as conn:
-            turn = current_turn(conn, job_id)
-        if turn.ends is not None:
-            left = (turn.ends - utcnow()).total_seconds()
-        elif turn.began is not None:  # a turn from before turns had ends: the slice
-            used = (utcnow() - turn.began).total_seconds()
-            left = settings.fair_time_slice_s - max(used, 0.0)
-        else:
-            left = settings.fair_time_slice_s
-        # A turn already over gives the chunk one window (the check comes between windows).
-        self.ends = monotonic() + min(max(left, 0.0), settings.fair_time_slice_s)
-        self.owed_from = self.ends
-
-    def __call__(self) -> bool:
-        now = monotonic()
-        if now < self.ends:
-            return False
-        try:
-            with self.engine.connect() as conn:
-                since = outranked_since(conn, self.job_id, self.model, self.fairness)
-        except Exception:
-            # Only a scheduling hint: a failed look must not cost the chunk its work.
-            log.warning("could not check for more urgent work", exc_info=True)
-            return False
-        if since is None:
-            self.owed_from = now
-            return False
-        # Owed from when the job that goes next began to wait, if that came later: a job
-        # that arrived during the window owes nothing for the window's start.
-        waited = max((utcnow() - since).total_seconds(), 0.0)
-        self.owed_from = max(self.owed_from, now - waited)
-        return True
-
-    def overrun_s(self) -> float:
-        return max(monotonic() - self.owed_from, 0.0)
-
-
 def _hand_back(
     engine: Engine,
     claim: Claim,
@@ -395,18 +362,18 @@ def _hand_back(
     rest: tuple[int, int],
     totals: dict[str, ScoreTotals],
     send: ChunkSend | None,
-    overrun_s: float,
+    worker_time: WorkerTime | None,
 ) -> ChunkReport:
     """Give the unscored ``rest`` of ``claim``'s chunk back as a new queued chunk, and send
     its message to ``model``'s queue (a token: the next delivery claims the fairest chunk,
-    the waiting one); the job's next turn is ``overrun_s`` shorter."""
+    the waiting one), with the turn's last worker time charged in the same transaction."""
     assert claim.chunk is not None
     chunk = claim.chunk
     own = totals[chunk.job_id]
     with engine.begin() as conn:
+        if worker_time is not None:
+            worker_time.charge(conn)
         child = hand_back(conn, chunk.job_id, chunk.index, attempts=claim.attempts, rest=rest)
-        if child is not None:
-            record_overrun(conn, chunk.job_id, overrun_s)
     if child is None:
         reason = "lease taken over before the hand-back; left to its new holder"
     else:

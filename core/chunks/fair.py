@@ -12,10 +12,10 @@ The order, one ``ORDER BY`` over the queued chunks of the service's active jobs 
    (:class:`core.jobs.priority.Priority`). A job's level rises by one for each
    ``priority_aging_s`` it has waited since it was last served (or created), so a ``low``
    job behind a steady stream of ``normal`` work still gets a chunk now and then.
-2. **Round-robin across owner keys**: the key with the fewest chunks running first; then
-   a job whose turn is still open (below); then the key served least recently (a key's
-   clock is the latest ``jobs.last_served_at`` of its active jobs on M; a key never served
-   comes first).
+2. **Fair shares across owner keys**: the key with the fewest chunks running first; then
+   a job whose turn is still open (below); then the key that has had the least worker time
+   on M (its **clock**, below; a key none of whose active jobs was served yet comes first);
+   then the key served least recently (the latest ``jobs.last_served_at`` of its jobs).
 3. **Round-robin across a key's jobs**: the job served least recently first.
 4. **Oldest first within a job**: the job's created order, then the chunk's first item
    (``chunks.start``), not its index: a rest handed back (:func:`core.chunks.split.hand_back`)
@@ -35,12 +35,14 @@ claim instead gave a job whose chunks kept running out a fraction of a slice per
 against a whole one for the other key (0.72 of its item rate, ``bench/fair_scheduling.py``).
 
 A turn ends at the first write window boundary past its end, so turns run up to a window
-long (1.0-1.9 s for a 1 s slice); which key drew the long ones decided its share. So a
-hand-back records how far the turn overran (:func:`record_overrun`) and the job's next
-turn is that much shorter (deficit round-robin). It cannot be shorter than one window,
-though, and a window takes about as long as the 1 s slice, so a long turn is only partly
-paid back: two keys' item rates still differ by 20-30% over some stretches of the bench.
-Ranking keys by the worker time they received would settle it (not built).
+long (1.0-2.2 s for a 1 s slice), and which key drew the long ones decided its share as
+long as keys took turns. So keys are ranked by the worker time they received instead
+(start-time fair queueing): a worker charges each write window's time to its job's key's
+**clock** on M (:func:`charge_service`, table ``key_clocks``). A key that got a long turn
+waits until the others have had as much: the lag between two keys stays within one turn
+instead of adding up. A key that comes (back) with no active job served yet starts at the
+lowest clock of the keys already active (:func:`stamp_served`), neither owed the time it
+was away nor behind a key that ran alone for an hour.
 
 Message counts still balance: each delivery claims at most one queued chunk, and
 a queued chunk always has at least one message that will come for some chunk of M; a
@@ -62,22 +64,25 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Float,
     Select,
     and_,
-    bindparam,
     case,
     exists,
     func,
+    literal,
     literal_column,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from core.chunks.claim import Claim, as_utc, service_jobs, take_chunk
 from core.clock import utcnow
+from core.jobs.bulk_copy import is_postgresql
 from core.jobs.priority import Priority
 from core.jobs.status import ChunkStatus
-from core.tables import chunks, jobs, training_runs
+from core.tables import chunks, jobs, key_clocks, training_runs
 
 if TYPE_CHECKING:
     from core.config import Settings
@@ -118,7 +123,8 @@ def effective_level(now: datetime, aging_s: float) -> ColumnElement[int]:
 
 def _key_clock(model: str, now: datetime) -> Any:
     """Per owner key, over its active service jobs on ``model``: the chunks it has running
-    now and the latest claim of any of its jobs.
+    now, its clock (the worker time it received; NULL while none of its jobs was served)
+    and the latest claim of any of its jobs.
 
     Running chunks are counted by one aggregate over the running chunks (a few per worker),
     not per job: a claim must cost the same behind ten jobs or ten thousand chunks.
@@ -136,13 +142,27 @@ def _key_clock(model: str, now: datetime) -> Any:
         .group_by(_owner())
         .subquery("key_served")
     )
+    # A key's clock counts once one of its active jobs was served: until then the key is
+    # new here (first in line), and its first claim sets the clock (_start_clocks).
+    key_clock = case(
+        (
+            served.c.key_last.is_not(None),
+            func.coalesce(key_clocks.c.clock_s, literal_column("0.0")),
+        )
+    )
     return (
         select(
             served.c.owner,
             func.coalesce(running.c.running, literal_column("0")).label("key_running"),
+            key_clock.label("key_clock"),
             served.c.key_last,
         )
-        .select_from(served.outerjoin(running, running.c.owner == served.c.owner))
+        .select_from(
+            served.outerjoin(running, running.c.owner == served.c.owner).outerjoin(
+                key_clocks,
+                and_(key_clocks.c.owner == served.c.owner, key_clocks.c.runs_on == model),
+            )
+        )
         .subquery("key_clock")
     )
 
@@ -189,6 +209,7 @@ def _job_order(clock: Any, fairness: Fairness, now: datetime) -> list[Any]:
         effective_level(now, fairness.aging_s),
         clock.c.key_running,
         case((turn_open(now), 0), else_=1),
+        clock.c.key_clock.asc().nulls_first(),
         clock.c.key_last.asc().nulls_first(),
         jobs.c.last_served_at.asc().nulls_first(),
         jobs.c.created_at,
@@ -279,69 +300,79 @@ def stamp_served(
     fairness: Fairness | None = None,
 ) -> None:
     """Move ``job_ids`` (and so their keys) to the back of their level's round-robin, and
-    open their turns; a job whose turn is still open keeps it as it is (``fairness``).
-
-    A new turn is ``turn_s`` less the job's debt (how far its last turn overran, recorded
-    by :func:`record_overrun`), never less than nothing, and the debt is paid.
-    """
+    open their turns of ``fairness.turn_s``; a job whose turn is still open keeps it as it
+    is. A job served for the first time starts its key clock (:func:`_start_clocks`)."""
     if not job_ids:
         return
     now = now or utcnow()
     chosen: ColumnElement[bool] = jobs.c.id.in_(list(job_ids))
+    _start_clocks(conn, chosen, now)
     if fairness is None or fairness.turn_s <= 0:
         conn.execute(update(jobs).where(chosen).values(last_served_at=now))
         return
-    # The end of each new turn is computed here, not in SQL: datetime arithmetic with a
-    # column differs between PostgreSQL and SQLite. A claim stamps one job (a cross-job
-    # batch a few), so this is one small read more per claim.
-    debts = conn.execute(
-        select(jobs.c.id, jobs.c.turn_debt_s).where(and_(chosen, ~turn_open(now)))
-    ).all()
-    if not debts:
-        return
     conn.execute(
         update(jobs)
-        .where(jobs.c.id == bindparam("b_id"))
-        .values(last_served_at=now, turn_ends_at=bindparam("b_ends"), turn_debt_s=0.0),
-        [
-            {
-                "b_id": job_id,
-                "b_ends": now + timedelta(seconds=max(fairness.turn_s - (debt or 0.0), 0.0)),
-            }
-            for job_id, debt in debts
-        ],
+        .where(and_(chosen, ~turn_open(now)))
+        .values(last_served_at=now, turn_ends_at=now + timedelta(seconds=fairness.turn_s))
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """A job's current turn: when the claim that opened it was made, and when it ends."""
+def _start_clocks(conn: Connection, chosen: ColumnElement[bool], now: datetime) -> None:
+    """Start the clock of each key that none of its active jobs among ``chosen``'s models was
+    served yet (new there, or back after a while) at the lowest clock of the keys that have
+    one (0 when there are none): neither owed the time it was away, nor behind a key that
+    ran alone for an hour."""
+    newcomers = conn.execute(
+        select(_owner().label("owner"), jobs.c.runs_on)
+        .where(and_(chosen, jobs.c.last_served_at.is_(None)))
+        .distinct()
+    ).all()
+    for model in {row.runs_on for row in newcomers}:
+        clock = _key_clock(model, now)
+        clocks = {
+            int(owner): key_clock
+            for owner, key_clock in conn.execute(select(clock.c.owner, clock.c.key_clock))
+        }
+        lowest = min((float(c) for c in clocks.values() if c is not None), default=0.0)
+        for row in newcomers:
+            if row.runs_on == model and clocks.get(row.owner) is None:
+                _set_clock(conn, row.owner, model, lowest)
 
-    began: datetime | None
-    ends: datetime | None  # None: opened without fair turns, or before they had ends
+
+def _upsert_clock(conn: Connection) -> Any:
+    return (postgresql.insert if is_postgresql(conn) else sqlite.insert)(key_clocks)
 
 
-def current_turn(conn: Connection, job_id: str) -> Turn:
-    """``job_id``'s latest turn (its ``last_served_at`` and ``turn_ends_at``)."""
-    row = conn.execute(
-        select(jobs.c.last_served_at, jobs.c.turn_ends_at).where(jobs.c.id == job_id)
-    ).first()
-    if row is None or row.last_served_at is None:
-        return Turn(None, None)
-    ends = as_utc(row.turn_ends_at) if row.turn_ends_at is not None else None
-    return Turn(as_utc(row.last_served_at), ends)
+def _set_clock(conn: Connection, owner: int, model: str, clock_s: float) -> None:
+    statement = _upsert_clock(conn).values(owner=owner, runs_on=model, clock_s=clock_s)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["owner", "runs_on"], set_={"clock_s": statement.excluded.clock_s}
+        )
+    )
 
 
-def record_overrun(conn: Connection, job_id: str, seconds: float) -> None:
-    """Remember that ``job_id``'s turn ran ``seconds`` past its end before it handed its
-    chunk back: its next turn is that much shorter (:func:`stamp_served`).
+def charge_service(conn: Connection, job_id: str, seconds: float) -> None:
+    """Charge ``seconds`` of a worker's time to the clock of ``job_id``'s key on its model
+    (one row, however many jobs the key has)."""
+    if seconds <= 0:
+        return
+    statement = _upsert_clock(conn).from_select(
+        ["owner", "runs_on", "clock_s"],
+        select(_owner(), jobs.c.runs_on, literal(float(seconds), Float)).where(jobs.c.id == job_id),
+    )
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["owner", "runs_on"],
+            set_={"clock_s": key_clocks.c.clock_s + statement.excluded.clock_s},
+        )
+    )
 
-    A turn ends at a write window's boundary, so it runs up to a window past its slice;
-    in plain round-robin that spread decided which key got more time (two keys got 5.3
-    and 7.3 s of one worker in a 13 s stretch of ``bench/fair_scheduling.py``). Carried
-    into the next turn it is paid back as far as a turn can shrink (down to one window).
-    """
-    conn.execute(update(jobs).where(jobs.c.id == job_id).values(turn_debt_s=max(seconds, 0.0)))
+
+def turn_end(conn: Connection, job_id: str) -> datetime | None:
+    """When ``job_id``'s current (or last) turn ends; None: it never had one."""
+    ends = conn.scalar(select(jobs.c.turn_ends_at).where(jobs.c.id == job_id))
+    return as_utc(ends) if ends is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,20 +382,13 @@ class JobRank:
     level: int
     key_running: int
     turn_open: bool
+    key_clock: float | None
     key_last: datetime | None
     job_last: datetime | None
     created_at: datetime
     job_id: str
     owner: int
     queued: int
-    # When its last turn ended (None: never served; then it has waited since its creation).
-    turn_ended: datetime | None = None
-
-    @property
-    def waiting_since(self) -> datetime:
-        """Since when its queued chunks have waited for a worker (about: a turn handed back
-        ends within a window of its planned end)."""
-        return as_utc(self.turn_ended or self.created_at)
 
     def sort_key(self, running_delta: int = 0) -> tuple[Any, ...]:
         """The ``ORDER BY`` of :func:`ranked` as a tuple (never-served clocks first)."""
@@ -372,6 +396,8 @@ class JobRank:
             self.level,
             self.key_running + running_delta,
             not self.turn_open,
+            self.key_clock is not None,
+            self.key_clock or 0.0,
             self.key_last is not None,
             self.key_last or self.created_at,
             self.job_last is not None,
@@ -398,13 +424,13 @@ def job_ranks(
             effective_level(now, fairness.aging_s).label("level"),
             clock.c.key_running,
             case((turn_open(now), True), else_=False).label("turn_open"),
+            clock.c.key_clock,
             clock.c.key_last,
             jobs.c.last_served_at,
             jobs.c.created_at,
             jobs.c.id,
             clock.c.owner,
             queued.label("queued"),
-            jobs.c.turn_ends_at,
         )
         .select_from(jobs.join(clock, clock.c.owner == _owner()))
         .where(service_jobs([model], now))
@@ -414,27 +440,25 @@ def job_ranks(
             level=int(row.level),
             key_running=int(row.key_running or 0),
             turn_open=bool(row.turn_open),
+            key_clock=None if row.key_clock is None else float(row.key_clock),
             key_last=row.key_last,
             job_last=row.last_served_at,
             created_at=row.created_at,
             job_id=str(row.id),
             owner=int(row.owner),
             queued=int(row.queued or 0),
-            turn_ended=row.turn_ends_at,
         )
         for row in rows
     ]
     return sorted(found, key=JobRank.sort_key)
 
 
-def outranked_since(
+def outranked(
     conn: Connection, job_id: str, model: str, fairness: Fairness, now: datetime | None = None
-) -> datetime | None:
+) -> bool:
     """Whether handing back a running chunk of ``job_id`` would let another job's queued
     chunk of ``model`` go first (the question a worker holding the chunk asks between write
-    windows), answered with since when the longest-waiting job ranked before it has waited
-    (None: none is), so that a turn that ran on past its end owes only the time another job
-    waited for it (:func:`record_overrun`).
+    windows, once the job's turn is over).
 
     Asked as if the chunk were already handed back (its key runs one chunk fewer), so two
     workers on two jobs do not keep trading places."""
@@ -442,16 +466,14 @@ def outranked_since(
     ranks = job_ranks(conn, model, fairness, now)
     own = next((rank for rank in ranks if rank.job_id == job_id), None)
     if own is None:
-        return None  # no longer active: the write finds out and stops
+        return False  # no longer active: the write finds out and stops
     mine = own.sort_key(-1)
-    waiting = [
-        min(rank.waiting_since, now)
-        for rank in ranks
-        if rank.job_id != job_id
+    return any(
+        rank.job_id != job_id
         and rank.queued
         and rank.sort_key(-1 if rank.owner == own.owner else 0) < mine
-    ]
-    return min(waiting) if waiting else None
+        for rank in ranks
+    )
 
 
 def chunks_ahead(conn: Connection, job_id: str, model: str, fairness: Fairness) -> int:

@@ -51,9 +51,8 @@ class Job:
     priority: Priority = Priority.NORMAL
     # When a worker last claimed one of its chunks (fair claiming's round-robin clock).
     last_served_at: datetime | None = None
-    # When its current turn ends (None: none open) and what its last turn overran by.
+    # When its current turn ends (None: none open).
     turn_ends_at: datetime | None = None
-    turn_debt_s: float = 0.0
     # SHA-256 of an embedded job's inputs (core.jobs.inputs_hash); None for service jobs.
     inputs_hash: str | None = None
     # The caller's metadata object (string keys and values), echoed by the API.

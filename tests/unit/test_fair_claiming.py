@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from core.chunks.claim import ClaimOutcome, as_utc, claim_chunk
+from core.chunks.claim import ClaimOutcome, claim_chunk
 from core.chunks.fair import (
     Fairness,
+    charge_service,
     chunks_ahead,
     claim_fairest,
-    job_ranks,
-    outranked_since,
+    outranked,
     queue_stats,
     stamp_served,
 )
@@ -34,7 +34,7 @@ from core.jobs.status import JobDriver, JobStatus
 from core.keys import create_key
 from core.migrate import upgrade
 from core.models.registry import ModelSpec
-from core.tables import chunks, jobs, results
+from core.tables import chunks, jobs, key_clocks, results
 from engine.chunk_work import work_on_chunk
 from engine.delivery import ChunkOutcome, Driver
 from engine.runners.base import Progress, Runner
@@ -194,18 +194,18 @@ def test_a_holder_is_outranked_by_a_new_job_but_two_holders_do_not_trade(engine:
         held = claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
         assert held is not None and held.chunk is not None and held.chunk.job_id == big.id
         # Only its own job waits: nothing to hand back to.
-        assert outranked_since(conn, big.id, "fake", FAIR) is None
+        assert outranked(conn, big.id, "fake", FAIR) is False
     other = new_job(engine, 4, owner=b)
     with engine.begin() as conn:
-        assert outranked_since(conn, big.id, "fake", FAIR), "a never-served key goes first"
+        assert outranked(conn, big.id, "fake", FAIR), "a never-served key goes first"
         assert chunks_ahead(conn, other.id, "fake", FAIR) == 0
         # A second worker takes b's chunk: now each key has one running, and the other's
         # queued chunks do not outrank either holder.
         second = claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
         assert second is not None and second.chunk is not None
         assert second.chunk.job_id == other.id
-        assert outranked_since(conn, big.id, "fake", FAIR) is None
-        assert outranked_since(conn, other.id, "fake", FAIR) is None
+        assert outranked(conn, big.id, "fake", FAIR) is False
+        assert outranked(conn, other.id, "fake", FAIR) is False
 
 
 def test_queue_stats_count_by_priority_and_age_the_longest_wait(engine: Engine) -> None:
@@ -377,121 +377,130 @@ def hold_first_chunk(engine: Engine, job: Job) -> None:
 def test_a_chunk_that_continues_a_turn_yields_when_the_turn_ends(engine: Engine) -> None:
     """The hand-back check counts the turn from the claim that opened it, not from the
     chunk's own start: a continuing chunk gets what is left of the turn."""
-    from engine.chunk_work import TurnClock
+    from engine.turn_clock import TurnClock, WorkerTime
 
     a, b = key(engine, "a"), key(engine, "b")
     holder = new_job(engine, 4, owner=a)
     new_job(engine, 2, owner=b)  # waits, from another key
     settings = Settings(database_url="sqlite://", fair_time_slice_s=30)
     hold_first_chunk(engine, holder)
-    for began, expected in ((5, False), (45, True)):
+    for ends_in, expected in ((25, False), (-15, True)):
         with engine.begin() as conn:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == holder.id)
-                .values(last_served_at=utcnow() - timedelta(seconds=began))
+                .values(
+                    last_served_at=utcnow() - timedelta(seconds=30 - ends_in),
+                    turn_ends_at=utcnow() + timedelta(seconds=ends_in),
+                )
             )
         # Its chunk started now; its turn 5 s ago (not over), then 45 s ago (over, and the
         # waiting key, never served, ranks first).
-        assert TurnClock(engine, settings, holder.id, "fake")() is expected
+        clock = TurnClock(engine, settings, holder.id, "fake", WorkerTime({holder.id: 4}))
+        assert clock() is expected
 
 
-def test_a_turn_that_overran_makes_the_next_one_shorter(engine: Engine) -> None:
-    """Deficit round-robin: a hand-back records how far the turn ran past its end, and the
-    job's next turn is that much shorter (never below nothing), so the spread of turns
-    (a turn ends at a window boundary) does not add up in one key's favour."""
-    from engine.chunk_work import TurnClock
-
-    turns = Fairness(aging_s=600, turn_s=1.0)
-    job = new_job(engine, 6)
-
-    def open_turn(debt: float) -> tuple[float, float]:
-        with engine.begin() as conn:
+def served(engine: Engine, *served_jobs: Job, clock: float | None = None) -> None:
+    """Mark ``served_jobs`` served (their turns over), and set their key's clock."""
+    with engine.begin() as conn:
+        for job in served_jobs:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job.id)
-                .values(turn_debt_s=debt, turn_ends_at=utcnow() - timedelta(seconds=4))
+                .values(last_served_at=utcnow() - timedelta(seconds=5), turn_ends_at=None)
             )
-            stamp_served(conn, [job.id], fairness=turns)
-            row = conn.execute(
-                select(jobs.c.last_served_at, jobs.c.turn_ends_at, jobs.c.turn_debt_s).where(
-                    jobs.c.id == job.id
+        if clock is not None:
+            conn.execute(
+                key_clocks.delete().where(key_clocks.c.owner == served_jobs[0].owner_key_id)
+            )
+            conn.execute(
+                key_clocks.insert().values(
+                    owner=served_jobs[0].owner_key_id, runs_on="fake", clock_s=clock
                 )
-            ).one()
-        return (row.turn_ends_at - row.last_served_at).total_seconds(), row.turn_debt_s
+            )
 
-    assert open_turn(0.0) == (1.0, 0.0)
-    length, debt = open_turn(0.4)
-    assert length == pytest.approx(0.6) and debt == 0.0, "the debt is paid by the new turn"
-    assert open_turn(2.5) == (0.0, 0.0), "a turn never goes below nothing"
-    # While a turn runs, the job ranks as in its turn: not past its shortened end.
+
+def clock_of(engine: Engine, owner: int | None) -> float | None:
+    with engine.connect() as conn:
+        return conn.scalar(select(key_clocks.c.clock_s).where(key_clocks.c.owner == (owner or 0)))
+
+
+def test_keys_rank_by_the_worker_time_they_received(engine: Engine) -> None:
+    """Not by whose turn came last: a key that had a long turn waits until the other has
+    had as much (turns end at window boundaries, so they differ in length)."""
+    a, b = key(engine, "a"), key(engine, "b")
+    first, second = new_job(engine, 6, owner=a), new_job(engine, 6, owner=b)
+    served(engine, first, clock=3.0)
+    served(engine, second, clock=4.5)  # b was served last, but a has had less time
+    assert claim_order(engine, 1) == [(first.id, 0)]
     with engine.begin() as conn:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job.id)
-            .values(turn_debt_s=0.4, turn_ends_at=utcnow() - timedelta(seconds=4))
-        )
-        stamp_served(conn, [job.id], fairness=turns)
-        opened = conn.scalar(select(jobs.c.last_served_at).where(jobs.c.id == job.id))
-        [rank] = job_ranks(conn, "fake", turns, now=as_utc(opened) + timedelta(seconds=0.5))
-        assert rank.turn_open
-        [rank] = job_ranks(conn, "fake", turns, now=as_utc(opened) + timedelta(seconds=0.7))
-        assert not rank.turn_open, "a 0.6 s turn is over at 0.7 s, though the slice is 1 s"
-    # The clock of a chunk counts the turn's own end, not the configured slice.
-    settings = Settings(database_url="sqlite://", fair_time_slice_s=30)
+        charge_service(conn, first.id, 1.0)  # 4.0: still below b's 4.5
+    served(engine, first)  # its turn is over
+    assert claim_order(engine, 1) == [(first.id, 1)]
     with engine.begin() as conn:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job.id)
-            .values(turn_ends_at=utcnow() - timedelta(seconds=0.5))
-        )
-    clock = TurnClock(engine, settings, job.id, "fake")
-    # A turn that ended 0.5 s ago is over (a 30 s slice notwithstanding): the chunk yields
-    # at its first window boundary, and owes the time from its own start, not the turn's end.
-    assert clock.ends <= time.monotonic()
-    time.sleep(0.2)
-    assert 0.2 <= clock.overrun_s() < 1.0
-    # Nobody waits: the job runs on, and owes nothing for the time it ran alone.
-    assert clock() is False
-    assert clock.overrun_s() < 0.2
+        charge_service(conn, first.id, 1.0)  # 5.0: now b has had less
+    served(engine, first)
+    assert claim_order(engine, 1) == [(second.id, 0)]
+    assert clock_of(engine, a) == pytest.approx(5.0)
 
 
-def test_a_hand_back_records_the_overrun(engine: Engine) -> None:
+def test_a_key_clock_counts_every_job_of_the_key(engine: Engine) -> None:
+    """One clock per key and model: time charged to any of its jobs counts for all, and
+    stays when the job it was charged to ends."""
+    a, b = key(engine, "a"), key(engine, "b")
+    one, two = new_job(engine, 4, owner=a), new_job(engine, 4, owner=a)
+    other = new_job(engine, 4, owner=b)
+    served(engine, one, two, clock=10.0)
+    served(engine, other, clock=11.0)
+    with engine.begin() as conn:
+        charge_service(conn, one.id, 1.5)
+        conn.execute(update(jobs).where(jobs.c.id == one.id).values(status="completed"))
+    assert clock_of(engine, a) == pytest.approx(11.5)
+    assert claim_order(engine, 1) == [(other.id, 0)], "b has had less than a's two jobs"
+
+
+def test_a_new_key_starts_at_the_lowest_active_clock(engine: Engine) -> None:
+    """A key that arrives is first in line (never served), and its first claim starts its
+    clock at the lowest of the active keys': not at 0, which would give it every key's past
+    time, nor at the highest. A key back after a while starts there too, its old clock
+    forgotten; a key's new job changes nothing."""
+    a, b, c = key(engine, "a"), key(engine, "b"), key(engine, "c")
+    served(engine, new_job(engine, 4, owner=a), clock=50.0)
+    served(engine, new_job(engine, 4, owner=b), clock=20.0)
+    with engine.begin() as conn:
+        conn.execute(key_clocks.insert().values(owner=c, runs_on="fake", clock_s=99.0))
+    newcomer = new_job(engine, 4, owner=c)
+    assert claim_order(engine, 1) == [(newcomer.id, 0)]
+    assert clock_of(engine, c) == pytest.approx(20.0)
+    another_of_a = new_job(engine, 2, owner=a)
+    with engine.begin() as conn:
+        stamp_served(conn, [another_of_a.id], fairness=FAIR)
+    assert clock_of(engine, a) == pytest.approx(50.0)
+    # Alone on the model, a key starts at 0.
+    with engine.begin() as conn:
+        conn.execute(update(jobs).values(status="completed"))
+    alone = new_job(engine, 2, owner=b)
+    assert claim_order(engine, 1) == [(alone.id, 0)]
+    assert clock_of(engine, b) == 0.0
+
+
+def test_a_chunk_charges_its_worker_time_to_its_key(engine: Engine) -> None:
+    """At each window and in the transaction that ends the claim (hand-back or finish)."""
     big = new_job(engine, 10, chunk_size=10, text="y")
 
     def submit_small(call: int) -> None:
         if call == 1:
+            time.sleep(0.05)
             new_job(engine, 1, text="z")
 
     driver = Driver(runner_for={"fake": FakeRunner(on_predict=submit_small)}.get, send=None)
     report = work_on_chunk(engine, settings(), big.id, 0, driver)
     assert report.outcome == ChunkOutcome.YIELDED, report.reason
-    with engine.connect() as conn:
-        debt = conn.scalar(select(jobs.c.turn_debt_s).where(jobs.c.id == big.id))
-    # The slice is 0 here: the whole first window ran past the end of the turn.
-    assert 0 < debt < 30
-
-
-def test_a_turn_owes_only_the_time_another_job_waited(engine: Engine) -> None:
-    """A job alone runs on past its turn; one that arrives later is owed only from its
-    arrival, not from the end of the turn."""
-    from engine.chunk_work import TurnClock
-
-    a, b = key(engine, "a"), key(engine, "b")
-    holder = new_job(engine, 4, owner=a)
-    settings = Settings(database_url="sqlite://", fair_time_slice_s=30)
-    hold_first_chunk(engine, holder)
-    with engine.begin() as conn:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == holder.id)
-            .values(
-                last_served_at=utcnow() - timedelta(seconds=1),
-                turn_ends_at=utcnow() + timedelta(seconds=0.2),
-            )
-        )
-    clock = TurnClock(engine, settings, holder.id, "fake")
-    time.sleep(0.8)  # the turn is over; nobody has asked yet
-    new_job(engine, 2, owner=b)  # arrives now
-    assert clock() is True
-    assert clock.overrun_s() < 0.3, "owed from the newcomer's arrival, not the turn's end"
+    handed_back_at = clock_of(engine, None)
+    assert handed_back_at is not None and 0.05 <= handed_back_at < 30
+    report = work_on_chunk(engine, settings(), big.id, 0, driver)
+    assert report.outcome == ChunkOutcome.DONE, report.reason
+    assert report.worked_on is not None and report.worked_on[0] != big.id, "the small one"
+    # Same key (no owner): the small one's finish charged the key's clock.
+    small = clock_of(engine, None)
+    assert small > handed_back_at

@@ -1,0 +1,83 @@
+"""The worker time a claim uses, charged to its jobs' key clocks, and when its turn ends.
+
+Fair claiming ranks owner keys by the worker time they received (:mod:`core.chunks.fair`).
+A worker holding chunks charges that time as it goes: :class:`WorkerTime` at each write
+window (through :class:`TurnClock`) and once more in the transaction that ends the claim
+(the finish, the hand-back, the release after a failure), so the next claim ranks keys by
+what they had up to the last window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from time import monotonic
+
+from sqlalchemy import Connection, Engine
+
+from core.chunks.fair import Fairness, charge_service, outranked, turn_end
+from core.clock import utcnow
+from core.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class WorkerTime:
+    """Worker time since the claim (or the last charge), not yet charged: shared among the
+    claim's jobs by their item counts (a cross-job batch scores them in shared calls)."""
+
+    def __init__(self, items_by_job: Mapping[str, int]) -> None:
+        total = sum(items_by_job.values())
+        self.shares = {
+            job_id: (count / total if total else 1 / len(items_by_job))
+            for job_id, count in items_by_job.items()
+        }
+        self.since = monotonic()
+
+    def charge(self, conn: Connection) -> None:
+        """Charge the time since the last charge in ``conn``'s transaction."""
+        now = monotonic()
+        seconds = now - self.since
+        for job_id, share in self.shares.items():
+            charge_service(conn, job_id, seconds * share)
+        self.since = now
+
+
+class TurnClock:
+    """``should_yield`` for a chunk of ``job_id``: charges the window's worker time, and
+    says True once the job's turn is over (counted from the claim that opened it: a chunk
+    that continues a turn gets what is left of it) and a queued chunk of a job ranked before
+    it waits. One short transaction per write window (a charge), with one indexed query
+    more once the turn is over.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        job_id: str,
+        model: str,
+        worker_time: WorkerTime,
+    ) -> None:
+        self.engine = engine
+        self.job_id = job_id
+        self.model = model
+        self.fairness = Fairness.of(settings)
+        self.worker_time = worker_time
+        with engine.connect() as conn:
+            ends = turn_end(conn, job_id)
+        left = (ends - utcnow()).total_seconds() if ends is not None else settings.fair_time_slice_s
+        # A turn already over gives the chunk one window (the check comes between windows).
+        self.ends = monotonic() + min(max(left, 0.0), settings.fair_time_slice_s)
+
+    def __call__(self) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                self.worker_time.charge(conn)
+                if monotonic() < self.ends:
+                    return False
+                return outranked(conn, self.job_id, self.model, self.fairness)
+        except Exception:
+            # Only a scheduling hint: a failed look must not cost the chunk its work.
+            log.warning("could not check for more urgent work", exc_info=True)
+            return False
