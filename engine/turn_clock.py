@@ -1,10 +1,11 @@
 """The worker time a claim uses, charged to its jobs' key clocks, and when its turn ends.
 
 Fair claiming ranks owner keys by the worker time they received (:mod:`core.chunks.fair`).
-A worker holding chunks charges that time as it goes: :class:`WorkerTime` at each write
-window (through :class:`TurnClock`) and once more in the transaction that ends the claim
-(the finish, the hand-back, the release after a failure), so the next claim ranks keys by
-what they had up to the last window.
+A worker holding chunks charges that time as it goes: :class:`WorkerTime` after the job's
+turn is over, at each check that finds another job waiting and at most once a slice
+otherwise (through :class:`TurnClock`), and once more in the transaction that ends the
+claim (the finish, the hand-back, the release after a failure), so a key's clock is behind
+by at most a turn while its chunk runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from time import monotonic
 
 from sqlalchemy import Connection, Engine
 
-from core.chunks.fair import Fairness, charge_service, outranked, turn_end
+from core.chunks.fair import Fairness, charge_service, others_waiting, outranked, turn_end
 from core.clock import utcnow
 from core.config import Settings
 
@@ -47,8 +48,9 @@ class TurnClock:
     """``should_yield`` for a chunk of ``job_id``: charges the window's worker time, and
     says True once the job's turn is over (counted from the claim that opened it: a chunk
     that continues a turn gets what is left of it) and a queued chunk of a job ranked before
-    it waits. One short transaction per write window (a charge), with one indexed query
-    more once the turn is over.
+    it waits. Nothing during the turn; once it is over, an indexed probe per check for
+    another job's queued chunk, and only if there is one (or a slice has passed since the
+    last charge) a transaction: the charge, and the ranking.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class TurnClock:
         self.job_id = job_id
         self.model = model
         self.fairness = Fairness.of(settings)
+        self.slice_s = settings.fair_time_slice_s
         self.worker_time = worker_time
         with engine.connect() as conn:
             ends = turn_end(conn, job_id)
@@ -71,12 +74,20 @@ class TurnClock:
         self.ends = monotonic() + min(max(left, 0.0), settings.fair_time_slice_s)
 
     def __call__(self) -> bool:
+        now = monotonic()
+        if now < self.ends:
+            return False  # the turn's time is charged at its end (or the claim's)
         try:
+            with self.engine.connect() as conn:
+                alone = not others_waiting(conn, self.job_id, self.model)
+            if alone and now - self.worker_time.since < self.slice_s:
+                # Nobody to hand back to: a read, and a charge at most once a slice (the
+                # clock a newcomer starts from is behind by no more), not a write and a
+                # ranking of every active job at each part of a window.
+                return False
             with self.engine.begin() as conn:
                 self.worker_time.charge(conn)
-                if monotonic() < self.ends:
-                    return False
-                return outranked(conn, self.job_id, self.model, self.fairness)
+                return not alone and outranked(conn, self.job_id, self.model, self.fairness)
         except Exception:
             # Only a scheduling hint: a failed look must not cost the chunk its work.
             log.warning("could not check for more urgent work", exc_info=True)

@@ -37,7 +37,7 @@ against a whole one for the other key (0.72 of its item rate, ``bench/fair_sched
 A turn ends at the first write window boundary past its end, so turns run up to a window
 long (1.0-2.2 s for a 1 s slice), and which key drew the long ones decided its share as
 long as keys took turns. So keys are ranked by the worker time they received instead
-(start-time fair queueing): a worker charges each write window's time to its job's key's
+(start-time fair queueing): a worker charges the time it spends to its job's key's
 **clock** on M (:func:`charge_service`, table ``key_clocks``). A key that got a long turn
 waits until the others have had as much: the lag between two keys stays within one turn
 instead of adding up. A key that comes (back) with no active job served yet starts at the
@@ -451,6 +451,25 @@ def job_ranks(
         for row in rows
     ]
     return sorted(found, key=JobRank.sort_key)
+
+
+def others_waiting(conn: Connection, job_id: str, model: str) -> bool:
+    """Whether a job other than ``job_id`` has a queued chunk of ``model``: one indexed
+    probe, the cheap question before :func:`outranked` ranks every active job."""
+    now = utcnow()
+    waiting = (
+        select(chunks.c.job_id)
+        .select_from(chunks.join(jobs, jobs.c.id == chunks.c.job_id))
+        .where(
+            and_(
+                chunks.c.status == ChunkStatus.QUEUED.value,
+                jobs.c.id != job_id,
+                service_jobs([model], now),
+            )
+        )
+        .limit(1)
+    )
+    return conn.execute(waiting).first() is not None
 
 
 def outranked(
