@@ -331,18 +331,7 @@ def sentiment_mini_rows(workdir: Path) -> None:
             f"{', '.join(f'{run[column]:.1f}' for run in with_small)}) | {beside:.1f} "
             f"| {(beside / base - 1) * 100:+.1f}% |"
         )
-    for run, readings in enumerate(results["two keys"], start=1):
-        (rate_a, rate_b, span), *_ = readings["polled"]
-        print(
-            f"\nTwo keys, 3,000 texts each, the second 10 s later (run {run}): while both ran "
-            f"({span:.1f} s) {rate_a:.1f} and {rate_b:.1f} items/s "
-            f"(ratio {min(rate_a, rate_b) / max(rate_a, rate_b):.2f}); by thirds:"
-        )
-        for reading, windows in readings.items():
-            parts = ", ".join(
-                f"{a:.0f}/{b:.0f} ({min(a, b) / max(a, b):.2f})" for a, b, _ in windows[1:]
-            )
-            print(f"  {reading}: {parts}")
+    print_two_keys(results["two keys"])
     first, low_s, normal_s = results["low vs normal"]
     print(
         f"Low 3,000-text job, then a normal one 1 s later: {first} ended first "
@@ -373,11 +362,88 @@ def slow_model_rows(workdir: Path) -> None:
     print(f"| 5-text job 2 s after a 1,000-text job | {behind:.2f} (idle + {behind - idle:.2f}) |")
 
 
+def two_keys_rows(workdir: Path, runs: int) -> None:
+    """Only the two-keys case, ``runs`` times (a few minutes instead of the whole bench)."""
+    pair = texts_of(PAIR, workdir, seed=13)
+    with running_service(workdir, sentiment_mini_models(workdir)) as service:
+        service.start_workers(1)
+        readings = []
+        for _ in range(runs):
+            readings.append(two_keys(service, pair))
+            note("two keys (rate a, rate b, s): whole, thirds", readings[-1])
+    print(f"machine: {machine_summary()}")
+    print_two_keys(readings)
+
+
+PACED_TEXTS = 2000
+
+
+def pacing_rows(workdir: Path, runs: int) -> None:
+    """A job alone, with windows in parts of ``fair_window_s`` (the default) and without
+    (0), ``runs`` times each in alternating order: what paced windows cost a job alone."""
+    texts = texts_of(PACED_TEXTS, workdir, seed=19)
+    seconds: dict[str, list[float]] = {"0": [], "default": []}
+    with running_service(workdir, sentiment_mini_models(workdir)) as service:
+        # Not counted: a fresh service's first big job is the slowest (sentiment_mini_rows).
+        service.start_workers(1)
+        big_alone(service, [f"warm-up {t}" for t in texts])
+        service.stop_workers()
+        for run in range(runs):
+            # Each first in turn: a later run of a round was slower (8-15% in one bench,
+            # with a first-listed setting always first), which had passed for a cost.
+            for setting in list(seconds)[run % 2 :] + list(seconds)[: run % 2]:
+                env = {"BULKSCORE_FAIR_WINDOW_S": "0"} if setting == "0" else {}
+                service.start_workers(1, **env)
+                wall, _cpu = big_alone(service, [f"{run} {setting} {t}" for t in texts])
+                service.stop_workers()
+                seconds[setting].append(wall)
+                note(f"{PACED_TEXTS}-text job alone, fair_window_s {setting} (s)", wall)
+    print(f"machine: {machine_summary()}\n")
+    print(f"| {PACED_TEXTS:,}-text job alone, one worker | runs (s) | median s |")
+    print("|---|---|---|")
+    for setting, walls in seconds.items():
+        listed = " / ".join(f"{wall:.1f}" for wall in walls)
+        print(f"| fair_window_s {setting} | {listed} | {statistics.median(walls):.1f} |")
+
+
+def print_two_keys(results: list[dict[str, Rates]]) -> None:
+    for run, readings in enumerate(results, start=1):
+        (rate_a, rate_b, span), *_ = readings["polled"]
+        print(
+            f"\nTwo keys, 3,000 texts each, the second 10 s later (run {run}): while both ran "
+            f"({span:.1f} s) {rate_a:.1f} and {rate_b:.1f} items/s "
+            f"(ratio {min(rate_a, rate_b) / max(rate_a, rate_b):.2f}); by thirds:"
+        )
+        for reading, windows in readings.items():
+            parts = ", ".join(
+                f"{a:.0f}/{b:.0f} ({min(a, b) / max(a, b):.2f})" for a, b, _ in windows[1:]
+            )
+            print(f"  {reading}: {parts}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-slow", action="store_true", help="Leave out the slow model.")
+    parser.add_argument(
+        "--two-keys",
+        type=int,
+        metavar="RUNS",
+        help="Run only the two-keys case, this many times.",
+    )
+    parser.add_argument(
+        "--pacing",
+        type=int,
+        metavar="RUNS",
+        help="Run only a job alone with and without paced windows, alternated RUNS times.",
+    )
     args = parser.parse_args()
     workdir = bench_workdir("fair")
+    if args.pacing:
+        pacing_rows(workdir, args.pacing)
+        return
+    if args.two_keys:
+        two_keys_rows(workdir, args.two_keys)
+        return
     sentiment_mini_rows(workdir)
     if not args.skip_slow:
         slow_model_rows(workdir)

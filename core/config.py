@@ -128,6 +128,16 @@ class Settings(BaseSettings):
             "false: first in, first out."
         ),
     )
+    fair_window_s: float = Field(
+        default=0.4,
+        ge=0,
+        description=(
+            "With fair claiming, a worker scores a job's write windows in parts of about "
+            "this many seconds once it knows the model's pace, so that it checks for a job "
+            "that ranks first (and hands the rest back) this often whatever the model's "
+            "speed. 0: windows by count only (write_batch_size)."
+        ),
+    )
     fair_time_slice_s: float = Field(
         default=1.0,
         ge=0,

@@ -270,7 +270,8 @@ def _score_claimed(
     windows, once the chunk has run ``fair_time_slice_s``, a job ranked before this one
     that is waiting takes the worker: the unscored rest goes back to the queue as a new
     chunk (:func:`core.chunks.split.hand_back`). ``worker_time`` (fair claiming): charged
-    at each window (with ``yield_on``) and in the transaction that ends the claim.
+    at each check after the turn (with ``yield_on``) and in the transaction that ends the
+    claim.
     """
     batch = [claim.chunk for claim in claims if claim.chunk is not None]
     keys = [(chunk.job_id, chunk.index) for chunk in batch]
@@ -297,6 +298,7 @@ def _score_claimed(
         progress=progress,
         still_active=still_active,
         should_yield=should_yield,
+        window_s=settings.fair_window_s if should_yield is not None else 0.0,
     )
     totals, stopped = run.totals, run.stopped
     if run.yielded:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
@@ -22,7 +22,7 @@ from core.jobs.retry_marks import pending_retries_many, write_scored
 from engine.lookahead import Lookahead
 from engine.reuse import Answer, Entry, PredictionReuse, jobs_using_cache
 from engine.runners.base import Progress, Runner
-from engine.window_order import scoring_windows
+from engine.window_order import WindowPacer, scoring_windows
 from engine.window_writer import WindowWriter, writes_overlap
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ def score_jobs(
     should_yield: Callable[[], bool] | None = None,
     dedup: bool = True,
     cache: bool = True,
+    window_s: float = 0.0,
 ) -> ScoreRun:
     """:func:`score_items` for the items of several jobs of one model, scored together.
 
@@ -154,14 +155,18 @@ def score_jobs(
         still_active: Given the job ids of a window, the ones that may still be scored
             (not cancelled); checked before each window, so that a cancelled job's items
             are not scored for nothing. A job that drops out is scored no further.
-        should_yield: Asked between write windows (never before the first): True stops
-            here, leaving the rest unscored (:attr:`ScoreRun.yielded`), so that the
-            caller can hand it back and let more urgent work run first.
+        should_yield: Asked between write windows (and their parts: ``window_s``), never
+            before the first: True stops there, leaving the rest unscored
+            (:attr:`ScoreRun.yielded`), so that the caller can hand it back and let more
+            urgent work run first.
         dedup: Each distinct input (a text, or an image's bytes) of the whole call goes
             through ``runner.predict`` once; every item that holds it gets its own row
             with the same prediction (``engine.reuse``). False: every item is predicted.
         cache: Look up the result cache before predicting and fill it after each write,
             for the jobs that did not ask for fresh scores (``jobs.use_cache``).
+        window_s: Once the runner's pace is known, a window estimated to take over 1.5
+            times this is scored in parts (:class:`engine.window_order.WindowPacer`), so
+            that ``should_yield`` is asked about this often. 0: windows by count only.
 
     Texts are windowed in length order across the whole call, so that each write window is
     as uniform as one big length-sorted batch: small windows (frequent writes and checks)
@@ -185,6 +190,8 @@ def score_jobs(
     everything = [(unit.job_id, index, item) for unit in work for index, item in unit.items]
     # Images (no length) and equal lengths keep index order.
     windows = scoring_windows(everything, pending, write_batch_size, _text_length)
+    pacer = WindowPacer(runner, windows, window_s, _text_length)
+    pacer.split_from(0)
     reuse = PredictionReuse(
         engine,
         runner,
@@ -239,7 +246,8 @@ def score_jobs(
         for at in range(position, len(windows)):
             # A stopped job stays stopped: its later windows are dropped without asking.
             window = [entry for entry in windows[at] if entry[0] not in stopped]
-            if still_active is not None and window:
+            # Asked once per window, not per part of one (WindowPacer).
+            if still_active is not None and window and not pacer.continues(at):
                 job_ids = {job_id for job_id, _, _ in window}
                 active = still_active(job_ids)
                 stopped |= job_ids - active
@@ -258,16 +266,21 @@ def score_jobs(
         Lookahead(overlap=overlap) as lookahead,
     ):
         current = start(0)
+        held = _Held()  # rows of a window's parts scored so far, not yet written
         while current is not None:
             answers = current.answers.result()
+            pacer.scored(current.window)
             following = current.position + 1
-            # Asked between windows (never before the first), once this one is scored and
-            # before the next one starts, as the serial loop asked.
+            pacer.split_from(following)
+            # Asked between windows and their parts (never before the first), once this
+            # one is scored and before the next one starts, as the serial loop asked.
             yielding = following < len(windows) and should_yield is not None and should_yield()
             upcoming = None if yielding else start(following)
             # Its rows are built while the next window is scored, and written while the
-            # one after is (one write in flight at most).
-            writer.submit(*_rows(current, answers))
+            # one after is (one write in flight at most): a window's parts together.
+            held.add(*_rows(current, answers))
+            if yielding or upcoming is None or pacer.writes(current.position):
+                writer.submit(*held.take())
             current = upcoming
             if yielding:
                 writer.wait()  # the rows before the hand-back are committed first
@@ -281,6 +294,26 @@ def score_jobs(
                     return ScoreRun(totals, stopped, _index_ranges(rest))
                 break
     return ScoreRun(totals, stopped, {})
+
+
+@dataclass(slots=True)
+class _Held:
+    """Rows of the parts of a window scored so far: written together, as one window."""
+
+    scored: dict[str, list[ScoredItem]] = field(default_factory=dict)
+    answered: list[tuple[Entry, Answer]] = field(default_factory=list)
+
+    def add(
+        self, scored: dict[str, list[ScoredItem]], answered: list[tuple[Entry, Answer]]
+    ) -> None:
+        for job_id, rows in scored.items():
+            self.scored.setdefault(job_id, []).extend(rows)
+        self.answered.extend(answered)
+
+    def take(self) -> tuple[dict[str, list[ScoredItem]], list[tuple[Entry, Answer]]]:
+        taken = (self.scored, self.answered)
+        self.scored, self.answered = {}, []
+        return taken
 
 
 @dataclass(frozen=True, slots=True)

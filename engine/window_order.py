@@ -31,9 +31,13 @@ its chunk stopped instead of starting over.
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Callable, Sequence
+from time import monotonic
 
 from engine.reuse import Entry
+from engine.runners.base import Runner
 
 # Characters of padded text that the per-item work of one item costs (module docstring).
 ITEM_COST = 70
@@ -124,3 +128,116 @@ def scoring_windows(
     for entry in sorted(pending, key=lambda entry: place[(entry[0], entry[1])]):
         by_window.setdefault(place[(entry[0], entry[1])][0], []).append(entry)
     return [by_window[window] for window in sorted(by_window)]
+
+
+# Seconds per unit of estimated cost each warm runner last scored at (WindowPacer): a
+# scoring call starts from it, since a handed-back rest starts a call of its own and its
+# first window would otherwise run at full size, a whole turn on a slow model.
+_PACE: weakref.WeakKeyDictionary[Runner, float] = weakref.WeakKeyDictionary()
+
+
+class WindowPacer:
+    """Scores the windows of one call in parts of about ``window_s`` seconds each.
+
+    Windows are planned by count and estimated cost (:func:`scoring_windows`), which says
+    nothing about seconds: on a slow model a 128-text window took 1.7 s on a 2-core CPU,
+    and a waiting job waited for the whole window (a job's turn, ``fair_time_slice_s`` of
+    1 s, ran a whole window, so two keys' shares of a worker moved by a window at a time).
+    Once the pace of the runner is known (measured part by part, kept per warm runner),
+    each window not yet started whose estimate is over 1.5 ``window_s`` is cut into that
+    many parts of about equal cost, each a stretch of the window's length order: about
+    its runs, whose texts are alike in length and make full batches of little padding.
+    (Parts of every k-th text, each holding the window's whole length range, padded short
+    texts to long ones in batches of a few: two keys sharing a worker scored 30% fewer
+    items per second.)
+
+    A part is a point to ask ``should_yield``, not a transaction: a window's parts are
+    written together, as the window would have been, unless the chunk yields after one
+    (:meth:`writes`). Commits per window cost as before; a part costs its runner call.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        windows: list[list[Entry]],
+        window_s: float,
+        length: Callable[[Entry], int],
+    ) -> None:
+        self.runner = runner
+        self.windows = windows
+        self.window_s = window_s
+        self.length = length
+        self.last = monotonic()
+
+    def cost(self, window: Sequence[Entry]) -> float:
+        return sum(self.length(entry) + ITEM_COST for entry in window)
+
+    def scored(self, window: Sequence[Entry]) -> None:
+        """The answers of ``window`` are in: its time since the window before's is its pace
+        (the loop's cadence, which is what a hand-back check waits for)."""
+        now = monotonic()
+        cost = self.cost(window)
+        if cost and self.window_s > 0:
+            _PACE[self.runner] = (now - self.last) / cost
+        self.last = now
+
+    def writes(self, position: int) -> bool:
+        """Whether the rows gathered up to the window (or part) at ``position`` are written
+        after it: False for a part that another part of its window follows."""
+        window = self.windows[position]
+        return not isinstance(window, WindowPart) or window.last
+
+    def continues(self, position: int) -> bool:
+        """Whether the window (or part) at ``position`` continues a window begun before."""
+        window = self.windows[position]
+        return isinstance(window, WindowPart) and not window.first
+
+    def split_from(self, position: int) -> None:
+        """Cut every window from ``position`` on that would run long (none started yet)."""
+        pace = _PACE.get(self.runner)
+        if pace is None or self.window_s <= 0:
+            return
+        at = position
+        while at < len(self.windows):
+            window = self.windows[at]
+            estimate = pace * self.cost(window)
+            parts = min(math.ceil(estimate / self.window_s), len(window))
+            if estimate > 1.5 * self.window_s and parts > 1:
+                cut = self._cut(window, parts)
+                self.windows[at : at + 1] = cut
+                at += len(cut)
+            else:
+                at += 1
+
+    def _cut(self, window: list[Entry], parts: int) -> list[list[Entry]]:
+        """``window`` in ``parts`` consecutive stretches of about equal cost (a part of a
+        part keeps its place in the original window)."""
+        share = self.cost(window) / parts
+        stretches: list[list[Entry]] = [[]]
+        spent = 0.0
+        for entry in window:
+            if stretches[-1] and spent >= share * len(stretches) and len(stretches) < parts:
+                stretches.append([])
+            stretches[-1].append(entry)
+            spent += self.length(entry) + ITEM_COST
+        first = not isinstance(window, WindowPart) or window.first
+        last = not isinstance(window, WindowPart) or window.last
+        return [
+            WindowPart(
+                stretch,
+                first=first and number == 0,
+                last=last and number == len(stretches) - 1,
+            )
+            for number, stretch in enumerate(stretches)
+        ]
+
+
+class WindowPart(list[Entry]):
+    """A stretch of a write window (:class:`WindowPacer`): whether it begins and ends it."""
+
+    __slots__ = ("first", "last")
+
+    def __init__(self, entries: list[Entry], *, first: bool, last: bool) -> None:
+        super().__init__(entries)
+        self.first = first
+        self.last = last

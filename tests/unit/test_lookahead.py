@@ -5,6 +5,7 @@ database cannot be shared between threads."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,61 @@ def test_without_overlap_calls_run_at_once_and_errors_reach_the_caller() -> None
             failed.result()
     with Lookahead() as background:
         assert background.start(lambda: threading.current_thread().name).result() != here
+
+
+class SlowRunner(RecordingRunner):
+    """Takes 5 ms per text, as a slow model would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        self.batches.append([str(text) for text in batch])
+        time.sleep(0.005 * len(batch))
+        return super().predict(batch, progress)
+
+
+def test_a_slow_windows_parts_are_checks_not_transactions(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``window_s``, once the pace is known a window runs in parts, ``should_yield`` is
+    asked after each, and the parts of a window are still written in one transaction; a
+    yield after a part writes what was scored and hands back the rest of the window."""
+    inputs = [InputItem(item_id=str(i), text=f"text {i:03d}") for i in range(64)]
+    with engine.begin() as conn:
+        job = create_job(conn, SPEC, inputs, chunk_size=64)
+    writes: list[int] = []
+    write_scored = scoring.write_scored
+
+    def counted(conn: Any, model: str, revision: Any, scored: Any, retrying: Any) -> Any:
+        writes.append(sum(len(rows) for rows in scored.values()))
+        return write_scored(conn, model, revision, scored, retrying)
+
+    monkeypatch.setattr(scoring, "write_scored", counted)
+    runner = SlowRunner()
+    asked: list[int] = []
+
+    def should_yield() -> bool:
+        asked.append(len(runner.calls))
+        return len(runner.calls) >= 7  # a part of the window after the first
+
+    run = scoring.score_jobs(
+        engine,
+        runner,
+        [scoring.JobItems(job.id, list(enumerate(inputs)))],
+        write_batch_size=16,
+        should_yield=should_yield,
+        window_s=0.02,
+    )
+    # The first window (16 texts, 80 ms) tells the pace; the next ones run in parts.
+    sizes = [len(texts) for texts in runner.batches]
+    assert sizes[0] == 16 and all(size <= 8 for size in sizes[1:]), sizes
+    assert len(asked) == len(sizes), "asked after every part"
+    # Whole windows, one transaction each, then the parts scored before the yield.
+    assert writes[:-1] == [16] * (len(writes) - 1) and 0 < writes[-1] < 16, writes
+    assert sum(writes) == run.totals[job.id].succeeded == sum(sizes) < 64
+    lo, hi = run.yielded[job.id]
+    assert hi == 64 and lo <= sum(writes)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(results)) == sum(writes)

@@ -109,3 +109,49 @@ def test_images_and_equal_lengths_keep_index_order_in_full_windows() -> None:
     many_jobs = entries([2, 2], "a") + entries([2, 1], "b")
     (window,) = scoring_windows(many_jobs, many_jobs, 8, length)
     assert [(job, index) for job, index, _ in window] == [("b", 1), ("a", 0), ("a", 1), ("b", 0)]
+
+
+class SlowRunner:
+    """Stands for a warm runner: the pacer keeps each runner's pace (a weak reference)."""
+
+
+def test_a_slow_models_windows_are_scored_in_parts_of_about_window_s() -> None:
+    """Once a window's time says the pace, every window not yet started that would take
+    over 1.5 ``window_s`` is cut into consecutive parts of about equal cost; every entry
+    stays exactly once and in no other window. A later call for the same
+    runner starts from the pace (a handed-back rest's first window is cut too)."""
+    import time
+
+    from engine.window_order import WindowPacer
+
+    rng = random.Random(5)
+    everything = entries([rng.randint(5, 400) for _ in range(64)])
+    runner = SlowRunner()
+    windows = scoring_windows(everything, everything, 16, length)
+    before = [list(window) for window in windows]
+    pacer = WindowPacer(runner, windows, 0.05, length)  # type: ignore[arg-type]
+    pacer.split_from(0)
+    assert windows == before, "no pace known yet: windows by count"
+    time.sleep(0.2)  # the first window took 0.2 s: four times window_s
+    pacer.scored(windows[0])
+    pacer.split_from(1)
+    assert windows[0] == before[0]
+    assert len(windows) >= len(before) + 2 * (len(before) - 1)
+    assert sorted(e[1] for w in windows for e in w) == sorted(e[1] for e in everything)
+    # The second window's parts: consecutive, together exactly its entries.
+    first = before[1]
+    count = next(
+        k for k in range(1, len(windows)) if sum(map(len, windows[1 : 1 + k])) >= len(first)
+    )
+    parts = windows[1 : 1 + count]
+    assert count >= 3 and sorted(e[1] for p in parts for e in p) == sorted(e[1] for e in first)
+    # Stretches of the window's length order (its runs), of about equal cost.
+    assert [e for p in parts for e in p] == first
+    costs = [sum(length(e) + ITEM_COST for e in part) for part in parts]
+    assert max(costs) <= 2 * min(costs) + max(length(e) + ITEM_COST for e in first)
+    rest = scoring_windows(everything, everything, 16, length)
+    WindowPacer(runner, rest, 0.05, length).split_from(0)  # type: ignore[arg-type]
+    assert len(rest) > len(before), "a later call starts from the pace"
+    untouched = scoring_windows(everything, everything, 16, length)
+    WindowPacer(runner, untouched, 0.0, length).split_from(0)  # type: ignore[arg-type]
+    assert untouched == before, "window_s 0: windows by count only"
