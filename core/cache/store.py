@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from sqlalchemy import Connection, and_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import utcnow
-from core.jobs.bulk_copy import is_postgresql
+from core.jobs.bulk_copy import dialect_insert
 from core.jobs.predictions import Prediction
 from core.tables import result_cache
 
@@ -81,14 +79,8 @@ def store_many(
     ]
     if not rows:
         return 0
-    statement = _insert(conn).on_conflict_do_nothing(
+    statement = dialect_insert(conn, result_cache).on_conflict_do_nothing(
         index_elements=["model", "model_revision", "input_sha256"]
     )
     result = conn.execute(statement, rows)
     return max(result.rowcount, 0)
-
-
-def _insert(conn: Connection) -> Any:
-    if is_postgresql(conn):
-        return postgresql.insert(result_cache)
-    return sqlite.insert(result_cache)

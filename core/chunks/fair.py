@@ -75,11 +75,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from core.chunks.claim import Claim, as_utc, service_jobs, take_chunk
 from core.clock import utcnow
-from core.jobs.bulk_copy import is_postgresql
+from core.jobs.bulk_copy import dialect_insert
 from core.jobs.priority import Priority
 from core.jobs.status import ChunkStatus
 from core.tables import chunks, jobs, key_clocks, training_runs
@@ -339,12 +338,8 @@ def _start_clocks(conn: Connection, chosen: ColumnElement[bool], now: datetime) 
                 _set_clock(conn, row.owner, model, lowest)
 
 
-def _upsert_clock(conn: Connection) -> Any:
-    return (postgresql.insert if is_postgresql(conn) else sqlite.insert)(key_clocks)
-
-
 def _set_clock(conn: Connection, owner: int, model: str, clock_s: float) -> None:
-    statement = _upsert_clock(conn).values(owner=owner, runs_on=model, clock_s=clock_s)
+    statement = dialect_insert(conn, key_clocks).values(owner=owner, runs_on=model, clock_s=clock_s)
     conn.execute(
         statement.on_conflict_do_update(
             index_elements=["owner", "runs_on"], set_={"clock_s": statement.excluded.clock_s}
@@ -357,7 +352,7 @@ def charge_service(conn: Connection, job_id: str, seconds: float) -> None:
     (one row, however many jobs the key has)."""
     if seconds <= 0:
         return
-    statement = _upsert_clock(conn).from_select(
+    statement = dialect_insert(conn, key_clocks).from_select(
         ["owner", "runs_on", "clock_s"],
         select(_owner(), jobs.c.runs_on, literal(float(seconds), Float)).where(jobs.c.id == job_id),
     )

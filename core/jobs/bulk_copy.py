@@ -17,10 +17,22 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Table
+from sqlalchemy.dialects import postgresql, sqlite
 
 
 def is_postgresql(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
+
+
+def dialect_insert(conn: Connection, table: Table) -> Any:
+    """``INSERT`` into ``table`` in ``conn``'s dialect, the one that has ``ON CONFLICT``
+    (PostgreSQL's or SQLite's: the two databases the service runs on)."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
 
 
 def _quote(conn: Connection, name: str) -> str:

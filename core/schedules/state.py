@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import utcnow
+from core.jobs.bulk_copy import dialect_insert
 from core.schedules.config import Schedule, SourceKind
 from core.schedules.sources.base import KnownFile
 from core.tables import schedule_files, schedule_state
@@ -44,14 +44,7 @@ def load_files(conn: Connection, schedule: str) -> dict[str, KnownFile]:
 
 
 def _upsert(conn: Connection, table: Any, keys: list[str], update: list[str]) -> Any:
-    dialect = conn.dialect.name
-    statement: Any
-    if dialect == "postgresql":
-        statement = postgresql.insert(table)
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table)
-    else:  # pragma: no cover - only the two supported databases reach here
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    statement = dialect_insert(conn, table)
     return statement.on_conflict_do_update(
         index_elements=keys, set_={name: statement.excluded[name] for name in update}
     )
