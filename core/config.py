@@ -71,8 +71,9 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "Most items scored and written per database transaction (fewer long texts: a "
-            "window costs at most this many texts of average length); between two, a worker "
-            "checks for cancellation and for more urgent work."
+            "window costs at most this many texts of average length) until the worker knows "
+            "the model's pace, which then sizes windows (fair_window_s); between two, a "
+            "worker checks for cancellation and for more urgent work."
         ),
     )
     torch_threads: int = Field(
@@ -132,10 +133,11 @@ class Settings(BaseSettings):
         default=0.4,
         ge=0,
         description=(
-            "With fair claiming, a worker scores a job's write windows in parts of about "
-            "this many seconds once it knows the model's pace, so that it checks for a job "
-            "that ranks first (and hands the rest back) this often whatever the model's "
-            "speed. 0: windows by count only (write_batch_size)."
+            "Once a worker knows the model's pace, a write window holds about this many "
+            "seconds of work: a fast model's windows are merged (fewer transactions and "
+            "checks per item), and with fair claiming a slow model's are scored in parts, "
+            "so that it checks for a job that ranks first (and hands the rest back) this "
+            "often whatever the model's speed. 0: windows by count only (write_batch_size)."
         ),
     )
     fair_time_slice_s: float = Field(

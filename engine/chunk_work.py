@@ -298,7 +298,7 @@ def _score_claimed(
         progress=progress,
         still_active=still_active,
         should_yield=should_yield,
-        window_s=settings.fair_window_s if should_yield is not None else 0.0,
+        window_s=settings.fair_window_s,
     )
     totals, stopped = run.totals, run.stopped
     if run.yielded:

@@ -8,10 +8,10 @@ loop, the forward pass and the rows took turns on one thread: the model (or the 
 stand-in's sleep) waited for Python, and Python for the model, which held the overlap at
 the stand-in's tokenizer rate near the serial bound (``bench/README.md``, issue 16).
 
-One thread: a runner is called by one thread at a time, in window order, as before. At
-most one window is predicted ahead, and the caller decides whether to start it (a
-cancelled job, a hand-back) before it starts, so nothing is scored that the loop would not
-have scored.
+One thread: a runner is called by one thread at a time, in window order, as before. The
+caller keeps at most ``engine.scoring.WINDOWS_IN_FLIGHT`` windows started (two: the thread
+goes from one to the next without waiting for the caller) and decides whether to start each
+(a cancelled job, a hand-back) before it starts; a window started is scored and written.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Lookahead:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        # A call in flight (the caller failed meanwhile) ends before the runner is left.
+        # A call in flight (the caller failed meanwhile) ends before the runner is left;
+        # one not yet begun never begins.
         if self.pool is not None:
-            self.pool.shutdown(wait=True)
+            self.pool.shutdown(wait=True, cancel_futures=True)

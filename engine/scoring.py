@@ -8,6 +8,7 @@ items of several small jobs at once when it batches across jobs (``engine.cross_
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 # tokenizer thread has the next window to work on while the main thread builds rows and
 # hands them to the writer, instead of idling until the next window starts.
 TOKENISED_AHEAD = 2
+# Windows started on the lookahead thread at a time. Two (the thread goes from one window
+# to the next without waiting for this one to start it) were no faster, with the stand-in
+# at 0 or at the tokenizer's rate (three alternated pairs each): a window of one forward
+# pass still pads, runs and ranks one step after the other on that thread, and a cancel
+# then cost two windows. What would help is starting a window's forward pass before the
+# previous window's top-k (bench/README.md, issue 16).
+WINDOWS_IN_FLIGHT = 1
 
 
 @dataclass(slots=True)
@@ -164,9 +172,11 @@ def score_jobs(
             with the same prediction (``engine.reuse``). False: every item is predicted.
         cache: Look up the result cache before predicting and fill it after each write,
             for the jobs that did not ask for fresh scores (``jobs.use_cache``).
-        window_s: Once the runner's pace is known, a window estimated to take over 1.5
-            times this is scored in parts (:class:`engine.window_order.WindowPacer`), so
-            that ``should_yield`` is asked about this often. 0: windows by count only.
+        window_s: Once the runner's pace is known, windows hold about this many seconds of
+            work (:class:`engine.window_order.WindowPacer`): a fast model's are merged, so
+            that per-window costs (a transaction, a check) are spread over more items, and
+            with ``should_yield`` a slow model's are scored in parts, so that it is asked
+            about this often. 0: windows by count only.
 
     Texts are windowed in length order across the whole call, so that each write window is
     as uniform as one big length-sorted batch: small windows (frequent writes and checks)
@@ -190,8 +200,8 @@ def score_jobs(
     everything = [(unit.job_id, index, item) for unit in work for index, item in unit.items]
     # Images (no length) and equal lengths keep index order.
     windows = scoring_windows(everything, pending, write_batch_size, _text_length)
-    pacer = WindowPacer(runner, windows, window_s, _text_length)
-    pacer.split_from(0)
+    # Parts of a window exist to ask ``should_yield`` between them: without it, none.
+    pacer = WindowPacer(runner, windows, window_s, _text_length, split=should_yield is not None)
     reuse = PredictionReuse(
         engine,
         runner,
@@ -217,21 +227,22 @@ def score_jobs(
             else:
                 totals[job_id].add(outcomes[job_id], len(rows))
 
-    def announce(position: int) -> None:
+    def announced(position: int) -> list[str]:
         # The texts of the window at ``position``: the runner may tokenise them while the
-        # window before it is in the forward pass (engine.runners.token_prefetch).
-        texts = [
+        # windows before it are in the forward pass (engine.runners.token_prefetch). Read
+        # here, on the loop's thread, after the window was merged (WindowPacer.plan_through):
+        # it keeps these texts.
+        return [
             item.text
             for job_id, _, item in (windows[position] if position < len(windows) else ())
             if item.error is None and item.text is not None and job_id not in stopped
         ]
-        if texts:
-            runner.prefetch(texts)
 
-    def predicted(position: int, window: list[Entry], usable: list[Entry]) -> list[Answer]:
+    def predicted(window: list[Entry], usable: list[Entry], ahead: list[str]) -> list[Answer]:
         # On the lookahead thread: every runner call of the loop is made from it, in order,
         # and every progress report (a progress bar counts from one thread).
-        announce(position + TOKENISED_AHEAD)
+        if ahead:
+            runner.prefetch(ahead)
         answers = reuse.answers(usable, progress)
         refused = len(window) - len(usable)
         if progress is not None and refused:
@@ -241,9 +252,14 @@ def score_jobs(
     def start(position: int) -> _Predicting | None:
         """Start predicting the first window from ``position`` with anything left to score
         (None: no window is left). Whether a job is still active is asked here, before its
-        window is scored, as the serial loop asked."""
+        window is scored."""
         nonlocal stopped
-        for at in range(position, len(windows)):
+        at = position
+        while at < len(windows):
+            # Merged to the pace with the windows whose texts its prediction announces;
+            # cut into parts at the latest pace.
+            pacer.plan_through(at + TOKENISED_AHEAD)
+            pacer.cut(at)
             # A stopped job stays stopped: its later windows are dropped without asking.
             window = [entry for entry in windows[at] if entry[0] not in stopped]
             # Asked once per window, not per part of one (WindowPacer).
@@ -254,45 +270,59 @@ def score_jobs(
                 window = [entry for entry in window if entry[0] in active]
             if window:
                 usable = [entry for entry in window if entry[2].error is None]
-                answers = lookahead.start(predicted, at, window, usable)
+                ahead = announced(at + TOKENISED_AHEAD)
+                answers = lookahead.start(predicted, window, usable, ahead)
                 return _Predicting(at, window, usable, answers)
+            at += 1
         return None
 
+    pacer.plan_through(TOKENISED_AHEAD)
     for ahead in range(TOKENISED_AHEAD):
-        announce(ahead)
+        if texts := announced(ahead):
+            runner.prefetch(texts)
     overlap = writes_overlap(engine)
     with (
         WindowWriter(write, taken, overlap=overlap) as writer,
         Lookahead(overlap=overlap) as lookahead,
     ):
-        current = start(0)
+        queued: deque[_Predicting] = deque()  # started, in window order
+        upcoming = 0  # the first window not started yet
+
+        def refill() -> None:
+            nonlocal upcoming
+            while len(queued) < WINDOWS_IN_FLIGHT and upcoming < len(windows):
+                started = start(upcoming)
+                upcoming = len(windows) if started is None else started.position + 1
+                if started is not None:
+                    queued.append(started)
+
+        refill()
         held = _Held()  # rows of a window's parts scored so far, not yet written
-        while current is not None:
+        yielding = False
+        while queued:
+            current = queued.popleft()
             answers = current.answers.result()
             pacer.scored(current.window)
-            following = current.position + 1
-            pacer.split_from(following)
-            # Asked between windows and their parts (never before the first), once this
-            # one is scored and before the next one starts, as the serial loop asked.
-            yielding = following < len(windows) and should_yield is not None and should_yield()
-            upcoming = None if yielding else start(following)
-            # Its rows are built while the next window is scored, and written while the
+            if not yielding:
+                # Asked between windows and their parts (never before the first), once this
+                # one is scored and before another one starts; the windows started already
+                # are scored and written before the hand-back.
+                more = upcoming < len(windows)
+                yielding = more and should_yield is not None and should_yield()
+                if not yielding:
+                    refill()
+            # Its rows are built while the next windows are scored, and written while the
             # one after is (one write in flight at most): a window's parts together.
             held.add(*_rows(current, answers))
-            if yielding or upcoming is None or pacer.writes(current.position):
+            if not queued or pacer.writes(current.position):
                 writer.submit(*held.take())
-            current = upcoming
-            if yielding:
-                writer.wait()  # the rows before the hand-back are committed first
-                rest = [
-                    entry
-                    for later in windows[following:]
-                    for entry in later
-                    if entry[0] not in stopped
-                ]
-                if rest:
-                    return ScoreRun(totals, stopped, _index_ranges(rest))
-                break
+        if yielding:
+            writer.wait()  # the rows before the hand-back are committed first
+            rest = [
+                entry for later in windows[upcoming:] for entry in later if entry[0] not in stopped
+            ]
+            if rest:
+                return ScoreRun(totals, stopped, _index_ranges(rest))
     return ScoreRun(totals, stopped, {})
 
 

@@ -43,6 +43,10 @@ from engine.runners.base import Runner
 ITEM_COST = 70
 # Length-sorted runs a write window is made of (module docstring).
 RUNS_PER_WINDOW = 4
+# Most entries a merged window holds (WindowPacer): its rows, answers and token rows are
+# held at once, two windows deep; at the GPU rate of bench/README.md (26,000 texts/s) a
+# 0.4 s window would hold ~10,000.
+MAX_WINDOW_ITEMS = 8192
 
 
 def balanced_order(counts: Sequence[int], costs: Sequence[float]) -> list[int]:
@@ -137,23 +141,42 @@ _PACE: weakref.WeakKeyDictionary[Runner, float] = weakref.WeakKeyDictionary()
 
 
 class WindowPacer:
-    """Scores the windows of one call in parts of about ``window_s`` seconds each.
+    """Sizes the windows of one call to about ``window_s`` seconds of work each.
 
     Windows are planned by count and estimated cost (:func:`scoring_windows`), which says
-    nothing about seconds: on a slow model a 128-text window took 1.7 s on a 2-core CPU,
-    and a waiting job waited for the whole window (a job's turn, ``fair_time_slice_s`` of
-    1 s, ran a whole window, so two keys' shares of a worker moved by a window at a time).
-    Once the pace of the runner is known (measured part by part, kept per warm runner),
-    each window not yet started whose estimate is over 1.5 ``window_s`` is cut into that
-    many parts of about equal cost, each a stretch of the window's length order: about
-    its runs, whose texts are alike in length and make full batches of little padding.
-    (Parts of every k-th text, each holding the window's whole length range, padded short
-    texts to long ones in batches of a few: two keys sharing a worker scored 30% fewer
-    items per second.)
+    nothing about seconds. Once the pace of the runner is known (measured window by window,
+    kept per warm runner), the window about to start is sized to it:
+
+    - **A fast model's windows are merged**: consecutive windows are joined while the
+      estimate stays within ``window_s`` (and ``MAX_WINDOW_ITEMS``). With the GPU stand-in,
+      a 128-text window took ~15 ms of work and as much again in per-window costs (a
+      transaction, the cancel check, thread hand-offs, one runner call: a GPU pass of 128
+      texts); windows of ``window_s`` spread them over thousands (``bench/README.md``,
+      issue 16). A cancel or a more urgent job still waits at most about ``window_s``.
+    - **A slow model's windows are cut into parts** (``split``: only where someone asks
+      between them, ``should_yield``): on a slow model a 128-text window took 1.7 s on a
+      2-core CPU, and a waiting job waited for the whole window (a job's turn,
+      ``fair_time_slice_s`` of 1 s, ran a whole window, so two keys' shares of a worker
+      moved by a window at a time). A window whose estimate is over 1.5 ``window_s`` is cut
+      into that many parts of about equal cost, each a stretch of the window's length
+      order: about its runs, whose texts are alike in length and make full batches of
+      little padding. (Parts of every k-th text, each holding the window's whole length
+      range, padded short texts to long ones in batches of a few: two keys sharing a worker
+      scored 30% fewer items per second.)
 
     A part is a point to ask ``should_yield``, not a transaction: a window's parts are
     written together, as the window would have been, unless the chunk yields after one
-    (:meth:`writes`). Commits per window cost as before; a part costs its runner call.
+    (:meth:`writes`). A merged window is one window: one transaction, one check.
+
+    Windows are merged in order, each once, a few ahead of the one about to start
+    (:meth:`plan_through`): the runner tokenises the next windows' texts before they start
+    (``engine.scoring.TOKENISED_AHEAD``), so a window must keep the texts it was announced
+    with. (Merged only as it started, a window held texts nobody had announced, and the
+    runner tokenised them in the forward pass's thread: with the stand-in at the
+    tokenizer's rate the stages ran one after the other.) A window is cut into parts just
+    before it starts (:meth:`cut`), at the latest pace: parts only divide the texts
+    announced. Each call costs the entries of the windows it sizes, not the rest of the
+    call's.
     """
 
     def __init__(
@@ -162,12 +185,16 @@ class WindowPacer:
         windows: list[list[Entry]],
         window_s: float,
         length: Callable[[Entry], int],
+        *,
+        split: bool = True,
     ) -> None:
         self.runner = runner
         self.windows = windows
         self.window_s = window_s
         self.length = length
+        self.split = split
         self.last = monotonic()
+        self.sized = 0  # windows before this position are sized already
 
     def cost(self, window: Sequence[Entry]) -> float:
         return sum(self.length(entry) + ITEM_COST for entry in window)
@@ -192,26 +219,54 @@ class WindowPacer:
         window = self.windows[position]
         return isinstance(window, WindowPart) and not window.first
 
-    def split_from(self, position: int) -> None:
-        """Cut every window from ``position`` on that would run long (none started yet)."""
+    def plan_through(self, last: int) -> None:
+        """Merge every window up to position ``last`` not yet merged, in order, once."""
+        while self.sized <= last and self.sized < len(self.windows):
+            self._merge(self.sized)
+            self.sized += 1
+
+    def _merge(self, position: int) -> None:
+        """Join the window at ``position`` (not started, not announced) with the windows
+        after it while the pace (if it is known) says they fit in ``window_s``."""
         pace = _PACE.get(self.runner)
         if pace is None or self.window_s <= 0:
             return
-        at = position
-        while at < len(self.windows):
-            window = self.windows[at]
-            estimate = pace * self.cost(window)
-            parts = min(math.ceil(estimate / self.window_s), len(window))
-            if estimate > 1.5 * self.window_s and parts > 1:
-                cut = self._cut(window, parts)
-                self.windows[at : at + 1] = cut
-                at += len(cut)
-            else:
-                at += 1
+        window = self.windows[position]
+        if isinstance(window, WindowPart):
+            return  # a part of a window already cut
+        cost = self.cost(window)
+        end = position + 1
+        merged = list(window)
+        while end < len(self.windows) and not isinstance(self.windows[end], WindowPart):
+            following = self.windows[end]
+            more = self.cost(following)
+            if (
+                pace * (cost + more) > self.window_s
+                or len(merged) + len(following) > MAX_WINDOW_ITEMS
+            ):
+                break
+            merged.extend(following)
+            cost += more
+            end += 1
+        if end > position + 1:
+            self.windows[position:end] = [merged]
+
+    def cut(self, position: int) -> None:
+        """With ``split``, cut the window at ``position`` (about to start) into parts of
+        about ``window_s`` each if the pace says it would take over 1.5 ``window_s``."""
+        pace = _PACE.get(self.runner)
+        if not self.split or pace is None or self.window_s <= 0:
+            return
+        window = self.windows[position]
+        if isinstance(window, WindowPart):
+            return
+        cost = self.cost(window)
+        parts = min(math.ceil(pace * cost / self.window_s), len(window))
+        if pace * cost > 1.5 * self.window_s and parts > 1:
+            self.windows[position : position + 1] = self._cut(window, parts)
 
     def _cut(self, window: list[Entry], parts: int) -> list[list[Entry]]:
-        """``window`` in ``parts`` consecutive stretches of about equal cost (a part of a
-        part keeps its place in the original window)."""
+        """``window`` in ``parts`` consecutive stretches of about equal cost."""
         share = self.cost(window) / parts
         stretches: list[list[Entry]] = [[]]
         spent = 0.0
@@ -220,14 +275,8 @@ class WindowPacer:
                 stretches.append([])
             stretches[-1].append(entry)
             spent += self.length(entry) + ITEM_COST
-        first = not isinstance(window, WindowPart) or window.first
-        last = not isinstance(window, WindowPart) or window.last
         return [
-            WindowPart(
-                stretch,
-                first=first and number == 0,
-                last=last and number == len(stretches) - 1,
-            )
+            WindowPart(stretch, first=number == 0, last=number == len(stretches) - 1)
             for number, stretch in enumerate(stretches)
         ]
 

@@ -24,8 +24,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-# Token rows kept for announced texts: a few write windows' worth.
-DEFAULT_CAPACITY = 4096
+# Token rows kept for announced texts: a few write windows' worth (three of the largest,
+# engine.window_order.MAX_WINDOW_ITEMS: the one predicted and two announced ahead).
+DEFAULT_CAPACITY = 3 * 8192
 
 Rows = dict[str, list[Any]]  # model input name -> one row (token ids, mask...) per text
 Tokenize = Callable[[list[str]], Rows]

@@ -8,7 +8,7 @@ import random
 
 from core.inputs.items import InputItem
 from engine.reuse import Entry
-from engine.window_order import ITEM_COST, balanced_order, scoring_windows
+from engine.window_order import _PACE, ITEM_COST, WindowPart, balanced_order, scoring_windows
 
 
 def entries(lengths: list[int], job_id: str = "job") -> list[Entry]:
@@ -116,10 +116,10 @@ class SlowRunner:
 
 
 def test_a_slow_models_windows_are_scored_in_parts_of_about_window_s() -> None:
-    """Once a window's time says the pace, every window not yet started that would take
-    over 1.5 ``window_s`` is cut into consecutive parts of about equal cost; every entry
-    stays exactly once and in no other window. A later call for the same
-    runner starts from the pace (a handed-back rest's first window is cut too)."""
+    """Once a window's time says the pace, a window about to start that would take over
+    1.5 ``window_s`` is cut into consecutive parts of about equal cost; every entry stays
+    exactly once and in no other window. A later call for the same runner starts from the
+    pace (a handed-back rest's first window is cut too)."""
     import time
 
     from engine.window_order import WindowPacer
@@ -130,14 +130,14 @@ def test_a_slow_models_windows_are_scored_in_parts_of_about_window_s() -> None:
     windows = scoring_windows(everything, everything, 16, length)
     before = [list(window) for window in windows]
     pacer = WindowPacer(runner, windows, 0.05, length)  # type: ignore[arg-type]
-    pacer.split_from(0)
+    pacer.plan_through(2)
+    pacer.cut(0)
     assert windows == before, "no pace known yet: windows by count"
     time.sleep(0.2)  # the first window took 0.2 s: four times window_s
     pacer.scored(windows[0])
-    pacer.split_from(1)
+    pacer.plan_through(3)  # slow: nothing to merge
+    pacer.cut(1)
     assert windows[0] == before[0]
-    assert len(windows) >= len(before) + 2 * (len(before) - 1)
-    assert sorted(e[1] for w in windows for e in w) == sorted(e[1] for e in everything)
     # The second window's parts: consecutive, together exactly its entries.
     first = before[1]
     count = next(
@@ -145,13 +145,53 @@ def test_a_slow_models_windows_are_scored_in_parts_of_about_window_s() -> None:
     )
     parts = windows[1 : 1 + count]
     assert count >= 3 and sorted(e[1] for p in parts for e in p) == sorted(e[1] for e in first)
+    assert windows[1 + count :] == before[2:], "only the window about to start is sized"
     # Stretches of the window's length order (its runs), of about equal cost.
     assert [e for p in parts for e in p] == first
     costs = [sum(length(e) + ITEM_COST for e in part) for part in parts]
     assert max(costs) <= 2 * min(costs) + max(length(e) + ITEM_COST for e in first)
+    for position in range(2, len(before) * 16):
+        if position < len(windows):
+            pacer.cut(position)  # a part is not cut again
+    assert len(windows) >= len(before) + 2 * (len(before) - 1)
+    assert sorted(e[1] for w in windows for e in w) == sorted(e[1] for e in everything)
     rest = scoring_windows(everything, everything, 16, length)
-    WindowPacer(runner, rest, 0.05, length).split_from(0)  # type: ignore[arg-type]
+    WindowPacer(runner, rest, 0.05, length).cut(0)  # type: ignore[arg-type]
     assert len(rest) > len(before), "a later call starts from the pace"
+    unsplit = scoring_windows(everything, everything, 16, length)
+    WindowPacer(runner, unsplit, 0.05, length, split=False).cut(0)  # type: ignore[arg-type]
+    assert unsplit == before, "no one asks between parts: no parts"
     untouched = scoring_windows(everything, everything, 16, length)
-    WindowPacer(runner, untouched, 0.0, length).split_from(0)  # type: ignore[arg-type]
+    WindowPacer(runner, untouched, 0.0, length).cut(0)  # type: ignore[arg-type]
     assert untouched == before, "window_s 0: windows by count only"
+
+
+class FastRunner:
+    """Stands for another warm runner, with a pace of its own."""
+
+
+def test_a_fast_models_windows_are_merged_up_to_window_s() -> None:
+    """Once the pace is known, the window about to start takes the windows after it while
+    the estimate stays within ``window_s``: the same entries in the same order, fewer
+    windows (fewer transactions and checks); never past ``window_s``, never a part."""
+    from engine.window_order import WindowPacer
+
+    rng = random.Random(7)
+    everything = entries([rng.randint(5, 400) for _ in range(256)])
+    runner = FastRunner()
+    windows = scoring_windows(everything, everything, 16, length)
+    before = [list(window) for window in windows]
+    pacer = WindowPacer(runner, windows, 0.5, length)  # type: ignore[arg-type]
+    per_window = pacer.cost(before[0])
+    # A pace at which four of the first windows fit in window_s, five do not.
+    _PACE[runner] = 0.5 / (per_window * 4.5)
+    pacer.plan_through(0)
+    assert len(windows) < len(before)
+    assert [e for w in windows for e in w] == [e for w in before for e in w], "same order"
+    merged = next(k for k in range(1, len(before)) if sum(map(len, before[:k])) == len(windows[0]))
+    assert merged >= 3, "several windows joined"
+    assert _PACE[runner] * pacer.cost(windows[0]) <= 0.5
+    pacer.plan_through(len(before))
+    assert all(not isinstance(w, WindowPart) for w in windows)
+    assert [e for w in windows for e in w] == [e for w in before for e in w]
+    assert all(_PACE[runner] * pacer.cost(w) <= 0.5 or w in before for w in windows)
