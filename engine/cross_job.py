@@ -52,7 +52,11 @@ def gather_siblings(
     chunk = claim.chunk
     if not settings.cross_job_batching or chunk is None or claim.attempts > 1:
         return []
-    small = runner.max_batch_size
+    # A chunk as big as the job's chunks may be (``chunk_size``) is a big job's: on a GPU
+    # worker (batches of 2,048) every 512-item chunk was smaller than a pass, so each of a
+    # lone big job's chunks asked for siblings and found none (~10 ms a chunk on a 2-core
+    # machine, issue 16), and big jobs' chunks were taken from their own tasks.
+    small = min(runner.max_batch_size, settings.chunk_size)
     size = chunk.stop - chunk.start
     if size >= small:
         return []  # fills a forward pass by itself: a big job's chunk, left to its own task
