@@ -24,12 +24,13 @@ from core.cache.store import input_sha256, lookup_many, store_many
 from core.inputs.items import InputItem
 from core.jobs.predictions import Prediction
 from core.tables import jobs
-from engine.runners.base import Progress, Runner
+from engine.runners.base import Finish, Progress, Runner
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, int, InputItem]  # (job_id, index, item), as score_jobs holds them
-Predict = Callable[[Sequence[object], Progress | None], list[Prediction]]
+# Starts predicting inputs (engine.runners.base.Runner.start_predict): the call finishing it.
+StartPredict = Callable[[Sequence[object], Progress | None], Finish]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class PredictionReuse:
         self,
         engine: Engine,
         runner: Runner,
-        predict: Predict,
+        predict: StartPredict,
         *,
         cache_jobs: Collection[str] = (),
         dedup: bool = True,
@@ -71,36 +72,53 @@ class PredictionReuse:
         self.dedup = dedup
         # Predicted in this call (errors too: the same input fails the same way), by input.
         self.fresh: dict[Hashable, Prediction] = {}
+        # Started and not yet finished: a later window waits for them instead of predicting
+        # them again (windows are finished in the order they were started).
+        self.started: set[Hashable] = set()
         # Found in the result cache, by input: served only to jobs that use the cache.
         self.cached: dict[Hashable, Prediction] = {}
         self.digests: dict[Hashable, str] = {}
         self.cache_broken = False
 
-    def answers(self, usable: Sequence[Entry], progress: Progress | None) -> list[Answer]:
-        """One answer per entry of ``usable`` (items not refused at intake), in order."""
+    def start(
+        self, usable: Sequence[Entry], progress: Progress | None
+    ) -> Callable[[], list[Answer]]:
+        """Start answering ``usable`` (items not refused at intake); the call that returns
+        one answer per entry, in order, once the windows started before are finished."""
         keys = [self._key(entry) for entry in usable]
         wants_cache = [entry[0] in self.cache_jobs for entry in usable]
         lookup = {
             key
             for key, cacheable in zip(keys, wants_cache, strict=True)
-            if cacheable and key not in self.fresh and key not in self.cached
+            if cacheable
+            and key not in self.fresh
+            and key not in self.started
+            and key not in self.cached
         }
         if lookup:
             self._look_up(lookup)
         missing: dict[Hashable, object] = {}
         for key, cacheable, entry in zip(keys, wants_cache, usable, strict=True):
-            known = key in self.fresh or (cacheable and key in self.cached)
+            known = key in self.fresh or key in self.started or (cacheable and key in self.cached)
             if not known and key not in missing:
                 missing[key] = _input_of(entry[2])
-        if missing:
-            predicted = self.predict(list(missing.values()), progress)
-            self.fresh.update(zip(missing, predicted, strict=True))
-        if progress is not None and len(usable) > len(missing):
-            progress(len(usable) - len(missing))  # served without a forward pass
-        return [
-            Answer(self.fresh[key], False) if key in self.fresh else Answer(self.cached[key], True)
-            for key in keys
-        ]
+        finish = self.predict(list(missing.values()), progress) if missing else None
+        self.started.update(missing)
+
+        def answers() -> list[Answer]:
+            if finish is not None:
+                self.fresh.update(zip(missing, finish(), strict=True))
+                self.started.difference_update(missing)
+            if progress is not None and len(usable) > len(missing):
+                progress(len(usable) - len(missing))  # served without a forward pass
+            return [
+                Answer(self.fresh[key], False)
+                if key in self.fresh
+                else Answer(self.cached[key], True)
+                for key in keys
+            ]
+
+        return answers
 
     def remember(self, written: Sequence[tuple[Entry, Answer]]) -> None:
         """Store the fresh, successful predictions of written rows of jobs that use the cache.

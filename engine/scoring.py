@@ -22,7 +22,7 @@ from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes_many
 from core.jobs.retry_marks import pending_retries_many, write_scored
 from engine.lookahead import Lookahead
 from engine.reuse import Answer, Entry, PredictionReuse, jobs_using_cache
-from engine.runners.base import Progress, Runner
+from engine.runners.base import Finish, Progress, Runner, start_predicting
 from engine.window_order import WindowPacer, scoring_windows
 from engine.window_writer import WindowWriter, writes_overlap
 
@@ -32,13 +32,13 @@ log = logging.getLogger(__name__)
 # tokenizer thread has the next window to work on while the main thread builds rows and
 # hands them to the writer, instead of idling until the next window starts.
 TOKENISED_AHEAD = 2
-# Windows started on the lookahead thread at a time. Two (the thread goes from one window
-# to the next without waiting for this one to start it) were no faster, with the stand-in
-# at 0 or at the tokenizer's rate (three alternated pairs each): a window of one forward
-# pass still pads, runs and ranks one step after the other on that thread, and a cancel
-# then cost two windows. What would help is starting a window's forward pass before the
-# previous window's top-k (bench/README.md, issue 16).
-WINDOWS_IN_FLIGHT = 1
+# Windows started at a time: two, so that the lookahead thread queues a window's forward
+# passes before it finishes (top-k) the window before, and a GPU or the stand-in goes from
+# one window to the next without waiting for Python. With one, a window of one forward pass
+# padded, ran and ranked one step after the other: at the stand-in's tokenizer rate its
+# device was busy 55-59% of the time (bench/README.md, issue 16). A cancel or a hand-back
+# lets the window started already finish and be written.
+WINDOWS_IN_FLIGHT = 2
 
 
 @dataclass(slots=True)
@@ -58,32 +58,49 @@ def runner_input(item: InputItem) -> object:
     return item.text if item.text is not None else item.data
 
 
-def predict_isolating_failures(
+def start_isolating_failures(
     runner: Runner, inputs: Sequence[object], progress: Progress | None = None
-) -> list[Prediction]:
-    """``runner.predict``, but an exception costs only the inputs that cause it.
+) -> Finish:
+    """``runner.start_predict``, but an exception costs only the inputs that cause it.
 
-    On a failing batch, each input is retried alone, so one bad input becomes one per-item
-    error and the rest of the batch is still scored.
+    A batch that fails when started or when finished is retried one input at a time (at
+    its finish), so one bad input becomes one per-item error and the rest of the batch is
+    still scored.
     """
-    try:
-        predictions = runner.predict(inputs, progress=progress)
-        if len(predictions) != len(inputs):
-            raise RuntimeError(
-                f"runner returned {len(predictions)} results for {len(inputs)} inputs"
-            )
+
+    def one_by_one() -> list[Prediction]:
+        predictions = []
+        for value in inputs:
+            try:
+                predictions.extend(runner.predict([value]))
+            except Exception as exc:  # a per-item error, recorded with its reason
+                predictions.append(Prediction.failure(f"{type(exc).__name__}: {exc}"[:2000]))
+            if progress is not None:
+                progress(1)
         return predictions
-    except Exception:
+
+    def failed() -> None:
         log.exception("batch of %d failed in %s; retrying one by one", len(inputs), runner.name)
-    predictions = []
-    for value in inputs:
+
+    try:
+        finish = start_predicting(runner, inputs, progress)
+    except Exception:
+        failed()
+        return one_by_one
+
+    def finished() -> list[Prediction]:
         try:
-            predictions.extend(runner.predict([value]))
-        except Exception as exc:  # a per-item error, recorded with its reason
-            predictions.append(Prediction.failure(f"{type(exc).__name__}: {exc}"[:2000]))
-        if progress is not None:
-            progress(1)
-    return predictions
+            predictions = finish()
+            if len(predictions) != len(inputs):
+                raise RuntimeError(
+                    f"runner returned {len(predictions)} results for {len(inputs)} inputs"
+                )
+            return predictions
+        except Exception:
+            failed()
+        return one_by_one()
+
+    return finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +202,12 @@ def score_jobs(
     near the call's mean item rate, which a handed-back rest continues
     (:mod:`engine.window_order`).
 
-    Three stages overlap: the runner tokenises the next two windows in its own thread
-    (``runner.prefetch``), the next window is predicted in another
-    (:class:`engine.lookahead.Lookahead`) while this one's rows are built, and the window
-    before is written in a third (:class:`engine.window_writer.WindowWriter`).
+    The stages overlap: the runner tokenises the windows two ahead in its own thread
+    (``runner.prefetch``); the next window is predicted in another
+    (:class:`engine.lookahead.Lookahead`) while this one's rows are built, its forward
+    passes queued (``runner.start_predict``) before the window before it is finished
+    (top-k), so a GPU or the stand-in's device goes from window to window; and the window
+    before is written in a third thread (:class:`engine.window_writer.WindowWriter`).
 
     Returns:
         Totals per job, the jobs stopped by ``still_active`` or by the write itself (which
@@ -205,7 +224,7 @@ def score_jobs(
     reuse = PredictionReuse(
         engine,
         runner,
-        lambda inputs, report: predict_isolating_failures(runner, inputs, report),
+        lambda inputs, report: start_isolating_failures(runner, inputs, report),
         cache_jobs=jobs_using_cache(engine, {job_id for job_id, _, _ in pending}) if cache else (),
         dedup=dedup,
     )
@@ -238,16 +257,31 @@ def score_jobs(
             if item.error is None and item.text is not None and job_id not in stopped
         ]
 
-    def predicted(window: list[Entry], usable: list[Entry], ahead: list[str]) -> list[Answer]:
+    staged: list[_Staged] = []  # lookahead thread: the window started, not yet finished
+
+    def predicted(
+        window: list[Entry], usable: list[Entry], ahead: list[str], done: Future[list[Answer]]
+    ) -> None:
         # On the lookahead thread: every runner call of the loop is made from it, in order,
-        # and every progress report (a progress bar counts from one thread).
-        if ahead:
-            runner.prefetch(ahead)
-        answers = reuse.answers(usable, progress)
-        refused = len(window) - len(usable)
-        if progress is not None and refused:
-            progress(refused)
-        return answers
+        # and every progress report (a progress bar counts from one thread). This window's
+        # forward passes are queued before the one before is finished (its top-k), so a
+        # device never waits for that; its answers go to ``done`` when a later call (the
+        # next window's, or ``finished``) finishes it.
+        try:
+            if ahead:
+                runner.prefetch(ahead)
+            finish = reuse.start(usable, progress)
+        except BaseException as exc:  # raised by its finish, in window order
+            finish = _raising(exc)
+        previous = staged.pop() if staged else None
+        staged.append(_Staged(window, usable, finish, done))
+        if previous is not None:
+            previous.complete(progress)
+
+    def finished() -> None:
+        # On the lookahead thread: finish the window started last (no other follows it).
+        if staged:
+            staged.pop().complete(progress)
 
     def start(position: int) -> _Predicting | None:
         """Start predicting the first window from ``position`` with anything left to score
@@ -271,7 +305,8 @@ def score_jobs(
             if window:
                 usable = [entry for entry in window if entry[2].error is None]
                 ahead = announced(at + TOKENISED_AHEAD)
-                answers = lookahead.start(predicted, window, usable, ahead)
+                answers: Future[list[Answer]] = Future()
+                lookahead.start(predicted, window, usable, ahead, answers)
                 return _Predicting(at, window, usable, answers)
             at += 1
         return None
@@ -301,6 +336,8 @@ def score_jobs(
         yielding = False
         while queued:
             current = queued.popleft()
+            if not queued:
+                lookahead.start(finished)  # none started after it: nothing else finishes it
             answers = current.answers.result()
             pacer.scored(current.window)
             if not yielding:
@@ -344,6 +381,35 @@ class _Held:
         taken = (self.scored, self.answered)
         self.scored, self.answered = {}, []
         return taken
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A window whose forward passes are started (:meth:`PredictionReuse.start`)."""
+
+    window: list[Entry]
+    usable: list[Entry]
+    finish: Callable[[], list[Answer]]
+    done: Future[list[Answer]]
+
+    def complete(self, progress: Progress | None) -> None:
+        """Finish it: its answers (or the error) to ``done``."""
+        try:
+            answers = self.finish()
+            refused = len(self.window) - len(self.usable)
+            if progress is not None and refused:
+                progress(refused)
+        except BaseException as exc:  # the loop's thread raises it from ``done``
+            self.done.set_exception(exc)
+            return
+        self.done.set_result(answers)
+
+
+def _raising(exc: BaseException) -> Callable[[], list[Answer]]:
+    def finish() -> list[Answer]:
+        raise exc
+
+    return finish
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from core.config import get_settings
 from core.heartbeats import queue_depth, redis_client
 from core.jobs.predictions import Prediction
-from engine.runners.base import Progress
+from engine.runners.base import Finish, Progress, start_predicting
 from worker import warm
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class InstrumentedRunner:
         return getattr(self._runner, name)
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        return self.start_predict(batch, progress)()
+
+    def start_predict(self, batch: Sequence[Any], progress: Progress | None = None) -> Finish:
         model = str(getattr(self._runner, "name", "?"))
         marked = [time.perf_counter(), 0]  # time of the last batch end, batches seen
 
@@ -71,19 +74,28 @@ class InstrumentedRunner:
                 progress(count)
 
         try:
-            predictions: list[Prediction] = self._runner.predict(batch, progress=timed_progress)
+            finish = start_predicting(self._runner, batch, timed_progress)
         except Exception as exc:
             ERRORS.labels(f"predict:{type(exc).__name__}").inc()
             raise
-        if not marked[1] and batch:
-            # A runner that reports no progress: the whole call was one batch.
-            BATCH_SIZE.labels(model).observe(len(batch))
-            BATCH_SECONDS.labels(model).observe(time.perf_counter() - marked[0])
-        failed = sum(1 for prediction in predictions if prediction.error is not None)
-        ITEMS.labels(model, "ok").inc(len(predictions) - failed)
-        if failed:
-            ITEMS.labels(model, "error").inc(failed)
-        return predictions
+
+        def finished() -> list[Prediction]:
+            try:
+                predictions = finish()
+            except Exception as exc:
+                ERRORS.labels(f"predict:{type(exc).__name__}").inc()
+                raise
+            if not marked[1] and batch:
+                # A runner that reports no progress: the whole call was one batch.
+                BATCH_SIZE.labels(model).observe(len(batch))
+                BATCH_SECONDS.labels(model).observe(time.perf_counter() - marked[0])
+            failed = sum(1 for prediction in predictions if prediction.error is not None)
+            ITEMS.labels(model, "ok").inc(len(predictions) - failed)
+            if failed:
+                ITEMS.labels(model, "error").inc(failed)
+            return predictions
+
+        return finished
 
 
 def instrument_loaded_runners() -> list[str]:

@@ -17,7 +17,7 @@ from core.config import Settings
 from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec
 from engine.runners import build_runner
-from engine.runners.base import Progress, Runner
+from engine.runners.base import Finish, Progress, Runner, start_predicting
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,18 @@ class SerializedRunner(Runner):
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         with self._lock:
             return self.runner.predict(batch, progress=progress)
+
+    def start_predict(self, batch: Sequence[Any], progress: Progress | None = None) -> Finish:
+        # Each step under the lock, not the time between: the chunk's next window is
+        # started between them (engine.scoring), on this runner, from the same thread.
+        with self._lock:
+            finish = start_predicting(self.runner, batch, progress)
+
+        def finished() -> list[Prediction]:
+            with self._lock:
+                return finish()
+
+        return finished
 
     def prefetch(self, batch: Sequence[Any]) -> None:
         # Outside the lock: preparing the next window overlaps the current forward pass;

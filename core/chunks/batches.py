@@ -11,6 +11,7 @@ leases that run out and are re-sent by the reconciler.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
@@ -146,8 +147,11 @@ def load_chunk_items(
         )
     )
     owner: dict[str, list[Chunk]] = {}
-    for c in batch:
+    for c in sorted(batch, key=lambda c: c.start):
         owner.setdefault(c.job_id, []).append(c)
+    # Each job's chunks by start, to find an item's chunk by bisection: a scan per item
+    # cost 0.16 s of 2.5 for a 20,000-item embedded job (issue 16).
+    starts = {job_id: [c.start for c in held] for job_id, held in owner.items()}
     loaded: dict[ChunkKey, list[tuple[int, InputItem]]] = {(c.job_id, c.index): [] for c in batch}
     query = (
         select(
@@ -162,7 +166,7 @@ def load_chunk_items(
         .order_by(items.c.job_id, items.c.index)
     )
     for job_id, index, item_id, text, data, error in conn.execute(query):
-        chunk = next(c for c in owner[job_id] if c.start <= index < c.stop)
+        chunk = owner[job_id][bisect_right(starts[job_id], index) - 1]
         item = InputItem(item_id=item_id, text=text, data=data, error=error)
         loaded[(chunk.job_id, chunk.index)].append((index, item))
     return loaded

@@ -16,6 +16,8 @@ from typing import Any
 from core.jobs.predictions import Prediction
 
 Progress = Callable[[int], None]
+# Finishes a started ``predict`` (:meth:`Runner.start_predict`): waits, returns its results.
+Finish = Callable[[], list[Prediction]]
 
 
 class ModelLoadError(RuntimeError):
@@ -53,12 +55,35 @@ class Runner(ABC):
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
         """One prediction per input, in order; ``progress(n)`` as batches finish."""
 
+    def start_predict(self, batch: Sequence[Any], progress: Progress | None = None) -> Finish:
+        """``predict`` in two steps: start it, and return the call that finishes it.
+
+        A runner whose device works apart from the CPU (a GPU, the stand-in) returns once
+        the forward passes are queued, so that its caller can start the next call's before
+        it finishes this one (top-k, rows) and the device never waits for Python
+        (``engine.scoring``). Calls are finished in the order they were started. Here: the
+        whole ``predict`` now.
+        """
+        predictions = self.predict(batch, progress)
+        return lambda: predictions
+
     def prefetch(self, batch: Sequence[Any]) -> None:  # noqa: B027  (optional hint)
         """The inputs of the next ``predict`` call, announced early: a runner may prepare
         them (tokenise) in the background while the current call runs. Never required."""
 
     def close(self) -> None:  # noqa: B027  (optional: most runners hold nothing to release)
         """Release what ``setup`` started (decode threads, sessions)."""
+
+
+def start_predicting(runner: Any, batch: Sequence[Any], progress: Progress | None = None) -> Finish:
+    """``runner.start_predict``, or for a runner that only has ``predict`` (a wrapper that
+    forwards other attributes to a runner it holds, as test and bench doubles do: forwarded,
+    ``start_predict`` would skip the wrapper's own ``predict``), ``predict`` now."""
+    if getattr(type(runner), "start_predict", None) is None:
+        predictions = runner.predict(batch, progress)
+        return lambda: predictions
+    finish: Finish = runner.start_predict(batch, progress)
+    return finish
 
 
 def top_k_predictions(labels: Sequence[str], scores: Any, k: int) -> list[Prediction]:

@@ -22,7 +22,7 @@ from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec, Task
 from engine.batching import plan_batches
 from engine.runners.activations import sigmoid, softmax
-from engine.runners.base import ModelLoadError, Progress, Runner, top_k_predictions
+from engine.runners.base import Finish, ModelLoadError, Progress, Runner, top_k_predictions
 from engine.runners.fast_tokens import Encode, fast_encoder
 from engine.runners.heads import read_head
 from engine.runners.hub import load_pretrained
@@ -283,7 +283,7 @@ class TransformersTextRunner(Runner):
     def _start_forward(self, features: dict[str, Any], embeddings: bool) -> Waiter:
         """Start one batch's forward pass; the call that waits for its rows.
 
-        On a GPU the pass is only queued (:meth:`_launch`), so :meth:`_run_sorted` pads the
+        On a GPU the pass is only queued (:meth:`_launch`), so :meth:`_start_sorted` pads the
         next batch while the device computes this one. On a CPU it runs now, in
         :meth:`_forward`.
         """
@@ -295,37 +295,41 @@ class TransformersTextRunner(Runner):
     def _run_sorted(
         self, texts: Sequence[str], progress: Progress | None, embeddings: bool = False
     ) -> np.ndarray:
-        """One output row per text, in input order, computed in length-sorted batches.
+        """One output row per text, in input order, computed in length-sorted batches."""
+        return self._start_sorted(texts, progress, embeddings)()
 
-        One batch runs behind the one being prepared: batch ``k + 1`` is padded and started
-        before the rows of batch ``k`` are waited for, so a device (a GPU, or the
-        stand-in's) always has the next batch queued while the CPU pads it. Each batch's
-        rows go into their places with one array assignment, not a Python assignment per
-        text.
+    def _start_sorted(
+        self, texts: Sequence[str], progress: Progress | None, embeddings: bool = False
+    ) -> Callable[[], np.ndarray]:
+        """Start the length-sorted batches of ``texts``; the call that waits for their rows.
+
+        Every batch is padded and started before any is waited for: a device (a GPU, or
+        the stand-in's) works on batch ``k`` while the CPU pads batch ``k + 1``, and once
+        the last is queued the caller may start the next call's batches before it waits
+        for these (:meth:`start_predict`). On a CPU the passes run here, one by one. Each
+        batch's rows go into their places with one array assignment, not a Python
+        assignment per text.
         """
         encoded, keys = self._encode(texts)
         lengths = [len(ids) for ids in encoded["input_ids"]]
-        outputs: np.ndarray | None = None
+        started = [
+            (batch, self._start_forward(self._tensors(encoded, keys, batch), embeddings))
+            for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
+        ]
 
-        def finish(batch: list[int], waiting: Waiter) -> None:
-            nonlocal outputs
-            rows = np.asarray(waiting())
-            if outputs is None:
-                outputs = np.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype)
-            outputs[batch] = rows
-            if progress is not None:
-                progress(len(batch))
+        def rows() -> np.ndarray:
+            outputs: np.ndarray | None = None
+            for batch, waiting in started:
+                done = np.asarray(waiting())
+                if outputs is None:
+                    outputs = np.empty((len(texts), *done.shape[1:]), dtype=done.dtype)
+                outputs[batch] = done
+                if progress is not None:
+                    progress(len(batch))
+            assert outputs is not None, "plan_batches covers every text"
+            return outputs
 
-        behind: tuple[list[int], Waiter] | None = None
-        for batch in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-            started = self._start_forward(self._tensors(encoded, keys, batch), embeddings)
-            if behind is not None:
-                finish(*behind)
-            behind = (batch, started)
-        if behind is not None:
-            finish(*behind)
-        assert outputs is not None, "plan_batches covers every text"
-        return outputs
+        return rows
 
     def embed(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
         """Mean-pooled, L2-normalised embeddings (encoder models only)."""
@@ -336,10 +340,17 @@ class TransformersTextRunner(Runner):
         return self._run_sorted(texts, progress, embeddings=True)
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        return self._predict_steps(batch, progress)()
+
+    def start_predict(self, batch: Sequence[Any], progress: Progress | None = None) -> Finish:
+        """Tokens, padding and every forward pass started; top-k when finished."""
+        return self._predict_steps(batch, progress)
+
+    def _predict_steps(self, batch: Sequence[Any], progress: Progress | None) -> Finish:
         if not self.labels:
             raise ValueError(f"model {self.name!r} is an encoder; it has no labels to predict")
         if not batch:
-            return []
-        rows = self._run_sorted([str(text) for text in batch], progress)
+            return list
+        rows = self._start_sorted([str(text) for text in batch], progress)
         k = min(self.spec.top_k, len(self.labels))
-        return top_k_predictions(self.labels, self.activation(rows), k)
+        return lambda: top_k_predictions(self.labels, self.activation(rows()), k)

@@ -177,11 +177,12 @@ def test_a_chunk_being_scored_stops_at_its_deadline_keeping_its_rows(engine: Eng
     assert report.reason == "job expired during the chunk"
     after = read(engine, job.id)
     assert after.status == JobStatus.EXPIRED
-    # The first window was committed before the third was scored; the second's write ran
-    # beside it (engine.window_writer) and may have met the deadline first; the third's
-    # never lands. Whatever landed, the counters say the same.
+    # Windows are predicted up to two ahead of their writes (engine.scoring, with the
+    # writer beside them: engine.window_writer), so the deadline may pass before the first
+    # or second write; the third window's write never lands. Whatever landed stays, and the
+    # counters say the same.
     rows = result_count(engine, job.id)
-    assert rows in (4, 8)
+    assert rows in (0, 4, 8)
     assert (after.succeeded, after.failed) == (rows, 0)
 
 

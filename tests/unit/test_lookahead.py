@@ -36,12 +36,14 @@ class RecordingRunner(Runner):
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.seen: list[list[str]] = []
         self.started = [threading.Event() for _ in range(64)]
 
     def setup(self, device: str = "cpu") -> None:
         pass
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        self.seen.append([str(text) for text in batch])
         self.calls.append((str(batch[0]), threading.current_thread().name))
         self.started[len(self.calls) - 1].set()
         if progress is not None:
@@ -161,3 +163,54 @@ def test_a_slow_windows_parts_are_checks_not_transactions(
     assert hi == 64 and lo <= sum(writes)
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(results)) == sum(writes)
+
+
+class StagedRunner(RecordingRunner):
+    """Starts a call's forward passes and finishes them later (``start_predict``), logging
+    both; a finish of a batch holding ``bad`` raises, as a device error surfaces at the wait."""
+
+    def __init__(self, bad: str = "") -> None:
+        super().__init__()
+        self.events: list[tuple[str, str]] = []
+        self.bad = bad
+
+    def start_predict(self, batch: Sequence[Any], progress: Progress | None = None) -> Any:
+        first = str(batch[0])
+        self.events.append(("start", first))
+
+        def finish() -> list[Prediction]:
+            self.events.append(("finish", first))
+            if len(batch) > 1 and self.bad in batch:
+                raise RuntimeError("device error")
+            return self.predict(batch, progress)
+
+        return finish
+
+
+def test_a_windows_forward_passes_start_before_the_window_before_is_finished(
+    engine: Engine,
+) -> None:
+    """The device gets window n + 1 before window n's top-k runs, and windows finish in the
+    order they started; a batch that fails at its finish costs only its bad input."""
+    inputs = [InputItem(item_id=str(i), text=f"text {i:03d}") for i in range(32)]
+    with engine.begin() as conn:
+        job = create_job(conn, SPEC, inputs, chunk_size=32)
+    runner = StagedRunner(bad="text 013")
+    run = scoring.score_jobs(
+        engine, runner, [scoring.JobItems(job.id, list(enumerate(inputs)))], write_batch_size=8
+    )
+    firsts = [f"text {i:03d}" for i in (0, 8, 16, 24)]
+    starts = [first for step, first in runner.events if step == "start" and first in firsts]
+    finishes = [first for step, first in runner.events if step == "finish"]
+    assert starts == firsts and finishes == firsts, "in window order"
+    for n in range(3):
+        started_next = runner.events.index(("start", firsts[n + 1]))
+        assert started_next < runner.events.index(("finish", firsts[n])), runner.events
+    assert (run.totals[job.id].succeeded, run.totals[job.id].failed) == (32, 0)
+    # The failed batch was retried one input at a time: every item scored, none twice.
+    singles = [batch for batch in runner.seen if len(batch) == 1]
+    assert sorted(text for batch in singles for text in batch) == [
+        f"text {i:03d}" for i in range(8, 16)
+    ]
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(results)) == 32

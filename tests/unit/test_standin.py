@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from core.models.registry import Backend, Registry, RegistryError
 from core.tables import results
 from engine import scoring
 from engine.runners import build_runner
+from engine.runners.base import Runner
 from engine.runners.standin import StandinTextRunner, standin_logits
 from engine.runners.transformers_text import TransformersTextRunner
 
@@ -223,8 +225,10 @@ def test_the_shipped_models_file_has_no_stand_in() -> None:
 def test_the_pipelined_fast_path_writes_what_the_plain_serial_path_writes(
     tiny_text_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Fast token path, tokenising ahead, array padding and background driver writes against
-    the tokenizer's own call, no prefetch and writes in the loop: the same rows."""
+    """Fast token path, tokenising ahead, array padding, a window's forward passes started
+    before the window before is finished and background driver writes, against the
+    tokenizer's own call, no prefetch, each window predicted whole and writes in the loop:
+    the same rows, scores equal to the bit."""
     inputs = [
         checked_text_item(f"r{i}", text, 100_000)
         for i, text in enumerate(
@@ -242,6 +246,8 @@ def test_the_pipelined_fast_path_writes_what_the_plain_serial_path_writes(
         if not fast:
             runner.fast_encode = None
             monkeypatch.setattr(runner, "prefetch", lambda batch: None)
+            # Runner's own start_predict: the whole predict at once, nothing left queued.
+            monkeypatch.setattr(runner, "start_predict", partial(Runner.start_predict, runner))
         monkeypatch.setattr(scoring, "writes_overlap", lambda _engine, on=fast: on)
         spec = _registry(tiny_text_model, backend="standin").get("m")
         with engine.begin() as conn:

@@ -227,7 +227,8 @@ def test_a_sibling_job_cancelled_mid_batch_stops_alone(engine: Engine) -> None:
 
     runner = FakeRunner(on_predict=cancel_the_second)
     # Windows of 4 rows: the first holds the delivery's own chunk; the second job is
-    # cancelled during it, so its window never reaches the model.
+    # cancelled during it. Its window reaches the model only if it was started before
+    # (two windows run at once: engine.scoring.WINDOWS_IN_FLIGHT); it is never written.
     report = work_on_chunk(
         engine, settings(write_batch_size=4), jobs[0].id, 0, {"fake": runner}.get
     )
@@ -236,7 +237,7 @@ def test_a_sibling_job_cancelled_mid_batch_stops_alone(engine: Engine) -> None:
         (jobs[1].id, ChunkOutcome.CANCELLED),
         (jobs[2].id, ChunkOutcome.DONE),
     ]
-    assert [len(call) for call in runner.calls] == [4, 4]
+    assert [len(call) for call in runner.calls] in ([4, 4], [4, 4, 4])
     assert chunk_state(engine, jobs[1].id) == ("cancelled", 1)
     assert result_rows(engine, jobs[1].id) == []
     assert job_of(engine, jobs[2].id).status == JobStatus.COMPLETED
