@@ -220,7 +220,14 @@ def score_jobs(
     # Images (no length) and equal lengths keep index order.
     windows = scoring_windows(everything, pending, write_batch_size, _text_length)
     # Parts of a window exist to ask ``should_yield`` between them: without it, none.
-    pacer = WindowPacer(runner, windows, window_s, _text_length, split=should_yield is not None)
+    pacer = WindowPacer(
+        runner,
+        windows,
+        window_s,
+        _text_length,
+        split=should_yield is not None,
+        least_windows=WINDOWS_IN_FLIGHT,
+    )
     reuse = PredictionReuse(
         engine,
         runner,

@@ -195,3 +195,19 @@ def test_a_fast_models_windows_are_merged_up_to_window_s() -> None:
     assert all(not isinstance(w, WindowPart) for w in windows)
     assert [e for w in windows for e in w] == [e for w in before for e in w]
     assert all(_PACE[runner] * pacer.cost(w) <= 0.5 or w in before for w in windows)
+
+
+def test_merged_windows_leave_a_call_at_least_least_windows() -> None:
+    """However fast the pace, a call of several windows keeps ``least_windows`` of them,
+    so that one window's forward pass overlaps another's top-k, rows and write."""
+    from engine.window_order import WindowPacer
+
+    everything = entries([20] * 64)
+    runner = FastRunner()
+    _PACE[runner] = 1e-9  # everything would fit in one window
+    for least, most in ((1, 64), (2, 32), (3, 22)):
+        windows = scoring_windows(everything, everything, 8, length)
+        pacer = WindowPacer(runner, windows, 0.5, length, least_windows=least)  # type: ignore[arg-type]
+        pacer.plan_through(len(windows))
+        assert max(map(len, windows)) <= most and len(windows) >= least, (least, windows)
+        assert sorted(e[1] for w in windows for e in w) == list(range(64))
