@@ -61,9 +61,9 @@ class InputRecord(BaseModel):
 
 PRIORITY_DESCRIPTION = (
     "`high`, `normal` (default) or `low`: workers take higher levels first, and share each "
-    "level round-robin across API keys and their jobs. A job waiting `priority_aging_s` "
-    "(default 10 min) climbs a level, so low jobs never starve. Schedules' jobs default to "
-    "`low`."
+    "level across API keys by the worker time each has had, then across a key's jobs. A "
+    "job waiting `priority_aging_s` (default 10 min) climbs a level, so low jobs never "
+    "starve. Schedules' jobs default to `low`."
 )
 
 
@@ -161,8 +161,8 @@ class QueueInfo(BaseModel):
     runs_on: str = Field(description="The model whose workers run the job.")
     chunks_ahead: int = Field(
         description="Chunks of other jobs of the same model to be run before this job's next "
-        "chunk, in the fair order (higher priority first, then round-robin across keys and "
-        "jobs), if nothing more urgent arrives."
+        "chunk, in the fair order (higher priority first, then across keys by worker time had "
+        "and across a key's jobs), if nothing more urgent arrives."
     )
     worker_live: bool | None = Field(
         description="Whether a worker serving the model has a live heartbeat (null: the "

@@ -65,7 +65,7 @@ def submit(
         Priority.NORMAL,
         "--priority",
         help="high, normal or low: workers take higher levels first, and share a level "
-        "round-robin across keys and jobs.",
+        "across keys by the worker time each has had, then across a key's jobs.",
     ),
     no_cache: bool = NO_CACHE,
     text_column: str | None = TEXT_COLUMN,

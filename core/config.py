@@ -125,7 +125,8 @@ class Settings(BaseSettings):
         default=True,
         description=(
             "A delivered chunk message claims the fairest queued chunk of its model "
-            "(priority, then round-robin across keys and jobs) instead of the one it names; "
+            "(priority, then the key with the least worker time, then its jobs) instead of the "
+            "one it names; "
             "false: first in, first out."
         ),
     )

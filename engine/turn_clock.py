@@ -45,8 +45,8 @@ class WorkerTime:
 
 
 class TurnClock:
-    """``should_yield`` for a chunk of ``job_id``: charges the window's worker time, and
-    says True once the job's turn is over (counted from the claim that opened it: a chunk
+    """``should_yield`` for a chunk of ``job_id``: charges worker time once the turn is over,
+    and says True once the job's turn is over (counted from the claim that opened it: a chunk
     that continues a turn gets what is left of it) and a queued chunk of a job ranked before
     it waits. Nothing during the turn; once it is over, an indexed probe per check for
     another job's queued chunk, and only if there is one (or a slice has passed since the
