@@ -80,8 +80,7 @@ def start_predicting(runner: Any, batch: Sequence[Any], progress: Progress | Non
     forwards other attributes to a runner it holds, as test and bench doubles do: forwarded,
     ``start_predict`` would skip the wrapper's own ``predict``), ``predict`` now."""
     if getattr(type(runner), "start_predict", None) is None:
-        predictions = runner.predict(batch, progress)
-        return lambda: predictions
+        return Runner.start_predict(runner, batch, progress)  # its predict, now
     finish: Finish = runner.start_predict(batch, progress)
     return finish
 
