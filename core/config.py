@@ -100,6 +100,16 @@ class Settings(BaseSettings):
     # 256 on review-like texts and halves the tasks, while a CPU worker still finishes a chunk
     # in seconds, so several workers share any job of a few thousand items (bench/).
     chunk_size: int = Field(default=512, ge=1, description="Items per worker task.")
+    chunk_claim_s: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "A service worker that knows its model's pace claims a chunk together with the "
+            "queued chunks after it in its job, up to about this many seconds of work (and "
+            "half of those queued, so other workers find the rest), and scores them in one "
+            "pipeline instead of filling and draining it per chunk. 0: one chunk per claim."
+        ),
+    )
     cross_job_batching: bool = Field(
         default=True,
         description=(

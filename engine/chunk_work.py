@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from dataclasses import replace
+from time import monotonic
 
 from sqlalchemy import Engine
 
@@ -35,6 +36,7 @@ from core.chunks.claim import (
     delivery_state,
 )
 from core.chunks.fair import Fairness, claim_fairest, stamp_served
+from core.chunks.runs import take_following
 from core.chunks.split import hand_back, split_exhausted
 from core.config import Settings
 from core.jobs.lifecycle import Chunk, load_items, mark_running
@@ -43,6 +45,7 @@ from core.jobs.results import ScoredItem, scored_indexes
 from core.jobs.retry_marks import pending_retries, write_scored
 from core.jobs.status import ChunkStatus, JobDriver, JobStatus
 from core.queues import ChunkSend
+from engine.claim_pace import items_within, record_claim
 from engine.cross_job import gather_siblings
 from engine.delivery import (
     BatchedChunk,
@@ -131,6 +134,10 @@ def work_on_chunk(
             if claim.chunk.job_id != job_id:
                 state = delivery_state(conn, claim.chunk.job_id, claim.chunk.index)
                 assert state is not None  # claimed in this transaction
+            if driver.kind == JobDriver.SERVICE and not state.training:
+                # A fast model takes the chunks after this one with it (core.chunks.runs).
+                most = items_within(runner, settings.chunk_claim_s)
+                claim = take_following(conn, claim, most, lease_s=settings.chunk_lease_s)
     if not claim.claimed:
         return _unclaimed(engine, claim, driver.send)
     assert claim.chunk is not None
@@ -302,6 +309,7 @@ def _score_claimed(
             with engine.connect() as conn:
                 return active_jobs(conn, job_ids)
 
+        started = monotonic()
         with engine.connect() as conn:
             loaded = load_chunk_items(conn, batch)
         run = score_jobs(
@@ -315,6 +323,8 @@ def _score_claimed(
             window_s=settings.fair_window_s,
         )
     totals, stopped = run.totals, run.stopped
+    scored = sum(total.succeeded + total.failed for total in totals.values())
+    record_claim(runner, scored, monotonic() - started)
     if run.yielded:
         assert yield_on is not None  # only a chunk that may yield has yielded
         rest = run.yielded[first.chunk.job_id]

@@ -230,8 +230,9 @@ def _why_not(
     job_status = job.status
     chunk = Chunk(job_id, index, row.start, row.stop)
     status = ChunkStatus(row.status)
-    # SPLIT: its items moved to new chunks (core.chunks.split); this one is finished too.
-    if status in (ChunkStatus.DONE, ChunkStatus.SPLIT):
+    # SPLIT, MERGED: its items moved to new chunks (core.chunks.split, core.chunks.runs);
+    # this one is finished too.
+    if status in (ChunkStatus.DONE, ChunkStatus.SPLIT, ChunkStatus.MERGED):
         return Claim(ClaimOutcome.DONE, chunk, row.attempts)
     # Before the chunk's own status: expiring a job cancels its queued chunks.
     if job_status == JobStatus.EXPIRED.value or expire_job(conn, job_id, now=now):

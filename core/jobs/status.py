@@ -44,3 +44,6 @@ class ChunkStatus(StrEnum):
     # Out of attempts with more than one item unscored: its items moved to two new chunks
     # (core.chunks.split), so a poison item is found by bisection instead of failing the chunk.
     SPLIT = "split"
+    # Taken with the chunks around it by one claim of a fast model: its items moved to the
+    # new chunk that holds them all (core.chunks.runs).
+    MERGED = "merged"

@@ -100,8 +100,14 @@ def service(tmp_path_factory: pytest.TempPathFactory, models_file: Path) -> Iter
     heartbeat = tmp / "worker.alive"
     with fresh_postgres_database() as pg_url, flushed_redis() as redis_url:
         upgrade(pg_url)
+        # One chunk per claim: these tests follow each chunk a message names (its row, its
+        # log line); claims of runs of chunks have a test of their own, with their own worker.
         env = worker_env(
-            pg_url, redis_url, models_file, BULKSCORE_WORKER_HEARTBEAT_FILE=str(heartbeat)
+            pg_url,
+            redis_url,
+            models_file,
+            BULKSCORE_WORKER_HEARTBEAT_FILE=str(heartbeat),
+            BULKSCORE_CHUNK_CLAIM_S="0",
         )
         app = producer(redis_url)
         with running_worker(["--models", MODEL], env, tmp / "worker-a.log") as worker:
@@ -240,6 +246,50 @@ def test_two_workers_share_one_job(service: Service) -> None:
     assert first_done and second_done, (first_done, second_done)
     assert sorted(first_done + second_done) == list(range(12)), "each chunk scored exactly once"
     assert service.result_count(job.id) == 480
+
+
+def test_a_worker_that_knows_its_pace_claims_runs_of_chunks_and_scores_each_item_once(
+    service: Service, tiny_text_model: Path
+) -> None:
+    # Its own model name (and so its own queue), so the module's worker cannot take it.
+    models = write_models_file(
+        service.tmp / "runs-models.toml",
+        {
+            "tiny-runs": {
+                "task": "text-classification",
+                "backend": "transformers",
+                "source": str(tiny_text_model),
+                "max_batch_size": 8,
+            }
+        },
+    )
+    env = {**service.env, "BULKSCORE_MODELS": str(models), "BULKSCORE_CHUNK_CLAIM_S": "30"}
+    spec = Registry.load(models).get("tiny-runs")
+
+    def create(count: int, chunk_size: int) -> Job:
+        inputs = [InputItem(item_id=f"r{i}", text=t) for i, t in enumerate(sample_texts(count))]
+        with service.engine.begin() as conn:
+            return create_job(conn, spec, inputs, chunk_size=chunk_size)
+
+    warm_up, job = create(64, 64), create(800, 50)  # the job: 16 chunks
+    with running_worker(["--models", "tiny-runs"], env, service.tmp / "worker-runs.log") as worker:
+        # Its first claim measures the model's pace; the job's claims then take runs.
+        send_chunks(service.producer, warm_up.id, "tiny-runs", [0])
+        service.wait_status(warm_up.id, JobStatus.COMPLETED)
+        send_chunks(service.producer, job.id, "tiny-runs", range(16))
+        service.wait_status(job.id, JobStatus.COMPLETED)
+        # Messages of merged chunks find them finished.
+        worker.wait_for(rf"chunk \d+ of job {job.id} skipped by .*chunk already done")
+    rows = [row._mapping for row in service.chunk_rows(job.id)]
+    runs = [row for row in rows if row["index"] >= 16]
+    merged = [row for row in rows if row["status"] == "merged"]
+    # Chunk 0 and half of the 15 after it (8) are one run; then half of the rest, and so on.
+    assert runs and (runs[0]["start"], runs[0]["stop"]) == (0, 450), rows
+    assert all((row["status"], row["attempts"]) == ("done", 1) for row in runs), rows
+    assert len(merged) == sum((row["stop"] - row["start"]) // 50 for row in runs), rows
+    assert service.result_count(job.id) == 800
+    final = service.job(job.id)
+    assert (final.succeeded, final.failed) == (800, 0), "counters must not count a row twice"
 
 
 def test_a_cancelled_job_scores_no_further_chunks(service: Service) -> None:
