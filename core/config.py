@@ -105,9 +105,10 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "A service worker that knows its model's pace claims a chunk together with the "
-            "queued chunks after it in its job, up to about this many seconds of work (and "
-            "half of those queued, so other workers find the rest), and scores them in one "
-            "pipeline instead of filling and draining it per chunk. 0: one chunk per claim."
+            "queued chunks after it in its job, up to about this many seconds of work and a "
+            "1/n share of those queued (n: the model's live workers, so each other worker "
+            "finds its share), and scores them in one pipeline instead of filling and "
+            "draining it per chunk. 0: one chunk per claim."
         ),
     )
     cross_job_batching: bool = Field(

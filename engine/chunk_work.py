@@ -137,7 +137,10 @@ def work_on_chunk(
             if driver.kind == JobDriver.SERVICE and not state.training:
                 # A fast model takes the chunks after this one with it (core.chunks.runs).
                 most = items_within(runner, settings.chunk_claim_s)
-                claim = take_following(conn, claim, most, lease_s=settings.chunk_lease_s)
+                workers = driver.workers_for(state.runs_on) if driver.workers_for else None
+                claim = take_following(
+                    conn, claim, most, lease_s=settings.chunk_lease_s, workers=workers or 2
+                )
     if not claim.claimed:
         return _unclaimed(engine, claim, driver.send)
     assert claim.chunk is not None

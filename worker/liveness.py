@@ -14,7 +14,9 @@ Then the worker is stalled: it says so, removes its heartbeats and exits with
 Kubernetes) starts a fresh one. Exiting is safe: a stalled worker holds no unacked message.
 
 While it is not stalled the thread refreshes ``bulkscore:heartbeat:<model>:<hostname>``
-(``core.heartbeats``) with a TTL, which ``/readyz`` reads.
+(``core.heartbeats``) with a TTL, which ``/readyz`` reads, and counts the live heartbeats of
+every model (:func:`workers_serving`): a claim of a run of chunks leaves each other worker
+of its model a share of the job (``core.chunks.runs``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from celery import bootsteps
 from celery.signals import task_postrun, task_prerun, task_received, worker_shutdown
 
 from core.config import get_settings
-from core.heartbeats import clear_heartbeats, queue_depth, redis_client, write_heartbeats
+from core.heartbeats import (
+    clear_heartbeats,
+    queue_depth,
+    redis_client,
+    workers_by_model,
+    write_heartbeats,
+)
 from worker import warm
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,15 @@ class StallClock:
         if self.waiting_since is None:
             self.waiting_since = now
         return now - max(self.waiting_since, self.last_activity) > self.stall_s
+
+
+# Live workers per model, as the last check counted them (empty until it has).
+_WORKERS: dict[str, int] = {}
+
+
+def workers_serving(model: str) -> int | None:
+    """How many workers have a live heartbeat for ``model``; None until a check counted."""
+    return _WORKERS.get(model)
 
 
 def check_interval_s(stall_s: float) -> float:
@@ -110,14 +127,21 @@ class Watchdog:
             try:
                 detail = {"pid": os.getpid(), "queues": self.queues}
                 write_heartbeats(self.client, self.models, self.hostname, self.ttl_s, detail)
+                counted = workers_by_model(self.client)
+                _WORKERS.clear()
+                _WORKERS.update(counted)
             except Exception:
                 log.debug("could not write the worker heartbeat", exc_info=True)
         return stalled
 
     def _run(self) -> None:
-        while not self.stopped.wait(self.interval_s):
+        # The first check at once: the heartbeats (and the count of the model's workers)
+        # from the start, not one interval later.
+        while True:
             if self.check():
                 self._exit_stalled()
+            if self.stopped.wait(self.interval_s):
+                return
 
     def _exit_stalled(self) -> None:
         log.error(

@@ -21,6 +21,7 @@ from engine.delivery import ChunkAttemptError, ChunkOutcome, ChunkReport, Driver
 from worker import warm
 from worker.celery_app import app
 from worker.health import HEARTBEAT
+from worker.liveness import workers_serving
 from worker.training_task import training_backbone
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,15 @@ log = logging.getLogger(__name__)
 INFRA_RETRIES = 10
 MAX_BACKOFF_S = 60
 
-# This process's warm models, its liveness heartbeat, its app for the split chunks, and the
-# backbones it trains heads on (training chunks of the bases it serves).
+# This process's warm models, its liveness heartbeat, its app for the split chunks, the
+# backbones it trains heads on (training chunks of the bases it serves), and how many
+# workers share each model's chunks.
 DRIVER = Driver(
     runner_for=warm.get_runner,
     progress=lambda _count: HEARTBEAT.touch(),
     send=chunk_sender(app),
     backbone_for=lambda base: training_backbone(base, get_settings()),
+    workers_for=workers_serving,
 )
 
 

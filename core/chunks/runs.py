@@ -20,8 +20,9 @@ a hand-back or a bisection of the new chunk works as for any chunk.
 Bounds, so that a run never costs what it saves elsewhere:
 - only a first attempt is extended: a chunk that failed before stays small, so that its
   poison item is bisected in a few steps;
-- at most half of the job's queued chunks (rounded up) are taken: with a second worker on
-  the model, it finds the other half waiting, and a big job spreads over workers;
+- at most a ``1 / workers`` share of the job's queued chunks (rounded up) is taken, where
+  ``workers`` is how many serve the model (live heartbeats; 2 while unknown): each other
+  worker finds its share waiting, and a big job spreads over them;
 - only contiguous chunks never attempted, locked ``FOR UPDATE SKIP LOCKED``: a chunk
   another worker is claiming is skipped, and the run stops at the gap it leaves.
 """
@@ -46,12 +47,13 @@ def take_following(
     most_items: int,
     *,
     lease_s: float,
+    workers: int = 2,
     now: datetime | None = None,
 ) -> Claim:
     """Extend ``claim`` (just taken, in this transaction) with the queued chunks after it
-    in its job, to at most ``most_items`` items; the claim of the chunk that now holds
-    them, or ``claim`` itself when there is nothing to take. Call inside the claim's
-    transaction."""
+    in its job, to at most ``most_items`` items and a ``1 / workers`` share of those
+    queued; the claim of the chunk that now holds them, or ``claim`` itself when there is
+    nothing to take. Call inside the claim's transaction."""
     chunk = claim.chunk
     if chunk is None or claim.attempts != 1 or most_items <= chunk.stop - chunk.start:
         return claim
@@ -69,7 +71,7 @@ def take_following(
         select(chunks.c.index, chunks.c.start, chunks.c.stop)
         .where(after)
         .order_by(chunks.c.start)
-        .limit(math.ceil(waiting / 2))
+        .limit(math.ceil(waiting / max(workers, 1)))
         .with_for_update(skip_locked=True)
     ).all()
     taken: list[int] = []

@@ -118,6 +118,17 @@ def test_a_claim_takes_contiguous_queued_chunks_up_to_its_items_and_half_the_res
     assert rows[10] == (10, 0, 12, "running", 1)
 
 
+@pytest.mark.parametrize(("workers", "stop"), [(1, 20), (3, 8), (9, 4)])
+def test_a_claim_leaves_each_other_worker_of_the_model_its_share(
+    engine: Engine, workers: int, stop: int
+) -> None:
+    job = new_job(engine, 20, chunk_size=2)  # chunks 0..9: nine wait after chunk 0
+    with engine.begin() as conn:
+        claim = claim_chunk(conn, job.id, 0, lease_s=60, max_attempts=3)
+        claim = take_following(conn, claim, 100, lease_s=60, workers=workers)
+    assert claim.chunk is not None and (claim.chunk.start, claim.chunk.stop) == (0, stop)
+
+
 def test_the_run_stops_at_its_items_and_at_a_chunk_taken_elsewhere(engine: Engine) -> None:
     job = new_job(engine, 20, chunk_size=2)
     # Items: chunk 0 and one more fit in 5.
