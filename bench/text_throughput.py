@@ -18,6 +18,8 @@ from typing import Any
 
 from common import Row, bench_texts, bench_workdir, build_distilbert_base, print_table, timed
 
+from core.gc_tuning import tune_gc
+
 ONCE = "pipeline once per text"
 BATCH32 = "pipeline(texts, batch_size=32), arrival order"
 TUTORIAL = "tutorial Celery: task per text, prefork x2, Redis results"
@@ -211,6 +213,7 @@ def main() -> None:
         "--repeat", type=int, default=2, help="Runs per row; the fastest is kept (default 2)."
     )
     args = parser.parse_args()
+    tune_gc()  # as every `bulkscore` command's process does (cli/main.py)
     repeat = args.repeat
 
     import torch

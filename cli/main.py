@@ -26,6 +26,7 @@ from cli.schedules_commands import beat, schedules_app
 from cli.score_command import score
 from cli.train_command import train
 from cli.worker_command import worker
+from core.gc_tuning import tune_gc
 from core.settings_errors import SettingsError
 
 hide_flag_types()
@@ -80,6 +81,8 @@ def main(
     ),
 ) -> None:
     """Score large batches of texts and images with pretrained models."""
+    # Every command's process, the worker's and the API's included (core.gc_tuning).
+    tune_gc()
 
 
 app.command("score")(score)
