@@ -47,6 +47,13 @@ RUNS_PER_WINDOW = 4
 # held at once, two windows deep; at the GPU rate of bench/README.md (26,000 texts/s) a
 # 0.4 s window would hold ~10,000.
 MAX_WINDOW_ITEMS = 8192
+# A call's pipeline fills for its first window (tokenised before the first forward pass
+# starts) and drains for its last (forward passes and writes after the last tokens): with
+# windows of ``window_s`` a call of a few windows ran its stages one after the other for
+# two of them. So merged windows ramp up, the first at ``window_s`` / 2**RAMP_STEPS, each
+# next one twice the one before, and shrink at the end (each holds at most a share of the
+# entries left, ``least_windows``).
+RAMP_STEPS = 3
 
 
 def balanced_order(counts: Sequence[int], costs: Sequence[float]) -> list[int]:
@@ -197,13 +204,15 @@ class WindowPacer:
         self.split = split
         self.last = monotonic()
         self.sized = 0  # windows before this position are sized already
-        # A merged window holds at most this many entries: with ``least_windows``, a call
-        # stays that many windows, so that one window's forward pass runs beside the
-        # other's top-k, rows and write (a service chunk of 512 texts merged whole ran its
-        # stages one after the other: 2,600-2,800 texts/s at the stand-in's tokenizer rate,
-        # 3,700-4,000 in two windows; at 0, where the pass is free, 10% slower).
-        entries = sum(len(window) for window in windows)
-        self.most = max(1, min(MAX_WINDOW_ITEMS, math.ceil(entries / least_windows)))
+        self.before = 0  # the entries of those windows
+        self.entries = sum(len(window) for window in windows)
+        # A merged window holds at most ``1 / least_windows`` of the entries left from it
+        # to the end: a call stays at least that many windows, so that one window's forward
+        # pass runs beside the other's top-k, rows and write (a service chunk of 512 texts
+        # merged whole ran its stages one after the other: 2,600-2,800 texts/s at the
+        # stand-in's tokenizer rate, 3,700-4,000 in two windows), and a call's last windows
+        # shrink (RAMP_STEPS).
+        self.least_windows = max(1, least_windows)
 
     def cost(self, window: Sequence[Entry]) -> float:
         return sum(self.length(entry) + ITEM_COST for entry in window)
@@ -232,6 +241,7 @@ class WindowPacer:
         """Merge every window up to position ``last`` not yet merged, in order, once."""
         while self.sized <= last and self.sized < len(self.windows):
             self._merge(self.sized)
+            self.before += len(self.windows[self.sized])
             self.sized += 1
 
     def _merge(self, position: int) -> None:
@@ -243,13 +253,17 @@ class WindowPacer:
         window = self.windows[position]
         if isinstance(window, WindowPart):
             return  # a part of a window already cut
+        # The first windows ramp up to ``window_s`` and the last ones shrink (RAMP_STEPS).
+        budget = self.window_s * 0.5 ** max(RAMP_STEPS - position, 0)
+        left = self.entries - self.before
+        most = min(MAX_WINDOW_ITEMS, max(1, math.ceil(left / self.least_windows)))
         cost = self.cost(window)
         end = position + 1
         merged = list(window)
         while end < len(self.windows) and not isinstance(self.windows[end], WindowPart):
             following = self.windows[end]
             more = self.cost(following)
-            if pace * (cost + more) > self.window_s or len(merged) + len(following) > self.most:
+            if pace * (cost + more) > budget or len(merged) + len(following) > most:
                 break
             merged.extend(following)
             cost += more
@@ -269,7 +283,10 @@ class WindowPacer:
         cost = self.cost(window)
         parts = min(math.ceil(pace * cost / self.window_s), len(window))
         if pace * cost > 1.5 * self.window_s and parts > 1:
-            self.windows[position : position + 1] = self._cut(window, parts)
+            cut = self._cut(window, parts)
+            self.windows[position : position + 1] = cut
+            if position < self.sized:  # the windows sized already keep their positions
+                self.sized += len(cut) - 1
 
     def _cut(self, window: list[Entry], parts: int) -> list[list[Entry]]:
         """``window`` in ``parts`` consecutive stretches of about equal cost."""

@@ -8,7 +8,14 @@ import random
 
 from core.inputs.items import InputItem
 from engine.reuse import Entry
-from engine.window_order import _PACE, ITEM_COST, WindowPart, balanced_order, scoring_windows
+from engine.window_order import (
+    _PACE,
+    ITEM_COST,
+    RAMP_STEPS,
+    WindowPart,
+    balanced_order,
+    scoring_windows,
+)
 
 
 def entries(lengths: list[int], job_id: str = "job") -> list[Entry]:
@@ -185,16 +192,42 @@ def test_a_fast_models_windows_are_merged_up_to_window_s() -> None:
     per_window = pacer.cost(before[0])
     # A pace at which four of the first windows fit in window_s, five do not.
     _PACE[runner] = 0.5 / (per_window * 4.5)
-    pacer.plan_through(0)
+    # The first RAMP_STEPS windows ramp up to window_s (the next test): from the fourth on,
+    # windows are merged up to window_s.
+    pacer.plan_through(RAMP_STEPS)
     assert len(windows) < len(before)
     assert [e for w in windows for e in w] == [e for w in before for e in w], "same order"
-    merged = next(k for k in range(1, len(before)) if sum(map(len, before[:k])) == len(windows[0]))
+    start = sum(map(len, windows[:RAMP_STEPS]))
+    ends = [sum(map(len, before[:k])) for k in range(len(before) + 1)]
+    merged = ends.index(start + len(windows[RAMP_STEPS])) - ends.index(start)
     assert merged >= 3, "several windows joined"
-    assert _PACE[runner] * pacer.cost(windows[0]) <= 0.5
+    assert _PACE[runner] * pacer.cost(windows[RAMP_STEPS]) <= 0.5
     pacer.plan_through(len(before))
     assert all(not isinstance(w, WindowPart) for w in windows)
     assert [e for w in windows for e in w] == [e for w in before for e in w]
     assert all(_PACE[runner] * pacer.cost(w) <= 0.5 or w in before for w in windows)
+
+
+def test_merged_windows_ramp_up_at_a_calls_start_and_shrink_at_its_end() -> None:
+    """The pipeline fills for a call's first window and drains for its last: the first
+    windows are merged to window_s / 8, / 4, / 2, then window_s, and none holds more than
+    half the entries left from it to the end."""
+    from engine.window_order import WindowPacer
+
+    everything = entries([20] * 4096)
+    runner = FastRunner()
+    windows = scoring_windows(everything, everything, 8, length)
+    pacer = WindowPacer(runner, windows, 0.8, length, least_windows=2)  # type: ignore[arg-type]
+    # 0.8 s holds 1,600 entries: the ramp's windows hold 200, 400 and 800.
+    _PACE[runner] = 0.8 / (pacer.cost(everything[:1]) * 1600)
+    pacer.plan_through(len(windows))
+    sizes = [len(window) for window in windows]
+    assert sizes[:4] == [200, 400, 800, 1344], sizes  # 1,344: half of the 2,688 left
+    left = len(everything)
+    for size in sizes:
+        assert size <= max(8, -(-left // 2)), sizes
+        left -= size
+    assert sizes[-1] <= 8 and sorted(e[1] for w in windows for e in w) == list(range(4096))
 
 
 def test_merged_windows_leave_a_call_at_least_least_windows() -> None:
