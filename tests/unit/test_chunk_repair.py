@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chunk_support import chunk_table, expire
 from sqlalchemy import Engine, select, update
 
 from core.chunks.claim import claim_chunk
@@ -67,28 +68,6 @@ def new_job(engine: Engine, texts: list[str], chunk_size: int) -> Job:
     inputs = [InputItem(item_id=f"r{i}", text=text) for i, text in enumerate(texts)]
     with engine.begin() as conn:
         return create_job(conn, SPEC, inputs, chunk_size=chunk_size)
-
-
-def chunk_table(engine: Engine, job_id: str) -> list[tuple[int, int, int, str, int]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                chunks.c.index, chunks.c.start, chunks.c.stop, chunks.c.status, chunks.c.attempts
-            )
-            .where(chunks.c.job_id == job_id)
-            .order_by(chunks.c.index)
-        )
-        return [tuple(row) for row in rows]
-
-
-def expire(engine: Engine, job_id: str, index: int) -> None:
-    """The worker holding the chunk died: its lease is in the past."""
-    with engine.begin() as conn:
-        conn.execute(
-            update(chunks)
-            .where(chunks.c.job_id == job_id, chunks.c.index == index)
-            .values(leased_until=utcnow() - timedelta(seconds=1))
-        )
 
 
 def deliver(engine: Engine, job_id: str, index: int) -> Any:

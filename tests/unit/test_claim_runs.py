@@ -7,16 +7,15 @@ a ``BaseException`` the chunk code does not catch, and an expired lease.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chunk_support import chunk_table, expire
 from sqlalchemy import Engine, func, select, update
 
 from core.chunks.claim import Claim, claim_chunk
 from core.chunks.runs import take_following
-from core.clock import utcnow
 from core.config import Settings
 from core.db import dispose_engines, get_engine
 from core.inputs.items import InputItem
@@ -74,18 +73,6 @@ def new_job(engine: Engine, count: int, chunk_size: int) -> Job:
         return create_job(conn, SPEC, inputs, chunk_size=chunk_size)
 
 
-def table(engine: Engine, job_id: str) -> list[tuple[int, int, int, str, int]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                chunks.c.index, chunks.c.start, chunks.c.stop, chunks.c.status, chunks.c.attempts
-            )
-            .where(chunks.c.job_id == job_id)
-            .order_by(chunks.c.index)
-        )
-        return [tuple(row) for row in rows]
-
-
 def claim_and_extend(engine: Engine, job_id: str, index: int, most: int) -> Claim:
     with engine.begin() as conn:
         claim = claim_chunk(conn, job_id, index, lease_s=60, max_attempts=3)
@@ -112,7 +99,7 @@ def test_a_claim_takes_contiguous_queued_chunks_up_to_its_items_and_half_the_res
     # worker finds the other four.
     assert claim.chunk is not None and claim.claimed and claim.attempts == 1
     assert (claim.chunk.index, claim.chunk.start, claim.chunk.stop) == (10, 0, 12)
-    rows = table(engine, job.id)
+    rows = chunk_table(engine, job.id)
     assert [row[3] for row in rows[:6]] == ["merged"] * 6
     assert [row[3] for row in rows[6:10]] == ["queued"] * 4
     assert rows[10] == (10, 0, 12, "running", 1)
@@ -200,14 +187,9 @@ def test_a_worker_dying_in_a_run_leaves_one_chunk_whose_retry_scores_the_rest(
     # Windows of 4 items: those before the crash are written, the rest is not.
     with pytest.raises(Crash):
         work_on_chunk(engine, settings(write_batch_size=4), job.id, 0, {"fake": dying}.get)
-    rows = table(engine, job.id)
+    rows = chunk_table(engine, job.id)
     assert rows[10][1:4] == (0, 24, "running")  # the run's chunk, still leased
-    with engine.begin() as conn:  # the lease runs out
-        conn.execute(
-            update(chunks)
-            .where(chunks.c.job_id == job.id, chunks.c.index == 10)
-            .values(leased_until=utcnow() - timedelta(seconds=1))
-        )
+    expire(engine, job.id, 10)  # the lease runs out
     # The lease sweep re-sends chunk 10; its retry is a second attempt: not extended.
     retry = CountingRunner()
     record_claim(retry, 1000, 1.0)
