@@ -510,7 +510,8 @@ def test_8_cancel_while_chunks_are_in_flight(service: Service) -> None:
     mid_job(service, job, 2400)
     cancelled = service.api.client.post(f"/v1/jobs/{job}/cancel", headers=bearer(service.api.key))
     assert cancelled.status_code == 200
-    untouched = [row[0] for row in service.chunk_rows(job) if row[4] == 0]
+    # Queued when the cancel committed: no claim takes them (nor a run, core.chunks.runs).
+    untouched = [row[0] for row in service.chunk_rows(job) if row[3] == "queued"]
     time.sleep(3)  # chunks in flight stop at their next write window
     service.check("8 cancel", [job])
     rows = service.chunk_rows(job)
@@ -521,9 +522,15 @@ def test_8_cancel_while_chunks_are_in_flight(service: Service) -> None:
     reported = cancelled.json()["counts"]
     assert (final["succeeded"], final["failed"]) == (reported["succeeded"], reported["failed"])
     assert service.rows(job) == reported["succeeded"] + reported["failed"]
-    assert untouched, "some chunks must not have started when the job was cancelled"
+    # Part-way: items were left unscored, and they stay so. (Chunks still queued at the
+    # cancel may be none: a worker that knows its model's pace claims runs of them.)
+    assert reported["succeeded"] + reported["failed"] < 2400, "the cancel must land part-way"
     assert all(row[3] == "cancelled" and row[4] == 0 for row in rows if row[0] in untouched)
-    assert all(row[3] in ("done", "cancelled") for row in rows)
+    # Chunks a run took (merged) moved their items to the run's chunk, done or cancelled
+    # like any other: every item lies in a chunk that ended.
+    assert all(row[3] in ("done", "cancelled", "merged") for row in rows)
+    ended = [(row[1], row[2]) for row in rows if row[3] in ("done", "cancelled")]
+    assert all(any(lo <= i < hi for lo, hi in ended) for i in range(2400))
 
 
 # -- 10, 11, 12: retry and resume under kill -9 ---------------------------------------------------
