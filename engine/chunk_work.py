@@ -139,7 +139,7 @@ def work_on_chunk(
                 most = items_within(runner, settings.chunk_claim_s)
                 workers = driver.workers_for(state.runs_on) if driver.workers_for else None
                 claim = take_following(
-                    conn, claim, most, lease_s=settings.chunk_lease_s, workers=workers or 2
+                    conn, claim, most, lease_s=settings.chunk_lease_s, workers=workers
                 )
     if not claim.claimed:
         return _unclaimed(engine, claim, driver.send)

@@ -41,7 +41,7 @@ class Driver:
     # Claim other jobs' queued chunks to score with a small one (the service only).
     cross_job: bool = True
     # How many workers serve a model (live heartbeats): a claim of a run of chunks leaves
-    # each of the others its share of the job (core.chunks.runs); None: unknown (2).
+    # each of the others its share of the job (core.chunks.runs); None: unknown.
     workers_for: Callable[[str], int | None] | None = None
     # The feature extractor a training job's base is trained on; None: this driver trains
     # nothing (it leaves training chunks to one that does).

@@ -21,8 +21,8 @@ Bounds, so that a run never costs what it saves elsewhere:
 - only a first attempt is extended: a chunk that failed before stays small, so that its
   poison item is bisected in a few steps;
 - at most a ``1 / workers`` share of the job's queued chunks (rounded up) is taken, where
-  ``workers`` is how many serve the model (live heartbeats; 2 while unknown): each other
-  worker finds its share waiting, and a big job spreads over them;
+  ``workers`` is how many serve the model (live heartbeats; ``UNKNOWN_WORKERS`` while
+  unknown): each other worker finds its share waiting, and a big job spreads over them;
 - only contiguous chunks never attempted, locked ``FOR UPDATE SKIP LOCKED``: a chunk
   another worker is claiming is skipped, and the run stops at the gap it leaves.
 """
@@ -40,6 +40,10 @@ from core.jobs.lifecycle import append_chunks
 from core.jobs.status import ChunkStatus
 from core.tables import chunks
 
+# The share of a job's queued chunks a run takes while nobody has counted the model's
+# workers: half, as if one other worker were there.
+UNKNOWN_WORKERS = 2
+
 
 def take_following(
     conn: Connection,
@@ -47,13 +51,13 @@ def take_following(
     most_items: int,
     *,
     lease_s: float,
-    workers: int = 2,
+    workers: int | None = None,
     now: datetime | None = None,
 ) -> Claim:
     """Extend ``claim`` (just taken, in this transaction) with the queued chunks after it
-    in its job, to at most ``most_items`` items and a ``1 / workers`` share of those
-    queued; the claim of the chunk that now holds them, or ``claim`` itself when there is
-    nothing to take. Call inside the claim's transaction."""
+    in its job, to at most ``most_items`` items and a ``1 / workers`` share of those queued
+    (None: unknown, ``UNKNOWN_WORKERS``); the claim of the chunk that now holds them, or
+    ``claim`` itself when there is nothing to take. Call inside the claim's transaction."""
     chunk = claim.chunk
     if chunk is None or claim.attempts != 1 or most_items <= chunk.stop - chunk.start:
         return claim
@@ -71,7 +75,7 @@ def take_following(
         select(chunks.c.index, chunks.c.start, chunks.c.stop)
         .where(after)
         .order_by(chunks.c.start)
-        .limit(math.ceil(waiting / max(workers, 1)))
+        .limit(math.ceil(waiting / max(workers or UNKNOWN_WORKERS, 1)))
         .with_for_update(skip_locked=True)
     ).all()
     taken: list[int] = []
