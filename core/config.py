@@ -108,7 +108,8 @@ class Settings(BaseSettings):
             "queued chunks after it in its job, up to about this many seconds of work and a "
             "1/n share of those queued (n: the model's live workers, so each other worker "
             "finds its share), and scores them in one pipeline instead of filling and "
-            "draining it per chunk. 0: one chunk per claim."
+            "draining it per chunk; with fair claiming, at most fair_time_slice_s of work (a "
+            "turn). 0: one chunk per claim."
         ),
     )
     cross_job_batching: bool = Field(

@@ -135,8 +135,14 @@ def work_on_chunk(
                 state = delivery_state(conn, claim.chunk.job_id, claim.chunk.index)
                 assert state is not None  # claimed in this transaction
             if driver.kind == JobDriver.SERVICE and not state.training:
-                # A fast model takes the chunks after this one with it (core.chunks.runs).
-                most = items_within(runner, settings.chunk_claim_s)
+                # A fast model takes the chunks after this one with it (core.chunks.runs),
+                # with fair claiming no more than a turn's work: a turn's end is where
+                # another job may take the worker, and a longer run left that to the
+                # hand-back, a few windows late (a newcomer found a whole job's run ahead).
+                seconds = settings.chunk_claim_s
+                if fair:
+                    seconds = min(seconds, settings.fair_time_slice_s)
+                most = items_within(runner, seconds)
                 workers = driver.workers_for(state.runs_on) if driver.workers_for else None
                 claim = take_following(
                     conn, claim, most, lease_s=settings.chunk_lease_s, workers=workers

@@ -18,6 +18,8 @@ runs out like any other's (its rows so far are kept, the rest is scored by the r
 a hand-back or a bisection of the new chunk works as for any chunk.
 
 Bounds, so that a run never costs what it saves elsewhere:
+- with fair claiming, a run holds at most a turn's work (``fair_time_slice_s``): a turn's
+  end is where another job may take the worker (the caller sizes ``most_items``);
 - only a first attempt is extended: a chunk that failed before stays small, so that its
   poison item is bisected in a few steps;
 - at most a ``1 / workers`` share of the job's queued chunks (rounded up) is taken, where

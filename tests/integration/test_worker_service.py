@@ -263,7 +263,13 @@ def test_a_worker_that_knows_its_pace_claims_runs_of_chunks_and_scores_each_item
             }
         },
     )
-    env = {**service.env, "BULKSCORE_MODELS": str(models), "BULKSCORE_CHUNK_CLAIM_S": "30"}
+    # Runs of up to 30 s of work (and turns as long: with fair claiming a run holds a turn).
+    env = {
+        **service.env,
+        "BULKSCORE_MODELS": str(models),
+        "BULKSCORE_CHUNK_CLAIM_S": "30",
+        "BULKSCORE_FAIR_TIME_SLICE_S": "30",
+    }
     spec = Registry.load(models).get("tiny-runs")
 
     def create(count: int, chunk_size: int) -> Job:
