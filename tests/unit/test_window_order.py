@@ -5,13 +5,15 @@ keeps every stretch near the mean item rate, continued by a handed-back rest
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 from core.inputs.items import InputItem
 from engine.reuse import Entry
 from engine.window_order import (
     _PACE,
     ITEM_COST,
-    RAMP_STEPS,
+    RAMP_GROWTH,
+    RAMP_START,
     WindowPart,
     balanced_order,
     scoring_windows,
@@ -184,7 +186,7 @@ def test_a_fast_models_windows_are_merged_up_to_window_s() -> None:
     from engine.window_order import WindowPacer
 
     rng = random.Random(7)
-    everything = entries([rng.randint(5, 400) for _ in range(256)])
+    everything = entries([rng.randint(5, 400) for _ in range(1024)])
     runner = FastRunner()
     windows = scoring_windows(everything, everything, 16, length)
     before = [list(window) for window in windows]
@@ -192,16 +194,17 @@ def test_a_fast_models_windows_are_merged_up_to_window_s() -> None:
     per_window = pacer.cost(before[0])
     # A pace at which four of the first windows fit in window_s, five do not.
     _PACE[runner] = 0.5 / (per_window * 4.5)
-    # The first RAMP_STEPS windows ramp up to window_s (the next test): from the fourth on,
+    # The first windows ramp up to window_s (the next test): from the first at window_s on,
     # windows are merged up to window_s.
-    pacer.plan_through(RAMP_STEPS)
+    ramp = next(p for p in range(100) if RAMP_START * RAMP_GROWTH**p >= 1)
+    pacer.plan_through(ramp)
     assert len(windows) < len(before)
     assert [e for w in windows for e in w] == [e for w in before for e in w], "same order"
-    start = sum(map(len, windows[:RAMP_STEPS]))
+    start = sum(map(len, windows[:ramp]))
     ends = [sum(map(len, before[:k])) for k in range(len(before) + 1)]
-    merged = ends.index(start + len(windows[RAMP_STEPS])) - ends.index(start)
+    merged = ends.index(start + len(windows[ramp])) - ends.index(start)
     assert merged >= 3, "several windows joined"
-    assert _PACE[runner] * pacer.cost(windows[RAMP_STEPS]) <= 0.5
+    assert _PACE[runner] * pacer.cost(windows[ramp]) <= 0.5
     pacer.plan_through(len(before))
     assert all(not isinstance(w, WindowPart) for w in windows)
     assert [e for w in windows for e in w] == [e for w in before for e in w]
@@ -210,24 +213,31 @@ def test_a_fast_models_windows_are_merged_up_to_window_s() -> None:
 
 def test_merged_windows_ramp_up_at_a_calls_start_and_shrink_at_its_end() -> None:
     """The pipeline fills for a call's first window and drains for its last: the first
-    windows are merged to window_s / 8, / 4, / 2, then window_s, and none holds more than
-    half the entries left from it to the end."""
+    window is merged to window_s / 8, each next one to a quarter more than the one before
+    (window n + 1 is tokenised during window n's forward pass, so a faster growth leaves
+    the model waiting for tokens), up to window_s; none holds more than half the entries
+    left from it to the end."""
     from engine.window_order import WindowPacer
 
-    everything = entries([20] * 4096)
+    everything = entries([20] * 16384)
     runner = FastRunner()
     windows = scoring_windows(everything, everything, 8, length)
     pacer = WindowPacer(runner, windows, 0.8, length, least_windows=2)  # type: ignore[arg-type]
-    # 0.8 s holds 1,600 entries: the ramp's windows hold 200, 400 and 800.
+    # 0.8 s holds 1,600 entries: the first window holds 200.
     _PACE[runner] = 0.8 / (pacer.cost(everything[:1]) * 1600)
     pacer.plan_through(len(windows))
     sizes = [len(window) for window in windows]
-    assert sizes[:4] == [200, 400, 800, 1344], sizes  # 1,344: half of the 2,688 left
+    assert sizes[0] == 200, sizes
+    full = sizes.index(1600)
+    for smaller, larger in pairwise(sizes[: full + 1]):
+        # Whole windows of 8 are merged, up to a quarter more than the one before.
+        assert smaller < larger <= smaller * RAMP_GROWTH + 8, sizes
+    assert full == 10, sizes  # 200 * 1.25 ** 10 > 1,600
     left = len(everything)
     for size in sizes:
         assert size <= max(8, -(-left // 2)), sizes
         left -= size
-    assert sizes[-1] <= 8 and sorted(e[1] for w in windows for e in w) == list(range(4096))
+    assert sizes[-1] <= 8 and sorted(e[1] for w in windows for e in w) == list(range(16384))
 
 
 def test_merged_windows_leave_a_call_at_least_least_windows() -> None:
