@@ -62,20 +62,28 @@ def service_rows(
     repeat: int,
     entry: dict[str, object],
     label: str,
+    pairs: int = 0,
 ) -> list[Row]:
     """The service, two readings of the same runs: from the HTTP submit until the job is
     completed (every result written and readable: API -> Redis -> worker -> PostgreSQL),
-    and with every result also read back through the API (pages of 5,000)."""
+    and with every result also read back through the API (pages of 5,000). With ``pairs``,
+    as many more jobs, each divided by a tokenizer run just before it (as
+    :func:`paired_in_process`), their median printed."""
     from service_support import bench_models_file, running_service
 
     models = bench_models_file(workdir, model_dir, **entry)
     scored: Row | None = None
     read: Row | None = None
     name = f"service: API -> Redis -> 1 worker -> PostgreSQL, stand-in {label}"
+    texts = [r["text"] for r in records]
+    ratios = []
     with running_service(workdir, models) as service:
         service.start_workers(1)
         with service.client() as client:
-            for run in range(repeat + 1):
+            for run in range(repeat + 1 + pairs):
+                paired = run > repeat
+                if paired:
+                    tokenizer, _tokens = tokenizer_row(model_dir, texts, 1)
                 started = time.perf_counter()
                 job_id = service.submit(client, records)
                 service.wait_completed(client, job_id)
@@ -83,6 +91,9 @@ def service_rows(
                 rows = service.read_all(client, job_id)
                 ended = time.perf_counter()
                 assert len(rows) == len(records) and all(r["label"] for r in rows)
+                if paired:
+                    ratios.append(len(records) / (completed - started) / tokenizer.rate)
+                    continue
                 if not run:
                     continue  # warm-up: a new worker's first job pays first-time allocations
                 print(
@@ -94,8 +105,15 @@ def service_rows(
                     scored = Row(f"{name}, until completed", len(records), completed - started)
                 if read is None or ended - started < read.seconds:
                     read = Row(f"{name}, and read back", len(records), ended - started)
+    if ratios:
+        print_pairs(f"paired service, stand-in {label}, until completed", sorted(ratios))
     assert scored is not None and read is not None
     return [scored, read]
+
+
+def print_pairs(name: str, ratios: list[float]) -> None:
+    listed = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+    print(f"{name}: median {median(ratios):.2f} of {len(ratios)} ({listed})", flush=True)
 
 
 def standin_rows(
@@ -105,6 +123,7 @@ def standin_rows(
     repeat: int,
     tokens_per_s: float,
     label: str,
+    pairs: int = 0,
 ) -> list[Row]:
     entry: dict[str, object] = {"backend": "standin", "standin_tokens_per_s": tokens_per_s}
     in_process = bulkscore_in_process(
@@ -115,7 +134,7 @@ def standin_rows(
         entry=entry,
         name=f"bulkscore score (in-process, SQLite), stand-in {label}",
     )
-    return [in_process, *service_rows(model_dir, records, workdir, repeat, entry, label)]
+    return [in_process, *service_rows(model_dir, records, workdir, repeat, entry, label, pairs)]
 
 
 def in_process_with_default_gc(
@@ -170,8 +189,8 @@ def main() -> None:
         "--pairs",
         type=int,
         default=0,
-        help="Also run N tokenizer / in-process pairs at each stand-in rate and print the "
-        "median of their ratios (default 0: off).",
+        help="Also run N tokenizer / in-process pairs and N tokenizer / service pairs at each "
+        "stand-in rate and print the median of their ratios (default 0: off).",
     )
     args = parser.parse_args()
     # As every `bulkscore` command's process does (cli/main.py): every row, the tokenizer's
@@ -191,16 +210,12 @@ def main() -> None:
     for label, rate in (("at 0", 0.0), ("at the tokenizer's rate", tokens_per_s)):
         if args.pairs:
             ratios = sorted(paired_in_process(model_dir, records, workdir, rate, args.pairs))
-            listed = ", ".join(f"{ratio:.2f}" for ratio in ratios)
-            print(
-                f"paired in-process, stand-in {label}: median {median(ratios):.2f} "
-                f"of {args.pairs} ({listed})",
-                flush=True,
-            )
-    free = standin_rows(model_dir, records, workdir, args.repeat, 0.0, "at 0")
+            print_pairs(f"paired in-process, stand-in {label}", ratios)
+    free = standin_rows(model_dir, records, workdir, args.repeat, 0.0, "at 0", args.pairs)
     default_gc = in_process_with_default_gc(model_dir, records, workdir, args.repeat)
+    at_rate = "at the tokenizer's rate"
     matched = standin_rows(
-        model_dir, records, workdir, args.repeat, tokens_per_s, "at the tokenizer's rate"
+        model_dir, records, workdir, args.repeat, tokens_per_s, at_rate, args.pairs
     )
     free[0].note, free[1].note = "target >= 0.7x", "target >= 0.5x"
     free[2].note = "(the read-back is the client's, after the job)"
