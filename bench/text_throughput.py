@@ -12,6 +12,7 @@ Needs PostgreSQL and Redis on 127.0.0.1 for the tutorial and service rows (Redis
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,14 @@ def bulkscore_in_process(
     first_token: bool = True,
     entry: Mapping[str, object] | None = None,
     name: str | None = None,
+    loops: list[float] | None = None,
 ) -> Row:
     """The embedded path of ``bulkscore score``: spec -> runner -> score_in_process -> SQLite.
 
     ``first_token=False`` turns off the first-token last layer (engine/runners/first_token.py),
     to show what it saves side by side. ``entry`` overrides fields of the models-file entry
-    (``backend = "standin"``: bench/standin_ceiling.py), ``name`` the row's name.
+    (``backend = "standin"``: bench/standin_ceiling.py), ``name`` the row's name. ``loops``
+    gets each run's seconds in the scoring loop alone (the job stored before it starts).
     """
     from core.config import get_settings
     from core.db import get_engine
@@ -76,7 +79,10 @@ def bulkscore_in_process(
         # Without the result cache: every repeat scores afresh (bench/dedup_cache.py
         # measures the cache).
         job = create_embedded_job(engine, spec, items, use_cache=False)
+        started = time.perf_counter()
         outcome = score_in_process(engine, settings, job.id, runner)
+        if loops is not None:
+            loops.append(time.perf_counter() - started)
         assert outcome.scored == len(items) and outcome.busy is None, outcome
 
     if name is None:
