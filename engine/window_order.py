@@ -56,7 +56,8 @@ MAX_WINDOW_ITEMS = 8192
 # ``n + 1`` is tokenised while window ``n`` is in the forward pass: where the tokenizer is
 # about as fast as the model, a window twice the one before left the model waiting for
 # tokens at each doubling (0.19-0.28 s per 20,000 texts with the GPU stand-in at the
-# tokenizer's rate, 10-14% of the call); growing by a quarter, it never waited.
+# tokenizer's rate, 10-14% of the call). Growing by a quarter, the call's scoring took
+# 1.74 s against 1.89 s (bench/README.md, issue 16).
 RAMP_START = 1 / 8
 RAMP_GROWTH = 1.25
 
