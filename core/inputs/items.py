@@ -35,7 +35,9 @@ def unstorable(value: str) -> str | None:
     """
     if "\x00" in value:
         return "contains a NUL character"
-    if _UNSTORABLE.search(value) is not None:
+    # An ASCII string (CPython knows without a scan) holds no surrogate: the search cost
+    # 36 ms per 20,000 texts of every submission.
+    if not value.isascii() and _UNSTORABLE.search(value) is not None:
         return "contains a lone surrogate (not valid Unicode)"
     return None
 
