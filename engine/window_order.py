@@ -137,14 +137,15 @@ def scoring_windows(
         window_of[run] = windows
         held += counts[run]
         spent += costs[run]
-    place = {
-        (everything[position][0], everything[position][1]): (window_of[run_of[rank]], rank)
-        for rank, position in enumerate(ranked)
-    }
-    by_window: dict[int, list[Entry]] = {}
-    for entry in sorted(pending, key=lambda entry: place[(entry[0], entry[1])]):
-        by_window.setdefault(place[(entry[0], entry[1])][0], []).append(entry)
-    return [by_window[window] for window in sorted(by_window)]
+    # Each pending entry into its window, in rank (length) order: one pass over the ranks,
+    # not a sort of the pending entries by (window, rank).
+    wanted = {(entry[0], entry[1]): entry for entry in pending}
+    by_window: list[list[Entry]] = [[] for _ in range(windows + 1)]
+    for rank, position in enumerate(ranked):
+        entry = wanted.get((everything[position][0], everything[position][1]))
+        if entry is not None:
+            by_window[window_of[run_of[rank]]].append(entry)
+    return [window for window in by_window if window]
 
 
 # Seconds per unit of estimated cost each warm runner last scored at (WindowPacer): a

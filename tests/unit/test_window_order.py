@@ -111,6 +111,26 @@ def test_a_rest_continues_where_its_chunk_stopped() -> None:
         assert scoring_windows(everything, rest, 3, length) == windows[stopped:]
 
 
+def test_only_pending_entries_are_windowed_in_the_windows_of_the_whole_range() -> None:
+    """Any subset of the range (scored items dropped, several jobs) lies in the windows the
+    whole range has, in the same order, and a window left empty is dropped."""
+    rng = random.Random(11)
+    for _ in range(200):
+        everything = [
+            entry
+            for job in ("a", "b", "c")[: rng.randint(1, 3)]
+            for entry in entries(
+                [rng.choice([0, 3, 40, rng.randint(0, 900)]) for _ in range(40)], job
+            )
+        ]
+        size = rng.choice([1, 4, 16, 128])
+        whole = scoring_windows(everything, everything, size, length)
+        pending = [entry for entry in everything if rng.random() < rng.choice([0.1, 0.5, 1.0])]
+        kept = {(entry[0], entry[1]) for entry in pending}
+        expected = [[entry for entry in window if (entry[0], entry[1]) in kept] for window in whole]
+        assert scoring_windows(everything, pending, size, length) == [w for w in expected if w]
+
+
 def test_images_and_equal_lengths_keep_index_order_in_full_windows() -> None:
     images = [("job", index, InputItem(item_id=str(index), data=b"\x89PNG")) for index in range(6)]
     windows = scoring_windows(images, images, 3, lambda entry: 0)
