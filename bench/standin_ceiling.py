@@ -70,13 +70,14 @@ def service_rows(
     entry: dict[str, object],
     label: str,
     pairs: int = 0,
-    tokens: int = 0,
+    device: float = 0.0,
 ) -> list[Row]:
     """The service, two readings of the same runs: from the HTTP submit until the job is
     completed (every result written and readable: API -> Redis -> worker -> PostgreSQL),
     and with every result also read back through the API (pages of 5,000). With ``pairs``,
     as many more jobs, each divided by a tokenizer run just before it (as
-    :func:`paired_in_process`), their median printed."""
+    :func:`paired_in_process`, or by the stand-in's ``device`` rate where that is
+    the slower), their median printed."""
     from service_support import bench_models_file, running_service
 
     models = bench_models_file(workdir, model_dir, **entry)
@@ -100,7 +101,7 @@ def service_rows(
                 ended = time.perf_counter()
                 assert len(rows) == len(records) and all(r["label"] for r in rows)
                 if paired:
-                    slower = slower_rate(tokenizer.rate, entry, tokens, len(records))
+                    slower = slower_rate(tokenizer.rate, device)
                     ratios.append(len(records) / (completed - started) / slower)
                     continue
                 if not run:
@@ -120,15 +121,18 @@ def service_rows(
     return [scored, read]
 
 
-def slower_rate(tokenizer_rate: float, entry: dict[str, object], tokens: int, texts: int) -> float:
-    """The slower of the tokenizer (texts/s, measured just now) and the stand-in's device
-    (texts/s: it sleeps ``tokens`` / ``standin_tokens_per_s`` for the ``texts``), which a
-    pair is divided by. The stand-in's rate is set once, from the first tokenizer row; a
-    tokenizer run faster than that in a later minute does not make the device faster."""
-    tokens_per_s = float(entry["standin_tokens_per_s"])  # type: ignore[arg-type]
-    if tokens_per_s <= 0 or tokens <= 0:
-        return tokenizer_rate
-    return min(tokenizer_rate, texts * tokens_per_s / tokens)
+def device_rate(tokens_per_s: float, tokens: int, texts: int) -> float:
+    """The stand-in's device in texts/s (it sleeps ``tokens`` / ``tokens_per_s`` for the
+    ``texts``); 0 where its forward pass costs nothing."""
+    return texts * tokens_per_s / tokens if tokens_per_s > 0 and tokens > 0 else 0.0
+
+
+def slower_rate(tokenizer_rate: float, device: float) -> float:
+    """The slower of the tokenizer (texts/s, measured just now) and the stand-in's
+    ``device`` (texts/s, 0: free), which a pair is divided by. The stand-in's rate is set
+    once, from the first tokenizer row; a tokenizer run faster than that in a later minute
+    does not make the device faster."""
+    return min(tokenizer_rate, device) if device > 0 else tokenizer_rate
 
 
 def print_pairs(name: str, ratios: list[float]) -> None:
@@ -157,6 +161,7 @@ def standin_rows(
         name=f"bulkscore score (in-process, SQLite), stand-in {label}",
         loops=loops,
     )
+    device = device_rate(tokens_per_s, tokens, len(records))
     # The same runs without the job's storing (inputs hashed and inserted: 0.2-0.26 s per
     # 20,000 texts on the 2-core VM): the scoring loop, which the serial bound of 0.5x is
     # about, and what `bulkscore score` reports as its items/s.
@@ -168,7 +173,7 @@ def standin_rows(
     return [
         in_process,
         loop,
-        *service_rows(model_dir, records, workdir, repeat, entry, label, pairs, tokens),
+        *service_rows(model_dir, records, workdir, repeat, entry, label, pairs, device),
     ]
 
 
@@ -209,6 +214,7 @@ def paired_in_process(
     slower of the tokenizer and the stand-in (:func:`slower_rate`)."""
     texts = [r["text"] for r in records]
     entry = {"backend": "standin", "standin_tokens_per_s": tokens_per_s}
+    device = device_rate(tokens_per_s, tokens, len(records))
     ratios, loop_ratios = [], []
     for _ in range(pairs):
         tokenizer, _tokens = tokenizer_row(model_dir, texts, 1)
@@ -222,7 +228,7 @@ def paired_in_process(
             name="paired in-process",
             loops=loops,
         )
-        slower = slower_rate(tokenizer.rate, entry, tokens, len(records))
+        slower = slower_rate(tokenizer.rate, device)
         ratios.append(scored.rate / slower)
         loop_ratios.append(len(records) / loops[0] / slower)
     return sorted(ratios), sorted(loop_ratios)
@@ -257,7 +263,8 @@ def main() -> None:
     tokens_per_s = tokens / tokenizer.seconds
     tokenizer.note = f"{tokens:,} real tokens, {tokens_per_s:,.0f} tokens/s"
     print(f"  stand-in rate for the overlap rows: {tokens_per_s:,.0f} tokens/s", flush=True)
-    for label, rate in (("at 0", 0.0), ("at the tokenizer's rate", tokens_per_s)):
+    at_rate = "at the tokenizer's rate"
+    for label, rate in (("at 0", 0.0), (at_rate, tokens_per_s)):
         if args.pairs:
             ratios, loop_ratios = paired_in_process(
                 model_dir, records, workdir, rate, args.pairs, tokens
@@ -266,7 +273,6 @@ def main() -> None:
             print_pairs(f"paired in-process, stand-in {label}, its scoring loop", loop_ratios)
     free = standin_rows(model_dir, records, workdir, args.repeat, 0.0, "at 0", args.pairs, tokens)
     default_gc = in_process_with_default_gc(model_dir, records, workdir, args.repeat)
-    at_rate = "at the tokenizer's rate"
     matched = standin_rows(
         model_dir, records, workdir, args.repeat, tokens_per_s, at_rate, args.pairs, tokens
     )
