@@ -94,6 +94,18 @@ class Supervisor:
                     worker.process.send_signal(sig)
             return [worker.process.pid for worker in targets]
 
+    def wait_exits(self, since: int, count: int, timeout: float = 60.0) -> list[tuple[int, int]]:
+        """The exits seen after the first ``since``, once there are at least ``count`` of
+        them (or the timeout passes): a warm shutdown exits a moment after its last task,
+        which may be after the job it worked on is final."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                seen = self.exits[since:]
+            if len(seen) >= count or time.monotonic() > deadline:
+                return seen
+            time.sleep(0.1)
+
     def pids(self) -> list[int]:
         with self._lock:
             return [worker.process.pid for worker in self.workers]
