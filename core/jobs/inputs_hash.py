@@ -16,33 +16,52 @@ from sqlalchemy import Connection, select, update
 from core.inputs.items import InputItem
 from core.tables import items, jobs
 
+# Items whose bytes go to the hash in one ``update``: an update per field (15 per item)
+# took 35 ms of `bulkscore score`'s ~0.2 s of storing 20,000 texts; blocks take 26 ms.
+HASH_BLOCK_ITEMS = 2048
+
 
 def inputs_hash(inputs: Iterable[InputItem]) -> str:
     """SHA-256 over each input's id, text or bytes, and intake error, in order.
 
     Every field is written with a tag and its length, so no two different sequences of
-    inputs (one text split across two, an id run into a text) hash the same stream.
+    inputs (one text split across two, an id run into a text) hash the same stream. The
+    stream is hashed a block of items at a time; SHA-256 of a stream does not depend on
+    how it is cut, so every hash stored before this is still the hash of the same inputs.
     """
     digest = hashlib.sha256()
-    for item in inputs:
-        fields: tuple[tuple[bytes, bytes | None], ...] = (
-            (b"i", item.item_id.encode("utf-8", "surrogatepass")),
-            (b"t", None if item.text is None else item.text.encode("utf-8", "surrogatepass")),
-            (b"d", item.data),
-            (b"e", None if item.error is None else item.error.encode("utf-8", "surrogatepass")),
-        )
-        for tag, value in fields:
-            if value is None:
-                digest.update(tag + b"-")
-            else:
-                digest.update(tag + len(value).to_bytes(8, "big") + value)
-        if item.metadata is not None:
-            # Only when present, so the hash of inputs without metadata (every job stored
-            # before items carried it) is unchanged.
-            meta = json.dumps(item.metadata, sort_keys=True, ensure_ascii=False).encode()
-            digest.update(b"m" + len(meta).to_bytes(8, "big") + meta)
-        digest.update(b"\n")
+    block: list[bytes] = []
+    for count, item in enumerate(inputs, 1):
+        _append_fields(block, item)
+        if count % HASH_BLOCK_ITEMS == 0:
+            digest.update(b"".join(block))
+            block.clear()
+    digest.update(b"".join(block))
     return digest.hexdigest()
+
+
+def _append_fields(block: list[bytes], item: InputItem) -> None:
+    """One input's part of the hashed stream."""
+    text = item.text
+    error = item.error
+    for tag, value in (
+        (b"i", item.item_id.encode("utf-8", "surrogatepass")),
+        (b"t", None if text is None else text.encode("utf-8", "surrogatepass")),
+        (b"d", item.data),
+        (b"e", None if error is None else error.encode("utf-8", "surrogatepass")),
+    ):
+        if value is None:
+            block.append(tag + b"-")
+        else:
+            block.append(tag + len(value).to_bytes(8, "big"))
+            block.append(value)
+    if item.metadata is not None:
+        # Only when present, so the hash of inputs without metadata (every job stored
+        # before items carried it) is unchanged.
+        meta = json.dumps(item.metadata, sort_keys=True, ensure_ascii=False).encode()
+        block.append(b"m" + len(meta).to_bytes(8, "big"))
+        block.append(meta)
+    block.append(b"\n")
 
 
 def stored_inputs_hash(conn: Connection, job_id: str) -> str:
