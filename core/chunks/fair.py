@@ -493,7 +493,14 @@ def outranked(
 def chunks_ahead(conn: Connection, job_id: str, model: str, fairness: Fairness) -> int:
     """How many chunks of other jobs on ``model`` run before ``job_id``'s next chunk if
     nothing more urgent arrives: every queued chunk of a job at a higher effective level,
-    and one per job ranked before it at its own level (round-robin)."""
+    and one per job ranked before it at its own level (round-robin).
+
+    Only other jobs' queued chunks count, so where there are none (a lone job, the usual
+    case for a status poll) the answer is 0 from one indexed probe instead of a ranking of
+    every active job: a poll of a running job took 7.2 ms of the API's CPU against 9 ms, ten
+    polls a second of a client waiting on a 20,000-text job on the 2-core VM (issue 16)."""
+    if not others_waiting(conn, job_id, model):
+        return 0
     ranks = job_ranks(conn, model, fairness)
     own = next((rank for rank in ranks if rank.job_id == job_id), None)
     if own is None:

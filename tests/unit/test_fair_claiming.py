@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from core.chunks.claim import ClaimOutcome, claim_chunk
 from core.chunks.fair import (
@@ -18,6 +18,7 @@ from core.chunks.fair import (
     charge_service,
     chunks_ahead,
     claim_fairest,
+    job_ranks,
     outranked,
     queue_stats,
     stamp_served,
@@ -508,3 +509,51 @@ def test_a_chunk_charges_its_worker_time_to_its_key(engine: Engine) -> None:
     # Same key (no owner): the small one's finish charged the key's clock.
     small = clock_of(engine, None)
     assert small > handed_back_at
+
+
+def ranked_ahead(conn: Connection, job_id: str) -> int:
+    """``chunks_ahead`` as the full ranking alone answers it (no probe first)."""
+    ranks = job_ranks(conn, "fake", FAIR)
+    own = next((rank for rank in ranks if rank.job_id == job_id), None)
+    if own is None:
+        return 0
+    ahead = 0
+    for rank in ranks:
+        if rank.job_id == job_id:
+            break
+        if rank.queued:
+            ahead += rank.queued if rank.level < own.level else 1
+    return ahead
+
+
+def test_chunks_ahead_answers_as_the_full_ranking_does(engine: Engine) -> None:
+    # A lone job (the probe's 0), then others at every level, some claimed or drained,
+    # an embedded job (never in the service's queue) and a job cancelled.
+    a, b = key(engine, "a"), key(engine, "b")
+    jobs_made = [new_job(engine, 6, owner=a)]
+    with engine.begin() as conn:
+        assert chunks_ahead(conn, jobs_made[0].id, "fake", FAIR) == 0
+    jobs_made += [
+        new_job(engine, 4, owner=b, priority=Priority.HIGH),
+        new_job(engine, 2, owner=b),
+        new_job(engine, 4, owner=a, priority=Priority.LOW),
+        new_job(engine, 2, owner=b, driver=JobDriver.EMBEDDED),
+        new_job(engine, 2, owner=a),
+    ]
+    with engine.begin() as conn:
+        claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
+        claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == jobs_made[-1].id)
+            .values(status=JobStatus.CANCELLED.value)
+        )
+    seen = set()
+    for _ in range(8):
+        with engine.begin() as conn:
+            for job in jobs_made:
+                answer = chunks_ahead(conn, job.id, "fake", FAIR)
+                assert answer == ranked_ahead(conn, job.id), job.id
+                seen.add(answer)
+            claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
+    assert len(seen) > 2, seen  # queues of several lengths were compared, not only zeros
