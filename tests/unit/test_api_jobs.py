@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -263,6 +265,21 @@ def test_idempotent_multipart_upload(api: UnitApi) -> None:
     first, again, changed = upload(b"a\nb\n"), upload(b"a\nb\n"), upload(b"a\nc\n")
     assert (first.status_code, again.status_code, changed.status_code) == (202, 200, 409)  # type: ignore[attr-defined]
     assert first.json()["id"] == again.json()["id"]  # type: ignore[attr-defined]
+
+
+def test_the_request_hash_is_made_and_stored_only_for_an_idempotency_key(api: UnitApi) -> None:
+    # The hash a keyed job stores is the one keyed jobs always stored (the canonical JSON
+    # of the model and inputs), so a replay sent across an upgrade still matches; without a
+    # key nothing compares it, and it is not computed.
+    keyed = api.post_job(["a", "b"], headers={"Idempotency-Key": "hash-1"}).json()["id"]
+    plain = api.post_job(["a", "b"]).json()["id"]
+    canonical = json.dumps(
+        [TEXT_MODEL, [["r0", "a", None], ["r1", "b", None]]], separators=(",", ":"), sort_keys=True
+    )
+    expected = hashlib.sha256(b"json\0" + canonical.encode()).hexdigest()
+    with api.engine.connect() as conn:
+        stored = dict(conn.execute(select(jobs.c.id, jobs.c.request_hash)).all())
+    assert stored == {keyed: expected, plain: None}
 
 
 def test_an_unusable_idempotency_key_answers_422(api: UnitApi) -> None:
