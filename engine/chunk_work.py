@@ -29,13 +29,14 @@ from core.chunks.batches import (
     release_chunks,
 )
 from core.chunks.claim import (
+    SETTLED_CHUNK_STATES,
     Claim,
     ClaimOutcome,
     Delivery,
     claim_chunk,
     delivery_state,
 )
-from core.chunks.fair import Fairness, claim_fairest, stamp_served
+from core.chunks.fair import Fairness, chunks_waiting, claim_fairest, stamp_served
 from core.chunks.runs import take_following
 from core.chunks.split import hand_back, split_exhausted
 from core.config import Settings
@@ -87,12 +88,24 @@ def work_on_chunk(
     if not isinstance(driver, Driver):
         driver = Driver(runner_for=driver)
     max_attempts = driver.max_attempts or settings.chunk_max_attempts
+    fair = driver.kind == JobDriver.SERVICE and settings.fair_claiming
     with engine.connect() as conn:
         state = delivery_state(conn, job_id, chunk_index)
+        # With fair claiming a message is a token for "a chunk of this model waits", and a
+        # settled chunk's message is one whose chunk another delivery took (in a run, with
+        # cross-job siblings) or scored: where no chunk of the model waits at all, the claim
+        # below would find none. One probe instead of a transaction with a ranking of every
+        # active job: such messages are most of a big job's (all but the few whose claims
+        # started its runs): 3.3 ms each on PostgreSQL against 1.2 ms for the probe.
+        nothing_waits = (
+            fair
+            and state is not None
+            and state.chunk_status in SETTLED_CHUNK_STATES
+            and not chunks_waiting(conn, state.runs_on)
+        )
     if state is None:
         return ChunkReport(ChunkOutcome.SKIPPED, "no such job")
-    fair = driver.kind == JobDriver.SERVICE and settings.fair_claiming
-    if state.chunk_status == ChunkStatus.DONE and not fair:
+    if state.chunk_status in SETTLED_CHUNK_STATES and (nothing_waits or not fair):
         # The common case for small jobs' chunks batched by another delivery: one read.
         return ChunkReport(ChunkOutcome.SKIPPED, "chunk already done", attempts=state.attempts)
     runner = driver.runner_for(state.runs_on)
@@ -112,7 +125,7 @@ def work_on_chunk(
                 training=driver.backbone_for is not None,
             )
         if claim is None:
-            if state.chunk_status == ChunkStatus.DONE:
+            if state.chunk_status in SETTLED_CHUNK_STATES:
                 return ChunkReport(
                     ChunkOutcome.SKIPPED, "chunk already done", attempts=state.attempts
                 )

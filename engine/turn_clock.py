@@ -16,7 +16,7 @@ from time import monotonic
 
 from sqlalchemy import Connection, Engine
 
-from core.chunks.fair import Fairness, charge_service, others_waiting, outranked, turn_end
+from core.chunks.fair import Fairness, charge_service, chunks_waiting, outranked, turn_end
 from core.clock import utcnow
 from core.config import Settings
 
@@ -79,7 +79,7 @@ class TurnClock:
             return False  # the turn's time is charged at its end (or the claim's)
         try:
             with self.engine.connect() as conn:
-                alone = not others_waiting(conn, self.job_id, self.model)
+                alone = not chunks_waiting(conn, self.model, besides=self.job_id)
             if alone and now - self.worker_time.since < self.slice_s:
                 # Nobody to hand back to: a read, and a charge at most once a slice (the
                 # clock a newcomer starts from is behind by no more), not a write and a

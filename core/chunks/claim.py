@@ -75,6 +75,11 @@ class Delivery:
     attempts: int
 
 
+# A chunk with nothing left to claim: scored, or its items moved to new chunks (SPLIT,
+# MERGED: core.chunks.split, core.chunks.runs), which are finished too.
+SETTLED_CHUNK_STATES = frozenset({ChunkStatus.DONE, ChunkStatus.SPLIT, ChunkStatus.MERGED})
+
+
 def delivery_state(conn: Connection, job_id: str, index: int) -> Delivery | None:
     """The job and chunk a message names, in one query; None if there is no such job.
 
@@ -230,9 +235,7 @@ def _why_not(
     job_status = job.status
     chunk = Chunk(job_id, index, row.start, row.stop)
     status = ChunkStatus(row.status)
-    # SPLIT, MERGED: its items moved to new chunks (core.chunks.split, core.chunks.runs);
-    # this one is finished too.
-    if status in (ChunkStatus.DONE, ChunkStatus.SPLIT, ChunkStatus.MERGED):
+    if status in SETTLED_CHUNK_STATES:
         return Claim(ClaimOutcome.DONE, chunk, row.attempts)
     # Before the chunk's own status: expiring a job cancels its queued chunks.
     if job_status == JobStatus.EXPIRED.value or expire_job(conn, job_id, now=now):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, event, func, select, update
 
 from core.chunks.claim import ClaimOutcome, claim_chunk
 from core.chunks.fair import (
@@ -557,3 +557,36 @@ def test_chunks_ahead_answers_as_the_full_ranking_does(engine: Engine) -> None:
                 seen.add(answer)
             claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
     assert len(seen) > 2, seen  # queues of several lengths were compared, not only zeros
+
+
+@pytest.mark.parametrize("settled", ["done", "merged", "split"])
+def test_a_settled_chunks_message_with_nothing_waiting_is_skipped_by_one_read(
+    engine: Engine, settled: str
+) -> None:
+    # The messages of chunks another delivery took in a run (merged), scored (done) or
+    # bisected (split) are most of a big job's: where no chunk of the model waits, one read
+    # answers them, with no claiming transaction (no ranking, no lock, no write).
+    job = new_job(engine, 6)
+    with engine.begin() as conn:
+        conn.execute(update(chunks).where(chunks.c.job_id == job.id).values(status=settled))
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement)
+
+    runner = FakeRunner()
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        report = work_on_chunk(engine, settings(), job.id, 1, {"fake": runner}.get)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert (report.outcome, report.reason) == (ChunkOutcome.SKIPPED, "chunk already done")
+    assert not runner.calls
+    assert all(text.lstrip().upper().startswith("SELECT") for text in statements), statements
+    assert not any("FOR UPDATE" in text.upper() for text in statements), statements
+    assert len(statements) == 2, statements  # the delivery's state, and the probe
+
+    # With a chunk of the model waiting, the same message is a token that claims it.
+    other = new_job(engine, 2)
+    token = work_on_chunk(engine, settings(), job.id, 1, {"fake": runner}.get)
+    assert token.worked_on == (other.id, 0) and token.outcome == ChunkOutcome.DONE
