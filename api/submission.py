@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePath
 
@@ -46,19 +46,16 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_MAX = 200  # jobs.idempotency_key is String(200)
 
 
-# The request's hash, computed when asked: only a request with an Idempotency-Key needs it
-# (a replay is recognised by it), and the canonical JSON of a 20,000-text body took 35-60 ms
-# of every submission's 0.2 s of parsing (now 0.15 s) on the 2-core VM (issue 16).
-RequestHash = Callable[[], str]
-
-
 @dataclass(frozen=True, slots=True)
 class Submission:
     """A parsed job request: the model, the checked inputs, and the request's hash."""
 
     model: str
     inputs: list[InputItem]
-    request_hash: RequestHash
+    # What an Idempotency-Key replay is compared by; None where it was not computed: a JSON
+    # request without a key (nothing compares it), whose canonical JSON of a 20,000-text
+    # body took 35-60 ms of every submission's 0.2 s of parsing on the 2-core VM (issue 16).
+    request_hash: str | None
     # What each input was sent as ("text", "image", or "" for neither): an input refused at
     # intake has no text or data left to tell.
     kinds: list[str] | None = None
@@ -80,31 +77,18 @@ BOTH_KINDS = 'send either "text" or "image_base64" in one input, not both'
 NEITHER_KIND = 'each input needs a "text" (text models) or an "image_base64" (image models)'
 
 
-def parse_json_body(body: bytes, max_chars: int, max_image_bytes: int) -> Submission:
-    """A JSON ``JobRequest`` body as a :class:`Submission` (422 if it is malformed)."""
+def parse_json_body(
+    body: bytes, max_chars: int, max_image_bytes: int, *, hashed: bool = True
+) -> Submission:
+    """A JSON ``JobRequest`` body as a :class:`Submission` (422 if it is malformed), with
+    its request hash if ``hashed`` (the request carries an Idempotency-Key)."""
     try:
         # pydantic-core parses and validates in one pass, several times faster than
         # json.loads followed by validation.
         request = JobRequest.model_validate_json(body)
     except ValidationError as exc:
         request = _parse_leniently(body, exc)
-
-    def digest() -> str:
-        canonical = json.dumps(
-            [
-                request.model,
-                [
-                    # Metadata only when given, so a request without any hashes as before.
-                    [item.id, item.text, item.image_base64]
-                    + ([item.metadata] if item.metadata is not None else [])
-                    for item in request.inputs
-                ],
-            ],
-            separators=(",", ":"),
-            sort_keys=True,
-        )
-        return _sha256(b"json\0", canonical.encode())
-
+    digest = _json_request_hash(request) if hashed else None
     inputs = [
         _record_item(position, record, max_chars, max_image_bytes)
         for position, record in enumerate(request.inputs, start=1)
@@ -183,21 +167,17 @@ def with_options(
     are part of what its request hash stands for (a retry with the same Idempotency-Key
     and another deadline, priority or metadata is another request). Defaults leave the
     hash as it was."""
-    base = submission.request_hash
-
-    def digest() -> str:
-        value = base()
+    digest = submission.request_hash
+    if digest is not None:  # None: not hashed, nothing will compare it
         if expires_after_s is not None:
-            value = _sha256(value.encode(), b"\0expires\0", repr(expires_after_s).encode())
+            digest = _sha256(digest.encode(), b"\0expires\0", repr(expires_after_s).encode())
         if priority != Priority.NORMAL:
-            value = _sha256(value.encode(), b"\0priority\0", priority.value.encode())
+            digest = _sha256(digest.encode(), b"\0priority\0", priority.value.encode())
         if metadata is not None:
             canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
-            value = _sha256(value.encode(), b"\0metadata\0", canonical.encode())
+            digest = _sha256(digest.encode(), b"\0metadata\0", canonical.encode())
         if unique_ids:
-            value = _sha256(value.encode(), b"\0unique_ids")
-        return value
-
+            digest = _sha256(digest.encode(), b"\0unique_ids")
     return replace(
         submission,
         request_hash=digest,
@@ -237,12 +217,27 @@ def with_cache_choice(submission: Submission, use_cache: bool) -> Submission:
     request hash stands for: the same inputs with ``cache: false`` are another request."""
     if use_cache:
         return submission
-    base = submission.request_hash
-    return replace(
-        submission,
-        request_hash=lambda: _sha256(base().encode(), b"\0cache\0false"),
-        use_cache=False,
+    digest = submission.request_hash
+    if digest is not None:
+        digest = _sha256(digest.encode(), b"\0cache\0false")
+    return replace(submission, request_hash=digest, use_cache=False)
+
+
+def _json_request_hash(request: JobRequest) -> str:
+    canonical = json.dumps(
+        [
+            request.model,
+            [
+                # Metadata only when given, so a request without any hashes as before.
+                [item.id, item.text, item.image_base64]
+                + ([item.metadata] if item.metadata is not None else [])
+                for item in request.inputs
+            ],
+        ],
+        separators=(",", ":"),
+        sort_keys=True,
     )
+    return _sha256(b"json\0", canonical.encode())
 
 
 def _kind(record: InputRecord) -> str:
@@ -316,15 +311,11 @@ def parse_file_upload(
         )
     except InputFileError as exc:
         raise unprocessable(str(exc)) from exc
-
-    def digest() -> str:
-        value = _sha256(b"file\0", model.encode(), b"\0", suffix.encode(), b"\0", raw)
-        if columns != DEFAULT_COLUMNS:
-            # The same bytes read with other columns are another request.
-            chosen = json.dumps([columns.text, columns.id, list(columns.keep)])
-            value = _sha256(value.encode(), b"\0columns\0", chosen.encode())
-        return value
-
+    digest = _sha256(b"file\0", model.encode(), b"\0", suffix.encode(), b"\0", raw)
+    if columns != DEFAULT_COLUMNS:
+        # The same bytes read with other columns are another request.
+        chosen = json.dumps([columns.text, columns.id, list(columns.keep)])
+        digest = _sha256(digest.encode(), b"\0columns\0", chosen.encode())
     return Submission(model, inputs, digest)
 
 
@@ -342,15 +333,11 @@ def parse_image_uploads(
         checked_image_item(PurePath(name).name or str(position), raw, max_image_bytes)
         for position, (name, raw) in enumerate(uploads, start=1)
     ]
-
-    def digest() -> str:
-        value = hashlib.sha256(b"images\0" + model.encode())
-        for name, raw in uploads:
-            value.update(b"\0" + name.encode("utf-8", "replace") + b"\0")
-            value.update(hashlib.sha256(raw).digest())
-        return value.hexdigest()
-
-    return Submission(model, inputs, digest, ["image"] * len(inputs))
+    digest = hashlib.sha256(b"images\0" + model.encode())
+    for name, raw in uploads:
+        digest.update(b"\0" + name.encode("utf-8", "replace") + b"\0")
+        digest.update(hashlib.sha256(raw).digest())
+    return Submission(model, inputs, digest.hexdigest(), ["image"] * len(inputs))
 
 
 def _sha256(*parts: bytes) -> str:
@@ -448,13 +435,11 @@ def submit(
     check_size(submission, settings)
     check_unique_ids(submission)
     submission = match_input_kind(submission, spec)
-    # Hashed (and stored on the job) only where a replay will be compared with it.
-    request_hash = submission.request_hash() if idempotency_key is not None else None
-    idempotency = (
-        Idempotency(key_id, idempotency_key, request_hash)
-        if idempotency_key is not None and request_hash is not None
-        else None
-    )
+    idempotency = None
+    if idempotency_key is not None:
+        if submission.request_hash is None:
+            raise ValueError("a request with an Idempotency-Key is parsed with its hash")
+        idempotency = Idempotency(key_id, idempotency_key, submission.request_hash)
 
     def create(conn: Connection) -> Job:
         return create_job(
@@ -463,7 +448,8 @@ def submit(
             submission.inputs,
             chunk_size=settings.chunk_size,
             owner_key_id=key_id,
-            request_hash=request_hash,
+            # Stored only where a replay will be compared with it.
+            request_hash=idempotency.request_hash if idempotency is not None else None,
             expires_after_s=submission.expires_after_s,
             priority=submission.priority,
             metadata=submission.metadata,

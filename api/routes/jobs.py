@@ -169,7 +169,7 @@ async def create(
     does not refuse the job: it becomes that item's error in the results.
     """
     key = check_idempotency_key(idempotency_key)
-    submission = await _read_submission(request, settings)
+    submission = await _read_submission(request, settings, hashed=key is not None)
     job, created = await run_in_threadpool(submit, engine, queue, settings, key_id, submission, key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
@@ -182,7 +182,7 @@ def _view(engine: Engine, queue: JobQueue, job: Job, settings: Settings) -> JobO
         return job_view(conn, queue, job, settings)
 
 
-async def _read_submission(request: Request, settings: Settings) -> Submission:
+async def _read_submission(request: Request, settings: Settings, hashed: bool) -> Submission:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         # A bounded number of parts: the parser stops at once past these, so a form of
@@ -232,7 +232,11 @@ async def _read_submission(request: Request, settings: Settings) -> Submission:
     if content_type in ("application/json", ""):
         body = await request.body()
         return await run_in_threadpool(
-            parse_json_body, body, settings.max_text_chars, settings.max_image_bytes
+            parse_json_body,
+            body,
+            settings.max_text_chars,
+            settings.max_image_bytes,
+            hashed=hashed,
         )
     raise ApiError(
         status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
