@@ -8,7 +8,9 @@ truncation, token-budget batches sorted by length, numpy padding, activation and
 with the forward pass replaced by a sleep of ``real tokens / standin_tokens_per_s`` seconds.
 ``time.sleep`` releases the GIL, as a GPU kernel leaves the CPU free, and it runs on a
 thread of its own (the stand-in's "device"), so that, as with queued CUDA kernels, the
-runner pads the next batch while the device works on this one.
+runner pads the next batch while the device works on this one. The device keeps its own
+timeline, as a CUDA stream does: a batch queued while the one before runs starts when that
+one ends, so the device's rate is ``standin_tokens_per_s`` whenever work waits for it.
 
 Scores are fixed and deterministic: logits derived from a hash of each text's token ids
 (positions counted over real tokens, so padding and batch company do not change them), so
@@ -18,6 +20,7 @@ the same text always gets the same label and score, under the config's ``id2labe
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,7 +51,12 @@ class StandinTextRunner(TransformersTextRunner):
         self.config: Any = None
         # Replaceable, so that tests see the simulated time without waiting for it.
         self.sleep: Callable[[float], None] = time.sleep
+        self.clock: Callable[[], float] = time.monotonic
         self.device_queue: ThreadPoolExecutor | None = None
+        # The device's timeline (_forward): when each queued batch was queued, in order, and
+        # when the device is free of the batches before.
+        self.queued_at: deque[float] = deque()
+        self.device_free_at = 0.0
 
     def setup(self, device: str = "cpu") -> None:
         # Deferred: transformers, as the text runner imports it (tokenizer and config only:
@@ -79,6 +87,7 @@ class StandinTextRunner(TransformersTextRunner):
         as a GPU's stream does, and return at once, as a queued CUDA kernel returns."""
         if self.device_queue is None:
             self.device_queue = ThreadPoolExecutor(1, thread_name_prefix="standin-device")
+        self.queued_at.append(self.clock())
         return self.device_queue.submit(self._forward, features, embeddings).result
 
     def close(self) -> None:
@@ -88,14 +97,24 @@ class StandinTextRunner(TransformersTextRunner):
             self.device_queue = None
 
     def _forward(self, features: dict[str, Any], embeddings: bool) -> np.ndarray:
+        queued = self.queued_at.popleft() if self.queued_at else self.clock()
         ids = features["input_ids"]
         mask = features.get("attention_mask")
         if mask is None:
             mask = (ids != (self.tokenizer.pad_token_id or 0)).astype(np.int64)
         tokens = int(mask.sum())
+        logits = standin_logits(ids, mask, len(self.labels))
         if self.tokens_per_s > 0:
-            self.sleep(tokens / self.tokens_per_s)
-        return standin_logits(ids, mask, len(self.labels))
+            # The device's own timeline, as a GPU stream's: a batch starts when it was queued
+            # or when the batch before it ends, whichever is later, and takes its tokens'
+            # time. The sleep waits for that end, so this thread waking late (it waits for the
+            # GIL after each sleep) is made up on the next queued batch instead of adding up,
+            # and the scores cost the device no time: with a sleep per batch, the device ran
+            # 1.60-1.63 s for 1.55 s of tokens per 20,000 texts (bench/README.md, issue 16).
+            start = max(queued, self.device_free_at)
+            self.device_free_at = start + tokens / self.tokens_per_s
+            self.sleep(max(0.0, self.device_free_at - self.clock()))
+        return logits
 
 
 def standin_logits(ids: np.ndarray, mask: np.ndarray, labels: int) -> np.ndarray:

@@ -49,13 +49,23 @@ def _standin(model: Path, tokens_per_s: float = 0.0) -> StandinTextRunner:
 
 
 class Recorder:
-    """Stands in for ``time.sleep``: records the simulated time, so no test waits for it."""
+    """Stands in for ``time.sleep`` and the clock: records the simulated time and moves the
+    clock by it (and by ``late`` more: a thread that wakes up late), so no test waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, late: float = 0.0) -> None:
         self.sleeps: list[float] = []
+        self.late = late
+        self.now = 1_000.0
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
+        self.now += seconds + self.late
+
+    def clock(self) -> float:
+        return self.now
+
+    def attach(self, runner: StandinTextRunner) -> None:
+        runner.sleep, runner.clock = self.sleep, self.clock
 
 
 def test_the_same_text_always_gets_the_same_label_and_score(tiny_text_model: Path) -> None:
@@ -122,7 +132,7 @@ def test_batches_are_the_real_runners_batches(
 def test_the_forward_pass_sleeps_for_the_real_tokens_of_each_batch(tiny_text_model: Path) -> None:
     runner = _standin(tiny_text_model, tokens_per_s=1_000.0)
     recorder = Recorder()
-    runner.sleep = recorder.sleep
+    recorder.attach(runner)
     runner.predict(TEXTS)
     encoded = runner.tokenizer(TEXTS, truncation=True, max_length=runner.max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
@@ -131,6 +141,30 @@ def test_the_forward_pass_sleeps_for_the_real_tokens_of_each_batch(tiny_text_mod
     expected = [sum(ordered[i : i + 2]) / 1_000.0 for i in range(0, len(ordered), 2)]
     assert recorder.sleeps == pytest.approx(expected)
     assert sum(recorder.sleeps) == pytest.approx(sum(lengths) / 1_000.0)
+
+
+def test_the_device_keeps_its_own_timeline_as_a_gpu_stream(tiny_text_model: Path) -> None:
+    """Batches queued while the device works run back to back on its timeline: a device
+    thread that wakes up late after each batch (waiting for the GIL) makes the lateness up
+    on the next queued batch, so only the last one's is lost; a batch queued when the
+    device is idle starts when it is queued."""
+    runner = _standin(tiny_text_model, tokens_per_s=100.0)
+    recorder = Recorder(late=0.05)
+    recorder.attach(runner)
+    ids = np.array([[101, 7, 8, 102], [101, 9, 102, 0]], dtype=np.int64)
+    features = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)}  # 7 tokens
+    start = recorder.now
+    for _ in range(3):  # three batches queued at once, before the device took the first
+        runner.queued_at.append(start)
+    for _ in range(3):
+        runner._forward(features, False)
+    assert recorder.sleeps == pytest.approx([0.07, 0.02, 0.02])
+    assert recorder.now == pytest.approx(start + 3 * 0.07 + 0.05)
+    # Queued later, when the device has been idle: the batch takes its whole time.
+    recorder.now += 1.0
+    runner.queued_at.append(recorder.now)
+    runner._forward(features, False)
+    assert recorder.sleeps[-1] == pytest.approx(0.07)
 
 
 def test_the_next_batch_is_padded_while_the_device_works_on_this_one(
@@ -170,7 +204,7 @@ def test_the_next_batch_is_padded_while_the_device_works_on_this_one(
 def test_zero_tokens_per_second_never_sleeps(tiny_text_model: Path) -> None:
     runner = _standin(tiny_text_model)
     recorder = Recorder()
-    runner.sleep = recorder.sleep
+    recorder.attach(runner)
     assert len(runner.predict(TEXTS)) == len(TEXTS)
     assert recorder.sleeps == []
 
