@@ -56,7 +56,7 @@ and the claim itself is the same conditional ``UPDATE`` as :func:`core.chunks.cl
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -499,7 +499,11 @@ def chunks_ahead(conn: Connection, job_id: str, model: str, fairness: Fairness) 
     polls a second of a client waiting on a 20,000-text job on the 2-core VM (issue 16)."""
     if not chunks_waiting(conn, model, besides=job_id):
         return 0
-    ranks = job_ranks(conn, model, fairness)
+    return ahead_of(job_ranks(conn, model, fairness), job_id)
+
+
+def ahead_of(ranks: Sequence[JobRank], job_id: str) -> int:
+    """:func:`chunks_ahead` from the ranking of every active job (:func:`job_ranks`)."""
     own = next((rank for rank in ranks if rank.job_id == job_id), None)
     if own is None:
         return 0

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, event, func, select, update
+from sqlalchemy import Engine, event, func, select, update
 
 from core.chunks.claim import ClaimOutcome, claim_chunk
 from core.chunks.fair import (
     Fairness,
+    ahead_of,
     charge_service,
     chunks_ahead,
     claim_fairest,
@@ -511,21 +512,6 @@ def test_a_chunk_charges_its_worker_time_to_its_key(engine: Engine) -> None:
     assert small > handed_back_at
 
 
-def ranked_ahead(conn: Connection, job_id: str) -> int:
-    """``chunks_ahead`` as the full ranking alone answers it (no probe first)."""
-    ranks = job_ranks(conn, "fake", FAIR)
-    own = next((rank for rank in ranks if rank.job_id == job_id), None)
-    if own is None:
-        return 0
-    ahead = 0
-    for rank in ranks:
-        if rank.job_id == job_id:
-            break
-        if rank.queued:
-            ahead += rank.queued if rank.level < own.level else 1
-    return ahead
-
-
 def test_chunks_ahead_answers_as_the_full_ranking_does(engine: Engine) -> None:
     # A lone job (the probe's 0), then others at every level, some claimed or drained,
     # an embedded job (never in the service's queue) and a job cancelled.
@@ -553,7 +539,8 @@ def test_chunks_ahead_answers_as_the_full_ranking_does(engine: Engine) -> None:
         with engine.begin() as conn:
             for job in jobs_made:
                 answer = chunks_ahead(conn, job.id, "fake", FAIR)
-                assert answer == ranked_ahead(conn, job.id), job.id
+                ranked = ahead_of(job_ranks(conn, "fake", FAIR), job.id)  # no probe first
+                assert answer == ranked, job.id
                 seen.add(answer)
             claim_fairest(conn, "fake", FAIR, lease_s=60, max_attempts=3)
     assert len(seen) > 2, seen  # queues of several lengths were compared, not only zeros
