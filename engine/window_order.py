@@ -113,7 +113,7 @@ def scoring_windows(
     empty goes with them.
     """
     sizes = [max(length(entry), 1) for entry in everything]
-    ranked = sorted(range(len(everything)), key=lambda position: sizes[position])
+    ranked = sorted(range(len(everything)), key=sizes.__getitem__)
     budget = window_size * (sum(sizes) / max(len(sizes), 1) + ITEM_COST)
     run_size = max(1, -(-window_size // RUNS_PER_WINDOW))
     run_budget = budget / RUNS_PER_WINDOW
@@ -139,12 +139,17 @@ def scoring_windows(
         spent += costs[run]
     # Each pending entry into its window, in rank (length) order: one pass over the ranks,
     # not a sort of the pending entries by (window, rank).
-    wanted = {(entry[0], entry[1]): entry for entry in pending}
     by_window: list[list[Entry]] = [[] for _ in range(windows + 1)]
-    for rank, position in enumerate(ranked):
-        entry = wanted.get((everything[position][0], everything[position][1]))
-        if entry is not None:
-            by_window[window_of[run_of[rank]]].append(entry)
+    if len(pending) == len(everything):
+        # Nothing scored yet (a subset as long as the whole is the whole): no lookup.
+        for rank, position in enumerate(ranked):
+            by_window[window_of[run_of[rank]]].append(everything[position])
+    else:
+        wanted = {(entry[0], entry[1]): entry for entry in pending}
+        for rank, position in enumerate(ranked):
+            entry = wanted.get((everything[position][0], everything[position][1]))
+            if entry is not None:
+                by_window[window_of[run_of[rank]]].append(entry)
     return [window for window in by_window if window]
 
 
