@@ -97,15 +97,14 @@ def work_on_chunk(
         # below would find none. One probe instead of a transaction with a ranking of every
         # active job: such messages are most of a big job's (all but the few whose claims
         # started its runs): 3.3 ms each on PostgreSQL against 1.2 ms for the probe.
-        nothing_waits = (
-            fair
-            and state is not None
+        settled_token = (
+            state is not None
             and state.chunk_status in SETTLED_CHUNK_STATES
-            and not chunks_waiting(conn, state.runs_on)
+            and (not fair or not chunks_waiting(conn, state.runs_on))
         )
     if state is None:
         return ChunkReport(ChunkOutcome.SKIPPED, "no such job")
-    if state.chunk_status in SETTLED_CHUNK_STATES and (nothing_waits or not fair):
+    if settled_token:
         # The common case for small jobs' chunks batched by another delivery: one read.
         return ChunkReport(ChunkOutcome.SKIPPED, "chunk already done", attempts=state.attempts)
     runner = driver.runner_for(state.runs_on)

@@ -140,16 +140,14 @@ def scoring_windows(
     # Each pending entry into its window, in rank (length) order: one pass over the ranks,
     # not a sort of the pending entries by (window, rank).
     by_window: list[list[Entry]] = [[] for _ in range(windows + 1)]
-    if len(pending) == len(everything):
-        # Nothing scored yet (a subset as long as the whole is the whole): no lookup.
-        for rank, position in enumerate(ranked):
-            by_window[window_of[run_of[rank]]].append(everything[position])
-    else:
-        wanted = {(entry[0], entry[1]): entry for entry in pending}
-        for rank, position in enumerate(ranked):
+    # Nothing scored yet (a subset as long as the whole is the whole): no lookup.
+    wanted = None if len(pending) == len(everything) else {(e[0], e[1]): e for e in pending}
+    for rank, position in enumerate(ranked):
+        entry: Entry | None = everything[position]
+        if wanted is not None:
             entry = wanted.get((everything[position][0], everything[position][1]))
-            if entry is not None:
-                by_window[window_of[run_of[rank]]].append(entry)
+        if entry is not None:
+            by_window[window_of[run_of[rank]]].append(entry)
     return [window for window in by_window if window]
 
 
