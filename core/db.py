@@ -20,6 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from core.config import Settings, get_settings
+from core.sqlite_wal import FALLBACK_PAGES, WalCheckpointer
 
 # SQLSTATE of a lock wait that ran past ``lock_timeout``.
 LOCK_NOT_AVAILABLE = "55P03"
@@ -88,6 +89,7 @@ def process_limits() -> SessionLimits:
 
 
 _ENGINES: dict[tuple[str, SessionLimits], Engine] = {}
+_CHECKPOINTERS: list[WalCheckpointer] = []
 
 
 def get_engine(url: str, limits: SessionLimits | None = None) -> Engine:
@@ -107,6 +109,7 @@ def _create(url: str, limits: SessionLimits) -> Engine:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
+        checkpointer = _wal_checkpointer(engine)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -115,11 +118,25 @@ def _create(url: str, limits: SessionLimits) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            if checkpointer is not None:
+                # Commits leave checkpoints to the thread (core.sqlite_wal).
+                cursor.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
+                checkpointer.ensure_running()
             cursor.close()
 
     else:
         bound_sessions(engine, limits)
     return engine
+
+
+def _wal_checkpointer(engine: Engine) -> WalCheckpointer | None:
+    """A checkpointer for ``engine``'s database file; None for an in-memory database."""
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    checkpointer = WalCheckpointer(os.path.abspath(database))
+    _CHECKPOINTERS.append(checkpointer)
+    return checkpointer
 
 
 def bound_sessions(engine: Engine, limits: SessionLimits) -> None:
@@ -176,3 +193,6 @@ def dispose_engines() -> None:
     for engine in _ENGINES.values():
         engine.dispose()
     _ENGINES.clear()
+    for checkpointer in _CHECKPOINTERS:
+        checkpointer.stop()
+    _CHECKPOINTERS.clear()
