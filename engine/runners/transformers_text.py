@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 # Waits for one batch's forward pass and returns its output rows.
 Waiter = Callable[[], np.ndarray]
 FALLBACK_MAX_LENGTH = 512
+# The inputs a text model may take, in the order they are passed.
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The rows tokenising keeps per text: not the attention mask, which is all ones on an
+# unpadded row and is made from the rows' lengths when they are padded (``_padded``).
+TOKEN_ROWS = ("input_ids", "token_type_ids")
 
 
 class TransformersTextRunner(Runner):
@@ -126,8 +131,7 @@ class TransformersTextRunner(Runner):
 
     def _tokenize_in_full(self, texts: list[str]) -> dict[str, list[Any]]:
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        names = ("input_ids", "attention_mask", "token_type_ids")
-        return {key: encoded[key] for key in names if key in encoded}
+        return {key: encoded[key] for key in TOKEN_ROWS if key in encoded}
 
     def prefetch(self, batch: Sequence[Any]) -> None:
         """Tokenise ``batch`` (the next window's texts) in the background
@@ -136,9 +140,16 @@ class TransformersTextRunner(Runner):
             self.tokens.announce([str(text) for text in batch])
 
     def _encode(self, texts: Sequence[str]) -> tuple[Any, list[str]]:
-        """Token ids of ``texts`` (truncated, not padded) and the model input names present."""
+        """Token ids of ``texts`` (truncated, not padded) and the model's input names: those
+        rows, and the attention mask where the model takes one (made when padding)."""
         encoded = self.tokens.encode([str(text) for text in texts])
-        return encoded, list(encoded)
+        takes_mask = "attention_mask" in self.tokenizer.model_input_names
+        keys = [
+            key
+            for key in MODEL_INPUTS
+            if key in encoded or (key == "attention_mask" and takes_mask)
+        ]
+        return encoded, keys
 
     def close(self) -> None:
         self.tokens.close()

@@ -77,12 +77,12 @@ class _Tokenizer:
 
 def test_a_fast_path_that_disagrees_is_not_used() -> None:
     def full(texts: list[str]) -> dict[str, list[Any]]:
-        return {"input_ids": [[len(t)] for t in texts], "attention_mask": [[1] for _ in texts]}
+        return {"input_ids": [[len(t)] for t in texts]}
 
     assert fast_encoder(_Tokenizer(_Backend()), 8, full) is not None
 
     def other(texts: list[str]) -> dict[str, list[Any]]:
-        return {"input_ids": [[len(t) + 1] for t in texts], "attention_mask": [[1] for _ in texts]}
+        return {"input_ids": [[len(t) + 1] for t in texts]}
 
     assert fast_encoder(_Tokenizer(_Backend()), 8, other) is None
     assert fast_encoder(_Tokenizer(object()), 8, full) is None  # no encode_batch_fast
@@ -112,10 +112,28 @@ def test_padding_equals_the_row_by_row_loop(tiny_text_model: Path, side: str) ->
     runner.tokenizer.padding_side = side
     encoded = runner._tokenize(list(TEXTS))
     batch = [3, 0, 7, 5, 1]  # any order, rows of different lengths, an empty text's row
-    fills = {"input_ids": runner.tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+    fills = {"input_ids": runner.tokenizer.pad_token_id, "token_type_ids": 0}
     got = runner._padded(encoded, list(encoded), batch)
     expected = _padded_row_by_row(encoded, batch, fills, side == "left")
     assert sorted(got) == sorted(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(got[key], value)
         assert got[key].dtype == np.int64
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_inputs_equal_the_tokenizers_own_padded_call(
+    tiny_text_model: Path, side: str
+) -> None:
+    """Tokenising keeps no attention mask per text: the one padding makes from the rows'
+    lengths is the tokenizer's own, as are the padded ids."""
+    runner = _runner(tiny_text_model, 24)
+    runner.tokenizer.padding_side = side
+    batch = [3, 0, 7, 5, 1]
+    encoded, keys = runner._encode(list(TEXTS))
+    assert "attention_mask" in keys and "attention_mask" not in encoded
+    got = runner._padded(encoded, keys, batch)
+    own = runner.tokenizer([TEXTS[i] for i in batch], truncation=True, max_length=24, padding=True)
+    assert sorted(got) == sorted(key for key in own if key in keys)
+    for key in got:
+        np.testing.assert_array_equal(got[key], np.asarray(own[key]))
