@@ -11,7 +11,6 @@ leases that run out and are re-sent by the reconciler.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
@@ -149,9 +148,6 @@ def load_chunk_items(
     owner: dict[str, list[Chunk]] = {}
     for c in sorted(batch, key=lambda c: c.start):
         owner.setdefault(c.job_id, []).append(c)
-    # Each job's chunks by start, to find an item's chunk by bisection: a scan per item
-    # cost 0.16 s of 2.5 for a 20,000-item embedded job (issue 16).
-    starts = {job_id: [c.start for c in held] for job_id, held in owner.items()}
     loaded: dict[ChunkKey, list[tuple[int, InputItem]]] = {(c.job_id, c.index): [] for c in batch}
     query = (
         select(
@@ -165,10 +161,22 @@ def load_chunk_items(
         .where(ranges)
         .order_by(items.c.job_id, items.c.index)
     )
+    # An item's chunk is its job's last chunk starting at or before it. Rows come in index
+    # order, so one walk along each job's chunks finds them: with a bisection and keyword
+    # arguments per item, 20,000 items took 72 ms against 55, at the serial start of every
+    # bulkscore score and every claimed run (issue 16).
+    job = ""
+    held: list[Chunk] = []
+    at = 0
+    rows: list[tuple[int, InputItem]] = []
     for job_id, index, item_id, text, data, error in conn.execute(query):
-        chunk = owner[job_id][bisect_right(starts[job_id], index) - 1]
-        item = InputItem(item_id=item_id, text=text, data=data, error=error)
-        loaded[(chunk.job_id, chunk.index)].append((index, item))
+        if job_id != job:
+            job, held, at = job_id, owner[job_id], 0
+            rows = loaded[(job_id, held[0].index)]
+        while at + 1 < len(held) and held[at + 1].start <= index:
+            at += 1
+            rows = loaded[(job_id, held[at].index)]
+        rows.append((index, InputItem(item_id, text, data, error)))
     return loaded
 
 
