@@ -59,7 +59,9 @@ class WalCheckpointer:
             self.thread.start()
 
     def stop(self) -> None:
-        """Stop the thread (engines disposed); it ends after any checkpoint under way."""
+        """Stop the thread (engines disposed); it ends after any checkpoint under way, and
+        is not started again (an engine kept past its disposal checkpoints as SQLite does,
+        at ``FALLBACK_PAGES``)."""
         self.stopped.set()
         thread = self.thread
         if thread is not None and self.pid == os.getpid():
@@ -74,12 +76,13 @@ class WalCheckpointer:
         seen = (stat.st_size, stat.st_mtime_ns)
         if seen == self.seen:
             return False
-        self.seen = seen
         connection = sqlite3.connect(self.path, timeout=1)
         try:
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         finally:
             connection.close()
+        # Only once done: a checkpoint that failed is tried again at the next look.
+        self.seen = seen
         return True
 
     def _run(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,60 +41,56 @@ def wal_frames_left(path: Path) -> int:
     return log_frames - checkpointed
 
 
+@pytest.fixture()
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], Path]]:
+    """Makes the database file, its rows written, with the thread looking every
+    ``interval_s``; the engines are disposed after the test."""
+
+    def make(interval_s: float) -> Path:
+        monkeypatch.setattr("core.sqlite_wal.CHECK_INTERVAL_S", interval_s)
+        path = tmp_path / "wal.db"
+        write_rows(f"sqlite:///{path}")
+        return path
+
+    yield make
+    dispose_engines()
+
+
 def test_a_big_commit_leaves_the_checkpoint_to_the_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: Callable[[float], Path],
 ) -> None:
     # A thread that does not look before the assertions: what the commit itself did.
-    monkeypatch.setattr("core.sqlite_wal.CHECK_INTERVAL_S", 3600.0)
-    path = tmp_path / "big.db"
-    try:
-        write_rows(f"sqlite:///{path}")
-        size_after_commit = path.stat().st_size
-        # SQLite's default (1,000 pages) would have copied the pages into the file at the
-        # commit; here they are all still in the WAL.
-        assert os.path.getsize(f"{path}-wal") > 1000 * 4096
-        assert size_after_commit < 1000 * 4096
-        with get_engine(f"sqlite:///{path}").connect() as conn:
-            assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar() == FALLBACK_PAGES
-    finally:
-        dispose_engines()
+    path = database(3600.0)
+    size_after_commit = path.stat().st_size
+    # SQLite's default (1,000 pages) would have copied the pages into the file at the
+    # commit; here they are all still in the WAL.
+    assert os.path.getsize(f"{path}-wal") > 1000 * 4096
+    assert size_after_commit < 1000 * 4096
+    with get_engine(f"sqlite:///{path}").connect() as conn:
+        assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar() == FALLBACK_PAGES
 
 
-def test_the_thread_checkpoints_a_changed_wal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("core.sqlite_wal.CHECK_INTERVAL_S", 0.05)
-    path = tmp_path / "busy.db"
-    try:
-        write_rows(f"sqlite:///{path}")
-        deadline = time.monotonic() + 10
-        while path.stat().st_size < len(ROWS) * 4000 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        # The rows reached the database file with no commit since: the thread moved them.
-        assert path.stat().st_size >= len(ROWS) * 4000
-        assert wal_frames_left(path) == 0
-        with get_engine(f"sqlite:///{path}").connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM blobs")).scalar() == len(ROWS)
-    finally:
-        dispose_engines()
+def test_the_thread_checkpoints_a_changed_wal(database: Callable[[float], Path]) -> None:
+    path = database(0.05)
+    deadline = time.monotonic() + 10
+    while path.stat().st_size < len(ROWS) * 4000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The rows reached the database file with no commit since: the thread moved them.
+    assert path.stat().st_size >= len(ROWS) * 4000
+    assert wal_frames_left(path) == 0
+    with get_engine(f"sqlite:///{path}").connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM blobs")).scalar() == len(ROWS)
 
 
-def test_an_unchanged_wal_is_not_checkpointed_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("core.sqlite_wal.CHECK_INTERVAL_S", 3600.0)
-    path = tmp_path / "quiet.db"
-    try:
-        write_rows(f"sqlite:///{path}")
-        checkpointer = WalCheckpointer(str(path), interval_s=3600.0)
-        assert checkpointer.checkpoint_if_changed()
-        assert not checkpointer.checkpoint_if_changed(), "nothing written since"
-        with get_engine(f"sqlite:///{path}").begin() as conn:
-            conn.execute(text("INSERT INTO blobs VALUES (-1, 'one more')"))
-        assert checkpointer.checkpoint_if_changed()
-        assert wal_frames_left(path) == 0
-    finally:
-        dispose_engines()
+def test_an_unchanged_wal_is_not_checkpointed_again(database: Callable[[float], Path]) -> None:
+    path = database(3600.0)
+    checkpointer = WalCheckpointer(str(path), interval_s=3600.0)
+    assert checkpointer.checkpoint_if_changed()
+    assert not checkpointer.checkpoint_if_changed(), "nothing written since"
+    with get_engine(f"sqlite:///{path}").begin() as conn:
+        conn.execute(text("INSERT INTO blobs VALUES (-1, 'one more')"))
+    assert checkpointer.checkpoint_if_changed()
+    assert wal_frames_left(path) == 0
 
 
 def test_in_memory_databases_get_no_checkpointer() -> None:
