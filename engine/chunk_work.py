@@ -14,6 +14,7 @@ A training job's one chunk goes the same way (claim, lease, attempts), routed by
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from time import monotonic
@@ -37,9 +38,10 @@ from core.chunks.claim import (
     delivery_state,
 )
 from core.chunks.fair import Fairness, chunks_waiting, claim_fairest, stamp_served
-from core.chunks.runs import take_following
+from core.chunks.runs import claim_next_run, take_following
 from core.chunks.split import hand_back, split_exhausted
 from core.config import Settings
+from core.inputs.items import InputItem
 from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, scored_indexes
@@ -192,17 +194,21 @@ def _work_on_claimed(
     claims = [claim, *siblings]
     # Fair claiming ranks keys by the worker time they received: all of it is charged.
     worker_time = WorkerTime(_items_by_job(claims)) if fair else None
+    # The job's next runs, claimed while this one is scored (_next_runs).
+    extensions: list[Claim] = []
     try:
         yield_on = state.runs_on if fair and not siblings else None
-        return _score_claimed(engine, settings, claims, runner, driver, yield_on, worker_time)
+        return _score_claimed(
+            engine, settings, claims, runner, driver, yield_on, worker_time, extensions
+        )
     except Exception as exc:
         _charge_apart(engine, worker_time)
         reason = f"{type(exc).__name__}: {exc}"
-        if siblings:
-            # Other jobs' chunks go back to the queue with their attempt counted; their own
-            # messages (or retries of them) claim them again.
+        if siblings or extensions:
+            # Other jobs' chunks, and this job's runs claimed ahead, go back to the queue
+            # with their attempt counted; any chunk message of the model claims them again.
             with engine.begin() as conn:
-                release_chunks(conn, [_key(c) for c in siblings])
+                release_chunks(conn, [_key(c) for c in [*siblings, *extensions]])
         if claim.attempts >= max_attempts:
             abandon_chunk(engine, model, revision, claim.chunk, claim.attempts, reason)
             raise ChunkAttemptError(reason, attempts=claim.attempts, retry=False) from exc
@@ -290,6 +296,7 @@ def _score_claimed(
     driver: Driver,
     yield_on: str | None,
     worker_time: WorkerTime | None,
+    extensions: list[Claim],
 ) -> ChunkReport:
     """Score the claimed chunks (this delivery's first, then its cross-job siblings).
 
@@ -301,7 +308,9 @@ def _score_claimed(
     that is waiting takes the worker: the unscored rest goes back to the queue as a new
     chunk (:func:`core.chunks.split.hand_back`). ``worker_time`` (fair claiming): charged
     at each check after the turn (with ``yield_on``) and in the transaction that ends the
-    claim.
+    claim. With ``yield_on``, the job's next runs are claimed while this one is scored
+    (:func:`_next_runs`, appended to ``extensions``) and finished, handed back or released
+    with it.
     """
     batch = [claim.chunk for claim in claims if claim.chunk is not None]
     keys = [(chunk.job_id, chunk.index) for chunk in batch]
@@ -333,6 +342,11 @@ def _score_claimed(
         started = monotonic()
         with engine.connect() as conn:
             loaded = load_chunk_items(conn, batch)
+        more_work = None
+        if yield_on is not None:
+            more_work = _next_runs(
+                engine, settings, first.chunk.job_id, yield_on, runner, driver, extensions, keys
+            )
         run = score_jobs(
             engine,
             runner,
@@ -342,6 +356,7 @@ def _score_claimed(
             still_active=still_active,
             should_yield=should_yield,
             window_s=settings.fair_window_s,
+            more_work=more_work,
         )
     totals, stopped = run.totals, run.stopped
     scored = sum(total.succeeded + total.failed for total in totals.values())
@@ -349,7 +364,8 @@ def _score_claimed(
     if run.yielded:
         assert yield_on is not None  # only a chunk that may yield has yielded
         rest = run.yielded[first.chunk.job_id]
-        return _hand_back(engine, first, yield_on, rest, totals, driver.send, worker_time)
+        held = [first, *extensions]
+        return _hand_back(engine, held, yield_on, rest, totals, driver.send, worker_time)
     with engine.begin() as conn:
         if worker_time is not None:
             worker_time.charge(conn)  # before the finish, which may end the job
@@ -404,40 +420,114 @@ def _score_claimed(
 
 def _hand_back(
     engine: Engine,
-    claim: Claim,
+    held: list[Claim],
     model: str,
     rest: tuple[int, int],
     totals: dict[str, ScoreTotals],
     send: ChunkSend | None,
     worker_time: WorkerTime | None,
 ) -> ChunkReport:
-    """Give the unscored ``rest`` of ``claim``'s chunk back as a new queued chunk, and send
-    its message to ``model``'s queue (a token: the next delivery claims the fairest chunk,
-    the waiting one), with the turn's last worker time charged in the same transaction."""
-    assert claim.chunk is not None
-    chunk = claim.chunk
-    own = totals[chunk.job_id]
+    """Give the unscored ``rest`` of the job's ``held`` chunks (the delivery's claim, then
+    the runs claimed ahead) back as new queued chunks, one per held chunk it reaches, and
+    send their messages to ``model``'s queue (tokens: the next delivery claims the fairest
+    chunk, the waiting one); a held chunk the rest does not reach is done. The turn's last
+    worker time is charged in the same transaction."""
+    first = held[0]
+    assert first.chunk is not None
+    job_id = first.chunk.job_id
+    own = totals[job_id]
+    lo, hi = rest
+    children: list[tuple[int, tuple[int, int]]] = []
+    taken_over = False
     with engine.begin() as conn:
         if worker_time is not None:
             worker_time.charge(conn)
-        child = hand_back(conn, chunk.job_id, chunk.index, attempts=claim.attempts, rest=rest)
-    if child is None:
+        for claim in held:
+            assert claim.chunk is not None
+            part = (max(lo, claim.chunk.start), min(hi, claim.chunk.stop))
+            if part[0] >= part[1]:
+                # Every item of it is scored: rows committed before the hand-back.
+                finish_chunks(conn, [_key(claim)], ChunkStatus.DONE)
+                continue
+            child = hand_back(conn, job_id, claim.chunk.index, attempts=claim.attempts, rest=part)
+            if child is None:
+                taken_over = True
+            else:
+                children.append((child, part))
+    if not children:
         reason = "lease taken over before the hand-back; left to its new holder"
     else:
-        reason = f"items {rest[0]}..{rest[1] - 1} handed back as chunk {child} (a job ranks first)"
-        if send is not None:
+        handed = ", ".join(f"items {a}..{b - 1} as chunk {child}" for child, (a, b) in children)
+        reason = f"{handed} handed back (a job ranks first)"
+        if taken_over:
+            reason += "; the rest left to the new holder of a lease taken over"
+        for child, _ in children:
+            if send is None:
+                continue
             try:
-                send(chunk.job_id, child, model)
+                send(job_id, child, model)
             except Exception:
                 # The chunk stays queued; the lost-message sweep sends it later.
-                log.exception("could not send chunk %d of job %s", child, chunk.job_id)
+                log.exception("could not send chunk %d of job %s", child, job_id)
     return ChunkReport(
         ChunkOutcome.YIELDED,
         reason,
         scored=own.succeeded + own.failed,
         already_scored=own.skipped,
-        attempts=claim.attempts,
+        attempts=first.attempts,
     )
+
+
+def _next_runs(
+    engine: Engine,
+    settings: Settings,
+    job_id: str,
+    model: str,
+    runner: Runner,
+    driver: Driver,
+    extensions: list[Claim],
+    keys: list[ChunkKey],
+) -> Callable[[], list[JobItems]]:
+    """``more_work`` for a run of ``job_id``'s chunks: the job's next run, claimed while
+    this one's last windows are scored, so that the worker's pipeline goes on instead of
+    draining, finishing, taking the next message, claiming and filling again (three times
+    per 20,000 texts with runs of a turn's work: bench/README.md, issue 16).
+
+    Only while no other job's chunk of the model waits: then the job's next delivery would
+    claim the same run, and nobody waits for the worker. A job that arrives later gets it
+    as from any run, at the turn's check between windows (the hand-back covers the runs
+    claimed ahead too). The run claimed is what a delivery would claim (a turn's work, a
+    ``1 / workers`` share of the queued chunks); its key joins ``keys`` (lease renewals and
+    the finish) and its claim ``extensions``.
+    """
+
+    def more_work() -> list[JobItems]:
+        try:
+            with engine.begin() as conn:
+                if chunks_waiting(conn, model, besides=job_id):
+                    return []
+                seconds = min(settings.chunk_claim_s, settings.fair_time_slice_s)
+                workers = driver.workers_for(model) if driver.workers_for else None
+                claim = claim_next_run(
+                    conn,
+                    job_id,
+                    items_within(runner, seconds),
+                    lease_s=settings.chunk_lease_s,
+                    workers=workers,
+                )
+                if claim is None or claim.chunk is None:
+                    return []
+                loaded = load_chunk_items(conn, [claim.chunk])
+        except Exception:
+            # Only a way to keep the pipeline busy: the next delivery claims it instead.
+            log.warning("could not claim the next run of job %s ahead", job_id, exc_info=True)
+            return []
+        extensions.append(claim)
+        keys.append(_key(claim))
+        items: list[tuple[int, InputItem]] = loaded[_key(claim)]
+        return [JobItems(job_id, items)]
+
+    return more_work
 
 
 def abandon_chunk(

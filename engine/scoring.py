@@ -169,6 +169,7 @@ def score_jobs(
     dedup: bool = True,
     cache: bool = True,
     window_s: float = 0.0,
+    more_work: Callable[[], Sequence[JobItems]] | None = None,
 ) -> ScoreRun:
     """:func:`score_items` for the items of several jobs of one model, scored together.
 
@@ -194,6 +195,11 @@ def score_jobs(
             that per-window costs (a transaction, a check) are spread over more items, and
             with ``should_yield`` a slow model's are scored in parts, so that it is asked
             about this often. 0: windows by count only.
+        more_work: Asked for more items of the call's jobs once half of the entries
+            planned so far are in windows about to start (and again after each time it
+            gave some): they are planned after the windows planned and scored in the same
+            pipeline, which so does not drain and fill again between one claim and the
+            next. Nothing: not asked again.
 
     Texts are windowed in length order across the whole call, so that each write window is
     as uniform as one big length-sorted batch: small windows (frequent writes and checks)
@@ -236,6 +242,26 @@ def score_jobs(
         dedup=dedup,
     )
     stopped: set[str] = set()
+    asking = more_work is not None
+
+    def extend() -> None:
+        """Ask ``more_work`` for items, and plan their windows after the ones planned."""
+        nonlocal asking
+        assert more_work is not None
+        added = [unit for unit in more_work() if unit.items]
+        if not added:
+            asking = False
+            return
+        for unit in added:
+            totals.setdefault(unit.job_id, ScoreTotals())
+        new_pending, new_retrying = _without_scored(engine, added, totals, progress)
+        for job_id, indexes in new_retrying.items():
+            # A new set, not an update of one the writer thread may be reading.
+            retrying[job_id] = retrying.get(job_id, set()) | indexes
+        entries = [(unit.job_id, index, item) for unit in added for index, item in unit.items]
+        planned = scoring_windows(entries, new_pending, write_batch_size, _text_length)
+        windows.extend(planned)
+        pacer.entries += sum(len(window) for window in planned)
 
     def write(scored: dict[str, list[ScoredItem]], answered: list[tuple[Entry, Answer]]) -> Any:
         with engine.begin() as conn:
@@ -295,6 +321,8 @@ def score_jobs(
         (None: no window is left). Whether a job is still active is asked here, before its
         window is scored."""
         nonlocal stopped
+        if asking and 2 * (pacer.entries - pacer.before) <= pacer.entries:
+            extend()
         at = position
         while at < len(windows):
             # Merged to the pace with the windows whose texts its prediction announces;

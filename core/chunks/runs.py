@@ -109,3 +109,35 @@ def take_following(
     extended = take_chunk(conn, chunk.job_id, index, queued, lease_s=lease_s, now=now)
     assert extended is not None  # created in this transaction, unseen by anyone else
     return extended
+
+
+def claim_next_run(
+    conn: Connection,
+    job_id: str,
+    most_items: int,
+    *,
+    lease_s: float,
+    workers: int | None = None,
+    now: datetime | None = None,
+) -> Claim | None:
+    """Claim the first queued, never attempted chunk of ``job_id`` with the run after it
+    (:func:`take_following`): what the job's next delivery would claim, taken by the worker
+    already scoring the job before its current run ends (``engine.chunk_work``); None if no
+    such chunk is left, another worker is claiming it, or it holds more than ``most_items``
+    (a slow model's chunk is many turns of work: claimed ahead, it would only be kept from
+    another worker). Call inside a transaction."""
+    now = now or utcnow()
+    queued = and_(chunks.c.status == ChunkStatus.QUEUED.value, chunks.c.attempts == 0)
+    first = conn.execute(
+        select(chunks.c.index, chunks.c.start, chunks.c.stop)
+        .where(and_(chunks.c.job_id == job_id, queued))
+        .order_by(chunks.c.start)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if first is None or first.stop - first.start > most_items:
+        return None
+    claim = take_chunk(conn, job_id, first.index, queued, lease_s=lease_s, now=now)
+    if claim is None:
+        return None
+    return take_following(conn, claim, most_items, lease_s=lease_s, workers=workers, now=now)

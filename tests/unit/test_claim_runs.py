@@ -7,6 +7,7 @@ a ``BaseException`` the chunk code does not catch, and an expired lease.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ from core.db import dispose_engines, get_engine
 from core.inputs.items import InputItem
 from core.jobs.lifecycle import Job, create_job, get_job
 from core.jobs.predictions import Prediction
+from core.jobs.priority import Priority
 from core.migrate import upgrade
 from core.models.registry import Backend, ModelSpec, Task
 from core.tables import chunks, results
 from engine.chunk_work import work_on_chunk
 from engine.claim_pace import items_within, record_claim
-from engine.delivery import ChunkOutcome
+from engine.delivery import ChunkAttemptError, ChunkOutcome
 from engine.runners.base import Progress, Runner
 
 SPEC = ModelSpec(
@@ -200,3 +202,144 @@ def test_a_worker_dying_in_a_run_leaves_one_chunk_whose_retry_scores_the_rest(
     with engine.connect() as conn:
         indexes = sorted(conn.scalars(select(results.c.index)))
     assert indexes == list(range(24))  # each item once
+
+
+# -- the next run claimed ahead (engine.chunk_work._next_runs) ---------------------------------
+
+
+def fair_settings(**values: Any) -> Settings:
+    """Fair claiming with a turn of 8 items at the runners' 1,000 items a second: runs of two
+    chunks of 4, windows of 4 (by count), so that a run's windows are planned halfway soon."""
+    base: dict[str, Any] = {
+        "fair_claiming": True,
+        "fair_time_slice_s": 0.008,
+        "fair_window_s": 0.0,
+        "write_batch_size": 4,
+    }
+    return settings(**{**base, **values})
+
+
+def chunk_states(engine: Engine, job_id: str) -> dict[str, int]:
+    states: dict[str, int] = {}
+    for row in chunk_table(engine, job_id):
+        states[row[3]] = states.get(row[3], 0) + 1
+    return states
+
+
+class Newcomer(CountingRunner):
+    """Submits a high-priority job of the same model once it has seen ``after`` texts: a
+    job that ranks first arrives while the runs are scored."""
+
+    def __init__(self, engine: Engine, after: int) -> None:
+        super().__init__()
+        self.engine = engine
+        self.after = after
+        self.arrived: Job | None = None
+
+    def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
+        predictions = super().predict(batch, progress)
+        if self.arrived is None and len(self.seen) >= self.after:
+            inputs = [InputItem(item_id=f"n{i}", text=f"urgent {i}") for i in range(3)]
+            with self.engine.begin() as conn:
+                self.arrived = create_job(conn, SPEC, inputs, chunk_size=4, priority=Priority.HIGH)
+        return predictions
+
+
+def test_a_fair_worker_claims_the_jobs_next_runs_ahead_when_nothing_else_waits(
+    engine: Engine,
+) -> None:
+    job = new_job(engine, 40, chunk_size=4)  # chunks 0..9
+    runner = CountingRunner()
+    record_claim(runner, 1000, 1.0)
+    report = work_on_chunk(engine, fair_settings(), job.id, 0, {"fake": runner}.get)
+    # One delivery scored the whole job: its first run (two chunks), then each next run
+    # claimed while the one before was scored, without a drain and a claim between them.
+    assert (report.outcome, report.scored) == (ChunkOutcome.DONE, 40)
+    assert sorted(runner.seen) == sorted(f"text {i}" for i in range(40))
+    states = chunk_states(engine, job.id)
+    assert "queued" not in states and "running" not in states, states
+    with engine.connect() as conn:
+        final = get_job(conn, job.id)
+        indexes = sorted(conn.scalars(select(results.c.index)))
+    assert final is not None and final.status == "completed" and final.succeeded == 40
+    assert indexes == list(range(40))
+    # The other chunks' messages are tokens for nothing now.
+    late = work_on_chunk(engine, fair_settings(), job.id, 5, {"fake": runner}.get)
+    assert late.outcome == ChunkOutcome.SKIPPED
+
+
+def test_no_run_is_claimed_ahead_while_another_jobs_chunk_waits(engine: Engine) -> None:
+    job = new_job(engine, 40, chunk_size=4)
+    other = new_job(engine, 4, chunk_size=4)
+    runner = CountingRunner()
+    record_claim(runner, 1000, 1.0)
+    report = work_on_chunk(engine, fair_settings(), job.id, 0, {"fake": runner}.get)
+    worked = report.worked_on[0] if report.worked_on else job.id
+    if worked == other.id:
+        assert report.scored == 4
+        assert chunk_states(engine, job.id) == {"queued": 10}
+    else:
+        # A run of a turn's work (chunks 0 and 1) and no more: the other job waits.
+        assert report.scored == 8
+        assert chunk_states(engine, job.id) == {"merged": 2, "done": 1, "queued": 8}
+    assert chunk_states(engine, other.id).get("running", 0) == 0
+
+
+def test_a_job_that_arrives_during_runs_claimed_ahead_gets_the_rest_handed_back(
+    engine: Engine,
+) -> None:
+    job = new_job(engine, 40, chunk_size=4)
+    runner = Newcomer(engine, after=20)
+    record_claim(runner, 1000, 1.0)
+    report = work_on_chunk(engine, fair_settings(), job.id, 0, {"fake": runner}.get)
+    assert runner.arrived is not None
+    assert report.outcome == ChunkOutcome.YIELDED, report
+    assert 20 <= report.scored < 40
+    # Nothing of the job is held any more: what is left waits in queued chunks, and the
+    # runs claimed ahead that were scored whole are done.
+    assert "running" not in chunk_states(engine, job.id)
+    queued = sorted(row[1:3] for row in chunk_table(engine, job.id) if row[3] == "queued")
+    for (_, stop), (start, _) in pairwise(queued):
+        assert stop <= start, f"queued chunks overlap: {queued}"
+    assert sum(stop - start for start, stop in queued) >= 40 - report.scored
+    # The next deliveries score the newcomer first, then the rest of the job.
+    for _ in range(20):
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                select(chunks.c.job_id, chunks.c.index).where(chunks.c.status == "queued")
+            ).first()
+        if waiting is None:
+            break
+        work_on_chunk(engine, fair_settings(), waiting[0], waiting[1], {"fake": runner}.get)
+    with engine.connect() as conn:
+        indexes = sorted(conn.scalars(select(results.c.index).where(results.c.job_id == job.id)))
+        final = get_job(conn, job.id)
+        urgent = get_job(conn, runner.arrived.id)
+    assert indexes == list(range(40)), "every item once: nothing lost or written twice"
+    assert final is not None and final.status == "completed"
+    assert urgent is not None and urgent.status == "completed"
+    assert runner.seen.count("text 0") == 1 and len(runner.seen) == 43
+
+
+def test_a_failure_gives_back_the_runs_claimed_ahead_too(engine: Engine) -> None:
+    job = new_job(engine, 40, chunk_size=4)
+
+    class Failing(CountingRunner):
+        """Fails outside any one item (its text prefetch: a lost device, say) once it has
+        scored 24 texts: the chunk's attempt fails, not an item."""
+
+        def prefetch(self, batch: Sequence[Any]) -> None:
+            if len(self.seen) >= 24:
+                raise RuntimeError("device lost")
+
+    runner = Failing()
+    record_claim(runner, 1000, 1.0)
+    with pytest.raises(ChunkAttemptError):
+        work_on_chunk(engine, fair_settings(), job.id, 0, {"fake": runner}.get)
+    # Every chunk claimed (the first run and the runs claimed ahead) is back in the queue,
+    # for any message of the model to claim; none is left running on a lease.
+    states = chunk_states(engine, job.id)
+    assert "running" not in states and states.get("queued", 0) >= 2, states
+    with engine.connect() as conn:
+        written = conn.scalar(select(func.count()).select_from(results))
+    assert written == 24  # the windows before the failure are kept
