@@ -41,7 +41,6 @@ from core.chunks.fair import Fairness, chunks_waiting, claim_fairest, stamp_serv
 from core.chunks.runs import claim_next_run, take_following
 from core.chunks.split import hand_back, split_exhausted
 from core.config import Settings
-from core.inputs.items import InputItem
 from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
 from core.jobs.results import ScoredItem, scored_indexes
@@ -153,11 +152,7 @@ def work_on_chunk(
                 # with fair claiming no more than a turn's work: a turn's end is where
                 # another job may take the worker, and a longer run left that to the
                 # hand-back, a few windows late (a newcomer found a whole job's run ahead).
-                seconds = settings.chunk_claim_s
-                if fair:
-                    seconds = min(seconds, settings.fair_time_slice_s)
-                most = items_within(runner, seconds)
-                workers = driver.workers_for(state.runs_on) if driver.workers_for else None
+                most, workers = _run_bounds(settings, runner, driver, state.runs_on, fair)
                 claim = take_following(
                     conn, claim, most, lease_s=settings.chunk_lease_s, workers=workers
                 )
@@ -168,6 +163,19 @@ def work_on_chunk(
     if (claim.chunk.job_id, claim.chunk.index) != (job_id, chunk_index):
         return replace(report, worked_on=(claim.chunk.job_id, claim.chunk.index))
     return report
+
+
+def _run_bounds(
+    settings: Settings, runner: Runner, driver: Driver, model: str, fair: bool
+) -> tuple[int, int | None]:
+    """How many items a run of chunks may hold (``chunk_claim_s`` of the runner's pace; with
+    fair claiming no more than a turn's), and how many workers serve ``model`` (None:
+    unknown), whose shares the run leaves (:func:`core.chunks.runs.take_following`)."""
+    seconds = settings.chunk_claim_s
+    if fair:
+        seconds = min(seconds, settings.fair_time_slice_s)
+    workers = driver.workers_for(model) if driver.workers_for else None
+    return items_within(runner, seconds), workers
 
 
 def _work_on_claimed(
@@ -364,8 +372,8 @@ def _score_claimed(
     if run.yielded:
         assert yield_on is not None  # only a chunk that may yield has yielded
         rest = run.yielded[first.chunk.job_id]
-        held = [first, *extensions]
-        return _hand_back(engine, held, yield_on, rest, totals, driver.send, worker_time)
+        holding = [first, *extensions]
+        return _hand_back(engine, holding, yield_on, rest, totals, driver.send, worker_time)
     with engine.begin() as conn:
         if worker_time is not None:
             worker_time.charge(conn)  # before the finish, which may end the job
@@ -461,9 +469,8 @@ def _hand_back(
         reason = f"{handed} handed back (a job ranks first)"
         if taken_over:
             reason += "; the rest left to the new holder of a lease taken over"
+    if send is not None:
         for child, _ in children:
-            if send is None:
-                continue
             try:
                 send(job_id, child, model)
             except Exception:
@@ -508,14 +515,9 @@ def _next_runs(
             with engine.begin() as conn:
                 if chunks_waiting(conn, model, besides=job_id):
                     return []
-                seconds = min(settings.chunk_claim_s, settings.fair_time_slice_s)
-                workers = driver.workers_for(model) if driver.workers_for else None
+                most, workers = _run_bounds(settings, runner, driver, model, fair=True)
                 claim = claim_next_run(
-                    conn,
-                    job_id,
-                    items_within(runner, seconds),
-                    lease_s=settings.chunk_lease_s,
-                    workers=workers,
+                    conn, job_id, most, lease_s=settings.chunk_lease_s, workers=workers
                 )
                 if claim is None or claim.chunk is None:
                     return []
@@ -526,8 +528,7 @@ def _next_runs(
             return []
         extensions.append(claim)
         keys.append(_key(claim))
-        items: list[tuple[int, InputItem]] = loaded[_key(claim)]
-        return [JobItems(job_id, items)]
+        return [JobItems(job_id, loaded[_key(claim)])]
 
     return more_work
 

@@ -135,9 +135,13 @@ def claim_next_run(
         .limit(1)
         .with_for_update(skip_locked=True)
     ).first()
-    if first is None or first.stop - first.start > most_items:
+    if first is None:
         return None
-    claim = take_chunk(conn, job_id, first.index, queued, lease_s=lease_s, now=now)
+    # By position: a Row's .index is the tuple method to type checkers, not the column.
+    index, start, stop = first
+    if stop - start > most_items:
+        return None
+    claim = take_chunk(conn, job_id, index, queued, lease_s=lease_s, now=now)
     if claim is None:
         return None
     return take_following(conn, claim, most_items, lease_s=lease_s, workers=workers, now=now)
