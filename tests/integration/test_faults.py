@@ -33,11 +33,13 @@ from worker_support import poll, worker_env
 
 from core.config import Settings
 from core.db import get_engine
+from core.heartbeats import queue_depth, redis_client
 from core.inputs.items import InputItem
 from core.jobs.lifecycle import create_job
 from core.jobs.status import FINAL_JOB_STATES, JobStatus
 from core.migrate import upgrade
 from core.models.registry import Registry
+from core.queues import model_queue
 from core.tables import chunks, jobs, results, retry_items
 
 SETTLE_S = 60.0  # the most any scenario may take to reach final states
@@ -94,6 +96,27 @@ class Service:
         deadline = time.monotonic() + timeout
         while not all_final() and time.monotonic() < deadline:
             time.sleep(0.25)
+
+    def wait_quiet(self, timeout: float = SETTLE_S) -> None:
+        """Until no chunk message is queued or held by a worker (being run, or waiting out a
+        retry countdown). A job that finishes early leaves its other chunks' messages behind:
+        each is a token that "a chunk of this model may wait", and one delivered later takes
+        the fairest queued chunk of any job, with the runs after it (engine.chunk_work). A
+        scenario that needs a chunk to wait for a particular rescue (a restart, the sweep)
+        starts from here, or a leftover token may score the job first."""
+        app = self.api.queue.app
+        client = redis_client(self.redis.url)
+
+        def quiet() -> bool:
+            if queue_depth(client, model_queue(TEXT_MODEL)):
+                return False
+            inspect = app.control.inspect(timeout=2)
+            held = [inspect.active(), inspect.reserved(), inspect.scheduled()]
+            if any(len(replies or {}) < self.workers.count for replies in held):
+                return False  # a worker did not answer: what it holds is not known
+            return not any(tasks for replies in held for tasks in replies.values())
+
+        poll(quiet, timeout, "no chunk message queued or held", interval=0.25)
 
     def check(self, scenario: str, job_ids: list[str]) -> Audit:
         self.settle(job_ids)
@@ -229,6 +252,9 @@ def test_3b_a_connected_worker_that_stops_consuming_is_restarted(service: Servic
     service.workers.wait_consuming()
     exits_before = len(service.workers.exits)
     app = service.api.queue.app
+    # A message an earlier scenario left (held for a retry countdown, say) would run after
+    # the cancel, take this job's chunks and score them before any stall is seen.
+    service.wait_quiet()
     # Wait for every worker to confirm: a broadcast that reaches a worker only after the
     # job is queued lets it consume normally, and nothing would stall.
     cancelled: set[str] = set()
@@ -667,6 +693,7 @@ def test_9_a_job_whose_messages_were_never_sent_still_runs(service: Service) -> 
     # The API committed the job and died before sending its chunks (or Redis lost them):
     # stored, queued, and no message anywhere. The workers' lost-message sweep finds it.
     service.workers.wait_consuming()
+    service.wait_quiet()  # "no message anywhere": none left by the scenarios before
     inputs = [InputItem(item_id=f"r{i}", text=text) for i, text in enumerate(texts(60))]
     with service.engine.begin() as conn:
         job = create_job(
