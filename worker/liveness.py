@@ -5,7 +5,7 @@ A Celery worker can stay connected to Redis yet stop consuming after a broker re
 queue fills up. A process-exists healthcheck stays green. So a thread, independent of the
 consumer's event loop, checks every few seconds:
 
-- the worker holds no task (nothing reserved: not scoring, not holding a retry), yet
+- the worker holds no task to run (nothing reserved: not scoring, none waiting for it), yet
 - one of the queues it was started to serve holds messages, and
 - that has been so, with nothing received, for ``worker_stall_s`` seconds.
 
@@ -88,8 +88,10 @@ def check_interval_s(stall_s: float) -> float:
 def _busy() -> bool:
     from celery.worker import state
 
-    # Reserved includes active: a task being scored, or one held for its retry countdown
-    # (while it is held, worker_disable_prefetch rightly stops fetching more).
+    # Reserved includes active: a task being scored, or one fetched and waiting for the pool.
+    # Not a retry held for its countdown: Celery marks that one reserved only when its time
+    # comes (Consumer.apply_eta_task), and meanwhile worker_disable_prefetch lets the worker
+    # fetch other messages, so a worker holding one and fetching nothing is stalled too.
     return bool(state.reserved_requests)
 
 
