@@ -116,7 +116,10 @@ class Service:
                 return False  # a worker did not answer: what it holds is not known
             return not any(tasks for replies in held for tasks in replies.values())
 
-        poll(quiet, timeout, "no chunk message queued or held", interval=0.25)
+        try:
+            poll(quiet, timeout, "no chunk message queued or held", interval=0.25)
+        finally:
+            client.close()
 
     def check(self, scenario: str, job_ids: list[str]) -> Audit:
         self.settle(job_ids)
