@@ -1,5 +1,6 @@
 """Fair scheduling on the real service: PostgreSQL, Redis, the API and one real
-``bulkscore worker`` process serving a tiny model.
+``bulkscore worker`` process serving the GPU stand-in (a tiny model's tokenizer and labels,
+a forward pass that takes a set time per token).
 
 A small job submitted behind a big one finishes first; a normal job overtakes a low one;
 two keys' jobs advance together; and the hand-backs that make it so write every item
@@ -30,6 +31,7 @@ from core.tables import jobs
 MODEL = "tiny"
 TIMEOUT_S = 120.0
 BIG = 6_000  # three chunks of 2,000
+TOKENS_PER_S = 40_000.0  # the stand-in's forward pass: >= 2.7 s for a job of BIG texts
 
 
 @dataclass
@@ -94,10 +96,17 @@ def texts(count: int, tag: str) -> list[str]:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("fair-service")
+    # The GPU stand-in, not the tiny model itself: each test needs the job ahead to still
+    # be running once the next job is accepted, and the tiny model scored a 6,000-text job
+    # in 1.2 s, less than a slow moment of the test machine takes to submit the next one
+    # (a CI run saw the low job complete before the normal one). The stand-in's forward
+    # pass sleeps for the batch's tokens (108,000 per job here), so a job takes at least
+    # 2.7 s however fast the machine, and every other stage is the real one.
     entry = {
         "task": "text-classification",
-        "backend": "transformers",
+        "backend": "standin",
         "source": str(tiny_text_model),
+        "standin_tokens_per_s": TOKENS_PER_S,
         "max_batch_size": 16,
         "max_batch_tokens": 1024,
     }
