@@ -25,4 +25,4 @@ def _flags_show_no_type(self: TyperOption, ctx: Any) -> str | None:
 def hide_flag_types() -> None:
     """Apply the rule above to every command's help (idempotent)."""
     if _typed is not None:
-        TyperOption.display_type_rich = _flags_show_no_type  # type: ignore[method-assign]
+        TyperOption.display_type_rich = _flags_show_no_type  # type: ignore[attr-defined, method-assign, unused-ignore]
