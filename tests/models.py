@@ -63,3 +63,24 @@ def write_models_file(path: Path, entries: dict[str, dict[str, object]]) -> Path
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def paced_text_model(source: Path, tokens_per_s: float, **extra: object) -> dict[str, object]:
+    """A models-file entry for the GPU stand-in over ``source`` (a classifier folder), for a
+    test that needs a job still running when its next step comes (a cancel, a kill, a job
+    submitted behind it).
+
+    The tiny model scores a few thousand texts in well under a second, less than a slow
+    moment of a loaded 2-core CI machine takes between two steps of a test (CI runs lost
+    such races). The stand-in's forward pass sleeps for each batch's real tokens, so a job
+    takes at least its tokens / ``tokens_per_s`` however fast the machine; every other stage
+    (read, tokenise, pad, top-k, rows, writes) is the real one. Repeated texts are scored
+    once: give such a test distinct texts.
+    """
+    return {
+        "task": "text-classification",
+        "backend": "standin",
+        "source": str(source),
+        "standin_tokens_per_s": tokens_per_s,
+        **extra,
+    }

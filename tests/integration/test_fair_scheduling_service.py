@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from api_support import UnitApi, bearer, serve
 from ledger import Ledger, audit
-from models import write_models_file
+from models import paced_text_model, write_models_file
 from services import flushed_redis, fresh_postgres_database
 from sqlalchemy import func, select
 from worker_support import WorkerProcess, poll, running_worker, worker_env
@@ -96,20 +96,12 @@ def texts(count: int, tag: str) -> list[str]:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("fair-service")
-    # The GPU stand-in, not the tiny model itself: each test needs the job ahead to still
-    # be running once the next job is accepted, and the tiny model scored a 6,000-text job
-    # in 1.2 s, less than a slow moment of the test machine takes to submit the next one
-    # (a CI run saw the low job complete before the normal one). The stand-in's forward
-    # pass sleeps for the batch's tokens (108,000 per job here), so a job takes at least
-    # 2.7 s however fast the machine, and every other stage is the real one.
-    entry = {
-        "task": "text-classification",
-        "backend": "standin",
-        "source": str(tiny_text_model),
-        "standin_tokens_per_s": TOKENS_PER_S,
-        "max_batch_size": 16,
-        "max_batch_tokens": 1024,
-    }
+    # Each test needs the job ahead still running once the next one is accepted: the tiny
+    # model scored a 6,000-text job in 1.2 s, and a CI run saw the low job complete before
+    # the normal one. 108,000 tokens per job here: at least 2.7 s.
+    entry = paced_text_model(
+        tiny_text_model, TOKENS_PER_S, max_batch_size=16, max_batch_tokens=1024
+    )
     models = write_models_file(tmp / "models.toml", {MODEL: entry})
     with fresh_postgres_database() as pg_url, flushed_redis() as redis_url:
         upgrade(pg_url)

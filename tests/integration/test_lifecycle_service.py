@@ -1,5 +1,6 @@
 """Deleting jobs and the retention purge on the real service: PostgreSQL, Redis, the API
-and a real ``bulkscore worker`` process scoring another job meanwhile.
+and a real ``bulkscore worker`` process (the GPU stand-in over a tiny model) scoring another
+job meanwhile.
 
 The jobs neither deleted nor purged must keep the promise (tests/ledger.py: 0 lost, 0
 duplicate); a deleted job's worker writes nothing after the deletion and does not fail.
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from api_support import UnitApi, bearer, serve
 from ledger import Ledger, audit
-from models import write_models_file
+from models import paced_text_model, write_models_file
 from services import flushed_redis, fresh_postgres_database
 from sqlalchemy import func, select
 from worker_support import WorkerProcess, poll, running_worker, worker_env
@@ -58,13 +59,9 @@ class Service:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("lifecycle-service")
-    entry = {
-        "task": "text-classification",
-        "backend": "transformers",
-        "source": str(tiny_text_model),
-        "max_batch_size": 8,
-        "max_batch_tokens": 512,
-    }
+    # The big job must still be scoring while its neighbours are deleted, and the victim
+    # while it is cancelled: at 20,000 tokens/s, 4,000 texts take at least 4 s here.
+    entry = paced_text_model(tiny_text_model, 20_000, max_batch_size=8, max_batch_tokens=512)
     models = write_models_file(tmp / "models.toml", {MODEL: entry})
     with fresh_postgres_database() as pg_url, flushed_redis() as redis_url:
         upgrade(pg_url)
