@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from models import write_models_file
+from models import paced_text_model, write_models_file
 from services import flushed_redis, fresh_postgres_database
 from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
@@ -366,12 +366,9 @@ def test_a_chunk_of_a_killed_worker_is_re_sent_and_finished(
     models = write_models_file(
         service.tmp / "kill-models.toml",
         {
-            "tiny-kill": {
-                "task": "text-classification",
-                "backend": "transformers",
-                "source": str(tiny_text_model),
-                "max_batch_size": 8,
-            }
+            # The chunk must outlast the poll that kills its worker: about 75,000 tokens,
+            # at least 3.8 s.
+            "tiny-kill": paced_text_model(tiny_text_model, 20_000, max_batch_size=8)
         },
     )
     env = {
@@ -381,7 +378,9 @@ def test_a_chunk_of_a_killed_worker_is_re_sent_and_finished(
         "BULKSCORE_WRITE_BATCH_SIZE": "100",
     }
     registry = Registry.load(models)
-    inputs = [InputItem(item_id=f"r{i}", text=t) for i, t in enumerate(sample_texts(3000))]
+    # Distinct texts (sample_texts repeats 440): the model sees each repeated text once.
+    texts = [f"{t} #{i}" for i, t in enumerate(sample_texts(3000))]
+    inputs = [InputItem(item_id=f"r{i}", text=t) for i, t in enumerate(texts)]
     with service.engine.begin() as conn:
         job = create_job(conn, registry.get("tiny-kill"), inputs, chunk_size=3000)
 
