@@ -21,7 +21,7 @@ import httpx
 import pytest
 from api_support import running_api
 from imagenet_support import PHOTOS
-from models import write_models_file
+from models import paced_text_model, write_models_file
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -117,14 +117,16 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> Ite
     models = write_models_file(
         folder / "models.toml",
         {
-            TEXT_MODEL: {
-                "task": "text-classification",
-                "backend": "transformers",
-                "source": str(tiny_text_model),
-                "max_batch_size": 8,
-                "max_batch_tokens": 512,
-                "description": "a tiny test model",
-            },
+            # Paced (tests/models.py): a job is still active when its page first loads, and
+            # still running when the cancel test presses Cancel, however fast the machine
+            # (5,000 texts: at least 2 s; the cancel test's 20,000: at least 17 s).
+            TEXT_MODEL: paced_text_model(
+                tiny_text_model,
+                20_000,
+                max_batch_size=8,
+                max_batch_tokens=512,
+                description="a tiny test model",
+            ),
             IMAGE_MODEL: {
                 "task": "image-classification",
                 "backend": "efficientnet-lite",
