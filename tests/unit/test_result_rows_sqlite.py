@@ -17,7 +17,7 @@ from core.inputs.items import InputItem
 from core.jobs.lifecycle import Job, create_job
 from core.jobs.predictions import Prediction
 from core.jobs.results import RESULT_ROW_COLUMNS, ScoredItem, write_job_results
-from core.jobs.sqlite_rows import rows_per_statement
+from core.jobs.sqlite_rows import rows_per_statement, statement_sizes
 from core.migrate import upgrade
 from core.models.registry import ModelSpec
 from core.tables import items, results
@@ -143,3 +143,17 @@ def test_a_jobs_items_are_stored_as_a_sqlalchemy_insert_stores_them(engine: Engi
         ours = [tuple(row) for row in conn.execute(query, {"job": job.id})]
         theirs = [tuple(row) for row in conn.execute(query, {"job": reference.id})]
     assert ours == theirs and len(ours) == len(inputs)
+
+
+def test_statements_come_in_a_few_sizes_that_cover_every_row() -> None:
+    # SQLite compiles each distinct statement text: windows of any size must reuse a few.
+    largest = rows_per_statement(len(RESULT_ROW_COLUMNS))
+    shapes: set[int] = set()
+    for rows in [*range(0, 600), largest - 1, largest, largest + 1, 3 * largest + 37, 20_000]:
+        sizes = statement_sizes(rows, largest)
+        assert sum(sizes) == rows
+        assert all(0 < size <= largest for size in sizes)
+        shapes.update(sizes)
+    # The largest, and powers of two below it: at most 1 + 12 for 11 columns (2,978 rows).
+    assert shapes <= {largest} | {1 << bit for bit in range(largest.bit_length())}
+    assert {1, 2, 256, 512, largest} <= shapes
