@@ -18,7 +18,8 @@ from sqlalchemy import Engine
 
 from core.inputs.items import InputItem
 from core.jobs.predictions import Prediction
-from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes_many
+from core.jobs.result_rows import ResultRows
+from core.jobs.results import WriteOutcome, scored_indexes_many
 from core.jobs.retry_marks import pending_retries_many, write_scored
 from engine.lookahead import Lookahead
 from engine.reuse import Answer, Entry, PredictionReuse, jobs_using_cache
@@ -263,21 +264,21 @@ def score_jobs(
         windows.extend(planned)
         pacer.entries += sum(len(window) for window in planned)
 
-    def write(scored: dict[str, list[ScoredItem]], answered: list[tuple[Entry, Answer]]) -> Any:
+    def write(rows: ResultRows, answered: list[tuple[Entry, Answer]]) -> Any:
         with engine.begin() as conn:
-            outcomes = write_scored(conn, runner.name, runner.revision, scored, retrying)
+            outcomes = write_scored(conn, runner.name, runner.revision, rows, retrying)
         # After the commit, and only for rows of jobs that took them: a cache failure here
         # costs nothing but a later hit.
         reuse.remember([pair for pair in answered if not outcomes[pair[0][0]].refused])
-        return outcomes, scored
+        return outcomes, rows
 
     def taken(result: Any) -> None:
-        outcomes, scored = result
-        for job_id, rows in scored.items():
+        outcomes, rows = result
+        for job_id, count in rows.per_job().items():
             if outcomes[job_id].refused:
                 stopped.add(job_id)
             else:
-                totals[job_id].add(outcomes[job_id], len(rows))
+                totals[job_id].add(outcomes[job_id], count)
 
     def announced(position: int) -> list[str]:
         # The texts of the window at ``position``: the runner may tokenise them while the
@@ -402,19 +403,16 @@ def score_jobs(
 class _Held:
     """Rows of the parts of a window scored so far: written together, as one window."""
 
-    scored: dict[str, list[ScoredItem]] = field(default_factory=dict)
+    rows: ResultRows = field(default_factory=ResultRows)
     answered: list[tuple[Entry, Answer]] = field(default_factory=list)
 
-    def add(
-        self, scored: dict[str, list[ScoredItem]], answered: list[tuple[Entry, Answer]]
-    ) -> None:
-        for job_id, rows in scored.items():
-            self.scored.setdefault(job_id, []).extend(rows)
+    def add(self, rows: ResultRows, answered: list[tuple[Entry, Answer]]) -> None:
+        self.rows.extend(rows)
         self.answered.extend(answered)
 
-    def take(self) -> tuple[dict[str, list[ScoredItem]], list[tuple[Entry, Answer]]]:
-        taken = (self.scored, self.answered)
-        self.scored, self.answered = {}, []
+    def take(self) -> tuple[ResultRows, list[tuple[Entry, Answer]]]:
+        taken = (self.rows, self.answered)
+        self.rows, self.answered = ResultRows(), []
         return taken
 
 
@@ -459,24 +457,29 @@ class _Predicting:
 
 def _rows(
     predicting: _Predicting, answers: list[Answer]
-) -> tuple[dict[str, list[ScoredItem]], list[tuple[Entry, Answer]]]:
-    """A window's rows by job (intake errors as error rows) and its answered entries."""
-    # ``usable`` is ``window`` without its intake errors, in order: walk both.
-    answered = iter(answers)
-    scored: dict[str, list[ScoredItem]] = {}
-    for job_id, index, item in predicting.window:
-        answer = next(answered) if item.error is None else None
-        scored.setdefault(job_id, []).append(
-            ScoredItem(
-                index=index,
-                item_id=item.item_id,
-                prediction=answer.prediction
-                if answer is not None
-                else Prediction.failure(item.error or "not scored"),
-                cached=answer is not None and answer.cached,
-            )
-        )
-    return scored, list(zip(predicting.usable, answers, strict=True))
+) -> tuple[ResultRows, list[tuple[Entry, Answer]]]:
+    """A window's rows (intake errors as error rows) and its answered entries."""
+    window = predicting.window
+    rows = ResultRows(
+        [job_id for job_id, _, _ in window],
+        [index for _, index, _ in window],
+        [item.item_id for _, _, item in window],
+    )
+    if len(answers) == len(window):  # no intake error: the answers are the window's
+        rows.prediction = [answer.prediction for answer in answers]
+        rows.cached = [answer.cached for answer in answers]
+    else:
+        # ``usable`` is ``window`` without its intake errors, in order: walk both.
+        answered = iter(answers)
+        for _, _, item in window:
+            answer = next(answered) if item.error is None else None
+            if answer is None:
+                rows.prediction.append(Prediction.failure(item.error or "not scored"))
+                rows.cached.append(False)
+            else:
+                rows.prediction.append(answer.prediction)
+                rows.cached.append(answer.cached)
+    return rows, list(zip(predicting.usable, answers, strict=True))
 
 
 def _text_length(entry: Entry) -> int:

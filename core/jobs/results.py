@@ -36,7 +36,8 @@ from core.jobs.bulk_copy import is_postgresql, move_staged, stage_rows
 from core.jobs.expiry import expire_job
 from core.jobs.pairs_json import COMPACT_SEPARATORS, PairsJson
 from core.jobs.predictions import Prediction
-from core.jobs.sqlite_rows import insert_rows
+from core.jobs.result_rows import ResultRows
+from core.jobs.sqlite_rows import insert_columns
 from core.jobs.status import ACTIVE_JOB_STATES, JobStatus
 from core.tables import items, jobs, results, retry_items
 
@@ -78,21 +79,20 @@ RESULT_ROW_COLUMNS = (
 )
 
 
-def _stage_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """PostgreSQL: ``COPY`` the rows (``RESULT_ROW_COLUMNS`` order) into the session's
-    staging table, before any job row is locked (:func:`core.jobs.bulk_copy.stage_rows`)."""
+def _stage_rows(conn: Connection, columns: list[Sequence[Any]]) -> None:
+    """PostgreSQL: ``COPY`` the rows (``RESULT_ROW_COLUMNS`` order, column by column) into
+    the session's staging table, before any job row is locked
+    (:func:`core.jobs.bulk_copy.stage_rows`)."""
     # COPY takes JSON as text; SQLAlchemy's JSON type encodes it on the other path.
     top_k = RESULT_ROW_COLUMNS.index("top_k")
     encode = PairsJson(COMPACT_SEPARATORS)
-    copied = (
-        (*row[:top_k], None if row[top_k] is None else encode(row[top_k]), *row[top_k + 1 :])
-        for row in rows
-    )
-    stage_rows(conn, results, RESULT_ROW_COLUMNS, copied)
+    encoded = [None if value is None else encode(value) for value in columns[top_k]]
+    rows = zip(*columns[:top_k], encoded, *columns[top_k + 1 :], strict=True)
+    stage_rows(conn, results, RESULT_ROW_COLUMNS, rows)
 
 
 def _insert_new_rows(
-    conn: Connection, rows: list[tuple[Any, ...]], active: set[str]
+    conn: Connection, columns: list[Sequence[Any]], active: set[str]
 ) -> list[tuple[str, Any]]:
     """Insert the rows of ``active`` jobs not yet present; (job_id, error) of each.
 
@@ -110,13 +110,17 @@ def _insert_new_rows(
         return [(job_id, error) for job_id, error in moved]
     if conn.dialect.name != "sqlite":  # pragma: no cover - only the two supported databases
         raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
+    job_ids = columns[0]
+    if not all(job_id in active for job_id in set(job_ids)):
+        keep = [i for i, job_id in enumerate(job_ids) if job_id in active]
+        columns = [[column[i] for i in keep] for column in columns]
     # Through the driver (core.jobs.sqlite_rows): SQLAlchemy's per-row parameter handling
     # cost more than SQLite's own work in `bulkscore score`.
-    inserted = insert_rows(
+    inserted = insert_columns(
         conn,
         results,
         RESULT_ROW_COLUMNS,
-        [row for row in rows if row[0] in active],
+        columns,
         conflict=("job_id", "index"),
         returning=("job_id", "error"),
         encoders={"top_k": _sqlite_top_k()},
@@ -153,50 +157,62 @@ def write_job_results(
     model_revision: str | None,
     scored_by_job: Mapping[str, Sequence[ScoredItem]],
 ) -> dict[str, WriteOutcome]:
-    """:func:`write_results` for several jobs of one model in one statement per step.
+    """:func:`write_results` for several jobs of one model: :func:`write_result_rows`, with
+    an outcome for every job of ``scored_by_job`` (one with no rows: nothing written)."""
+    if not any(scored_by_job.values()):
+        return {}
+    outcomes = write_result_rows(conn, model, model_revision, ResultRows.from_scored(scored_by_job))
+    return {job_id: outcomes.get(job_id, WriteOutcome(0, 0)) for job_id in scored_by_job}
+
+
+def write_result_rows(
+    conn: Connection, model: str, model_revision: str | None, rows: ResultRows
+) -> dict[str, WriteOutcome]:
+    """Write ``rows`` of several jobs of one model in one statement per step; the outcome
+    of each job that has rows.
 
     On PostgreSQL the rows are first streamed into the session's staging table, which
     locks nothing shared; then each job's row is taken (:func:`lock_active_jobs`); a job
     no longer active gets a ``refused`` outcome and nothing written. For the others, rows
     not yet present are inserted and each job's counters advance by exactly the rows
     inserted for it, in the caller's transaction: a batch that mixes small jobs keeps every
-    job's accounting as if it had been written alone.
+    job's accounting as if it had been written alone. Call inside a transaction.
     """
-    if not any(scored_by_job.values()):
+    if not len(rows):
         return {}
     now = utcnow()
-    rows = [
-        (
-            job_id,
-            item.index,
-            item.item_id,
-            item.prediction.label,
-            item.prediction.score,
-            # Pairs as they are: JSON writes a tuple as an array, so no list per pair.
-            item.prediction.top_k or None,
-            item.prediction.error,
-            model,
-            model_revision,
-            now,
-            item.cached,
-        )
-        for job_id, scored in scored_by_job.items()
-        for item in scored
+    count = len(rows)
+    predictions = rows.prediction
+    # Column by column, RESULT_ROW_COLUMNS order; top-k pairs as they are (JSON writes a
+    # tuple as an array, so no list per pair).
+    columns: list[Sequence[Any]] = [
+        rows.job_id,
+        rows.index,
+        rows.item_id,
+        [prediction.label for prediction in predictions],
+        [prediction.score for prediction in predictions],
+        [prediction.top_k or None for prediction in predictions],
+        [prediction.error for prediction in predictions],
+        [model] * count,
+        [model_revision] * count,
+        [now] * count,
+        rows.cached,
     ]
     if is_postgresql(conn):
         # Streamed before the job rows are taken: a writer frozen mid-COPY holds no lock
         # that another worker's write of the same job would wait for.
-        _stage_rows(conn, rows)
-    active = lock_active_jobs(conn, scored_by_job)
+        _stage_rows(conn, columns)
+    job_ids = set(rows.job_id)
+    active = lock_active_jobs(conn, job_ids)
     succeeded: Counter[str] = Counter()
     failed: Counter[str] = Counter()
-    for job_id, error in _insert_new_rows(conn, rows, active):
+    for job_id, error in _insert_new_rows(conn, columns, active):
         (failed if error is not None else succeeded)[job_id] += 1
     outcomes = {
         job_id: WriteOutcome(
             succeeded=succeeded[job_id], failed=failed[job_id], refused=job_id not in active
         )
-        for job_id in scored_by_job
+        for job_id in job_ids
     }
     _advance_counters(conn, {job: o for job, o in outcomes.items() if o.written}, now)
     return outcomes

@@ -20,7 +20,8 @@ from collections.abc import Collection, Mapping, Sequence
 
 from sqlalchemy import Connection, and_, delete, or_, select, update
 
-from core.jobs.results import ScoredItem, WriteOutcome, lock_active_jobs, write_job_results
+from core.jobs.result_rows import ResultRows
+from core.jobs.results import WriteOutcome, lock_active_jobs, write_result_rows
 from core.tables import jobs, results, retry_items
 
 
@@ -57,28 +58,32 @@ def write_scored(
     conn: Connection,
     model: str,
     model_revision: str | None,
-    scored_by_job: Mapping[str, Sequence[ScoredItem]],
+    rows: ResultRows,
     retrying: Mapping[str, Collection[int]],
 ) -> dict[str, WriteOutcome]:
-    """:func:`core.jobs.results.write_job_results`, where the rows of ``retrying`` indexes
+    """:func:`core.jobs.results.write_result_rows`, where the rows of ``retrying`` indexes
     (marked when the caller read them) replace their error rows (:func:`replace_error_rows`).
 
-    Call inside a transaction.
+    Returns the outcome of each job that has rows. Call inside a transaction.
     """
-    fresh: dict[str, list[ScoredItem]] = {}
-    again: dict[str, list[ScoredItem]] = {}
-    for job_id, rows in scored_by_job.items():
-        marked = retrying.get(job_id)
-        if not marked:  # the usual case: no row of the job waits for a retry
-            if rows:
-                fresh[job_id] = list(rows)
-            continue
-        for row in rows:
-            (again if row.index in marked else fresh).setdefault(job_id, []).append(row)
-    written = write_job_results(conn, model, model_revision, fresh) if fresh else {}
-    replaced = replace_error_rows(conn, model, model_revision, again) if again else {}
+    marked = {job_id: set(indexes) for job_id, indexes in retrying.items() if indexes}
+    again = (
+        [
+            position
+            for position, (job_id, index) in enumerate(zip(rows.job_id, rows.index, strict=True))
+            if job_id in marked and index in marked[job_id]
+        ]
+        if marked
+        else []
+    )
+    if not again:  # the usual case: no row waits for a retry
+        return write_result_rows(conn, model, model_revision, rows)
+    replacing = set(again)
+    fresh = rows.only(position for position in range(len(rows)) if position not in replacing)
+    written = write_result_rows(conn, model, model_revision, fresh) if len(fresh) else {}
+    replaced = replace_error_rows(conn, model, model_revision, rows.only(again))
     outcomes = {}
-    for job_id in scored_by_job:
+    for job_id in set(rows.job_id):
         first = written.get(job_id, WriteOutcome(0, 0))
         second = replaced.get(job_id, WriteOutcome(0, 0))
         outcomes[job_id] = WriteOutcome(
@@ -90,30 +95,28 @@ def write_scored(
 
 
 def replace_error_rows(
-    conn: Connection,
-    model: str,
-    model_revision: str | None,
-    scored_by_job: Mapping[str, Sequence[ScoredItem]],
+    conn: Connection, model: str, model_revision: str | None, rows: ResultRows
 ) -> dict[str, WriteOutcome]:
-    """Replace each still-marked error row of ``scored_by_job`` by its new row.
+    """Replace each still-marked error row of ``rows`` by its new row.
 
     The jobs' rows are locked first, as for every result write; a job no longer active is
     ``refused`` (its marks and error rows stay). Indexes whose mark is gone (replaced by
     another delivery already) are left alone. Call inside a transaction.
     """
-    active = lock_active_jobs(conn, scored_by_job)
+    active = lock_active_jobs(conn, set(rows.job_id))
     outcomes: dict[str, WriteOutcome] = {}
-    for job_id, rows in sorted(scored_by_job.items()):
+    for job_id in sorted(set(rows.job_id)):
         if job_id not in active:
             outcomes[job_id] = WriteOutcome(0, 0, refused=True)
             continue
+        positions = [i for i, owner in enumerate(rows.job_id) if owner == job_id]
         claimed = set(
             conn.scalars(
                 delete(retry_items)
                 .where(
                     and_(
                         retry_items.c.job_id == job_id,
-                        retry_items.c.index.in_([row.index for row in rows]),
+                        retry_items.c.index.in_([rows.index[i] for i in positions]),
                     )
                 )
                 .returning(retry_items.c.index)
@@ -139,8 +142,8 @@ def replace_error_rows(
             )
         # The new rows go in as any write does, and move the counters back up; with the
         # job's last mark deleted above, this is the write that completes it.
-        new_rows = [row for row in rows if row.index in claimed]
-        outcomes[job_id] = write_job_results(conn, model, model_revision, {job_id: new_rows})[
-            job_id
-        ]
+        new_rows = rows.only(i for i in positions if rows.index[i] in claimed)
+        outcomes[job_id] = write_result_rows(conn, model, model_revision, new_rows).get(
+            job_id, WriteOutcome(0, 0)
+        )
     return outcomes

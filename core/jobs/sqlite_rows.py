@@ -54,13 +54,34 @@ def insert_rows(
     returning: Sequence[str] = (),
     encoders: Mapping[str, Callable[[Any], Any]] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in the caller's
-    transaction; with ``conflict``, a row whose key is present is skipped
-    (``ON CONFLICT DO NOTHING``); returns the ``returning`` columns of the rows inserted.
+    """:func:`insert_columns` for ``rows``, tuples in ``columns`` order."""
+    if not rows:
+        return []
+    by_column = [list(column) for column in zip(*rows, strict=True)]
+    return insert_columns(
+        conn, table, columns, by_column, conflict=conflict, returning=returning, encoders=encoders
+    )
+
+
+def insert_columns(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    values: Sequence[Sequence[Any]],
+    *,
+    conflict: Sequence[str] = (),
+    returning: Sequence[str] = (),
+    encoders: Mapping[str, Callable[[Any], Any]] | None = None,
+) -> list[tuple[Any, ...]]:
+    """Insert rows given column by column (``values[c][i]``: column ``columns[c]`` of row
+    ``i``) into ``table`` in the caller's transaction; with ``conflict``, a row whose key is
+    present is skipped (``ON CONFLICT DO NOTHING``); returns the ``returning`` columns of the
+    rows inserted.
 
     ``encoders`` replace a column's bind processor with one that stores the same value
     faster (``core.jobs.pairs_json`` for top-k pairs)."""
-    if not rows:
+    count = len(values[0]) if values else 0
+    if not count:
         return []
     dialect = conn.dialect
     encoders = encoders or {}
@@ -68,11 +89,10 @@ def insert_rows(
         encoders.get(name) or table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         for name in columns
     ]
-    by_column = list(zip(*rows, strict=True))
     processed = [
-        _processed(process, column) for process, column in zip(processors, by_column, strict=True)
+        _processed(process, column) for process, column in zip(processors, values, strict=True)
     ]
-    values = list(zip(*processed, strict=True))
+    width = len(columns)
     quote = dialect.identifier_preparer.quote
     head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in columns)}) VALUES "
     tail = ""
@@ -80,18 +100,22 @@ def insert_rows(
         tail += f" ON CONFLICT ({', '.join(quote(name) for name in conflict)}) DO NOTHING"
     if returning:
         tail += f" RETURNING {', '.join(quote(name) for name in returning)}"
-    placeholder = "(" + ", ".join("?" * len(columns)) + ")"
+    placeholder = "(" + ", ".join("?" * width) + ")"
     found: list[tuple[Any, ...]] = []
     # The driver's own cursor on this transaction's connection: RETURNING rows come back as
     # plain tuples, without a SQLAlchemy result row each.
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         start = 0
-        for size in statement_sizes(len(values), rows_per_statement(len(columns))):
-            part = values[start : start + size]
+        for size in statement_sizes(count, rows_per_statement(width)):
+            # The statement's parameters row after row, filled a column at a time (one
+            # slice assignment each) rather than a tuple per row.
+            flat: list[Any] = [None] * (size * width)
+            for position, column in enumerate(processed):
+                flat[position::width] = column[start : start + size]
             start += size
             statement = head + ", ".join([placeholder] * size) + tail
-            cursor.execute(statement, tuple(value for row in part for value in row))
+            cursor.execute(statement, flat)
             if returning:
                 found.extend(cursor.fetchall())
     finally:

@@ -207,7 +207,7 @@ def test_a_crash_inside_the_replacing_write_keeps_the_old_row(engine: Engine) ->
     # The error rows and marks are deleted before the insert that crashes: the rollback
     # must bring back every one of them, and the counters with them.
     with (
-        mock.patch.object(retry_marks, "write_job_results", side_effect=crash),
+        mock.patch.object(retry_marks, "write_result_rows", side_effect=crash),
         pytest.raises(Exception, match="killed between"),
     ):
         run_queued(engine, job.id, FlakyRunner())
