@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 from sqlalchemy import Engine, and_, select
 
 from core.cache.store import input_sha256, lookup_many, store_many
 from core.inputs.items import InputItem
-from core.jobs.predictions import Prediction
+from core.jobs.predictions import Prediction, PredictionColumns, PredictionList, as_columns
 from core.tables import jobs
 from engine.runners.base import Finish, Progress, Runner
 
@@ -34,9 +35,12 @@ StartPredict = Callable[[Sequence[object], Progress | None], Finish]
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
-    prediction: Prediction
-    cached: bool  # from the result cache, not from a forward pass of this call
+class Answers:
+    """A window's predictions, in entry order, and which of them came from the result
+    cache (not from a forward pass of this call)."""
+
+    predictions: PredictionColumns
+    cached: list[bool]
 
 
 def jobs_using_cache(engine: Engine, job_ids: Collection[str]) -> set[str]:
@@ -70,8 +74,9 @@ class PredictionReuse:
         self.predict = predict
         self.cache_jobs = frozenset(cache_jobs)
         self.dedup = dedup
-        # Predicted in this call (errors too: the same input fails the same way), by input.
-        self.fresh: dict[Hashable, Prediction] = {}
+        # Predicted in this call (errors too: the same input fails the same way), by input:
+        # where its prediction is (the runner's columns and the row in them).
+        self.fresh: dict[Hashable, tuple[PredictionColumns, int]] = {}
         # Started and not yet finished: a later window waits for them instead of predicting
         # them again (windows are finished in the order they were started).
         self.started: set[Hashable] = set()
@@ -80,11 +85,9 @@ class PredictionReuse:
         self.digests: dict[Hashable, str] = {}
         self.cache_broken = False
 
-    def start(
-        self, usable: Sequence[Entry], progress: Progress | None
-    ) -> Callable[[], list[Answer]]:
+    def start(self, usable: Sequence[Entry], progress: Progress | None) -> Callable[[], Answers]:
         """Start answering ``usable`` (items not refused at intake); the call that returns
-        one answer per entry, in order, once the windows started before are finished."""
+        their answers, in order, once the windows started before are finished."""
         keys = [self._key(entry) for entry in usable]
         wants_cache = [entry[0] in self.cache_jobs for entry in usable]
         lookup = {
@@ -105,34 +108,51 @@ class PredictionReuse:
         finish = self.predict(list(missing.values()), progress) if missing else None
         self.started.update(missing)
 
-        def answers() -> list[Answer]:
+        def answers() -> Answers:
             if finish is not None:
-                self.fresh.update(zip(missing, finish(), strict=True))
+                made = as_columns(finish())
+                self.fresh.update(zip(missing, zip(repeat(made), range(len(made))), strict=True))
                 self.started.difference_update(missing)
+                if len(missing) == len(keys):
+                    # Every input of the window predicted by this call, once each and in
+                    # order (the usual case): its columns are the window's answers.
+                    return Answers(made, [False] * len(keys))
             if progress is not None and len(usable) > len(missing):
                 progress(len(usable) - len(missing))  # served without a forward pass
-            return [
-                Answer(self.fresh[key], False)
-                if key in self.fresh
-                else Answer(self.cached[key], True)
-                for key in keys
-            ]
+            predictions: list[Prediction] = []
+            cached: list[bool] = []
+            for key in keys:
+                found = self.fresh.get(key)
+                if found is not None:
+                    columns, row = found
+                    predictions.append(columns[row])
+                else:
+                    predictions.append(self.cached[key])
+                cached.append(found is None)
+            return Answers(PredictionList(predictions), cached)
 
         return answers
 
-    def remember(self, written: Sequence[tuple[Entry, Answer]]) -> None:
-        """Store the fresh, successful predictions of written rows of jobs that use the cache.
+    def remember(
+        self, written: Sequence[tuple[Sequence[Entry], Answers]], refused: Collection[str]
+    ) -> None:
+        """Store the fresh, successful predictions of written rows (entries, as their
+        :class:`Answers` answered them) of jobs that use the cache and took their rows (not
+        in ``refused``).
 
         Called after the window's write committed, in a transaction of its own.
         """
-        if self.cache_broken:
-            return
+        if self.cache_broken or not self.cache_jobs:
+            return  # nothing to store: no row is looked at
         new: dict[str, Prediction] = {}
-        for entry, answer in written:
-            if answer.cached or entry[0] not in self.cache_jobs or not answer.prediction.ok:
-                continue
-            key = self._key(entry)
-            new[self._digest(key, entry[2])] = answer.prediction
+        for entries, answers in written:
+            for position, entry in enumerate(entries):
+                job_id = entry[0]
+                if answers.cached[position] or job_id not in self.cache_jobs or job_id in refused:
+                    continue
+                prediction = answers.predictions[position]
+                if prediction.ok:
+                    new[self._digest(self._key(entry), entry[2])] = prediction
         if not new:
             return
         try:

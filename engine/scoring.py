@@ -17,12 +17,12 @@ from typing import Any
 from sqlalchemy import Engine
 
 from core.inputs.items import InputItem
-from core.jobs.predictions import Prediction
+from core.jobs.predictions import Prediction, PredictionList
 from core.jobs.result_rows import ResultRows
 from core.jobs.results import WriteOutcome, scored_indexes_many
 from core.jobs.retry_marks import pending_retries_many, write_scored
 from engine.lookahead import Lookahead
-from engine.reuse import Answer, Entry, PredictionReuse, jobs_using_cache
+from engine.reuse import Answers, Entry, PredictionReuse, jobs_using_cache
 from engine.runners.base import Finish, Progress, Runner, start_predicting
 from engine.window_order import WindowPacer, scoring_windows
 from engine.window_writer import WindowWriter, writes_overlap
@@ -89,7 +89,7 @@ def start_isolating_failures(
         failed()
         return one_by_one
 
-    def finished() -> list[Prediction]:
+    def finished() -> Sequence[Prediction]:
         try:
             predictions = finish()
             if len(predictions) != len(inputs):
@@ -264,12 +264,14 @@ def score_jobs(
         windows.extend(planned)
         pacer.entries += sum(len(window) for window in planned)
 
-    def write(rows: ResultRows, answered: list[tuple[Entry, Answer]]) -> Any:
+    def write(rows: ResultRows, answered: list[tuple[list[Entry], Answers]]) -> Any:
         with engine.begin() as conn:
             outcomes = write_scored(conn, runner.name, runner.revision, rows, retrying)
         # After the commit, and only for rows of jobs that took them: a cache failure here
         # costs nothing but a later hit.
-        reuse.remember([pair for pair in answered if not outcomes[pair[0][0]].refused])
+        reuse.remember(
+            answered, {job_id for job_id, outcome in outcomes.items() if outcome.refused}
+        )
         return outcomes, rows
 
     def taken(result: Any) -> None:
@@ -294,7 +296,7 @@ def score_jobs(
     staged: list[_Staged] = []  # lookahead thread: the window started, not yet finished
 
     def predicted(
-        window: list[Entry], usable: list[Entry], ahead: list[str], done: Future[list[Answer]]
+        window: list[Entry], usable: list[Entry], ahead: list[str], done: Future[Answers]
     ) -> None:
         # On the lookahead thread: every runner call of the loop is made from it, in order,
         # and every progress report (a progress bar counts from one thread). This window's
@@ -341,7 +343,7 @@ def score_jobs(
             if window:
                 usable = [entry for entry in window if entry[2].error is None]
                 ahead = announced(at + TOKENISED_AHEAD)
-                answers: Future[list[Answer]] = Future()
+                answers: Future[Answers] = Future()
                 lookahead.start(predicted, window, usable, ahead, answers)
                 return _Predicting(at, window, usable, answers)
             at += 1
@@ -404,13 +406,14 @@ class _Held:
     """Rows of the parts of a window scored so far: written together, as one window."""
 
     rows: ResultRows = field(default_factory=ResultRows)
-    answered: list[tuple[Entry, Answer]] = field(default_factory=list)
+    # Each part's answered entries and their answers (for the result cache).
+    answered: list[tuple[list[Entry], Answers]] = field(default_factory=list)
 
-    def add(self, rows: ResultRows, answered: list[tuple[Entry, Answer]]) -> None:
+    def add(self, rows: ResultRows, answered: tuple[list[Entry], Answers]) -> None:
         self.rows.extend(rows)
-        self.answered.extend(answered)
+        self.answered.append(answered)
 
-    def take(self) -> tuple[ResultRows, list[tuple[Entry, Answer]]]:
+    def take(self) -> tuple[ResultRows, list[tuple[list[Entry], Answers]]]:
         taken = (self.rows, self.answered)
         self.rows, self.answered = ResultRows(), []
         return taken
@@ -422,8 +425,8 @@ class _Staged:
 
     window: list[Entry]
     usable: list[Entry]
-    finish: Callable[[], list[Answer]]
-    done: Future[list[Answer]]
+    finish: Callable[[], Answers]
+    done: Future[Answers]
 
     def complete(self, progress: Progress | None) -> None:
         """Finish it: its answers (or the error) to ``done``."""
@@ -438,8 +441,8 @@ class _Staged:
         self.done.set_result(answers)
 
 
-def _raising(exc: BaseException) -> Callable[[], list[Answer]]:
-    def finish() -> list[Answer]:
+def _raising(exc: BaseException) -> Callable[[], Answers]:
+    def finish() -> Answers:
         raise exc
 
     return finish
@@ -452,12 +455,12 @@ class _Predicting:
     position: int
     window: list[Entry]
     usable: list[Entry]  # ``window`` without its intake errors, in order
-    answers: Future[list[Answer]]
+    answers: Future[Answers]
 
 
 def _rows(
-    predicting: _Predicting, answers: list[Answer]
-) -> tuple[ResultRows, list[tuple[Entry, Answer]]]:
+    predicting: _Predicting, answers: Answers
+) -> tuple[ResultRows, tuple[list[Entry], Answers]]:
     """A window's rows (intake errors as error rows) and its answered entries."""
     window = predicting.window
     rows = ResultRows(
@@ -465,21 +468,23 @@ def _rows(
         [index for _, index, _ in window],
         [item.item_id for _, _, item in window],
     )
-    if len(answers) == len(window):  # no intake error: the answers are the window's
-        rows.prediction = [answer.prediction for answer in answers]
-        rows.cached = [answer.cached for answer in answers]
+    if len(answers.predictions) == len(window):  # no intake error: the answers are the window's
+        rows.parts.append(answers.predictions)
+        rows.cached = answers.cached
     else:
         # ``usable`` is ``window`` without its intake errors, in order: walk both.
-        answered = iter(answers)
+        answered = iter(range(len(answers.predictions)))
+        predictions: list[Prediction] = []
         for _, _, item in window:
-            answer = next(answered) if item.error is None else None
-            if answer is None:
-                rows.prediction.append(Prediction.failure(item.error or "not scored"))
-                rows.cached.append(False)
+            if item.error is None:
+                position = next(answered)
+                predictions.append(answers.predictions[position])
+                rows.cached.append(answers.cached[position])
             else:
-                rows.prediction.append(answer.prediction)
-                rows.cached.append(answer.cached)
-    return rows, list(zip(predicting.usable, answers, strict=True))
+                predictions.append(Prediction.failure(item.error))
+                rows.cached.append(False)
+        rows.parts.append(PredictionList(predictions))
+    return rows, (predicting.usable, answers)
 
 
 def _text_length(entry: Entry) -> int:

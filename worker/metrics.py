@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from core.config import get_settings
 from core.heartbeats import queue_depth, redis_client
-from core.jobs.predictions import Prediction
+from core.jobs.predictions import Prediction, as_columns
 from engine.runners.base import Finish, Progress, start_predicting
 from worker import warm
 
@@ -59,7 +59,7 @@ class InstrumentedRunner:
         return getattr(self._runner, name)
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
-        return self.start_predict(batch, progress)()
+        return list(self.start_predict(batch, progress)())
 
     def start_predict(self, batch: Sequence[Any], progress: Progress | None = None) -> Finish:
         model = str(getattr(self._runner, "name", "?"))
@@ -79,7 +79,7 @@ class InstrumentedRunner:
             ERRORS.labels(f"predict:{type(exc).__name__}").inc()
             raise
 
-        def finished() -> list[Prediction]:
+        def finished() -> Sequence[Prediction]:
             try:
                 predictions = finish()
             except Exception as exc:
@@ -89,7 +89,8 @@ class InstrumentedRunner:
                 # A runner that reports no progress: the whole call was one batch.
                 BATCH_SIZE.labels(model).observe(len(batch))
                 BATCH_SECONDS.labels(model).observe(time.perf_counter() - marked[0])
-            failed = sum(1 for prediction in predictions if prediction.error is not None)
+            errors = as_columns(predictions).errors()  # by column: no Prediction made per row
+            failed = len(errors) - errors.count(None)
             ITEMS.labels(model, "ok").inc(len(predictions) - failed)
             if failed:
                 ITEMS.labels(model, "error").inc(failed)

@@ -50,7 +50,7 @@ class SerializedRunner(Runner):
         with self._lock:
             finish = start_predicting(self.runner, batch, progress)
 
-        def finished() -> list[Prediction]:
+        def finished() -> Sequence[Prediction]:
             with self._lock:
                 return finish()
 

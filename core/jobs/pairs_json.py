@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 # As SQLAlchemy's JSON type writes it (json.dumps' defaults) and as COPY gets it (compact).
@@ -44,9 +45,28 @@ class PairsJson:
                 ):
                     return json.dumps(value, separators=self.separators)
                 label, score = pair
-                text = self.labels.get(label)
-                if text is None:
-                    text = self.labels[label] = json.dumps(label)
-                parts.append(f"[{text}{self.item}{score!r}]")
+                parts.append(f"[{self.label_json(label)}{self.item}{score!r}]")
             return "[" + self.item.join(parts) + "]"
         return json.dumps(value, separators=self.separators)
+
+    def label_json(self, label: str) -> str:
+        """A label's JSON text, made once per label."""
+        text = self.labels.get(label)
+        if text is None:
+            text = self.labels[label] = json.dumps(label)
+        return text
+
+    def ranked(
+        self, labels_json: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]
+    ) -> list[str] | None:
+        """The text of many rows of k pairs given rank by rank: ``labels_json[j][i]`` (a
+        label's JSON text, :meth:`label_json`) and ``scores[j][i]`` (a float) are row
+        ``i``'s ``j``-th pair. One format per row instead of checks per pair; the same text
+        as calling this object on each row's pairs. None if a score is not finite (JSON
+        writes those its own way): the caller then encodes row by row."""
+        if not all(math.isfinite(sum(column)) for column in scores):
+            return None
+        pair = "[{}" + self.item + "{!r}]"
+        template = "[" + self.item.join([pair] * len(scores)) + "]"
+        by_rank = [column for ranked in zip(labels_json, scores, strict=True) for column in ranked]
+        return [template.format(*row) for row in zip(*by_rank, strict=True)]

@@ -3,7 +3,9 @@
 A write window of a 20,000-text job is thousands of rows; an object per row (and a tuple
 per row for the driver) cost more of the scoring loop's GIL than the columns it carries. So
 the rows travel as one list per column, from the scoring loop to ``COPY`` or SQLite's
-multi-row ``INSERT`` (:mod:`core.jobs.sqlite_rows` binds columns as they are).
+multi-row ``INSERT`` (:mod:`core.jobs.sqlite_rows` binds columns as they are), and their
+predictions as the runner's own columns (:class:`core.jobs.predictions.PredictionColumns`:
+arrays for a text classifier), read column by column only when written.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core.jobs.predictions import Prediction
+from core.jobs.predictions import Prediction, PredictionColumns, PredictionList
 
 if TYPE_CHECKING:  # only for the adapter's type: results imports this module
     from core.jobs.results import ScoredItem
@@ -21,17 +23,26 @@ if TYPE_CHECKING:  # only for the adapter's type: results imports this module
 
 @dataclass(slots=True)
 class ResultRows:
-    """Rows to write: ``job_id[i]``, ``index[i]``, ... describe row ``i``."""
+    """Rows to write: ``job_id[i]``, ``index[i]``, ... describe row ``i``; its prediction
+    is row ``i`` of ``parts`` laid end to end."""
 
     job_id: list[str] = field(default_factory=list)
     index: list[int] = field(default_factory=list)
     item_id: list[str] = field(default_factory=list)
-    prediction: list[Prediction] = field(default_factory=list)
+    parts: list[PredictionColumns] = field(default_factory=list)
     # The prediction came from the result cache (core.cache), not a forward pass.
     cached: list[bool] = field(default_factory=list)
+    # The last part, when :meth:`add` made it: only that one is appended to (a part taken
+    # over by :meth:`extend` may be another object's too).
+    own_tail: PredictionList | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def prediction(self) -> list[Prediction]:
+        """Every row's prediction, one object each (for the rare row-by-row paths)."""
+        return [prediction for part in self.parts for prediction in part]
 
     def add(
         self, job_id: str, index: int, item_id: str, prediction: Prediction, cached: bool = False
@@ -39,15 +50,19 @@ class ResultRows:
         self.job_id.append(job_id)
         self.index.append(index)
         self.item_id.append(item_id)
-        self.prediction.append(prediction)
         self.cached.append(cached)
+        if self.own_tail is None:
+            self.own_tail = PredictionList()
+            self.parts.append(self.own_tail)
+        self.own_tail.items.append(prediction)
 
     def extend(self, other: ResultRows) -> None:
         self.job_id += other.job_id
         self.index += other.index
         self.item_id += other.item_id
-        self.prediction += other.prediction
+        self.parts += other.parts
         self.cached += other.cached
+        self.own_tail = None
 
     def per_job(self) -> Counter[str]:
         """Rows by job."""
@@ -56,11 +71,12 @@ class ResultRows:
     def only(self, positions: Iterable[int]) -> ResultRows:
         """The rows at ``positions``, in that order."""
         picked = list(positions)
+        predictions = self.prediction
         return ResultRows(
             [self.job_id[i] for i in picked],
             [self.index[i] for i in picked],
             [self.item_id[i] for i in picked],
-            [self.prediction[i] for i in picked],
+            [PredictionList(predictions[i] for i in picked)],
             [self.cached[i] for i in picked],
         )
 

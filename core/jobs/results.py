@@ -34,7 +34,7 @@ from sqlalchemy import (
 from core.clock import utcnow
 from core.jobs.bulk_copy import is_postgresql, move_staged, stage_rows
 from core.jobs.expiry import expire_job
-from core.jobs.pairs_json import COMPACT_SEPARATORS, PairsJson
+from core.jobs.pairs_json import COMPACT_SEPARATORS, DEFAULT_SEPARATORS, PairsJson
 from core.jobs.predictions import Prediction
 from core.jobs.result_rows import ResultRows
 from core.jobs.sqlite_rows import insert_columns
@@ -80,15 +80,10 @@ RESULT_ROW_COLUMNS = (
 
 
 def _stage_rows(conn: Connection, columns: list[Sequence[Any]]) -> None:
-    """PostgreSQL: ``COPY`` the rows (``RESULT_ROW_COLUMNS`` order, column by column) into
-    the session's staging table, before any job row is locked
+    """PostgreSQL: ``COPY`` the rows (``RESULT_ROW_COLUMNS`` order, column by column, top-k
+    as JSON text) into the session's staging table, before any job row is locked
     (:func:`core.jobs.bulk_copy.stage_rows`)."""
-    # COPY takes JSON as text; SQLAlchemy's JSON type encodes it on the other path.
-    top_k = RESULT_ROW_COLUMNS.index("top_k")
-    encode = PairsJson(COMPACT_SEPARATORS)
-    encoded = [None if value is None else encode(value) for value in columns[top_k]]
-    rows = zip(*columns[:top_k], encoded, *columns[top_k + 1 :], strict=True)
-    stage_rows(conn, results, RESULT_ROW_COLUMNS, rows)
+    stage_rows(conn, results, RESULT_ROW_COLUMNS, zip(*columns, strict=True))
 
 
 def _insert_new_rows(
@@ -123,16 +118,27 @@ def _insert_new_rows(
         columns,
         conflict=("job_id", "index"),
         returning=("job_id", "error"),
-        encoders={"top_k": _sqlite_top_k()},
+        encoders={"top_k": _sqlite_json},
     )
     return [(job_id, error) for job_id, error in inserted]
 
 
-def _sqlite_top_k() -> Callable[[Any], str]:
-    """The text SQLAlchemy's JSON type stores for ``top_k`` on SQLite (``json.dumps``, and
-    JSON ``null`` for None: the column is not ``none_as_null``), made faster for pairs."""
-    encode = PairsJson()
-    return lambda value: "null" if value is None else encode(value)
+def _sqlite_json(text: str | None) -> str:
+    """What SQLite stores for a top-k value already made JSON text (:func:`_top_k_texts`):
+    the text, and for None what SQLAlchemy's JSON type stores there, JSON ``null`` (the
+    column is not ``none_as_null``)."""
+    return "null" if text is None else text
+
+
+def _top_k_texts(conn: Connection, rows: ResultRows) -> list[str | None]:
+    """Each row's top-k pairs as the JSON text its database stores: SQLAlchemy's JSON type
+    (``json.dumps``' separators) on SQLite, compact for ``COPY`` on PostgreSQL; None for a
+    row without pairs."""
+    encode = PairsJson(COMPACT_SEPARATORS if is_postgresql(conn) else DEFAULT_SEPARATORS)
+    texts: list[str | None] = []
+    for part in rows.parts:
+        texts += part.top_k_json(encode)
+    return texts
 
 
 def write_results(
@@ -182,17 +188,22 @@ def write_result_rows(
         return {}
     now = utcnow()
     count = len(rows)
-    predictions = rows.prediction
-    # Column by column, RESULT_ROW_COLUMNS order; top-k pairs as they are (JSON writes a
-    # tuple as an array, so no list per pair).
+    labels: list[str | None] = []
+    scores: list[float | None] = []
+    errors: list[str | None] = []
+    for part in rows.parts:  # the runner's columns (arrays for a text classifier)
+        labels += part.labels()
+        scores += part.scores()
+        errors += part.errors()
+    # Column by column, RESULT_ROW_COLUMNS order.
     columns: list[Sequence[Any]] = [
         rows.job_id,
         rows.index,
         rows.item_id,
-        [prediction.label for prediction in predictions],
-        [prediction.score for prediction in predictions],
-        [prediction.top_k or None for prediction in predictions],
-        [prediction.error for prediction in predictions],
+        labels,
+        scores,
+        _top_k_texts(conn, rows),
+        errors,
         [model] * count,
         [model_revision] * count,
         [now] * count,

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
-from core.jobs.predictions import Prediction
+from core.jobs.pairs_json import PairsJson
+from core.jobs.predictions import Prediction, PredictionColumns
 
 Progress = Callable[[int], None]
-# Finishes a started ``predict`` (:meth:`Runner.start_predict`): waits, returns its results.
-Finish = Callable[[], list[Prediction]]
+# Finishes a started ``predict`` (:meth:`Runner.start_predict`): waits, returns its results
+# (a list, or columns of arrays: engine.runners.base.TopKColumns).
+Finish = Callable[[], Sequence[Prediction]]
 
 
 class ModelLoadError(RuntimeError):
@@ -85,28 +87,79 @@ def start_predicting(runner: Any, batch: Sequence[Any], progress: Progress | Non
     return finish
 
 
-def top_k_predictions(labels: Sequence[str], scores: Any, k: int) -> list[Prediction]:
-    """One prediction per row of the ``(n, labels)`` score matrix: its ``k`` best labels.
-
-    The ranking is one array operation for the whole batch (a stable sort, so ties keep
-    label order as :func:`top_k_pairs` does); only the finished pairs become Python objects.
-    """
+def top_k_columns(labels: Sequence[str], scores: Any, k: int) -> TopKColumns:
+    """One prediction per row of the ``(n, labels)`` score matrix, its ``k`` best labels, as
+    arrays: the ranking is one array operation for the whole batch (a stable sort, so ties
+    keep label order as :func:`top_k_pairs` does)."""
     import numpy as np
 
     matrix = np.asarray(scores)
-    if matrix.shape[0] == 0:
-        return []
     order = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
-    best = np.take_along_axis(matrix, order, axis=1).tolist()
-    names = np.asarray(labels, dtype=object)[order].tolist()
-    return [
-        Prediction(
-            label=row_names[0],
-            score=row_scores[0],
-            top_k=list(zip(row_names, row_scores, strict=True)),
+    return TopKColumns(labels, order, np.take_along_axis(matrix, order, axis=1))
+
+
+class TopKColumns(PredictionColumns):
+    """Row ``i``'s ``k`` best labels (``order[i]``, indexes into ``labels``) and their scores
+    (``scores[i]``), best first: a batch's predictions without an object per row. A write
+    reads them by column (labels, scores, the top-k JSON text: a few array operations); a
+    :class:`Prediction` is made only for a row asked for by position."""
+
+    __slots__ = ("names", "order", "ranked_scores")
+
+    def __init__(self, labels: Sequence[str], order: Any, scores: Any) -> None:
+        import numpy as np
+
+        self.names = np.asarray(list(labels), dtype=object)
+        self.order = order
+        self.ranked_scores = scores
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    @overload
+    def __getitem__(self, position: int) -> Prediction: ...
+    @overload
+    def __getitem__(self, position: slice) -> Sequence[Prediction]: ...
+    def __getitem__(self, position: int | slice) -> Prediction | Sequence[Prediction]:
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(len(self)))]
+        names = self.names[self.order[position]].tolist()
+        scores = self.ranked_scores[position].tolist()
+        if not names:
+            return Prediction()
+        return Prediction(names[0], scores[0], list(zip(names, scores, strict=True)))
+
+    def labels(self) -> list[str | None]:
+        if not self.order.shape[1]:
+            return [None] * len(self)
+        labels: list[str | None] = self.names[self.order[:, 0]].tolist()
+        return labels
+
+    def scores(self) -> list[float | None]:
+        if not self.order.shape[1]:
+            return [None] * len(self)
+        scores: list[float | None] = self.ranked_scores[:, 0].tolist()
+        return scores
+
+    def errors(self) -> list[str | None]:
+        return [None] * len(self)
+
+    def top_k_json(self, encode: PairsJson) -> list[str | None]:
+        if not self.order.shape[1] or not all(type(name) is str for name in self.names):
+            # No pairs; or labels JSON writes as they are (not text): row by row.
+            return super().top_k_json(encode)
+        import numpy as np
+
+        texts = np.asarray([encode.label_json(name) for name in self.names], dtype=object)
+        ranks = range(self.order.shape[1])
+        rows = encode.ranked(
+            [texts[self.order[:, rank]].tolist() for rank in ranks],
+            [self.ranked_scores[:, rank].tolist() for rank in ranks],
         )
-        for row_names, row_scores in zip(names, best, strict=True)
-    ]
+        if rows is None:  # a score that is not finite
+            return super().top_k_json(encode)
+        texts_by_row: list[str | None] = [*rows]
+        return texts_by_row
 
 
 def top_k_pairs(labels: Sequence[str], scores: Sequence[float], k: int) -> list[tuple[str, float]]:

@@ -22,7 +22,7 @@ from core.jobs.predictions import Prediction
 from core.models.registry import ModelSpec, Task
 from engine.batching import plan_batches
 from engine.runners.activations import sigmoid, softmax
-from engine.runners.base import Finish, ModelLoadError, Progress, Runner, top_k_predictions
+from engine.runners.base import Finish, ModelLoadError, Progress, Runner, top_k_columns
 from engine.runners.fast_tokens import Encode, fast_encoder
 from engine.runners.heads import read_head
 from engine.runners.hub import load_pretrained
@@ -351,7 +351,7 @@ class TransformersTextRunner(Runner):
         return self._run_sorted(texts, progress, embeddings=True)
 
     def predict(self, batch: Sequence[Any], progress: Progress | None = None) -> list[Prediction]:
-        return self._predict_steps(batch, progress)()
+        return list(self._predict_steps(batch, progress)())
 
     def start_predict(self, batch: Sequence[Any], progress: Progress | None = None) -> Finish:
         """Tokens, padding and every forward pass started; top-k when finished."""
@@ -364,4 +364,5 @@ class TransformersTextRunner(Runner):
             return list
         rows = self._start_sorted([str(text) for text in batch], progress)
         k = min(self.spec.top_k, len(self.labels))
-        return lambda: top_k_predictions(self.labels, self.activation(rows()), k)
+        # Columns of arrays, not a Prediction per text (engine.runners.base.TopKColumns).
+        return lambda: top_k_columns(self.labels, self.activation(rows()), k)

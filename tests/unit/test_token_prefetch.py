@@ -4,11 +4,14 @@ without it."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from core.db import dispose_engines, get_engine
 from core.inputs.items import InputItem
@@ -102,16 +105,51 @@ def test_a_real_runner_scores_the_same_with_and_without_prefetch(tiny_text_model
 def test_batch_top_k_equals_the_per_row_ranking() -> None:
     import numpy as np
 
-    from engine.runners.base import top_k_pairs, top_k_predictions
+    from engine.runners.base import top_k_columns, top_k_pairs
 
     rng = np.random.default_rng(3)
     scores = rng.random((50, 6)).astype(np.float32)
     scores[0] = [0.2, 0.5, 0.5, 0.1, 0.5, 0.0]  # ties keep label order
     labels = ["a", "b", "c", "d", "e", "f"]
-    for got, row in zip(top_k_predictions(labels, scores, 3), scores, strict=True):
+    for got, row in zip(top_k_columns(labels, scores, 3), scores, strict=True):
         expected = top_k_pairs(labels, row.tolist(), 3)
         assert got.top_k == expected and (got.label, got.score) == expected[0]
-    assert top_k_predictions(labels, np.zeros((0, 6)), 3) == []
+    assert list(top_k_columns(labels, np.zeros((0, 6)), 3)) == []
+
+
+@pytest.mark.parametrize(
+    ("labels", "special"),
+    [
+        (["NEGATIVE", "POSITIVE", 'with "quotes" and \u00e9'], None),
+        (["a", "b", "c"], float("nan")),  # JSON writes NaN its own way: row by row
+        ([0, 1, 2], None),  # labels that are not text: row by row
+    ],
+)
+def test_top_k_columns_read_as_the_same_rows_made_one_by_one(
+    labels: list[object], special: float | None
+) -> None:
+    """A write reads a batch by column (labels, scores, the top-k JSON text for each
+    database); the values must be those of the same predictions made one by one."""
+    import numpy as np
+
+    from core.jobs.pairs_json import COMPACT_SEPARATORS, DEFAULT_SEPARATORS, PairsJson
+    from core.jobs.predictions import PredictionList
+    from engine.runners.base import top_k_columns
+
+    scores = np.random.default_rng(5).random((40, 3)).astype(np.float32)
+    if special is not None:
+        scores[7, 1] = special
+    columns = top_k_columns(labels, scores, 2)  # type: ignore[arg-type]
+    one_by_one = PredictionList(list(columns))
+    assert columns.labels() == one_by_one.labels()
+    assert columns.scores() == one_by_one.scores()
+    assert columns.errors() == one_by_one.errors() == [None] * 40
+    for separators in (DEFAULT_SEPARATORS, COMPACT_SEPARATORS):
+        texts = columns.top_k_json(PairsJson(separators))
+        assert texts == one_by_one.top_k_json(PairsJson(separators))
+        if special is None:
+            expected = [json.dumps(p.top_k, separators=separators) for p in one_by_one]
+            assert texts == expected
 
 
 class AnnouncingRunner(Runner):
