@@ -44,7 +44,7 @@ from core.config import Settings
 from core.jobs.lifecycle import Chunk, load_items, mark_running
 from core.jobs.predictions import Prediction
 from core.jobs.result_rows import ResultRows
-from core.jobs.results import WriteOutcome, scored_indexes
+from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes
 from core.jobs.retry_marks import pending_retries, write_scored
 from core.jobs.status import ChunkStatus, JobDriver, JobStatus
 from core.queues import ChunkSend
@@ -547,11 +547,13 @@ def abandon_chunk(
         # Error rows marked for a retry are unscored too: their new error replaces them.
         retrying = pending_retries(conn, chunk.job_id, chunk.start, chunk.stop)
         done = scored_indexes(conn, chunk.job_id, chunk.start, chunk.stop) - retrying
-        missing = ResultRows()
-        for index, item in load_items(conn, chunk.job_id, chunk.start, chunk.stop):
-            if index not in done:
-                missing.add(chunk.job_id, index, item.item_id, Prediction.failure(message))
-        written = write_scored(conn, model, revision, missing, {chunk.job_id: retrying})
+        missing = [
+            ScoredItem(index=index, item_id=item.item_id, prediction=Prediction.failure(message))
+            for index, item in load_items(conn, chunk.job_id, chunk.start, chunk.stop)
+            if index not in done
+        ]
+        rows = ResultRows.from_scored({chunk.job_id: missing})
+        written = write_scored(conn, model, revision, rows, {chunk.job_id: retrying})
         outcome = written.get(chunk.job_id, WriteOutcome(0, 0))
         finish_chunks(conn, [(chunk.job_id, chunk.index)], ChunkStatus.DONE)
     log.error("chunk %d of job %s abandoned: %s", chunk.index, chunk.job_id, message)

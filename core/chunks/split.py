@@ -34,7 +34,7 @@ from core.clock import utcnow
 from core.jobs.lifecycle import append_chunks, load_items
 from core.jobs.predictions import Prediction
 from core.jobs.result_rows import ResultRows
-from core.jobs.results import WriteOutcome, scored_indexes
+from core.jobs.results import ScoredItem, WriteOutcome, scored_indexes
 from core.jobs.retry_marks import pending_retries, write_scored
 from core.jobs.status import ChunkStatus
 from core.queues import ChunkSend
@@ -196,11 +196,13 @@ def _fail_items(
     if not unscored:
         return 0
     message = f"not scored: this item stopped the worker on every attempt to score it ({reason})"
-    failures = ResultRows()
-    for i, item in load_items(conn, job_id, unscored[0], unscored[-1] + 1):
-        failures.add(job_id, i, item.item_id, Prediction.failure(message))
+    failures = [
+        ScoredItem(index=i, item_id=item.item_id, prediction=Prediction.failure(message))
+        for i, item in load_items(conn, job_id, unscored[0], unscored[-1] + 1)
+    ]
     # A retried item that stopped the worker again: its new error row replaces the old one.
-    written = write_scored(conn, model, revision, failures, {job_id: retrying})
+    rows = ResultRows.from_scored({job_id: failures})
+    written = write_scored(conn, model, revision, rows, {job_id: retrying})
     return written.get(job_id, WriteOutcome(0, 0)).written
 
 

@@ -32,9 +32,6 @@ class ResultRows:
     parts: list[PredictionColumns] = field(default_factory=list)
     # The prediction came from the result cache (core.cache), not a forward pass.
     cached: list[bool] = field(default_factory=list)
-    # The last part, when :meth:`add` made it: only that one is appended to (a part taken
-    # over by :meth:`extend` may be another object's too).
-    own_tail: PredictionList | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -44,25 +41,12 @@ class ResultRows:
         """Every row's prediction, one object each (for the rare row-by-row paths)."""
         return [prediction for part in self.parts for prediction in part]
 
-    def add(
-        self, job_id: str, index: int, item_id: str, prediction: Prediction, cached: bool = False
-    ) -> None:
-        self.job_id.append(job_id)
-        self.index.append(index)
-        self.item_id.append(item_id)
-        self.cached.append(cached)
-        if self.own_tail is None:
-            self.own_tail = PredictionList()
-            self.parts.append(self.own_tail)
-        self.own_tail.items.append(prediction)
-
     def extend(self, other: ResultRows) -> None:
         self.job_id += other.job_id
         self.index += other.index
         self.item_id += other.item_id
         self.parts += other.parts
         self.cached += other.cached
-        self.own_tail = None
 
     def per_job(self) -> Counter[str]:
         """Rows by job."""
@@ -83,9 +67,15 @@ class ResultRows:
     @classmethod
     def from_scored(cls, scored_by_job: Mapping[str, Sequence[ScoredItem]]) -> ResultRows:
         """Rows of :class:`core.jobs.results.ScoredItem` lists, by job (few rows: intake
-        errors, abandoned chunks, tests)."""
+        errors, abandoned chunks, tests): their predictions as one part."""
         rows = cls()
+        predictions = []
         for job_id, scored in scored_by_job.items():
             for item in scored:
-                rows.add(job_id, item.index, item.item_id, item.prediction, item.cached)
+                rows.job_id.append(job_id)
+                rows.index.append(item.index)
+                rows.item_id.append(item.item_id)
+                rows.cached.append(item.cached)
+                predictions.append(item.prediction)
+        rows.parts.append(PredictionList(predictions))
         return rows

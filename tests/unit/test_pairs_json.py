@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from core.jobs.pairs_json import COMPACT_SEPARATORS, DEFAULT_SEPARATORS, PairsJson
 from core.jobs.predictions import Prediction
 from core.jobs.result_rows import ResultRows
-from core.jobs.results import RESULT_ROW_COLUMNS, _sqlite_json, _top_k_texts
+from core.jobs.results import RESULT_ROW_COLUMNS, ScoredItem, _sqlite_json, _top_k_texts
 from core.jobs.sqlite_rows import insert_rows
 from core.migrate import upgrade
 from core.tables import results
@@ -64,9 +64,9 @@ def test_a_sqlite_write_stores_what_sqlalchemy_stores(tmp_path: Path) -> None:
         conn.execute(text("PRAGMA foreign_keys = OFF"))
         fast = [r for r in rows if r[0] == "fast"]
         # The top-k text as a result write makes it (by column, for SQLite's separators).
-        scored = ResultRows()
-        for row in fast:
-            scored.add(row[0], row[1], row[2], Prediction(top_k=row[5] or []))
+        scored = ResultRows.from_scored(
+            {"fast": [ScoredItem(row[1], row[2], Prediction(top_k=row[5] or [])) for row in fast]}
+        )
         top_k = columns.index("top_k")
         texts = _top_k_texts(conn, scored)
         insert_rows(

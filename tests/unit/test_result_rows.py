@@ -33,11 +33,10 @@ def test_rows_from_scored_items_keep_each_jobs_rows_in_order() -> None:
 
 
 def test_extend_and_only_move_whole_rows() -> None:
-    first = ResultRows()
-    first.add("a", 0, "x", GOOD)
+    first = ResultRows.from_scored({"a": [ScoredItem(0, "x", GOOD)]})
     second = ResultRows()
-    second.add("b", 5, "q", BAD, cached=True)
-    second.add("a", 1, "y", GOOD)
+    second.extend(ResultRows.from_scored({"b": [ScoredItem(5, "q", BAD, cached=True)]}))
+    second.extend(ResultRows.from_scored({"a": [ScoredItem(1, "y", GOOD)]}))
     first.extend(second)
     assert rows_of(first.only([2, 0])) == [("a", 1, "y", GOOD, False), ("a", 0, "x", GOOD, False)]
     assert rows_of(first.only(i for i in range(3) if i != 0)) == rows_of(second)
